@@ -19,6 +19,7 @@ setup(
         "tensorflow>=2.16",
         "tf-keras>=2.16",  # tensorflow_hub imports it
         "tensorflow-hub>=0.16",
+        "setuptools<81",  # tensorflow_hub 0.16 imports pkg_resources
         "tensorboard>=2.16",
         "librosa>=0.10",
         "soundfile>=0.12",
