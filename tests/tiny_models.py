@@ -1,0 +1,96 @@
+"""Tiny real TensorFlow backbones for tests: built in a second, saved as TF2 SavedModels.
+
+``make_tiny_image_module(path)`` writes a SavedModel whose default signature (and
+``__call__``) maps float32 ``[None, size, size, 3]`` in ``[0, 1]`` to float32
+``[None, feature_size]``: two small conv + pool layers with fixed random weights, then a
+global average pool and a dense projection. Loadable with
+``retrain.modules.load_module(path)``, so tests exercise the same loading path as a real
+TF Hub module, without any download.
+"""
+from __future__ import annotations
+
+import os
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import tensorflow as tf
+
+
+class _TinyImageNet(tf.Module):
+    """conv3x3(4) -> relu -> maxpool2 -> conv3x3(8) -> relu -> global mean -> dense."""
+
+    def __init__(self, image_size: int, feature_size: int, seed: int) -> None:
+        super().__init__(name="tiny_image_module")
+        rng = np.random.default_rng(seed)
+
+        def weight(*shape: int) -> tf.Variable:
+            fan_in = int(np.prod(shape[:-1]))
+            value = rng.normal(0.0, 1.0 / np.sqrt(fan_in), size=shape).astype(np.float32)
+            return tf.Variable(value, trainable=False)
+
+        self.image_size = image_size
+        self.feature_size = feature_size
+        self.conv1 = weight(3, 3, 3, 4)
+        self.conv2 = weight(3, 3, 4, 8)
+        self.dense = weight(8 + 3, feature_size)
+        spec = tf.TensorSpec([None, image_size, image_size, 3], tf.float32, name="images")
+        self.__call__ = tf.function(self._features, input_signature=[spec])
+
+    def _features(self, images: tf.Tensor) -> tf.Tensor:
+        x = images * 2.0 - 1.0  # normalise inside, as TF Hub image modules do
+        h = tf.nn.relu(tf.nn.conv2d(x, self.conv1, strides=1, padding="SAME"))
+        h = tf.nn.max_pool2d(h, ksize=2, strides=2, padding="SAME")
+        h = tf.nn.relu(tf.nn.conv2d(h, self.conv2, strides=1, padding="SAME"))
+        # Also pool the raw colour means so simple colour differences stay separable.
+        pooled = tf.concat(
+            [tf.reduce_mean(h, axis=[1, 2]), tf.reduce_mean(x, axis=[1, 2])], axis=1)
+        return tf.matmul(pooled, self.dense)
+
+
+def make_tiny_image_module(path: str | os.PathLike, image_size: int = 32,
+                           feature_size: int = 8, seed: int = 0) -> str:
+    """Save a tiny image feature-vector SavedModel at ``path`` and return ``str(path)``."""
+    module = _TinyImageNet(image_size, feature_size, seed)
+    path = str(path)
+    tf.saved_model.save(module, path, signatures={"serving_default": module.__call__})
+    return path
+
+
+def make_module_archive(module_dir: str | os.PathLike, archive_path: str | os.PathLike) -> str:
+    """Pack a SavedModel folder as a ``.tar.gz`` with the layout TF Hub serves
+    (the folder's contents at the archive root)."""
+    module_dir = Path(module_dir)
+    with tarfile.open(archive_path, "w:gz") as tar:
+        for child in sorted(module_dir.iterdir()):
+            tar.add(child, arcname=child.name)
+    return str(archive_path)
+
+
+class _TinyWaveformNet(tf.Module):
+    """Frame the waveform, take log energies of a few fixed random filters, mean-pool."""
+
+    def __init__(self, sample_rate: int, feature_size: int, seed: int) -> None:
+        super().__init__(name="tiny_waveform_module")
+        rng = np.random.default_rng(seed)
+        self.frame = 64
+        self.sample_rate = tf.Variable(sample_rate, trainable=False)
+        self.filters = tf.Variable(rng.normal(size=(self.frame, feature_size)).astype(np.float32),
+                                   trainable=False)
+        spec = tf.TensorSpec([None, None], tf.float32, name="waveform")
+        self.__call__ = tf.function(self._features, input_signature=[spec])
+
+    def _features(self, waveform: tf.Tensor) -> tf.Tensor:
+        frames = tf.signal.frame(waveform, self.frame, self.frame, pad_end=True)
+        energy = tf.math.log1p(tf.square(tf.einsum("btf,fk->btk", frames, self.filters)))
+        return tf.reduce_mean(energy, axis=1)
+
+
+def make_tiny_waveform_module(path: str | os.PathLike, sample_rate: int = 8000,
+                              feature_size: int = 6, seed: int = 0) -> str:
+    """Save a tiny waveform feature SavedModel (``[None, samples]`` at ``sample_rate``
+    -> ``[None, feature_size]``) at ``path``; return ``str(path)``."""
+    module = _TinyWaveformNet(sample_rate, feature_size, seed)
+    path = str(path)
+    tf.saved_model.save(module, path, signatures={"serving_default": module.__call__})
+    return path
