@@ -1,0 +1,283 @@
+"""Listing a dataset's clips: UrbanSound8K, ESC-50, or folders of labelled recordings.
+
+Every reader returns :class:`Clip` records (source path, label, fold, group, output
+name). Labels are normalised the way TensorFlow's ``retrain.py`` turns a folder name
+into a label (lowercase, runs of non-alphanumerics -> one space), for every layout,
+so the output folder name, the manifest's label and the label ``retrain`` derives
+from the folder all agree: UrbanSound8K's ``dog_bark`` becomes ``dog bark``.
+"""
+from __future__ import annotations
+
+import csv
+import os
+import re
+from dataclasses import dataclass, field
+from typing import Iterable, Optional, Sequence
+
+LAYOUTS = ("urbansound8k", "esc50", "folders")
+AUDIO_EXTENSIONS = (
+    ".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".aiff", ".aif", ".aifc", ".au", ".caf", ".w64",
+)
+US8K_CSV = os.path.join("metadata", "UrbanSound8K.csv")
+ESC50_CSV = os.path.join("meta", "esc50.csv")
+US8K_COLUMNS = ("slice_file_name", "fsID", "fold", "class")
+ESC50_COLUMNS = ("filename", "fold", "category", "esc10", "src_file")
+
+
+class DatasetError(Exception):
+    """The data folder or its metadata cannot be used; the message is one line."""
+
+
+@dataclass(frozen=True)
+class Clip:
+    """One audio file to render."""
+
+    source: str  # absolute path of the audio file
+    label: str
+    fold: Optional[int]
+    group: str  # source-recording id: clips sharing it must stay on one side of a split
+    name: str  # output file stem, unique within the label
+
+
+@dataclass
+class DatasetListing:
+    layout: str
+    root: str
+    how: str  # one line saying which layout was used and why
+    clips: list[Clip]
+    missing: list[str] = field(default_factory=list)  # listed in metadata, absent on disk
+    notes: list[str] = field(default_factory=list)  # other one-line remarks (ignored files, ...)
+
+
+def normalise_label(name: str) -> str:
+    """retrain.py's label rule: lowercase, non-alphanumeric runs -> one space (trimmed)."""
+    return re.sub(r"[^a-z0-9]+", " ", name.lower()).strip()
+
+
+def group_of(file_name: str) -> str:
+    """retrain.py's grouping: the part of the name before ``_nohash_``, else the stem."""
+    stem = os.path.splitext(os.path.basename(file_name))[0]
+    if "_nohash_" in file_name:
+        return re.sub(r"_nohash_.*$", "", os.path.basename(file_name))
+    return stem
+
+
+def is_audio_file(name: str) -> bool:
+    return name.lower().endswith(AUDIO_EXTENSIONS) and not name.startswith(".")
+
+
+def _find_root(data_dir: str, marker: str) -> Optional[str]:
+    """``data_dir`` or its only matching sub-folder (archives unpack into one) holding ``marker``."""
+    if os.path.isfile(os.path.join(data_dir, marker)):
+        return data_dir
+    for entry in sorted(os.listdir(data_dir)):
+        sub = os.path.join(data_dir, entry)
+        if os.path.isdir(sub) and os.path.isfile(os.path.join(sub, marker)):
+            return sub
+    return None
+
+
+def _class_dirs(data_dir: str) -> list[str]:
+    return sorted(
+        e for e in os.listdir(data_dir)
+        if not e.startswith(".") and os.path.isdir(os.path.join(data_dir, e))
+    )
+
+
+def _has_class_folders(data_dir: str) -> bool:
+    for d in _class_dirs(data_dir):
+        try:
+            if any(is_audio_file(f) for f in os.listdir(os.path.join(data_dir, d))):
+                return True
+        except OSError:
+            continue
+    return False
+
+
+def detect_layout(data_dir: str, dataset: str = "auto") -> tuple[str, str, str]:
+    """Return ``(layout, root, how)``; raise :class:`DatasetError` when it does not fit."""
+    if not os.path.exists(data_dir):
+        raise DatasetError(f"--data_dir {data_dir} does not exist")
+    if not os.path.isdir(data_dir):
+        raise DatasetError(f"--data_dir {data_dir} is not a folder")
+    markers = {"urbansound8k": US8K_CSV, "esc50": ESC50_CSV}
+    if dataset in markers:
+        root = _find_root(data_dir, markers[dataset])
+        if root is None:
+            raise DatasetError(f"{data_dir} is not a {dataset} folder: {markers[dataset]} not found in it")
+        return dataset, root, f"dataset {dataset} (as asked) in {root}"
+    if dataset == "folders":
+        if not _has_class_folders(data_dir):
+            raise DatasetError(
+                f"{data_dir} has no class folders with audio files "
+                f"(expected <data_dir>/<class>/<file>{AUDIO_EXTENSIONS[0]} and the like)"
+            )
+        return "folders", data_dir, f"dataset folders (as asked) in {data_dir}"
+    if dataset != "auto":
+        raise DatasetError(f"--dataset must be auto or one of {', '.join(LAYOUTS)}, not {dataset!r}")
+    for layout, marker in markers.items():
+        root = _find_root(data_dir, marker)
+        if root is not None:
+            return layout, root, f"dataset auto-detected as {layout} (found {os.path.join(root, marker)})"
+    if _has_class_folders(data_dir):
+        return "folders", data_dir, f"dataset auto-detected as folders (class sub-folders with audio in {data_dir})"
+    raise DatasetError(
+        f"cannot tell what dataset {data_dir} holds: expected {US8K_CSV} (UrbanSound8K), "
+        f"{ESC50_CSV} (ESC-50) or <class>/<audio file> sub-folders (folders)"
+    )
+
+
+def _read_csv(path: str, columns: Sequence[str]) -> list[dict[str, str]]:
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as f:
+            reader = csv.DictReader(f)
+            absent = [c for c in columns if c not in (reader.fieldnames or [])]
+            if absent:
+                raise DatasetError(f"{path} lacks the column(s) {', '.join(absent)}")
+            return list(reader)
+    except (OSError, UnicodeDecodeError, csv.Error) as e:
+        raise DatasetError(f"cannot read {path}: {e}") from None
+
+
+def _int(value: str, what: str, path: str, line: int) -> int:
+    try:
+        return int(float(value))
+    except ValueError:
+        raise DatasetError(f"{path} line {line}: {what} {value!r} is not a number") from None
+
+
+def resolve_audio(path: str) -> Optional[str]:
+    """``path`` if it exists, else the same stem with another audio extension
+    (the shared UrbanSound8K copy stores .flac where the official one has .wav)."""
+    if os.path.isfile(path):
+        return path
+    stem = os.path.splitext(path)[0]
+    for ext in AUDIO_EXTENSIONS:
+        for candidate in (stem + ext, stem + ext.upper()):
+            if os.path.isfile(candidate):
+                return candidate
+    return None
+
+
+def _metadata_clips(rows: Iterable[tuple[str, str, int, str]]) -> tuple[list[Clip], list[Clip]]:
+    """(listed path, raw label, fold, group) -> clips present on disk, clips missing from it."""
+    clips, missing = [], []
+    for listed, label, fold, group in rows:
+        found = resolve_audio(listed)
+        name = os.path.splitext(os.path.basename(listed))[0]
+        clip = Clip(os.path.abspath(found or listed), normalise_label(label), fold, group, name)
+        (clips if found else missing).append(clip)
+    return clips, missing
+
+
+def read_urbansound8k(root: str) -> tuple[list[Clip], list[Clip]]:
+    """``metadata/UrbanSound8K.csv`` + ``audio/fold<N>/<slice_file_name>``; group = fsID."""
+    path = os.path.join(root, US8K_CSV)
+    rows = []
+    for line, r in enumerate(_read_csv(path, US8K_COLUMNS), start=2):
+        fold = _int(r["fold"], "fold", path, line)
+        audio = os.path.join(root, "audio", f"fold{fold}", r["slice_file_name"])
+        rows.append((audio, r["class"], fold, r["fsID"].strip()))
+    return _metadata_clips(rows)
+
+
+def read_esc50(root: str, esc10: bool = False) -> tuple[list[Clip], list[Clip]]:
+    """``meta/esc50.csv`` + ``audio/<filename>``; group = src_file; ``esc10`` keeps ESC-10."""
+    path = os.path.join(root, ESC50_CSV)
+    rows = []
+    for line, r in enumerate(_read_csv(path, ESC50_COLUMNS), start=2):
+        if esc10 and r["esc10"].strip().lower() not in ("true", "1"):
+            continue
+        fold = _int(r["fold"], "fold", path, line)
+        rows.append((os.path.join(root, "audio", r["filename"]), r["category"], fold, r["src_file"].strip()))
+    return _metadata_clips(rows)
+
+
+def read_folders(root: str) -> tuple[list[Clip], list[str]]:
+    """``<root>/<class>/<file>``: label = normalised folder name, no folds,
+    group = name before ``_nohash_`` (else the stem). Returns clips and notes."""
+    clips: list[Clip] = []
+    notes: list[str] = []
+    ignored = 0
+    for d in _class_dirs(root):
+        label = normalise_label(d)
+        if not label:
+            notes.append(f"skipped folder {d!r}: no letters or digits to make a label from")
+            continue
+        folder = os.path.join(root, d)
+        for f in sorted(os.listdir(folder)):
+            full = os.path.join(folder, f)
+            if not os.path.isfile(full) and not os.path.islink(full):
+                continue
+            if not is_audio_file(f):
+                ignored += 1
+                continue
+            clips.append(Clip(os.path.abspath(full), label, None, group_of(f), os.path.splitext(f)[0]))
+    if ignored:
+        notes.append(f"ignored {ignored} file(s) without an audio extension ({', '.join(AUDIO_EXTENSIONS)})")
+    return clips, notes
+
+
+def _unique_names(clips: list[Clip]) -> list[Clip]:
+    """Give clips that would land on the same ``<label>/<name>`` distinct names."""
+    seen: set[tuple[str, str]] = set()
+    out = []
+    for c in clips:
+        name = c.name
+        if (c.label, name) in seen:
+            ext = os.path.splitext(c.source)[1].lstrip(".").lower()
+            name = f"{c.name}_{ext}"
+            k = 2
+            while (c.label, name) in seen:
+                name = f"{c.name}_{ext}{k}"
+                k += 1
+            c = Clip(c.source, c.label, c.fold, c.group, name)
+        seen.add((c.label, name))
+        out.append(c)
+    return out
+
+
+def list_dataset(
+    data_dir: str,
+    dataset: str = "auto",
+    *,
+    classes: Optional[Sequence[str]] = None,
+    folds: Optional[Sequence[int]] = None,
+    esc10: bool = False,
+) -> DatasetListing:
+    """Every clip of ``data_dir`` (optionally only ``classes`` / ``folds``), sorted by label and name."""
+    layout, root, how = detect_layout(data_dir, dataset)
+    notes: list[str] = []
+    if esc10 and layout != "esc50":
+        raise DatasetError(f"--esc10 applies to ESC-50 only, but {root} is {layout}")
+    if layout == "urbansound8k":
+        clips, missing = read_urbansound8k(root)
+    elif layout == "esc50":
+        clips, missing = read_esc50(root, esc10=esc10)
+    else:
+        clips, notes = read_folders(root)
+        missing = []
+        if folds:
+            raise DatasetError("the folders layout has no folds: drop --folds")
+    if classes:
+        wanted = {normalise_label(c) for c in classes}
+        present = {c.label for c in clips}
+        unknown = sorted(wanted - present)
+        if unknown:
+            raise DatasetError(
+                f"--classes {', '.join(unknown)} not in {root} (classes: {', '.join(sorted(present))})"
+            )
+        clips = [c for c in clips if c.label in wanted]
+        missing = [c for c in missing if c.label in wanted]
+    if folds:
+        present_folds = sorted({c.fold for c in clips if c.fold is not None})
+        absent = sorted(set(folds) - set(present_folds))
+        if absent:
+            raise DatasetError(
+                f"--folds {', '.join(map(str, absent))} not in {root} "
+                f"(folds present: {', '.join(map(str, present_folds)) or 'none'})"
+            )
+        clips = [c for c in clips if c.fold in set(folds)]
+        missing = [c for c in missing if c.fold in set(folds)]
+    clips = _unique_names(sorted(clips, key=lambda c: (c.label, c.name, c.source)))
+    return DatasetListing(layout, root, how, clips, [c.source for c in missing], notes)

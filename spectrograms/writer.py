@@ -1,0 +1,378 @@
+"""Render a dataset listing into ``<output_dir>/<label>/<name>.png`` + ``manifest.csv``.
+
+Parallel over processes, resumable and safe to kill at any moment:
+
+* every image is written to a temp name in its folder, then renamed into place;
+* each finished clip's manifest rows are appended to a journal as they arrive, and
+  ``manifest.csv`` is rewritten atomically at the end (a killed run loses nothing it
+  finished: the next run folds the journal back in);
+* an image is redone only when missing, older than its audio, or ``overwrite`` is set;
+* ``spectrogram_config.json`` pins the settings: a run with other settings into the
+  same folder is refused unless ``overwrite`` is set.
+"""
+from __future__ import annotations
+
+import functools
+import multiprocessing
+import os
+import re
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Iterator, Optional, Sequence
+
+import numpy as np
+
+from spectrograms.datasets import Clip, DatasetListing
+from spectrograms.manifest import (
+    FIELDS,
+    MANIFEST_FILENAME,
+    ManifestError,
+    ManifestRow,
+    format_rows,
+    read_manifest,
+    write_manifest,
+)
+from spectrograms.render import (
+    AudioReadError,
+    colormap_lut,
+    fit_duration,
+    is_silent,
+    load_audio,
+    render_clip_indices,
+    split_windows,
+)
+from spectrograms.settings import CONFIG_FILENAME, SpectrogramSettings
+
+JOURNAL_FILENAME = ".manifest-journal.csv"
+_TEMP_PATTERN = re.compile(r"\.tmp-\d+$")
+
+
+class OutputError(Exception):
+    """The output folder cannot be used as asked; the message is one line."""
+
+
+@dataclass(frozen=True)
+class WriteOptions:
+    jobs: int = 0  # worker processes; 0 = all cores
+    overwrite: bool = False  # redo every image, even up-to-date ones or other settings
+    progress: bool = True  # tqdm bar on stderr (when it is a terminal)
+
+
+@dataclass
+class SourceResult:
+    """What rendering one audio file gave: its manifest rows, or a one-line error."""
+
+    source: str
+    rows: list[ManifestRow] = field(default_factory=list)
+    error: Optional[str] = None
+
+
+@dataclass
+class WriteSummary:
+    clips: int = 0  # clips in the listing
+    written: int = 0  # images written by this run
+    up_to_date: int = 0  # clips skipped because their images were up to date
+    failed: list[tuple[str, str]] = field(default_factory=list)  # (source, reason)
+    missing: list[str] = field(default_factory=list)  # listed in metadata, absent on disk
+    silent: int = 0  # images of this listing flagged silent
+    images: int = 0  # rows in manifest.csv
+    seconds: float = 0.0
+    interrupted: bool = False
+
+    def line(self, output_dir: str) -> str:
+        rate = self.written / self.seconds if self.seconds > 0 else 0.0
+        return (
+            f"spectrograms: {self.clips} clips -> {output_dir}: written {self.written}, "
+            f"up to date {self.up_to_date}, failed {len(self.failed)}, silent {self.silent}, "
+            f"missing {len(self.missing)}; manifest lists {self.images} images "
+            f"({self.seconds:.1f} s, {rate:.1f} images/s)"
+        )
+
+    def exit_code(self, strict: bool = False) -> int:
+        if self.interrupted:
+            return 130
+        if self.written + self.up_to_date == 0:
+            return 1
+        if strict and (self.failed or self.missing):
+            return 1
+        return 0
+
+
+# ---------------------------------------------------------------- one clip (runs in workers)
+
+def image_name(clip: Clip, settings: SpectrogramSettings, window: Optional[int] = None) -> str:
+    """Manifest ``image`` path: ``<label>/<name>.png`` or ``<label>/<name>_w<k>.png``."""
+    suffix = "" if window is None else f"_w{window}"
+    return f"{clip.label}/{clip.name}{suffix}.{settings.image_format}"
+
+
+def save_image(indices: np.ndarray, path: str, settings: SpectrogramSettings) -> None:
+    """Write colormap ``indices`` as an image, atomically.
+
+    PNG is stored with the colormap as its palette: it decodes (Pillow
+    ``.convert("RGB")``, ``tf.io.decode_png(channels=3)``) to exactly
+    ``render_clip``'s RGB pixels, and encodes ~8x faster than an RGB PNG.
+    """
+    from PIL import Image
+
+    lut = colormap_lut(settings.colormap)
+    tmp = f"{path}.tmp-{os.getpid()}"
+    try:
+        if settings.image_format == "png":
+            img = Image.fromarray(indices)  # mode "L"; putpalette makes it "P"
+            img.putpalette(lut.tobytes())
+            img.save(tmp, format="PNG", compress_level=1)
+        else:
+            Image.fromarray(np.take(lut, indices, axis=0)).save(tmp, format="JPEG", quality=95)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def render_source(clip: Clip, output_dir: str, settings: SpectrogramSettings) -> SourceResult:
+    """Decode one clip, write its image(s), return its manifest rows (never raises
+    for bad audio: the reason comes back in ``error``)."""
+    result = SourceResult(clip.source)
+    try:
+        y = load_audio(clip.source, settings.sample_rate)
+    except AudioReadError as e:
+        result.error = e.reason
+        return result
+    sr = settings.sample_rate
+    try:
+        if settings.long_clips == "split":
+            windows = split_windows(y, sr, settings.duration, settings.hop_seconds, settings.pad_mode)
+            named = [(image_name(clip, settings, k), start, w) for k, (start, w) in enumerate(windows)]
+        else:
+            named = [(image_name(clip, settings), 0.0, fit_duration(y, sr, settings.duration, settings.pad_mode))]
+        for image, start, window in named:
+            real = min(settings.num_samples, y.shape[0] - int(round(start * sr))) / sr
+            save_image(render_clip_indices(window, sr, settings), os.path.join(output_dir, image), settings)
+            result.rows.append(
+                ManifestRow(image, clip.label, clip.fold, clip.group, clip.source, start, real, is_silent(window))
+            )
+    except Exception as e:  # a full disk or an odd file must not end the run
+        result.error = f"cannot render: {type(e).__name__}: {' '.join(str(e).split())}"
+        result.rows = []
+    return result
+
+
+# ---------------------------------------------------------------- resuming
+
+def _read_journal(path: str) -> list[ManifestRow]:
+    """Rows appended by an earlier (perhaps killed) run; a torn last line is ignored."""
+    import csv
+
+    try:
+        with open(path, encoding="utf-8", newline="") as f:
+            text = f.read()
+    except OSError:
+        return []
+    lines = text.split("\n")[:-1]  # the piece after the last newline is torn or empty
+    rows = []
+    for record in csv.reader(lines):
+        try:
+            rows.append(ManifestRow.from_csv(dict(zip(FIELDS, record))))
+        except (KeyError, ValueError, TypeError):
+            continue
+    return rows
+
+
+def _previous_rows(output_dir: str, notes: list[str]) -> dict[str, list[ManifestRow]]:
+    """Rows of earlier runs by source: manifest.csv, then the journal (newer) over it."""
+    by_source: dict[str, list[ManifestRow]] = {}
+    manifest = os.path.join(output_dir, MANIFEST_FILENAME)
+    if os.path.exists(manifest):
+        try:
+            for r in read_manifest(manifest):
+                by_source.setdefault(r.source, []).append(r)
+        except (ManifestError, OSError) as e:
+            notes.append(f"ignoring unreadable {MANIFEST_FILENAME} ({e}); its images will be redone")
+    journal: dict[str, list[ManifestRow]] = {}
+    for r in _read_journal(os.path.join(output_dir, JOURNAL_FILENAME)):
+        journal.setdefault(r.source, []).append(r)
+    for source, rows in journal.items():
+        by_source[source] = list({r.image: r for r in rows}.values())
+    return by_source
+
+
+def _is_up_to_date(clip: Clip, rows: Sequence[ManifestRow], output_dir: str, settings: SpectrogramSettings) -> bool:
+    if not rows:
+        return False
+    if settings.long_clips == "cut":
+        expected = [image_name(clip, settings)]
+        if [r.image for r in rows] != expected:
+            return False
+    else:
+        pattern = re.compile(re.escape(f"{clip.label}/{clip.name}_w") + r"\d+" + re.escape(f".{settings.image_format}"))
+        if not all(pattern.fullmatch(r.image) for r in rows):
+            return False
+    if any(r.label != clip.label or r.fold != clip.fold or r.group != clip.group for r in rows):
+        return False
+    try:
+        source_mtime = os.stat(clip.source).st_mtime
+        return all(os.stat(os.path.join(output_dir, r.image)).st_mtime >= source_mtime for r in rows)
+    except OSError:
+        return False
+
+
+def _remove_stray_temp_files(output_dir: str, labels: set[str]) -> int:
+    """Temp files left by a killed run (never complete images: they were not renamed)."""
+    removed = 0
+    for folder in [output_dir] + [os.path.join(output_dir, label) for label in labels]:
+        try:
+            names = os.listdir(folder)
+        except OSError:
+            continue
+        for name in names:
+            if _TEMP_PATTERN.search(name):
+                try:
+                    os.remove(os.path.join(folder, name))
+                    removed += 1
+                except OSError:
+                    pass
+    return removed
+
+
+def check_config(output_dir: str, settings: SpectrogramSettings, overwrite: bool) -> bool:
+    """True when ``output_dir`` already holds images made with ``settings``.
+
+    Raises :class:`OutputError` when it holds other settings and ``overwrite`` is off.
+    """
+    path = os.path.join(output_dir, CONFIG_FILENAME)
+    if not os.path.exists(path):
+        return False
+    try:
+        old = SpectrogramSettings.load_json(path)
+    except (OSError, ValueError, TypeError) as e:
+        if overwrite:
+            return False
+        raise OutputError(f"{path} is unreadable ({' '.join(str(e).split())}); use --overwrite to redo the images") from None
+    if old == settings:
+        return True
+    if overwrite:
+        return False
+    new_d, old_d = settings.to_dict(), old.to_dict()
+    diff = ", ".join(f"{k} {old_d[k]!r} -> {new_d[k]!r}" for k in new_d if old_d.get(k) != new_d[k])
+    raise OutputError(
+        f"{output_dir} holds spectrograms made with other settings ({diff}); "
+        "use another --output_dir, or --overwrite to redo them all"
+    )
+
+
+# ---------------------------------------------------------------- the run
+
+def _pool_context() -> multiprocessing.context.BaseContext:
+    # fork is fastest (workers inherit the warmed-up librosa), but forking a process
+    # that already runs TensorFlow's threads can deadlock: spawn then.
+    if "fork" in multiprocessing.get_all_start_methods() and "tensorflow" not in sys.modules:
+        return multiprocessing.get_context("fork")
+    return multiprocessing.get_context("spawn")
+
+
+def _warm_up(settings: SpectrogramSettings) -> None:
+    """Import librosa and build the mel basis and LUT once, before workers fork."""
+    y = np.random.default_rng(0).standard_normal(settings.sample_rate // 4).astype(np.float32)
+    render_clip_indices(y, settings.sample_rate, settings)
+    colormap_lut(settings.colormap)
+
+
+def _results(
+    clips: Sequence[Clip], output_dir: str, settings: SpectrogramSettings, jobs: int
+) -> Iterator[SourceResult]:
+    work = functools.partial(render_source, output_dir=output_dir, settings=settings)
+    if jobs <= 1 or len(clips) <= 1:
+        yield from map(work, clips)
+        return
+    chunksize = max(1, min(16, len(clips) // (jobs * 8)))
+    with _pool_context().Pool(jobs) as pool:
+        yield from pool.imap_unordered(work, clips, chunksize=chunksize)
+
+
+def write_spectrograms(
+    listing: DatasetListing,
+    output_dir: str,
+    settings: SpectrogramSettings,
+    options: WriteOptions = WriteOptions(),
+    log=None,
+) -> WriteSummary:
+    """Render every clip of ``listing`` that is not up to date; return the summary.
+
+    ``log`` receives one-line remarks (default: stderr).
+    """
+    from tqdm import tqdm
+
+    log = log or (lambda line: print(line, file=sys.stderr))
+    t0 = time.perf_counter()
+    summary = WriteSummary(clips=len(listing.clips), missing=list(listing.missing))
+    try:
+        os.makedirs(output_dir, exist_ok=True)
+    except OSError as e:
+        raise OutputError(f"cannot create --output_dir {output_dir}: {e.strerror or e}") from None
+    if not os.access(output_dir, os.W_OK):
+        raise OutputError(f"--output_dir {output_dir} is not writable")
+    same_settings = check_config(output_dir, settings, options.overwrite)
+    notes: list[str] = []
+    previous = _previous_rows(output_dir, notes) if same_settings else {}
+    if not same_settings and os.path.exists(os.path.join(output_dir, MANIFEST_FILENAME)):
+        notes.append("settings changed or unknown: every image is redone and the old manifest rows dropped")
+    for note in notes:
+        log(f"spectrograms: {note}")
+    settings.save_json(os.path.join(output_dir, CONFIG_FILENAME))
+    labels = {c.label for c in listing.clips}
+    for label in labels:
+        os.makedirs(os.path.join(output_dir, label), exist_ok=True)
+    removed = _remove_stray_temp_files(output_dir, labels)
+    if removed:
+        log(f"spectrograms: removed {removed} temp file(s) left by an interrupted run")
+
+    todo, kept = [], {}
+    for clip in listing.clips:
+        rows = previous.pop(clip.source, [])
+        if not options.overwrite and _is_up_to_date(clip, rows, output_dir, settings):
+            kept[clip.source] = rows
+            summary.up_to_date += 1
+        else:
+            todo.append(clip)
+    # Rows of clips outside this listing (another --folds run into the same folder) stay
+    # as long as their images do.
+    for source, rows in previous.items():
+        if all(os.path.exists(os.path.join(output_dir, r.image)) for r in rows):
+            kept[source] = rows
+
+    journal_path = os.path.join(output_dir, JOURNAL_FILENAME)
+    done: dict[str, list[ManifestRow]] = dict(kept)
+    jobs = options.jobs if options.jobs > 0 else (os.cpu_count() or 1)
+    jobs = max(1, min(jobs, len(todo)))
+    if todo:
+        _warm_up(settings)
+    bar = tqdm(total=len(todo), unit="clip", desc="spectrograms", disable=None if options.progress else True,
+               file=sys.stderr, dynamic_ncols=True)
+    try:
+        with open(journal_path, "a", encoding="utf-8", newline="") as journal:
+            for result in _results(todo, output_dir, settings, jobs):
+                bar.update(1)
+                if result.error is not None:
+                    summary.failed.append((result.source, result.error))
+                    continue
+                done[result.source] = result.rows
+                summary.written += len(result.rows)
+                journal.write(format_rows(result.rows, header=False))
+                journal.flush()
+    except KeyboardInterrupt:
+        summary.interrupted = True
+    finally:
+        bar.close()
+        rows = [r for source_rows in done.values() for r in source_rows]
+        write_manifest(os.path.join(output_dir, MANIFEST_FILENAME), rows)
+        if not summary.interrupted and os.path.exists(journal_path):
+            os.remove(journal_path)
+    listed = {c.source for c in listing.clips}
+    summary.silent = sum(r.silent for r in rows if r.source in listed)
+    summary.images = len(rows)
+    summary.failed.sort()
+    summary.seconds = time.perf_counter() - t0
+    return summary
