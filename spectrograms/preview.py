@@ -1,0 +1,57 @@
+"""``--preview N``: one PNG grid of N spectrograms per class, for looking at."""
+from __future__ import annotations
+
+import os
+from typing import Sequence
+
+from spectrograms.manifest import ManifestRow
+
+PREVIEW_FILENAME = "preview.png"
+
+
+def pick_preview_rows(rows: Sequence[ManifestRow], per_class: int) -> dict[str, list[ManifestRow]]:
+    """The first ``per_class`` images of each label (sorted by image), non-silent first."""
+    by_label: dict[str, list[ManifestRow]] = {}
+    for r in sorted(rows, key=lambda r: (r.silent, r.image)):
+        chosen = by_label.setdefault(r.label, [])
+        if len(chosen) < per_class:
+            chosen.append(r)
+    return {label: sorted(by_label[label], key=lambda r: r.image) for label in sorted(by_label)}
+
+
+def write_preview(output_dir: str, rows: Sequence[ManifestRow], per_class: int) -> str:
+    """Draw the grid (one row per class, titled) into ``<output_dir>/preview.png``; return its path."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+    from PIL import Image
+
+    chosen = pick_preview_rows(rows, per_class)
+    if not chosen:
+        raise ValueError("no images to preview")
+    n_rows, n_cols = len(chosen), max(len(v) for v in chosen.values())
+    fig, axes = plt.subplots(n_rows, n_cols, figsize=(1.8 * n_cols + 0.6, 1.9 * n_rows), squeeze=False)
+    for i, (label, picked) in enumerate(chosen.items()):
+        for j in range(n_cols):
+            ax = axes[i][j]
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if j >= len(picked):
+                ax.axis("off")
+                continue
+            r = picked[j]
+            with Image.open(os.path.join(output_dir, r.image)) as img:
+                ax.imshow(img.convert("RGB"))
+            name = os.path.splitext(os.path.basename(r.image))[0]
+            ax.set_title(name + (" (silent)" if r.silent else ""), fontsize=7)
+            if j == 0:
+                ax.set_ylabel(label, fontsize=9)
+    fig.suptitle(f"{per_class} spectrograms per class (time ->, low frequencies at the bottom)", fontsize=10)
+    fig.tight_layout()
+    path = os.path.join(output_dir, PREVIEW_FILENAME)
+    tmp = f"{path}.tmp-{os.getpid()}"
+    fig.savefig(tmp, format="png", dpi=80)
+    plt.close(fig)
+    os.replace(tmp, path)
+    return path
