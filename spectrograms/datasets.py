@@ -20,6 +20,7 @@ AUDIO_EXTENSIONS = (
 )
 US8K_CSV = os.path.join("metadata", "UrbanSound8K.csv")
 ESC50_CSV = os.path.join("meta", "esc50.csv")
+DISPLAY = {"urbansound8k": "an UrbanSound8K folder", "esc50": "an ESC-50 folder"}
 US8K_COLUMNS = ("slice_file_name", "fsID", "fold", "class")
 ESC50_COLUMNS = ("filename", "fold", "category", "esc10", "src_file")
 
@@ -104,7 +105,7 @@ def detect_layout(data_dir: str, dataset: str = "auto") -> tuple[str, str, str]:
     if dataset in markers:
         root = _find_root(data_dir, markers[dataset])
         if root is None:
-            raise DatasetError(f"{data_dir} is not a {dataset} folder: {markers[dataset]} not found in it")
+            raise DatasetError(f"{data_dir} is not {DISPLAY[dataset]}: {markers[dataset]} not found in it")
         return dataset, root, f"dataset {dataset} (as asked) in {root}"
     if dataset == "folders":
         if not _has_class_folders(data_dir):

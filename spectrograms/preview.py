@@ -10,13 +10,20 @@ PREVIEW_FILENAME = "preview.png"
 
 
 def pick_preview_rows(rows: Sequence[ManifestRow], per_class: int) -> dict[str, list[ManifestRow]]:
-    """The first ``per_class`` images of each label (sorted by image), non-silent first."""
+    """``per_class`` images of each label: non-silent first, one per source recording
+    (group) before a second from the same one, in image order."""
     by_label: dict[str, list[ManifestRow]] = {}
-    for r in sorted(rows, key=lambda r: (r.silent, r.image)):
-        chosen = by_label.setdefault(r.label, [])
-        if len(chosen) < per_class:
-            chosen.append(r)
-    return {label: sorted(by_label[label], key=lambda r: r.image) for label in sorted(by_label)}
+    for r in sorted(rows, key=lambda r: r.image):
+        by_label.setdefault(r.label, []).append(r)
+    chosen = {}
+    for label, candidates in sorted(by_label.items()):
+        seen_groups: set[str] = set()
+        first, later = [], []
+        for r in sorted(candidates, key=lambda r: r.silent):
+            (later if r.group in seen_groups else first).append(r)
+            seen_groups.add(r.group)
+        chosen[label] = sorted((first + later)[:per_class], key=lambda r: r.image)
+    return chosen
 
 
 def write_preview(output_dir: str, rows: Sequence[ManifestRow], per_class: int) -> str:
