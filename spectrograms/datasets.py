@@ -260,9 +260,10 @@ def list_dataset(
         missing = []
         if folds:
             raise DatasetError("the folders layout has no folds: drop --folds")
+    all_folds = sorted({c.fold for c in clips + missing if c.fold is not None})
     if classes:
         wanted = {normalise_label(c) for c in classes}
-        present = {c.label for c in clips}
+        present = {c.label for c in clips + missing}
         unknown = sorted(wanted - present)
         if unknown:
             raise DatasetError(
@@ -271,12 +272,11 @@ def list_dataset(
         clips = [c for c in clips if c.label in wanted]
         missing = [c for c in missing if c.label in wanted]
     if folds:
-        present_folds = sorted({c.fold for c in clips if c.fold is not None})
-        absent = sorted(set(folds) - set(present_folds))
+        absent = sorted(set(folds) - set(all_folds))
         if absent:
             raise DatasetError(
                 f"--folds {', '.join(map(str, absent))} not in {root} "
-                f"(folds present: {', '.join(map(str, present_folds)) or 'none'})"
+                f"(folds present: {', '.join(map(str, all_folds)) or 'none'})"
             )
         clips = [c for c in clips if c.fold in set(folds)]
         missing = [c for c in missing if c.fold in set(folds)]
