@@ -1,0 +1,324 @@
+"""``label_image``: label images, audio files, folders or the microphone with an
+exported model (frozen ``.pb``, SavedModel folder or ``.tflite``).
+
+TensorFlow's label_image flags keep their names (``--graph``, ``--labels``,
+``--image``, ``--input_height``, ``--input_width``, ``--input_mean``,
+``--input_std``, ``--input_layer``, ``--output_layer``); their defaults come from the
+model's sidecar, so usually ``label_image --graph model.pb --audio clip.wav`` is all.
+"""
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Optional, Sequence
+
+from absl import flags
+
+PROG = "label_image"
+
+
+def define_flags(fv: flags.FlagValues) -> None:
+    d = dict(flag_values=fv)
+    flags.DEFINE_string("graph", None, "Model to use: a frozen .pb, a SavedModel folder or a .tflite file.", **d)
+    flags.DEFINE_string("labels", None, "Labels file, one per line (default: the labels in the model's sidecar).", **d)
+    flags.DEFINE_multi_string("image", None, "Image file(s) to label; comma separated or repeated.", **d)
+    flags.DEFINE_multi_string("audio", None, "Audio file(s) to label; comma separated or repeated.", **d)
+    flags.DEFINE_string("image_dir", None, "Label every image under this folder (recursively).", **d)
+    flags.DEFINE_string("audio_dir", None, "Label every audio file under this folder (recursively).", **d)
+    flags.DEFINE_string("output_csv", None, "With --image_dir/--audio_dir: write one CSV row per file here.", **d)
+    flags.DEFINE_integer("input_height", None, "Model input height (default: sidecar, else the graph's input shape).", **d)
+    flags.DEFINE_integer("input_width", None, "Model input width (default: sidecar, else the graph's input shape).", **d)
+    flags.DEFINE_float("input_mean", None, "Subtracted from pixel values (default: sidecar, else 0). 0 is a value.", **d)
+    flags.DEFINE_float("input_std", None, "Pixel values are divided by it (default: sidecar, else 255).", **d)
+    flags.DEFINE_string("input_layer", None, "Input tensor name (default: sidecar, else Placeholder).", **d)
+    flags.DEFINE_string("output_layer", None, "Output tensor name (default: sidecar, else final_result).", **d)
+    flags.DEFINE_integer("top_k", 5, "How many classes to print.", lower_bound=1, **d)
+    flags.DEFINE_boolean("json", False, "Print JSON (one document; JSON lines with --mic) instead of text.", **d)
+    flags.DEFINE_float("hop_seconds", None, "Seconds between windows of a long audio file (default: the sidecar's window hop, else the training duration).", **d)
+    flags.DEFINE_integer("batch_size", 32, "Model inputs per call when labelling folders.", lower_bound=1, **d)
+    flags.DEFINE_boolean("mic", False, "Listen to the default input device; label each sound event until Ctrl-C.", **d)
+    flags.DEFINE_string("mic_device", None, "Input device name or index for --mic (default: the system default).", **d)
+    flags.DEFINE_string("mic_file", None, "Drive the --mic loop from an audio file instead of a device.", **d)
+    flags.DEFINE_boolean("mic_realtime", False, "Stream --mic_file at real-time speed, as a microphone would.", **d)
+    flags.DEFINE_float("record_seconds", 3.0, "Seconds recorded after a sound event starts.", **d)
+    flags.DEFINE_float("trigger_db", 12.0, "An event starts when a 50 ms block is this many dB above the noise floor.", **d)
+    flags.DEFINE_integer("num_threads", None, "Threads for the TFLite interpreter (default: its own choice).", **d)
+
+
+@dataclass(frozen=True)
+class LabelSettings:
+    """Everything the command was asked to do, parsed from the flags."""
+
+    graph: Optional[str]
+    labels: Optional[str] = None
+    images: tuple = ()
+    audio: tuple = ()
+    image_dir: Optional[str] = None
+    audio_dir: Optional[str] = None
+    output_csv: Optional[str] = None
+    input_height: Optional[int] = None
+    input_width: Optional[int] = None
+    input_mean: Optional[float] = None
+    input_std: Optional[float] = None
+    input_layer: Optional[str] = None
+    output_layer: Optional[str] = None
+    top_k: int = 5
+    json: bool = False
+    hop_seconds: Optional[float] = None
+    batch_size: int = 32
+    mic: bool = False
+    mic_device: Optional[str] = None
+    mic_file: Optional[str] = None
+    mic_realtime: bool = False
+    record_seconds: float = 3.0
+    trigger_db: float = 12.0
+    num_threads: Optional[int] = None
+
+    @property
+    def mode(self) -> str:
+        if self.mic or self.mic_file:
+            return "mic"
+        if self.image_dir or self.audio_dir:
+            return "dir"
+        return "files"
+
+    def problems(self) -> list[str]:
+        p = []
+        chosen = [bool(self.images or self.audio), bool(self.image_dir or self.audio_dir), bool(self.mic or self.mic_file)]
+        if not any(chosen):
+            p.append("nothing to label: pass --image, --audio, --image_dir, --audio_dir or --mic")
+        elif sum(chosen) > 1 or (self.image_dir and self.audio_dir):
+            p.append("choose one of: --image/--audio files, --image_dir, --audio_dir, --mic")
+        if self.hop_seconds is not None and not self.hop_seconds > 0:
+            p.append(f"--hop_seconds must be positive, not {self.hop_seconds}")
+        if self.input_std == 0:
+            p.append("--input_std must not be 0 (pixels are divided by it)")
+        if self.output_csv and self.mode != "dir":
+            p.append("--output_csv goes with --image_dir or --audio_dir")
+        return p
+
+
+def _split(values: Optional[Sequence[str]]) -> tuple:
+    return tuple(v.strip() for value in (values or ()) for v in value.split(",") if v.strip())
+
+
+def settings_from_flags(fv: flags.FlagValues, extra: Sequence[str]) -> LabelSettings:
+    images, audio = _split(fv.image), _split(fv.audio)
+    if extra:  # `--audio a.wav b.wav`: positional files join the kind that was named
+        if audio and not images:
+            audio += tuple(extra)
+        elif images and not audio:
+            images += tuple(extra)
+        else:
+            raise flags.Error(f"unexpected argument(s): {' '.join(extra)}")
+    return LabelSettings(
+        graph=fv.graph, labels=fv.labels, images=images, audio=audio,
+        image_dir=fv.image_dir, audio_dir=fv.audio_dir, output_csv=fv.output_csv,
+        input_height=fv.input_height, input_width=fv.input_width,
+        input_mean=fv.input_mean, input_std=fv.input_std,
+        input_layer=fv.input_layer, output_layer=fv.output_layer,
+        top_k=fv.top_k, json=fv.json, hop_seconds=fv.hop_seconds, batch_size=fv.batch_size,
+        mic=fv.mic, mic_device=fv.mic_device, mic_file=fv.mic_file, mic_realtime=fv.mic_realtime,
+        record_seconds=fv.record_seconds, trigger_db=fv.trigger_db, num_threads=fv.num_threads,
+    )
+
+
+def _error(message: str, code: int = 1) -> int:
+    print(f"{PROG}: error: {message}", file=sys.stderr)
+    return code
+
+
+def main(argv: Sequence[str]) -> int:
+    """Run the command for ``argv`` (``argv[0]`` is the program name); return the exit code."""
+    fv = flags.FlagValues()
+    define_flags(fv)
+    argv = list(argv) or [PROG]
+    if any(a in ("-h", "--help", "-help", "--helpfull") for a in argv[1:]):
+        print(f"{PROG}: label images, audio or the microphone with an exported model.\n")
+        print(fv.get_help())
+        return 0
+    try:
+        rest = fv(argv)
+        settings = settings_from_flags(fv, rest[1:])
+    except flags.Error as e:
+        return _error(str(e).splitlines()[0], 2)
+    problems = settings.problems()
+    if problems:
+        return _error(problems[0], 2)
+    return label(settings)
+
+
+def label(settings: LabelSettings) -> int:
+    """Do what ``settings`` asks; print results; return the exit code."""
+    from label.labeling import LabelInputError
+    from label.mic import NoInputDeviceError
+    from label.models import ModelLoadError
+
+    try:
+        if settings.mode == "mic":
+            return _run_mic(settings)
+        labeler = _load(settings)
+        if settings.mode == "dir":
+            return _run_dir(settings, labeler)
+        return _run_files(settings, labeler)
+    except (ModelLoadError, LabelInputError, NoInputDeviceError) as e:
+        return _error(str(e))
+
+
+def _load(settings: LabelSettings):
+    from label.models import load_labeler
+
+    return load_labeler(
+        settings.graph, labels_path=settings.labels, input_layer=settings.input_layer,
+        output_layer=settings.output_layer, num_threads=settings.num_threads,
+    )
+
+
+def _inputs(settings: LabelSettings, labeler):
+    from label.labeling import AudioInput, resolve_image_input, spectrogram_settings_for
+
+    image_input = None
+    if labeler.input_kind == "image":
+        image_input = resolve_image_input(
+            labeler, settings.input_height, settings.input_width, settings.input_mean, settings.input_std
+        )
+    audio_input = AudioInput(spectrogram_settings_for(labeler), settings.hop_seconds, image_input)
+    return image_input, audio_input
+
+
+def _print_result(result, labeler, settings: LabelSettings, header: bool) -> None:
+    from label.labeling import top_k
+
+    windowed = result.kind == "audio" and len(result.windows) > 1
+    if header or windowed:
+        note = ""
+        if windowed:
+            note = f": {len(result.windows)} windows, summary = mean of the non-silent windows"
+        print(f"# {result.source}{note}")
+    for label_name, score in top_k(result.probabilities, labeler.labels, settings.top_k):
+        print(f"{label_name} {score:.5f}")
+    if windowed:
+        for w in result.windows:
+            (best, score), = top_k(w.probabilities, labeler.labels, 1)
+            print(f"#   window {w.start:7.2f} s: {best} {score:.5f}{' (silent)' if w.silent else ''}")
+
+
+def _run_files(settings: LabelSettings, labeler) -> int:
+    from label.labeling import LabelInputError, label_files, result_dict
+
+    image_input, audio_input = _inputs(settings, labeler)
+    if settings.images and labeler.input_kind != "image":
+        raise LabelInputError(f"{settings.graph} labels audio (its module takes waveforms): use --audio")
+    jobs = [("image", list(settings.images)), ("audio", list(settings.audio))]
+    results, failures = [], []
+    for kind, paths in jobs:
+        if not paths:
+            continue
+        for path, result, error in label_files(
+            labeler, paths, kind, image_input=image_input, audio_input=audio_input, batch_size=settings.batch_size
+        ):
+            if error:
+                failures.append(error)
+                print(f"{PROG}: error: {error}", file=sys.stderr)
+            else:
+                results.append(result)
+                if not settings.json:
+                    _print_result(result, labeler, settings, header=len(settings.images) + len(settings.audio) > 1)
+    if settings.json:
+        print(json.dumps({"model": settings.graph, "format": labeler.format,
+                          "results": [result_dict(r, labeler.labels, settings.top_k) for r in results],
+                          "errors": failures}, indent=2))
+    return 1 if failures else 0
+
+
+def _run_dir(settings: LabelSettings, labeler) -> int:
+    from label.labeling import (AUDIO_EXTENSIONS, IMAGE_EXTENSIONS, LabelInputError, find_files, label_files,
+                                result_dict, write_csv)
+
+    kind = "image" if settings.image_dir else "audio"
+    folder = settings.image_dir or settings.audio_dir
+    if kind == "image" and labeler.input_kind != "image":
+        raise LabelInputError(f"{settings.graph} labels audio (its module takes waveforms): use --audio_dir")
+    import os
+
+    if not os.path.isdir(folder):
+        raise LabelInputError(f"folder not found: {folder}")
+    paths = find_files(folder, IMAGE_EXTENSIONS if kind == "image" else AUDIO_EXTENSIONS)
+    if not paths:
+        raise LabelInputError(f"no {kind} files under {folder}")
+    image_input, audio_input = _inputs(settings, labeler)
+    results, failures = [], 0
+    for path, result, error in label_files(
+        labeler, paths, kind, image_input=image_input, audio_input=audio_input,
+        batch_size=settings.batch_size, progress=True,
+    ):
+        if error:
+            failures += 1
+            print(f"{PROG}: warning: skipped {error}", file=sys.stderr)
+            continue
+        results.append(result)
+        if not settings.json and not settings.output_csv:
+            best = int(result.probabilities.argmax())
+            print(f"{path} {labeler.labels[best]} {result.probabilities[best]:.5f}")
+    if settings.output_csv:
+        write_csv(settings.output_csv, results, labeler.labels)
+        print(f"wrote {len(results)} rows to {settings.output_csv}", file=sys.stderr)
+    if settings.json:
+        print(json.dumps({"model": settings.graph, "format": labeler.format,
+                          "results": [result_dict(r, labeler.labels, settings.top_k) for r in results]}, indent=2))
+    if failures:
+        print(f"{PROG}: {failures} of {len(paths)} files could not be labelled", file=sys.stderr)
+    return 0 if results else 1
+
+
+def _run_mic(settings: LabelSettings) -> int:
+    from label.labeling import label_waveform, top_k
+    from label.mic import FileSource, SoundDeviceSource, TriggerSettings, detect_events
+
+    trigger = TriggerSettings(record_seconds=settings.record_seconds, trigger_db=settings.trigger_db)
+    problems = trigger.problems()
+    if problems:
+        return _error(problems[0], 2)
+    try:
+        if settings.mic_file:
+            source = FileSource(settings.mic_file, realtime=settings.mic_realtime)
+        else:
+            device = settings.mic_device
+            if device is not None and device.isdigit():
+                device = int(device)
+            source = SoundDeviceSource(device)  # fail before the slow model load
+        labeler = _load(settings)
+        _, audio_input = _inputs(settings, labeler)
+        if isinstance(source, SoundDeviceSource):
+            source.prefer_sample_rate(audio_input.settings.sample_rate)
+        where = settings.mic_file or f"input device {getattr(source, 'name', '')!r}"
+        print(f"listening to {where} at {source.sample_rate} Hz; Ctrl-C stops", file=sys.stderr)
+        count = 0
+        for event in detect_events(source, trigger):
+            result = label_waveform(labeler, event.y, event.sr, audio_input, source=f"t={event.start_seconds:.2f}s")
+            best = top_k(result.probabilities, labeler.labels, settings.top_k)
+            stamp = event.wall_time.isoformat(timespec="milliseconds")
+            count += 1
+            if settings.json:
+                print(json.dumps({"time": stamp, "start": round(event.start_seconds, 3),
+                                  "level_db": round(event.level_db, 1), "floor_db": round(event.floor_db, 1),
+                                  "top": [{"label": n, "score": round(s, 6)} for n, s in best]}), flush=True)
+            else:
+                text = "  ".join(f"{n} {s:.3f}" for n, s in best)
+                print(f"{stamp} t={event.start_seconds:.2f}s  {text}", flush=True)
+        print(f"end of {where}: {count} event(s)", file=sys.stderr)
+        return 0
+    except KeyboardInterrupt:
+        print("stopped", file=sys.stderr)
+        return 0
+
+
+def run() -> None:
+    """Console-script entry point."""
+    sys.exit(main(sys.argv))
+
+
+if __name__ == "__main__":
+    run()

@@ -1,0 +1,218 @@
+"""Export a trained head (with its backbone) as the artifacts labelling uses.
+
+``retrain`` calls :func:`export_model` at the end of training. One model, several
+containers, all built from the same frozen function so they agree:
+
+* ``output_graph``: a frozen GraphDef (``.pb``) of backbone + head, image in,
+  probabilities out, loadable with ``tf.compat.v1.import_graph_def`` exactly as
+  TensorFlow's ``label_image.py`` loads retrain.py's graphs (input node
+  ``Placeholder``, output node ``final_result``).
+* ``output_labels``: one label per line in class-index order.
+* ``saved_model_dir``: a TF2 SavedModel with a ``serving_default`` signature
+  (input key = the input tensor name, output key = the final tensor name).
+* ``output_tflite``: a TFLite flatbuffer with the same signature, optionally
+  ``float16`` or ``dynamic``-range quantised.
+
+A backbone that cannot be traced into a TensorFlow graph (a waveform network run by
+a TFLite interpreter, such as BirdNET) is exported head-only (features in); the
+sidecar names the backbone and labelling runs backbone then head. A frozen ``.pb``
+cannot hold such a model and is refused.
+
+Every artifact gets a JSON sidecar (see :mod:`label.sidecar`), and everything is
+written atomically: re-exporting over an old artifact never leaves a broken one.
+"""
+from __future__ import annotations
+
+import copy
+import os
+import tempfile
+from typing import Any, Optional, Sequence
+
+from label import atomic_files
+from label.sidecar import SIDECAR_FORMAT, labels_sha256, labels_text, write_sidecar, SAVED_MODEL_SIDECAR
+
+TFLITE_QUANTIZATIONS = ("none", "float16", "dynamic")
+
+
+class ExportError(ValueError):
+    """The model cannot be exported as asked; the message is one line."""
+
+
+def export_model(
+    backbone,
+    head,
+    labels: Sequence[str],
+    sidecar: dict,
+    *,
+    output_graph: Optional[str] = None,
+    output_labels: Optional[str] = None,
+    saved_model_dir: Optional[str] = None,
+    output_tflite: Optional[str] = None,
+    tflite_quantization: Optional[str] = None,
+    input_tensor_name: str = "Placeholder",
+    final_tensor_name: str = "final_result",
+) -> dict[str, str]:
+    """Write the requested artifacts of ``backbone`` + ``head``; return ``{kind: path}``.
+
+    ``head`` is called as ``head(features)`` (a ``tf.function`` over float32
+    ``[None, feature_size]`` returning probabilities ``[None, num_classes]``).
+    ``sidecar`` is completed with the labels, their checksum, the module description,
+    the input size and scaling and the tensor names, and written beside every artifact.
+    Keys of the result: ``output_graph``, ``output_labels``, ``saved_model_dir``,
+    ``output_tflite`` and ``<key>_sidecar`` for the sidecars.
+    """
+    labels = [str(label) for label in labels]
+    if not labels:
+        raise ExportError("cannot export a model without labels")
+    if any(("\n" in label or not label.strip()) for label in labels):
+        raise ExportError("labels must be non-empty single-line strings")
+    quantization = (tflite_quantization or "none").lower()
+    if quantization not in TFLITE_QUANTIZATIONS:
+        raise ExportError(
+            f"unknown TFLite quantization {tflite_quantization!r} (use one of {', '.join(TFLITE_QUANTIZATIONS)})"
+        )
+
+    spec = backbone.input_spec
+    backbone_fn = backbone.tf_callable() if spec.kind == "image" else None
+    head_only = backbone_fn is None
+    if head_only and output_graph:
+        raise ExportError(
+            f"cannot write a frozen graph (--output_graph) for module {backbone.name!r}: it runs outside "
+            "TensorFlow; export --saved_model_dir or --output_tflite instead (labelling runs the module, then the head)"
+        )
+    full_sidecar = complete_sidecar(
+        sidecar, backbone, labels, head_only=head_only,
+        input_tensor_name=input_tensor_name, final_tensor_name=final_tensor_name,
+    )
+    written: dict[str, str] = {}
+    wants_model = bool(output_graph or saved_model_dir or output_tflite)
+    if wants_model:
+        import tensorflow as tf
+
+        if head_only:
+            input_shape = [None, int(backbone.feature_size)]
+        else:
+            input_shape = [None, int(spec.height), int(spec.width), 3]
+        frozen, graph_def = _freeze(tf, backbone_fn, head, input_shape, input_tensor_name, final_tensor_name)
+        num_outputs = frozen.outputs[0].shape[-1]
+        if num_outputs is not None and int(num_outputs) != len(labels):
+            raise ExportError(f"the head has {int(num_outputs)} outputs but there are {len(labels)} labels")
+
+        if output_graph:
+            atomic_files.write_bytes(output_graph, graph_def.SerializeToString())
+            written["output_graph"] = output_graph
+            written["output_graph_sidecar"] = write_sidecar(output_graph, dict(full_sidecar, artifact="frozen_graph"))
+
+        if saved_model_dir or output_tflite:
+            with tempfile.TemporaryDirectory(prefix="soundretrain-export-") as scratch:
+                if saved_model_dir:
+                    with atomic_files.replacing_folder(saved_model_dir) as tmp_dir:
+                        _save_serving_model(tf, frozen, tmp_dir, input_shape, input_tensor_name, final_tensor_name)
+                        write_sidecar(tmp_dir, dict(full_sidecar, artifact="saved_model"))
+                    written["saved_model_dir"] = saved_model_dir
+                    written["saved_model_dir_sidecar"] = os.path.join(saved_model_dir, SAVED_MODEL_SIDECAR)
+                    source_dir = saved_model_dir
+                else:
+                    source_dir = os.path.join(scratch, "saved_model")
+                    _save_serving_model(tf, frozen, source_dir, input_shape, input_tensor_name, final_tensor_name)
+                if output_tflite:
+                    flatbuffer = _convert_tflite(tf, source_dir, quantization)
+                    atomic_files.write_bytes(output_tflite, flatbuffer)
+                    written["output_tflite"] = output_tflite
+                    written["output_tflite_sidecar"] = write_sidecar(
+                        output_tflite, dict(full_sidecar, artifact="tflite", tflite_quantization=quantization)
+                    )
+
+    if output_labels:
+        atomic_files.write_text(output_labels, labels_text(labels))
+        written["output_labels"] = output_labels
+    return written
+
+
+def complete_sidecar(
+    sidecar: dict,
+    backbone,
+    labels: Sequence[str],
+    *,
+    head_only: bool,
+    input_tensor_name: str = "Placeholder",
+    final_tensor_name: str = "final_result",
+) -> dict[str, Any]:
+    """``sidecar`` plus everything labelling needs that the caller left out."""
+    out = copy.deepcopy(dict(sidecar or {}))
+    spec = backbone.input_spec
+    out["format"] = SIDECAR_FORMAT
+    out["labels"] = list(labels)
+    out["labels_sha256"] = labels_sha256(labels)
+    out.setdefault("module", backbone.description())
+    out.setdefault("test_accuracy", None)
+    out["input_tensor_name"] = input_tensor_name
+    out["final_tensor_name"] = final_tensor_name
+    # What the artifact itself eats: the image, or (head only) the module's features.
+    out["model_input"] = "features" if head_only else "image"
+    inp = dict(out.get("input") or {})
+    inp.setdefault("kind", spec.kind)
+    if spec.kind == "image":
+        inp.setdefault("height", spec.height)
+        inp.setdefault("width", spec.width)
+        inp.setdefault("input_mean", 0.0)
+        inp.setdefault("input_std", 255.0)
+    else:
+        inp.setdefault("sample_rate", spec.sample_rate)
+        inp.setdefault("num_samples", spec.num_samples)
+    if head_only:
+        inp["feature_size"] = int(backbone.feature_size)
+    out["input"] = inp
+    return out
+
+
+def _freeze(tf, backbone_fn, head, input_shape, input_name: str, final_name: str):
+    """Trace ``head(backbone_fn(x))`` and fold every variable into a constant.
+
+    Returns the frozen concrete function and its GraphDef, after checking that the
+    input and output nodes carry the names label_image users pass.
+    """
+    from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
+
+    @tf.function(input_signature=[tf.TensorSpec(input_shape, tf.float32, name=input_name)])
+    def serve(x):
+        features = backbone_fn(x) if backbone_fn is not None else x
+        probabilities = head(features)
+        if isinstance(probabilities, dict):  # a head that returns a dict of outputs
+            probabilities = next(iter(probabilities.values()))
+        return tf.identity(probabilities, name=final_name)
+
+    try:
+        concrete = serve.get_concrete_function()
+        frozen = convert_variables_to_constants_v2(concrete)
+    except (TypeError, ValueError) as e:
+        raise ExportError(f"cannot trace the model for export: {str(e).splitlines()[0]}") from None
+    graph_def = frozen.graph.as_graph_def()
+    nodes = {node.name: node for node in graph_def.node}
+    if input_name not in nodes or nodes[input_name].op != "Placeholder":
+        raise ExportError(f"frozen graph has no input placeholder named {input_name!r}")
+    if final_name not in nodes:
+        raise ExportError(f"frozen graph has no output node named {final_name!r}")
+    return frozen, graph_def
+
+
+def _save_serving_model(tf, frozen, folder: str, input_shape, input_name: str, final_name: str) -> None:
+    """A SavedModel whose ``serving_default`` maps ``{input_name: x}`` to ``{final_name: p}``."""
+    module = tf.Module()
+    module.frozen = frozen  # keep it reachable from the saved object
+
+    @tf.function(input_signature=[tf.TensorSpec(input_shape, tf.float32, name=input_name)])
+    def serving_default(x):
+        return {final_name: tf.nest.flatten(frozen(x))[0]}
+
+    module.serving_default = serving_default
+    tf.saved_model.save(module, folder, signatures={"serving_default": serving_default})
+
+
+def _convert_tflite(tf, saved_model_dir: str, quantization: str) -> bytes:
+    converter = tf.lite.TFLiteConverter.from_saved_model(saved_model_dir, signature_keys=["serving_default"])
+    if quantization in ("float16", "dynamic"):
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    if quantization == "float16":
+        converter.target_spec.supported_types = [tf.float16]
+    return converter.convert()

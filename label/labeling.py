@@ -1,0 +1,310 @@
+"""Turn images and audio into the model's input and its probabilities into results.
+
+Audio is rendered with :func:`spectrograms.render.render_clip`, the same function the
+``spectrograms`` writer used for the training images, with the settings recorded in
+the model's sidecar. A file longer than the training duration is cut into windows
+(:func:`spectrograms.render.split_windows`), each window is labelled, and the file's
+summary is the mean of its non-silent windows' probabilities.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import os
+from dataclasses import dataclass, field
+from typing import Iterable, Iterator, Optional, Sequence
+
+import numpy as np
+
+from label import atomic_files
+from label.models import Labeler
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp")
+AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".mp3", ".aiff", ".aif", ".au", ".m4a")
+DEFAULT_IMAGE_SIZE = 224  # efficientnet_lite0, the default module
+
+
+class LabelInputError(ValueError):
+    """An input cannot be labelled (unreadable image, silent or corrupt audio); one line."""
+
+
+@dataclass(frozen=True)
+class ImageInput:
+    """How an image becomes model input: resized to ``height`` x ``width`` (bilinear),
+    then ``(pixel - mean) / std`` in float32 (label_image's scaling)."""
+
+    height: int
+    width: int
+    mean: float = 0.0
+    std: float = 255.0
+
+
+def resolve_image_input(
+    labeler: Labeler,
+    height: Optional[int] = None,
+    width: Optional[int] = None,
+    mean: Optional[float] = None,
+    std: Optional[float] = None,
+) -> ImageInput:
+    """Explicit values win (``0`` included), then the sidecar, then the model's input
+    shape, then retrain.py's conventions (mean 0, std 255)."""
+    side = (labeler.sidecar or {}).get("input") or {}
+    model_h, model_w = labeler.input_size
+
+    def first(*values):
+        return next((v for v in values if v is not None), None)
+
+    h = first(height, side.get("height"), model_h, DEFAULT_IMAGE_SIZE)
+    w = first(width, side.get("width"), model_w, DEFAULT_IMAGE_SIZE)
+    m = float(first(mean, side.get("input_mean"), 0.0))
+    s = float(first(std, side.get("input_std"), 255.0))
+    if s == 0:
+        raise LabelInputError("--input_std must not be 0 (pixels are divided by it)")
+    if int(h) <= 0 or int(w) <= 0:
+        raise LabelInputError(f"input size must be positive, not {h}x{w}")
+    return ImageInput(int(h), int(w), m, s)
+
+
+def spectrogram_settings_for(labeler: Labeler):
+    """The :class:`SpectrogramSettings` the model was trained with (sidecar), else the
+    defaults (a graph without a sidecar, such as one retrain.py wrote)."""
+    from spectrograms.settings import SpectrogramSettings
+
+    d = (labeler.sidecar or {}).get("spectrogram")
+    try:
+        return SpectrogramSettings.from_dict(d) if d else SpectrogramSettings()
+    except (TypeError, ValueError) as e:
+        raise LabelInputError(f"the sidecar's spectrogram settings are invalid: {e}") from None
+
+
+# --- images -----------------------------------------------------------------------
+
+
+def load_image(path: str) -> np.ndarray:
+    """Decode an image file to uint8 RGB ``[H, W, 3]`` (PNG, JPEG, ... via Pillow)."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as im:
+            return np.asarray(im.convert("RGB"))
+    except FileNotFoundError:
+        raise LabelInputError(f"{path}: no such file") from None
+    except UnidentifiedImageError:
+        raise LabelInputError(f"{path}: not an image file (PNG, JPEG, ... expected)") from None
+    except (OSError, ValueError, SyntaxError) as e:
+        raise LabelInputError(f"{path}: cannot decode image: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+
+
+def prepare_image(rgb: np.ndarray, image_input: ImageInput) -> np.ndarray:
+    """uint8 RGB -> float32 ``[height, width, 3]``: resize if needed, then scale."""
+    if rgb.shape[:2] != (image_input.height, image_input.width):
+        from PIL import Image
+
+        rgb = np.asarray(Image.fromarray(rgb).resize((image_input.width, image_input.height), Image.Resampling.BILINEAR))
+    return (rgb.astype(np.float32) - np.float32(image_input.mean)) / np.float32(image_input.std)
+
+
+# --- audio ------------------------------------------------------------------------
+
+
+@dataclass
+class WindowResult:
+    start: float  # seconds into the source
+    probabilities: np.ndarray
+    silent: bool = False
+
+
+@dataclass
+class LabelResult:
+    """The labels of one input: a summary and, for audio, one entry per window."""
+
+    source: str
+    kind: str  # "image" | "audio"
+    probabilities: np.ndarray
+    windows: list = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class AudioInput:
+    """How audio becomes model input."""
+
+    settings: object  # SpectrogramSettings
+    hop_seconds: Optional[float] = None  # None: the settings' window hop (or duration)
+    image_input: Optional[ImageInput] = None  # None for a waveform model
+
+
+def audio_sample_rate(labeler: Labeler, audio_input: AudioInput) -> int:
+    """The rate audio is decoded at: the waveform backbone's, else the spectrogram's."""
+    return int(labeler.sample_rate or audio_input.settings.sample_rate)
+
+
+def audio_model_inputs(
+    y: np.ndarray, sr: int, labeler: Labeler, audio_input: AudioInput
+) -> tuple[list[float], list[bool], np.ndarray]:
+    """Cut ``y`` (at ``audio_sample_rate``) into windows and build the model input.
+
+    Returns the window starts, which windows are silent, and the batch (images for an
+    image model, waveforms for a waveform one).
+    """
+    from spectrograms.render import is_silent, render_clip, split_windows
+
+    settings = audio_input.settings
+    hop = audio_input.hop_seconds if audio_input.hop_seconds is not None else settings.hop_seconds
+    windows = split_windows(y, sr, settings.duration, hop, settings.pad_mode)
+    starts = [float(start) for start, _ in windows]
+    silent = [bool(is_silent(w)) for _, w in windows]
+    if labeler.input_kind == "waveform":
+        batch = np.stack([w for _, w in windows]).astype(np.float32)
+    else:
+        batch = np.stack([prepare_image(render_clip(w, sr, settings), audio_input.image_input) for _, w in windows])
+    return starts, silent, batch
+
+
+def decode_audio(path: str, sr: int) -> np.ndarray:
+    """``load_audio`` with its errors turned into :class:`LabelInputError`; refuses silence."""
+    from spectrograms.render import AudioReadError, is_silent, load_audio
+
+    try:
+        y = load_audio(path, sr)
+    except AudioReadError as e:
+        raise LabelInputError(f"{e.path}: {e.reason}") from None
+    if is_silent(y):
+        raise LabelInputError(f"{path}: the audio is silent (nothing to label)")
+    return y
+
+
+def summarise(starts: Sequence[float], silent: Sequence[bool], probabilities: np.ndarray) -> tuple[np.ndarray, list]:
+    """Mean of the non-silent windows' probabilities (all windows when all are silent)."""
+    windows = [WindowResult(s, p, q) for s, q, p in zip(starts, silent, probabilities)]
+    keep = [i for i, q in enumerate(silent) if not q] or list(range(len(windows)))
+    return probabilities[keep].mean(axis=0), windows
+
+
+def label_waveform(labeler: Labeler, y: np.ndarray, sr: int, audio_input: AudioInput, source: str = "") -> LabelResult:
+    """Label audio already in memory (the microphone's recordings)."""
+    target = audio_sample_rate(labeler, audio_input)
+    if sr != target:
+        import librosa
+
+        y = librosa.resample(np.asarray(y, dtype=np.float32), orig_sr=sr, target_sr=target)
+    starts, silent, batch = audio_model_inputs(np.asarray(y, dtype=np.float32), target, labeler, audio_input)
+    summary, windows = summarise(starts, silent, labeler.predict(batch))
+    return LabelResult(source, "audio", summary, windows)
+
+
+# --- many files in batches ----------------------------------------------------------
+
+
+@dataclass
+class _Pending:
+    source: str
+    kind: str
+    starts: list
+    silent: list
+    count: int
+
+
+def label_files(
+    labeler: Labeler,
+    paths: Sequence[str],
+    kind: str,
+    *,
+    image_input: Optional[ImageInput] = None,
+    audio_input: Optional[AudioInput] = None,
+    batch_size: int = 32,
+    progress: bool = False,
+) -> Iterator[tuple[str, Optional[LabelResult], Optional[str]]]:
+    """Label ``paths`` (all ``"image"`` or all ``"audio"``), ``batch_size`` model inputs
+    per call. Yields ``(path, result, None)`` or ``(path, None, error_line)`` in order."""
+    from tqdm import tqdm
+
+    sr = audio_sample_rate(labeler, audio_input) if kind == "audio" else None
+    pending: list = []  # _Pending or (path, error)
+    inputs: list = []
+
+    def flush():
+        nonlocal pending, inputs
+        probs = labeler.predict(np.concatenate(inputs)) if inputs else None
+        offset = 0
+        for item in pending:
+            if isinstance(item, tuple):
+                yield item[0], None, item[1]
+                continue
+            p = probs[offset: offset + item.count]
+            offset += item.count
+            if item.kind == "image":
+                yield item.source, LabelResult(item.source, "image", p[0]), None
+            else:
+                summary, windows = summarise(item.starts, item.silent, p)
+                yield item.source, LabelResult(item.source, "audio", summary, windows), None
+        pending, inputs = [], []
+
+    queued = 0
+    for path in tqdm(paths, desc=f"labelling {kind}", unit="file", disable=not progress, leave=False):
+        try:
+            if kind == "image":
+                batch = prepare_image(load_image(path), image_input)[None]
+                pending.append(_Pending(path, "image", [0.0], [False], 1))
+            else:
+                starts, silent, batch = audio_model_inputs(decode_audio(path, sr), sr, labeler, audio_input)
+                pending.append(_Pending(path, "audio", starts, silent, len(starts)))
+            inputs.append(batch)
+            queued += len(batch)
+        except LabelInputError as e:
+            pending.append((path, str(e)))
+        if queued >= batch_size:
+            yield from flush()
+            queued = 0
+    yield from flush()
+
+
+def find_files(folder: str, extensions: Iterable[str]) -> list[str]:
+    """Files under ``folder`` (recursively) with one of ``extensions``, sorted."""
+    exts = tuple(e.lower() for e in extensions)
+    found = []
+    for root, dirs, files in os.walk(folder):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        found.extend(os.path.join(root, f) for f in files if f.lower().endswith(exts) and not f.startswith("."))
+    return sorted(found)
+
+
+# --- output ---------------------------------------------------------------------
+
+
+def top_k(probabilities: np.ndarray, labels: Sequence[str], k: int) -> list[tuple[str, float]]:
+    """The ``k`` most probable ``(label, score)`` pairs, best first."""
+    order = np.argsort(-np.asarray(probabilities), kind="stable")[:k]
+    return [(labels[i], float(probabilities[i])) for i in order]
+
+
+def result_dict(result: LabelResult, labels: Sequence[str], k: int) -> dict:
+    """A JSON-ready view of ``result``."""
+    d = {
+        "source": result.source,
+        "kind": result.kind,
+        "top": [{"label": label, "score": round(score, 6)} for label, score in top_k(result.probabilities, labels, k)],
+    }
+    if result.kind == "audio":
+        d["windows"] = [
+            {
+                "start": round(w.start, 3),
+                "silent": w.silent,
+                "top": [{"label": label, "score": round(score, 6)} for label, score in top_k(w.probabilities, labels, k)],
+            }
+            for w in result.windows
+        ]
+    return d
+
+
+def write_csv(path: str, rows: Sequence[LabelResult], labels: Sequence[str]) -> None:
+    """One row per input: ``path,windows,label,score`` then one column per class."""
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(["path", "windows", "label", "score", *labels])
+    for r in rows:
+        best = int(np.argmax(r.probabilities))
+        writer.writerow(
+            [r.source, max(1, len(r.windows)), labels[best], f"{r.probabilities[best]:.6f}",
+             *(f"{p:.6f}" for p in r.probabilities)]
+        )
+    atomic_files.write_text(path, buf.getvalue())

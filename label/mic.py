@@ -1,0 +1,207 @@
+"""Listen for sound events: a pluggable capture source and an energy trigger.
+
+The trigger works on the RMS level of short blocks (50 ms) in dBFS against an
+adaptive noise floor, an exponential moving average of the level that follows the
+room while nothing happens. A block louder than ``floor + trigger_db`` starts a
+recording of ``record_seconds`` (plus a short pre-roll, so the onset is not cut).
+After a recording the trigger re-arms only once the level has fallen back below the
+threshold, so one long sound gives one event, not a stream of them.
+
+webrtcvad is not used as the trigger: it detects speech, and the sounds we label
+(sirens, dogs, drills) are mostly not speech.
+
+Sources share one interface: ``sample_rate`` and ``blocks(frames)``, an iterator of
+float32 mono blocks; :class:`FileSource` streams a WAV file through exactly the code
+path :class:`SoundDeviceSource` (PortAudio) uses.
+"""
+from __future__ import annotations
+
+import collections
+import math
+import time
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Iterator, Optional
+
+import numpy as np
+
+SILENCE_DB = -120.0  # level reported for digital silence
+
+
+class NoInputDeviceError(RuntimeError):
+    """No audio input can be opened; the message is one line."""
+
+
+class FileSource:
+    """Streams an audio file in blocks, as a microphone would (optionally in real time)."""
+
+    def __init__(self, path: str, realtime: bool = False) -> None:
+        import soundfile as sf
+
+        try:
+            info = sf.info(path)
+        except Exception as e:  # soundfile raises LibsndfileError / RuntimeError
+            raise NoInputDeviceError(f"cannot open {path} as an input: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+        self.path = path
+        self.sample_rate = int(info.samplerate)
+        self.realtime = realtime
+
+    def blocks(self, frames: int) -> Iterator[np.ndarray]:
+        import soundfile as sf
+
+        start = time.monotonic()
+        done = 0
+        for block in sf.blocks(self.path, blocksize=frames, dtype="float32", always_2d=True):
+            if self.realtime:
+                wait = start + done / self.sample_rate - time.monotonic()
+                if wait > 0:
+                    time.sleep(wait)
+            done += len(block)
+            yield block.mean(axis=1)
+
+
+class SoundDeviceSource:
+    """The default (or a named) input device through sounddevice/PortAudio."""
+
+    def __init__(self, device=None) -> None:
+        try:
+            import sounddevice as sd
+        except OSError:
+            raise NoInputDeviceError(
+                "no audio input: the PortAudio library is not installed (apt-get install libportaudio2)"
+            ) from None
+        except ImportError:
+            raise NoInputDeviceError("no audio input: the sounddevice package is not installed (pip install sounddevice)") from None
+        self._sd = sd
+        try:
+            info = sd.query_devices(device, kind="input")
+        except Exception as e:  # ValueError or PortAudioError when there is none
+            what = f"input device {device!r}" if device is not None else "default input device"
+            raise NoInputDeviceError(f"no audio input: {what} not found ({str(e).splitlines()[0] if str(e) else 'none'})") from None
+        self.device = device
+        self.name = info.get("name", "input")
+        self.sample_rate = int(info.get("default_samplerate") or 44100)
+
+    def prefer_sample_rate(self, sample_rate: int) -> None:
+        """Record at ``sample_rate`` (the model's) when the device allows, saving a resample."""
+        try:
+            self._sd.check_input_settings(device=self.device, samplerate=sample_rate, channels=1, dtype="float32")
+            self.sample_rate = int(sample_rate)
+        except Exception:
+            pass  # keep the device's default rate; labelling resamples
+
+    def blocks(self, frames: int) -> Iterator[np.ndarray]:
+        try:
+            stream = self._sd.InputStream(
+                samplerate=self.sample_rate, blocksize=frames, device=self.device, channels=1, dtype="float32"
+            )
+        except Exception as e:
+            raise NoInputDeviceError(f"cannot open input device {self.name!r}: {str(e).splitlines()[0]}") from None
+        with stream:
+            while True:
+                data, _overflowed = stream.read(frames)
+                yield np.asarray(data[:, 0], dtype=np.float32).copy()
+
+
+def level_db(block: np.ndarray) -> float:
+    """RMS level of ``block`` in dBFS (``SILENCE_DB`` for digital silence)."""
+    rms = math.sqrt(float(np.mean(np.square(block, dtype=np.float64)))) if block.size else 0.0
+    return 20.0 * math.log10(rms) if rms > 1e-6 else SILENCE_DB
+
+
+@dataclass(frozen=True)
+class TriggerSettings:
+    record_seconds: float = 3.0
+    trigger_db: float = 12.0  # a block this far above the noise floor starts an event
+    block_seconds: float = 0.05
+    preroll_seconds: float = 0.25
+    adapt_seconds: float = 2.0  # time constant of the noise floor
+    min_floor_db: float = -70.0  # the floor never drops below: digital silence is not a room
+
+    def problems(self) -> list[str]:
+        p = []
+        if not self.record_seconds > 0:
+            p.append(f"--record_seconds must be positive, not {self.record_seconds}")
+        if not self.trigger_db > 0:
+            p.append(f"--trigger_db must be positive, not {self.trigger_db}")
+        return p
+
+
+class EnergyTrigger:
+    """Decides per block whether a sound event starts, tracking the noise floor."""
+
+    def __init__(self, settings: TriggerSettings) -> None:
+        self.settings = settings
+        self.floor_db: Optional[float] = None
+        self._alpha = min(1.0, settings.block_seconds / settings.adapt_seconds)
+
+    @property
+    def threshold_db(self) -> float:
+        return (self.floor_db if self.floor_db is not None else self.settings.min_floor_db) + self.settings.trigger_db
+
+    def is_loud(self, level: float) -> bool:
+        return self.floor_db is not None and level > self.threshold_db
+
+    def update(self, level: float) -> None:
+        """Move the floor toward ``level``; events (loud blocks) move it 20x slower,
+        so a long event hardly raises it but a lasting change of room is learned."""
+        if self.floor_db is None:
+            self.floor_db = max(level, self.settings.min_floor_db)
+            return
+        alpha = self._alpha / 20.0 if self.is_loud(level) else self._alpha
+        self.floor_db = max(self.settings.min_floor_db, self.floor_db + alpha * (level - self.floor_db))
+
+
+@dataclass
+class SoundEvent:
+    """A recording that the trigger started."""
+
+    start_seconds: float  # offset of the trigger block in the stream
+    wall_time: datetime
+    y: np.ndarray
+    sr: int
+    level_db: float  # level of the trigger block
+    floor_db: float  # noise floor when it triggered
+
+
+def detect_events(source, settings: TriggerSettings) -> Iterator[SoundEvent]:
+    """Yield one :class:`SoundEvent` per triggered recording until the source ends.
+
+    A recording cut short by the end of the source is still yielded (labelling pads
+    it to the training duration).
+    """
+    sr = int(source.sample_rate)
+    frames = max(1, int(round(settings.block_seconds * sr)))
+    preroll = collections.deque(maxlen=max(1, int(round(settings.preroll_seconds / settings.block_seconds))))
+    need = int(round(settings.record_seconds * sr))
+    trigger = EnergyTrigger(settings)
+    armed = True
+    recording: Optional[list] = None
+    event: Optional[SoundEvent] = None
+    recorded = 0
+    position = 0  # samples read so far
+    for block in source.blocks(frames):
+        level = level_db(block)
+        if recording is not None:
+            recording.append(block)
+            recorded += len(block)
+            if recorded >= need:
+                event.y = np.concatenate(recording)
+                yield event
+                recording = None
+        else:
+            loud = trigger.is_loud(level)
+            if loud and armed:
+                event = SoundEvent(position / sr, datetime.now(), None, sr, level, float(trigger.floor_db))
+                recording = list(preroll) + [block]
+                recorded = len(block)
+                armed = False
+                preroll.clear()
+            else:
+                armed = armed or not loud
+                preroll.append(block)
+        trigger.update(level)
+        position += len(block)
+    if recording is not None:
+        event.y = np.concatenate(recording)
+        yield event

@@ -1,0 +1,327 @@
+"""Load an exported model (frozen ``.pb``, SavedModel folder or ``.tflite``) for labelling.
+
+Every format is wrapped into a :class:`Labeler` with one method,
+``predict(batch) -> probabilities``. A head-only artifact (exported for a waveform
+backbone such as BirdNET) is chained behind its backbone, loaded by name through
+:func:`retrain.modules.load_module`, so ``predict`` takes audio for it.
+
+TensorFlow is imported only for the ``.pb`` and SavedModel formats: a ``.tflite``
+model runs on ``ai-edge-litert`` when it is installed, which keeps a cold start
+(a new process) well under TensorFlow's own import time.
+"""
+from __future__ import annotations
+
+import os
+import sys
+import warnings
+from dataclasses import dataclass
+from typing import Optional, Sequence
+
+import numpy as np
+
+from label.sidecar import SidecarError, labels_sha256, read_labels, read_sidecar
+
+RETRAIN_INPUT_LAYER = "Placeholder"  # retrain.py's input node
+RETRAIN_OUTPUT_LAYER = "final_result"  # retrain.py's --final_tensor_name default
+TFLITE_MAGIC = b"TFL3"
+
+
+class ModelLoadError(ValueError):
+    """A model or its labels cannot be loaded; the message is one line."""
+
+
+def _tensor_name(name: str) -> str:
+    """``"x"`` or ``"x:0"`` -> ``"x:0"``."""
+    return name if ":" in name else f"{name}:0"
+
+
+def _one_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return (text.splitlines()[0] if text else type(e).__name__)[:300]
+
+
+class FrozenGraphModel:
+    """A frozen GraphDef run by a ``tf.compat.v1`` session, as label_image.py does."""
+
+    format = "frozen_graph"
+
+    def __init__(self, path: str, input_layer: str, output_layer: str) -> None:
+        import tensorflow as tf
+
+        graph_def = tf.compat.v1.GraphDef()
+        try:
+            with open(path, "rb") as f:
+                graph_def.ParseFromString(f.read())
+        except OSError as e:
+            raise ModelLoadError(f"cannot read graph {path}: {e.strerror or e}") from None
+        except Exception:  # protobuf's DecodeError and friends
+            raise ModelLoadError(f"{path} is not a TensorFlow GraphDef (cannot parse it; corrupt or wrong file?)") from None
+        nodes = {node.name: node for node in graph_def.node}
+        for flag, layer in (("--input_layer", input_layer), ("--output_layer", output_layer)):
+            if layer.split(":")[0] not in nodes:
+                hint = ", ".join(n.name for n in graph_def.node if n.op == "Placeholder")[:120] or "none"
+                raise ModelLoadError(
+                    f"graph {path} has no node {layer!r} (corrupt graph or wrong {flag}; placeholders in it: {hint})"
+                )
+        self.graph = tf.Graph()
+        try:
+            with self.graph.as_default():
+                tf.compat.v1.import_graph_def(graph_def, name="")
+        except Exception as e:
+            raise ModelLoadError(f"cannot import graph {path}: {_one_line(e)}") from None
+        self.session = tf.compat.v1.Session(graph=self.graph)
+        self.input = self.graph.get_tensor_by_name(_tensor_name(input_layer))
+        self.output = self.graph.get_tensor_by_name(_tensor_name(output_layer))
+        self.input_shape = tuple(self.input.shape.as_list()) if self.input.shape.rank is not None else None
+        self.num_outputs = self.output.shape[-1] if self.output.shape.rank else None
+
+    def predict(self, batch: np.ndarray) -> np.ndarray:
+        return np.asarray(self.session.run(self.output, {self.input: batch}), dtype=np.float32)
+
+
+class SavedModelModel:
+    """A TF2 SavedModel's signature (``serving_default`` unless it has only another)."""
+
+    format = "saved_model"
+
+    def __init__(self, path: str, input_layer: Optional[str], output_layer: Optional[str]) -> None:
+        import tensorflow as tf
+
+        try:
+            loaded = tf.saved_model.load(path)
+        except Exception as e:
+            raise ModelLoadError(f"cannot load SavedModel {path}: {_one_line(e)}") from None
+        signatures = dict(loaded.signatures)
+        if not signatures:
+            raise ModelLoadError(f"SavedModel {path} has no signatures (export it with a serving_default signature)")
+        self._loaded = loaded  # keep the variables alive
+        self.signature = signatures.get("serving_default") or next(iter(signatures.values()))
+        inputs = self.signature.structured_input_signature[1]
+        outputs = self.signature.structured_outputs
+        self.input_key = _pick(inputs, input_layer, "input", path)
+        self.output_key = _pick(outputs, output_layer, "output", path)
+        self.input_shape = tuple(inputs[self.input_key].shape.as_list())
+        shape = outputs[self.output_key].shape
+        self.num_outputs = shape[-1] if shape.rank else None
+        self._tf = tf
+
+    def predict(self, batch: np.ndarray) -> np.ndarray:
+        result = self.signature(**{self.input_key: self._tf.constant(batch, dtype=self._tf.float32)})
+        return np.asarray(result[self.output_key].numpy(), dtype=np.float32)
+
+
+def _pick(named: dict, wanted: Optional[str], what: str, path: str) -> str:
+    """The signature key for ``wanted`` (a name, maybe with ``:0``), or the only one."""
+    if wanted:
+        name = wanted.split(":")[0]
+        if name in named:
+            return name
+    if len(named) == 1:
+        return next(iter(named))
+    if wanted:
+        raise ModelLoadError(f"{path} has no {what} named {wanted!r} (it has {', '.join(sorted(named))})")
+    raise ModelLoadError(f"{path} has several {what}s ({', '.join(sorted(named))}): choose one with --{what}_layer")
+
+
+def _tflite_interpreter(path: str, num_threads: Optional[int]):
+    try:
+        from ai_edge_litert.interpreter import Interpreter
+    except ImportError:  # fall back on TensorFlow's bundled (deprecated) interpreter
+        import tensorflow as tf
+
+        Interpreter = tf.lite.Interpreter
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # tf.lite.Interpreter's deprecation notice
+        return Interpreter(model_path=path, num_threads=num_threads)
+
+
+class TFLiteModel:
+    """A TFLite flatbuffer, through its signature runner when it has one."""
+
+    format = "tflite"
+
+    def __init__(self, path: str, input_layer: Optional[str], output_layer: Optional[str],
+                 num_threads: Optional[int] = None) -> None:
+        try:
+            self.interpreter = _tflite_interpreter(path, num_threads)
+        except Exception as e:
+            raise ModelLoadError(f"cannot load TFLite model {path}: {_one_line(e)}") from None
+        signatures = self.interpreter.get_signature_list()
+        self.runner = None
+        if signatures:
+            key = "serving_default" if "serving_default" in signatures else next(iter(signatures))
+            self.runner = self.interpreter.get_signature_runner(key)
+            inputs = self.runner.get_input_details()
+            outputs = self.runner.get_output_details()
+            self.input_key = _pick(inputs, input_layer, "input", path)
+            self.output_key = _pick(outputs, output_layer, "output", path)
+            in_detail, out_detail = inputs[self.input_key], outputs[self.output_key]
+        else:
+            self.interpreter.allocate_tensors()
+            in_detail = self.interpreter.get_input_details()[0]
+            out_detail = self.interpreter.get_output_details()[0]
+        self._in_index, self._out_index = in_detail["index"], out_detail["index"]
+        shape = list(in_detail.get("shape_signature", in_detail["shape"]))
+        self.input_shape = tuple(None if d < 0 else int(d) for d in shape)
+        self.num_outputs = int(out_detail["shape"][-1])
+        self._batch = None
+
+    def predict(self, batch: np.ndarray) -> np.ndarray:
+        batch = np.ascontiguousarray(batch, dtype=np.float32)
+        if self.runner is not None:
+            return np.asarray(self.runner(**{self.input_key: batch})[self.output_key], dtype=np.float32)
+        if self._batch != batch.shape:
+            self.interpreter.resize_tensor_input(self._in_index, batch.shape)
+            self.interpreter.allocate_tensors()
+            self._batch = batch.shape
+        self.interpreter.set_tensor(self._in_index, batch)
+        self.interpreter.invoke()
+        return np.array(self.interpreter.get_tensor(self._out_index), dtype=np.float32)
+
+
+@dataclass
+class Labeler:
+    """An exported model and its labels: ``predict(batch) -> probabilities [N, classes]``.
+
+    ``input_kind`` says what ``predict`` takes: ``"image"`` (float32 ``[N, H, W, 3]``,
+    already scaled) or ``"waveform"`` (float32 ``[N, samples]`` at the backbone's
+    ``sample_rate``; a head-only artifact chained behind its backbone).
+    """
+
+    path: str
+    model: object
+    labels: list
+    sidecar: Optional[dict]
+    backbone: object = None
+
+    @property
+    def format(self) -> str:
+        return self.model.format
+
+    @property
+    def input_kind(self) -> str:
+        return "waveform" if self.backbone is not None else "image"
+
+    @property
+    def input_size(self) -> tuple[Optional[int], Optional[int]]:
+        """``(height, width)`` the image model takes, as far as the model says."""
+        shape = self.model.input_shape
+        if shape is not None and len(shape) == 4:
+            return shape[1], shape[2]
+        return None, None
+
+    @property
+    def sample_rate(self) -> Optional[int]:
+        return self.backbone.input_spec.sample_rate if self.backbone is not None else None
+
+    def predict(self, batch: np.ndarray) -> np.ndarray:
+        batch = np.asarray(batch, dtype=np.float32)
+        if self.backbone is not None:
+            batch = np.asarray(self.backbone.compute(batch), dtype=np.float32)
+        return self.model.predict(batch)
+
+
+def detect_format(path: str) -> str:
+    """``"saved_model"``, ``"tflite"`` or ``"frozen_graph"`` for ``path``."""
+    if os.path.isdir(path):
+        return "saved_model"
+    if path.lower().endswith(".tflite"):
+        return "tflite"
+    try:
+        with open(path, "rb") as f:
+            head = f.read(8)
+    except OSError:
+        return "frozen_graph"
+    return "tflite" if head[4:8] == TFLITE_MAGIC else "frozen_graph"
+
+
+def load_labeler(
+    path: str,
+    *,
+    labels_path: Optional[str] = None,
+    input_layer: Optional[str] = None,
+    output_layer: Optional[str] = None,
+    backbone=None,
+    num_threads: Optional[int] = None,
+) -> Labeler:
+    """Load the model at ``path`` with its labels (``labels_path``, else the sidecar's).
+
+    ``input_layer``/``output_layer`` default to the sidecar's tensor names, else to
+    retrain.py's ``Placeholder``/``final_result``. ``backbone`` overrides the module a
+    head-only artifact names. Raises :class:`ModelLoadError` with one line.
+    """
+    if not path:
+        raise ModelLoadError("no model given: pass --graph (a .pb, a SavedModel folder or a .tflite file)")
+    if not os.path.exists(path):
+        raise ModelLoadError(f"model not found: {path}")
+    if os.path.isdir(path) and not os.path.isfile(os.path.join(path, "saved_model.pb")):
+        raise ModelLoadError(f"{path} is a folder but not a SavedModel (no saved_model.pb in it)")
+    try:
+        sidecar = read_sidecar(path)
+    except SidecarError as e:
+        raise ModelLoadError(str(e)) from None
+    side = sidecar or {}
+    kind = detect_format(path)
+    if kind == "frozen_graph":
+        model = FrozenGraphModel(
+            path,
+            input_layer or side.get("input_tensor_name") or RETRAIN_INPUT_LAYER,
+            output_layer or side.get("final_tensor_name") or RETRAIN_OUTPUT_LAYER,
+        )
+    elif kind == "saved_model":
+        model = SavedModelModel(path, input_layer or side.get("input_tensor_name"),
+                                output_layer or side.get("final_tensor_name"))
+    else:
+        model = TFLiteModel(path, input_layer or side.get("input_tensor_name"),
+                            output_layer or side.get("final_tensor_name"), num_threads=num_threads)
+
+    labels = _resolve_labels(path, labels_path, side)
+    if model.num_outputs is not None and int(model.num_outputs) != len(labels):
+        source = labels_path or "the sidecar"
+        raise ModelLoadError(
+            f"label count does not match the model: {path} has {int(model.num_outputs)} outputs "
+            f"but {source} lists {len(labels)} labels"
+        )
+    if side.get("model_input") == "features" and backbone is None:
+        backbone = _load_backbone(side)
+    return Labeler(path=path, model=model, labels=labels, sidecar=sidecar, backbone=backbone)
+
+
+def _resolve_labels(path: str, labels_path: Optional[str], side: dict) -> list[str]:
+    if labels_path:
+        try:
+            labels = read_labels(labels_path)
+        except (OSError, UnicodeDecodeError) as e:
+            raise ModelLoadError(f"cannot read labels {labels_path}: {getattr(e, 'strerror', None) or _one_line(e)}") from None
+        if not labels:
+            raise ModelLoadError(f"labels file {labels_path} is empty")
+        expected = side.get("labels_sha256")
+        if expected and labels_sha256(labels) != expected:
+            print(f"warning: {labels_path} differs from the labels {path} was trained with", file=sys.stderr)
+        return labels
+    labels = side.get("labels")
+    if labels:
+        return [str(label) for label in labels]
+    raise ModelLoadError(f"no labels for {path}: pass --labels (the --output_labels file retrain wrote)")
+
+
+def _load_backbone(side: dict):
+    """The backbone a head-only artifact names: by registry name, else by the folder
+    it was loaded from (a local SavedModel's name carries a fingerprint, not a path)."""
+    module = side.get("module") or {}
+    name = module.get("name")
+    if not name:
+        raise ModelLoadError("the sidecar of this head-only model names no backbone module")
+    try:
+        from retrain.modules import ModuleError, load_module
+    except ImportError as e:
+        raise ModelLoadError(f"cannot load backbone {name!r}: {_one_line(e)}") from None
+    first_error = None
+    for handle in (name, module.get("source")):
+        if not handle:
+            continue
+        try:
+            return load_module(handle)
+        except ModuleError as e:
+            first_error = first_error or e
+    raise ModelLoadError(f"cannot load backbone {name!r}: {_one_line(first_error)}")
