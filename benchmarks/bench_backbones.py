@@ -1,0 +1,148 @@
+"""Throughput of the offline backbones on this machine's CPU cores, in one run.
+
+* efficientnet_lite0: images/s with batches of 32 vs. one image per call (retrain.py's
+  way), plus the one-time weight conversion vs. a cached load.
+* birdnet: 3 s windows/s with up to 8 windows per TFLite invoke vs. one per invoke.
+
+    .venv/bin/python -m benchmarks.bench_backbones [--images 128] [--windows 64]
+
+Prints a table and writes ``benchmarks/results/bench_backbones.json``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import tempfile
+import time
+from pathlib import Path
+from typing import Callable, Dict, List
+
+import numpy as np
+
+RESULTS = Path(__file__).resolve().parent / "results" / "bench_backbones.json"
+
+
+def _rate(fn: Callable[[], int], repeats: int = 1) -> float:
+    """Items per second of ``fn`` (which returns how many items it processed); best of
+    ``repeats`` to damp noise from other processes on a shared machine."""
+    best = 0.0
+    for _ in range(repeats):
+        start = time.perf_counter()
+        n = fn()
+        best = max(best, n / (time.perf_counter() - start))
+    return best
+
+
+def bench_efficientnet(num_images: int, batch_size: int, repeats: int) -> Dict[str, float]:
+    from retrain.backbones import efficientnet_lite0
+
+    out: Dict[str, float] = {}
+    with tempfile.TemporaryDirectory() as cache:
+        start = time.perf_counter()
+        efficientnet_lite0.load(cache)
+        out["first_load_with_conversion_s"] = time.perf_counter() - start
+        start = time.perf_counter()
+        backbone = efficientnet_lite0.load(cache)
+        out["cached_load_s"] = time.perf_counter() - start
+
+    rng = np.random.default_rng(0)
+    images = rng.random((num_images, 224, 224, 3), dtype=np.float32)
+    backbone.compute(images[:batch_size])  # trace and warm up both shapes
+    backbone.compute(images[:1])
+
+    def batched() -> int:
+        for s in range(0, num_images, batch_size):
+            backbone.compute(images[s:s + batch_size])
+        return num_images
+
+    singles = max(8, num_images // 4)
+
+    def one_by_one() -> int:
+        for image in images[:singles]:
+            backbone.compute(image[None])
+        return singles
+
+    out["images_per_s_batch%d" % batch_size] = _rate(batched, repeats)
+    out["images_per_s_one_per_call"] = _rate(one_by_one, repeats)
+    out["speedup_batched_vs_one"] = out["images_per_s_batch%d" % batch_size] / out[
+        "images_per_s_one_per_call"]
+    return out
+
+
+def bench_birdnet(num_windows: int, repeats: int) -> Dict[str, float]:
+    from retrain.backbones import birdnet
+    from retrain.modules import ModuleError
+
+    try:
+        backbone = birdnet.load()
+    except ModuleError as err:
+        print(f"birdnet skipped: {err}")
+        return {}
+    rng = np.random.default_rng(0)
+    windows = (0.1 * rng.standard_normal((num_windows, birdnet.WINDOW_SAMPLES))).astype(np.float32)
+    backbone.embed_windows(windows[:birdnet.MAX_WINDOWS_PER_INVOKE])  # allocate + warm up
+
+    def batched() -> int:
+        backbone.embed_windows(windows)
+        return num_windows
+
+    singles = max(4, num_windows // 4)
+
+    def one_by_one() -> int:
+        for w in windows[:singles]:
+            backbone.embed_windows(w[None])
+        return singles
+
+    out = {"windows_per_s_batched": _rate(batched, repeats)}
+    backbone.embed_windows(windows[:1])  # reallocate for batch 1 outside the timing
+    out["windows_per_s_one_per_invoke"] = _rate(one_by_one, repeats)
+    out["speedup_batched_vs_one"] = out["windows_per_s_batched"] / out["windows_per_s_one_per_invoke"]
+    # A 4 s UrbanSound8K clip is 2 windows (0-3 s and 1-4 s).
+    clips = (0.1 * rng.standard_normal((8, 4 * birdnet.SAMPLE_RATE))).astype(np.float32)
+    backbone.compute(clips)
+    out["clips_4s_per_s"] = _rate(lambda: len(backbone.compute(clips)), repeats)
+    return out
+
+
+def _table(rows: List[tuple]) -> str:
+    width = max(len(r[0]) for r in rows)
+    return "\n".join(f"{name:<{width}}  {value:>10.2f}" for name, value in rows)
+
+
+def main(argv: List[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--images", type=int, default=128, help="images per batched run")
+    parser.add_argument("--batch_size", type=int, default=32)
+    parser.add_argument("--windows", type=int, default=64, help="3 s windows per batched run")
+    parser.add_argument("--repeats", type=int, default=2, help="best of N timings")
+    parser.add_argument("--modules", default="efficientnet_lite0,birdnet",
+                        help="comma-separated modules to time")
+    parser.add_argument("--output", type=Path, default=RESULTS)
+    args = parser.parse_args(argv)
+
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    results = {"machine": {"cores": cores, "processor": platform.processor() or platform.machine(),
+                           "load_average": list(os.getloadavg())}}
+    modules = [m.strip() for m in args.modules.split(",") if m.strip()]
+    # BirdNET first: TensorFlow's thread pools, once started, compete with TFLite's.
+    if "birdnet" in modules:
+        results["birdnet"] = bench_birdnet(args.windows, args.repeats)
+    if "efficientnet_lite0" in modules:
+        results["efficientnet_lite0"] = bench_efficientnet(args.images, args.batch_size,
+                                                           args.repeats)
+    rows = [(f"{m} {k}", v) for m in modules for k, v in results.get(m, {}).items()]
+    print(f"\nBackbone throughput on {cores} CPU cores")
+    print(_table(rows))
+
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    tmp = args.output.with_name(args.output.name + ".tmp")
+    tmp.write_text(json.dumps(results, indent=2))
+    os.replace(tmp, args.output)
+    print(f"wrote {args.output}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
