@@ -1,0 +1,297 @@
+"""Bottlenecks: each example's feature vector from the frozen backbone, cached on disk.
+
+The cache is content-addressed: ``<bottleneck_dir>/<module>/<key[:2]>/<key>.npy`` where
+``key`` is the SHA-1 of the image file's bytes (image modules) or of the source audio's
+path, size, mtime and window (waveform modules), so a changed image is recomputed, two
+folders with the same images share entries, and the cache never goes stale. Each file
+is written atomically (temp name, then ``os.replace``) as soon as its batch is done, so a
+killed run resumes where it stopped; an unreadable or wrong-shaped file is recomputed.
+
+Work is batched (retrain.py ran the network once per image) and inputs for the next
+batch are decoded in a background thread while the network runs.
+"""
+from __future__ import annotations
+
+import collections
+import hashlib
+import os
+import re
+import tempfile
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Callable, Optional, Sequence
+
+import numpy as np
+
+from retrain.errors import RetrainError
+from retrain.images import ImageRecord
+from retrain.modules import Backbone, ConcatBackbone
+
+DEFAULT_BATCH_SIZE = 32
+
+
+# ----------------------------------------------------------------------------- inputs
+
+def read_image(path: str) -> np.ndarray:
+    """Decode an image file to uint8 RGB ``[H, W, 3]``; one-line error when unreadable."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            return np.asarray(im.convert("RGB"), dtype=np.uint8)
+    except Exception as err:  # noqa: BLE001 - PIL raises OSError, SyntaxError, ValueError...
+        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise RetrainError(f"cannot read image {path!r} ({reason}); re-render it or remove "
+                           "it from the image folder") from None
+
+
+def image_to_input(image: np.ndarray, height: int, width: int) -> np.ndarray:
+    """uint8 ``[h, w, 3]`` -> float32 ``[height, width, 3]`` in [0, 1] (TF Hub convention),
+    resized bilinearly when the sizes differ."""
+    if image.shape[:2] != (height, width):
+        from PIL import Image
+        image = np.asarray(Image.fromarray(image).resize((width, height), Image.BILINEAR))
+    return image.astype(np.float32) / 255.0
+
+
+class AudioSegments:
+    """The audio window behind a manifest row, at a module's sample rate, fitted to the
+    spectrogram duration with the same functions ``spectrograms`` used."""
+
+    def __init__(self, sample_rate: int, settings) -> None:
+        self.sample_rate = sample_rate
+        self.settings = settings
+        self._recent: collections.OrderedDict[str, np.ndarray] = collections.OrderedDict()
+
+    def _audio(self, source: str) -> np.ndarray:
+        from spectrograms.render import AudioReadError, load_audio
+
+        if source in self._recent:
+            self._recent.move_to_end(source)
+            return self._recent[source]
+        try:
+            y = load_audio(source, self.sample_rate)
+        except AudioReadError as err:
+            raise RetrainError(f"cannot read source audio {err.path!r} ({err.reason}); a "
+                               "waveform module needs the audio listed in manifest.csv") from None
+        self._recent[source] = y
+        if len(self._recent) > 8:  # windows of one recording come one after another
+            self._recent.popitem(last=False)
+        return y
+
+    def segment(self, record: ImageRecord) -> np.ndarray:
+        from spectrograms.render import fit_duration
+
+        if not record.source:
+            raise RetrainError(f"{record.relpath}: a waveform module needs the source audio, "
+                               "but there is no manifest.csv with a source column; render the "
+                               "images with spectrograms or use an image module")
+        sr, duration = self.sample_rate, self.settings.duration
+        y = self._audio(record.source)
+        start = int(round(record.start * sr))
+        return fit_duration(y[start:start + int(round(duration * sr))], sr, duration,
+                            self.settings.pad_mode)
+
+    def key(self, record: ImageRecord) -> str:
+        try:
+            st = os.stat(record.source or "")
+        except OSError:
+            raise RetrainError(f"{record.relpath}: source audio {record.source!r} not found; "
+                               "a waveform module needs the audio listed in manifest.csv") from None
+        s = self.settings
+        text = (f"wav|{os.path.abspath(record.source)}|{st.st_size}|{st.st_mtime_ns}|"
+                f"{record.start:.6f}|{self.sample_rate}|{s.duration}|{s.pad_mode}")
+        return hashlib.sha1(text.encode()).hexdigest()
+
+
+def file_sha1(path: str) -> str:
+    digest = hashlib.sha1()
+    try:
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+    except OSError as err:
+        raise RetrainError(f"cannot read image {path!r} ({err.strerror or err})") from None
+    return digest.hexdigest()
+
+
+# ----------------------------------------------------------------------------- store
+
+class BottleneckStore:
+    """One module's folder of cached feature vectors, one ``.npy`` per key."""
+
+    def __init__(self, bottleneck_dir: str, module_name: str, feature_size: int) -> None:
+        safe = re.sub(r"[^A-Za-z0-9._-]+", "_", module_name)
+        if len(safe) > 100:
+            safe = safe[:80] + "-" + hashlib.sha1(module_name.encode()).hexdigest()[:12]
+        self.root = os.path.join(os.path.abspath(os.path.expanduser(bottleneck_dir)), safe)
+        self.feature_size = feature_size
+
+    def path(self, key: str) -> str:
+        return os.path.join(self.root, key[:2], key + ".npy")
+
+    def get(self, key: str) -> Optional[np.ndarray]:
+        """The cached vector, or None when missing or unusable (then it is recomputed)."""
+        path = self.path(key)
+        if not os.path.isfile(path):
+            return None
+        try:
+            vec = np.load(path, allow_pickle=False)
+        except Exception:  # noqa: BLE001 - truncated or garbage file: recompute
+            return None
+        if vec.shape != (self.feature_size,) or vec.dtype != np.float32 \
+                or not np.all(np.isfinite(vec)):
+            return None
+        return vec
+
+    def put(self, key: str, vec: np.ndarray) -> None:
+        path = self.path(key)
+        folder = os.path.dirname(path)
+        os.makedirs(folder, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".npy", dir=folder)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                np.save(f, np.asarray(vec, dtype=np.float32))
+            os.replace(tmp, path)
+        except BaseException:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+            raise
+
+
+# ----------------------------------------------------------------------------- jobs
+
+@dataclass(frozen=True)
+class Job:
+    """One vector to get: from the cache under ``key``, else by running ``make()``
+    (which returns one backbone input) through the network."""
+
+    key: str
+    make: Callable[[], np.ndarray]
+
+
+def run_jobs(backbone: Backbone, store: BottleneckStore, jobs: Sequence[Job],
+             batch_size: int = DEFAULT_BATCH_SIZE, progress: bool = True,
+             desc: str = "bottlenecks") -> tuple[np.ndarray, int]:
+    """Vectors for all ``jobs`` ``[len(jobs), feature_size]``, and how many were computed."""
+    from tqdm import tqdm
+
+    features = np.zeros((len(jobs), store.feature_size), np.float32)
+    missing = []
+    for i, job in enumerate(jobs):
+        vec = store.get(job.key)
+        if vec is None:
+            missing.append(i)
+        else:
+            features[i] = vec
+    if not missing:
+        return features, 0
+    batches = [missing[s:s + batch_size] for s in range(0, len(missing), batch_size)]
+
+    def build(batch: list[int]) -> np.ndarray:
+        return np.stack([jobs[i].make() for i in batch])
+
+    with ThreadPoolExecutor(max_workers=1) as pool, \
+            tqdm(total=len(missing), desc=desc, unit="input", disable=not progress,
+                 leave=False) as bar:
+        pending = pool.submit(build, batches[0])
+        for b, batch in enumerate(batches):
+            inputs = pending.result()
+            if b + 1 < len(batches):  # decode the next batch while the network runs
+                pending = pool.submit(build, batches[b + 1])
+            out = backbone.compute(inputs)
+            if out.shape != (len(batch), store.feature_size):
+                raise RetrainError(f"module {backbone.name} returned features of shape "
+                                   f"{out.shape}, expected {(len(batch), store.feature_size)}")
+            for i, vec in zip(batch, out):
+                store.put(jobs[i].key, vec)
+                features[i] = vec
+            bar.update(len(batch))
+    return features, len(missing)
+
+
+class InputMaker:
+    """Builds backbone inputs and cache keys for records, for one backbone part."""
+
+    def __init__(self, part: Backbone, spectrogram_settings=None) -> None:
+        self.part = part
+        self.spec = part.input_spec
+        self._image_keys: dict[str, str] = {}
+        if self.spec.kind == "waveform":
+            if spectrogram_settings is None:
+                from spectrograms.settings import SpectrogramSettings
+                spectrogram_settings = SpectrogramSettings()
+            self.audio = AudioSegments(int(self.spec.sample_rate), spectrogram_settings)
+
+    def key(self, record: ImageRecord) -> str:
+        if self.spec.kind == "waveform":
+            return self.audio.key(record)
+        if record.path not in self._image_keys:
+            self._image_keys[record.path] = file_sha1(record.path)
+        return self._image_keys[record.path]
+
+    def raw(self, record: ImageRecord) -> np.ndarray:
+        """uint8 image at its own size, or the float32 waveform window."""
+        if self.spec.kind == "waveform":
+            return self.audio.segment(record)
+        return read_image(record.path)
+
+    def finish(self, raw: np.ndarray) -> np.ndarray:
+        """Raw example -> the backbone's input."""
+        if self.spec.kind == "waveform":
+            return raw.astype(np.float32)
+        return image_to_input(raw, int(self.spec.height), int(self.spec.width))
+
+
+def backbone_parts(backbone: Backbone) -> list[Backbone]:
+    """A concatenation is cached part by part (each part has its own input and cache)."""
+    return list(backbone.parts) if isinstance(backbone, ConcatBackbone) else [backbone]
+
+
+def compute_bottlenecks(backbone: Backbone, records: Sequence[ImageRecord], bottleneck_dir: str,
+                        spectrogram_settings=None, batch_size: int = DEFAULT_BATCH_SIZE,
+                        progress: bool = True) -> tuple[np.ndarray, int]:
+    """Feature vectors ``[len(records), backbone.feature_size]`` for ``records``, from the
+    cache where possible; returns them and the number of vectors computed."""
+    blocks, computed = [], 0
+    for part in backbone_parts(backbone):
+        maker = InputMaker(part, spectrogram_settings)
+        store = BottleneckStore(bottleneck_dir, part.name, part.feature_size)
+        jobs = [Job(maker.key(r), lambda r=r: maker.finish(maker.raw(r))) for r in records]
+        feats, n = run_jobs(part, store, jobs, batch_size, progress, desc=f"bottlenecks {part.name}")
+        blocks.append(feats)
+        computed += n
+    return np.concatenate(blocks, axis=1), computed
+
+
+def compute_augmented_bottlenecks(backbone: Backbone, records: Sequence[ImageRecord], plan,
+                                  augment_settings, bottleneck_dir: str,
+                                  spectrogram_settings=None,
+                                  batch_size: int = DEFAULT_BATCH_SIZE,
+                                  progress: bool = True) -> tuple[np.ndarray, int]:
+    """Feature vectors of the augmented copies in ``plan`` (see :mod:`retrain.augment`)."""
+    from retrain.augment import augment_image, augment_waveform, copy_key
+
+    if not plan:
+        return np.zeros((0, backbone.feature_size), np.float32), 0
+    blocks, computed = [], 0
+    for part in backbone_parts(backbone):
+        maker = InputMaker(part, spectrogram_settings)
+        store = BottleneckStore(bottleneck_dir, part.name, part.feature_size)
+        augment = augment_waveform if part.input_spec.kind == "waveform" else augment_image
+
+        def make(c) -> np.ndarray:
+            partner = None if c.partner is None else maker.raw(records[c.partner])
+            return maker.finish(augment(maker.raw(records[c.index]), partner, c.seed,
+                                        augment_settings))
+
+        jobs = []
+        for c in plan:
+            partner_key = None if c.partner is None else maker.key(records[c.partner])
+            key = copy_key(maker.key(records[c.index]), partner_key, c, augment_settings)
+            jobs.append(Job(key, lambda c=c: make(c)))
+        feats, n = run_jobs(part, store, jobs, batch_size, progress,
+                            desc=f"augmented bottlenecks {part.name}")
+        blocks.append(feats)
+        computed += n
+    return np.concatenate(blocks, axis=1), computed

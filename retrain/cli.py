@@ -1,0 +1,253 @@
+"""``retrain``: train a new classification head on spectrogram images, after TensorFlow's
+``retrain.py`` (same flag names and defaults where they still make sense).
+
+    retrain --image_dir=spec --output_graph=/tmp/sounds.pb --output_labels=/tmp/sounds.txt
+    retrain --flagfile=configs/retrain_urbansound8k.cfg --image_dir=spec --test_folds=10
+    retrain --flagfile=configs/retrain_urbansound8k.cfg --image_dir=spec --cross_validate
+
+Flags become a :class:`retrain.core.RetrainSettings`; the work is done in
+:mod:`retrain.core` and :mod:`retrain.cross_validation`.
+"""
+from __future__ import annotations
+
+import sys
+from typing import Optional, Sequence
+
+from absl import flags
+
+from retrain.augment import AugmentSettings
+from retrain.core import RetrainSettings, SPLITS, fail
+from retrain.errors import RetrainError
+from retrain.head import OPTIMIZERS, HeadSettings
+from retrain.modules import ModuleError, registry_names
+
+PROG = "retrain"
+VERBOSITIES = ("DEBUG", "INFO", "WARN", "ERROR", "FATAL")
+
+
+def make_flags() -> flags.FlagValues:
+    """This CLI's flags, on their own FlagValues (never absl's global FLAGS)."""
+    fv = flags.FlagValues()
+
+    def define(kind, name, default, help_text, **kw):
+        getattr(flags, f"DEFINE_{kind}")(name=name, default=default, help=help_text,
+                                         flag_values=fv, **kw)
+
+    # retrain.py's flags: same names and defaults.
+    define("string", "image_dir", "", "Folder of images: what spectrograms wrote (with "
+           "manifest.csv), or retrain.py-style <label>/<image> class folders.")
+    define("string", "output_graph", "/tmp/output_graph.pb",
+           "Where to save the trained frozen graph (.pb); empty to skip.")
+    define("string", "intermediate_output_graphs_dir", "/tmp/intermediate_graph/",
+           "Where to save the intermediate graphs.")
+    define("integer", "intermediate_store_frequency", 0,
+           "How many steps between intermediate graphs; 0 stores none.")
+    define("string", "output_labels", "/tmp/output_labels.txt",
+           "Where to save the labels, one per line in class-index order.")
+    define("string", "summaries_dir", "training_summaries",
+           "TensorBoard logs; each run gets its own <time>-<tag> subfolder. Empty: none.")
+    define("integer", "how_many_training_steps", 4000, "How many training steps to run.")
+    define("float", "learning_rate", 0.01, "Learning rate of the head's optimizer.")
+    define("integer", "testing_percentage", 10, "With --split=hash: percentage of recordings "
+           "used as the test set.")
+    define("integer", "validation_percentage", 10, "Percentage of recordings used for "
+           "validation (with --split=folds and no --validation_folds: of the training folds).")
+    define("integer", "eval_step_interval", 10, "How often to evaluate the training results.")
+    define("integer", "train_batch_size", 100, "How many images to train on at a time.")
+    define("integer", "test_batch_size", -1, "How many test images to evaluate at the end; "
+           "-1 uses the entire test set.")
+    define("integer", "validation_batch_size", 100, "How many images in an evaluation batch; "
+           "-1 uses the entire validation set.")
+    define("boolean", "print_misclassified_test_images", False,
+           "Print every misclassified test image.")
+    define("string", "bottleneck_dir", "/tmp/bottleneck", "Cache of bottleneck values "
+           "(content-addressed per module, so several image folders can share it).")
+    define("string", "final_tensor_name", "final_result", "Name of the output node of the graph.")
+    define("boolean", "flip_left_right", False, "Accepted for retrain.py compatibility; on a "
+           "spectrogram it reverses time, so it is ignored (see --augmentation_copies).")
+    define("integer", "random_crop", 0, "Accepted for retrain.py compatibility and ignored: "
+           "use --augmentation_copies.")
+    define("integer", "random_scale", 0, "Accepted for retrain.py compatibility and ignored: "
+           "use --augmentation_copies.")
+    define("integer", "random_brightness", 0, "Accepted for retrain.py compatibility and "
+           "ignored: use --augmentation_copies.")
+    define("string", "tfhub_module", "efficientnet_lite0",
+           f"The module: one of {', '.join(registry_names())}, a TF2 SavedModel / TF Hub "
+           "module folder, a TF Hub handle or URL, or several of these joined by commas "
+           "(features concatenated). efficientnet_lite0 works offline.")
+    define("string", "saved_model_dir", "", "Where to save the exported SavedModel; empty: none.")
+    define("enum", "logging_verbosity", "INFO", "How much to print.", enum_values=list(VERBOSITIES))
+    define("string", "checkpoint_path", "/tmp/_retrain_checkpoint",
+           "Where to save the head's checkpoint; empty: none.")
+    # New flags.
+    define("enum", "split", "hash", "hash: retrain.py's stable SHA-1 split computed per "
+           "recording (group); folds: the manifest's folds (--test_folds, --validation_folds).",
+           enum_values=list(SPLITS))
+    define("list", "test_folds", [], "With --split=folds: the test fold(s), e.g. 10.")
+    define("list", "validation_folds", [], "With --split=folds: the validation fold(s); default a "
+           "--validation_percentage slice of the training folds' recordings.")
+    define("boolean", "cross_validate", False, "The official protocol: one run per fold as the "
+           "test fold; per-fold and mean ± std accuracy, CSV + JSON report. Exports nothing.")
+    define("list", "cross_validation_folds", [], "With --cross_validate: only these test folds.")
+    define("integer", "augmentation_copies", 0, "Cache this many augmented copies of every "
+           "training image (time shift, time/frequency masks, mixing within a class).")
+    define("integer", "random_seed", None, "Seed for the head's initialisation, batches and "
+           "augmentation; the same seed repeats a run exactly. Default: drawn and printed.")
+    define("integer", "hidden_units", 0, "Add a hidden ReLU layer of this size (0: retrain.py's "
+           "single softmax layer).")
+    define("float", "dropout", 0.0, "Dropout rate before the final layer during training.")
+    define("float", "label_smoothing", 0.0, "Label smoothing of the cross-entropy loss.")
+    define("enum", "optimizer", "sgd", "sgd (retrain.py's gradient descent) or adam "
+           "(try --learning_rate=0.001).", enum_values=list(OPTIMIZERS))
+    define("float", "l2", 0.0, "L2 weight penalty.")
+    define("boolean", "balanced_batches", False, "Draw every class equally often in a batch.")
+    define("string", "module_cache_dir", None, "Cache folder for converted and downloaded "
+           "modules (default: $XDG_CACHE_HOME/soundretrain, TF Hub's own cache).")
+    define("string", "output_tflite", "", "Also save a TFLite flatbuffer here; empty: none.")
+    define("enum", "tflite_quantization", "none", "TFLite quantization.",
+           enum_values=["none", "float16", "dynamic"])
+    define("integer", "bottleneck_batch_size", 32, "Images per forward pass of the module.")
+    define("string", "run_tag", "", "Short tag in the TensorBoard run folder's name "
+           "(default: module and split).")
+    define("boolean", "progress", True, "Show progress bars.")
+    return fv
+
+
+def _folds(values: Optional[Sequence[str]], name: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(v) for v in (values or []))
+    except ValueError:
+        raise RetrainError(f"--{name} takes whole numbers, not {','.join(values)}") from None
+
+
+def _blank(value: Optional[str]) -> Optional[str]:
+    return value or None
+
+
+def settings_from_flags(fv: flags.FlagValues) -> RetrainSettings:
+    seed = fv.random_seed
+    head = HeadSettings(learning_rate=fv.learning_rate, train_batch_size=fv.train_batch_size,
+                        hidden_units=fv.hidden_units, dropout=fv.dropout,
+                        label_smoothing=fv.label_smoothing, optimizer=fv.optimizer, l2=fv.l2,
+                        balanced_batches=fv.balanced_batches, seed=seed or 0)
+    augment = AugmentSettings(copies=fv.augmentation_copies, seed=seed or 0)
+    return RetrainSettings(
+        image_dir=fv.image_dir, tfhub_module=fv.tfhub_module,
+        module_cache_dir=_blank(fv.module_cache_dir), bottleneck_dir=fv.bottleneck_dir,
+        bottleneck_batch_size=fv.bottleneck_batch_size, split=fv.split,
+        testing_percentage=fv.testing_percentage, validation_percentage=fv.validation_percentage,
+        test_folds=_folds(fv.test_folds, "test_folds"),
+        validation_folds=_folds(fv.validation_folds, "validation_folds"),
+        how_many_training_steps=fv.how_many_training_steps,
+        eval_step_interval=fv.eval_step_interval,
+        validation_batch_size=fv.validation_batch_size, test_batch_size=fv.test_batch_size,
+        head=head, augment=augment, summaries_dir=_blank(fv.summaries_dir), run_tag=fv.run_tag,
+        output_graph=_blank(fv.output_graph), output_labels=_blank(fv.output_labels),
+        saved_model_dir=_blank(fv.saved_model_dir), output_tflite=_blank(fv.output_tflite),
+        tflite_quantization=fv.tflite_quantization,
+        intermediate_output_graphs_dir=_blank(fv.intermediate_output_graphs_dir),
+        intermediate_store_frequency=fv.intermediate_store_frequency,
+        final_tensor_name=fv.final_tensor_name or "final_result",
+        checkpoint_path=_blank(fv.checkpoint_path),
+        print_misclassified_test_images=fv.print_misclassified_test_images,
+        progress=fv.progress, flags_text=_flags_text(fv))
+
+
+def _flags_text(fv: flags.FlagValues) -> str:
+    """The run's flags as a flag file (shown in TensorBoard's text tab)."""
+    lines = []
+    for name in sorted(fv):
+        flag = fv[name]
+        if name in ("flagfile", "undefok", "helpfull", "help", "helpshort", "helpxml"):
+            continue
+        lines.append(flag.serialize() or f"--{name}=")
+    return "\n".join(lines)
+
+
+def _warn(message: str) -> None:
+    print(f"{PROG}: warning: {message}", file=sys.stderr)
+
+
+def compatibility_warnings(fv: flags.FlagValues) -> list[str]:
+    """retrain.py's distortion flags, accepted but not applied to spectrograms."""
+    out = []
+    if fv.flip_left_right:
+        out.append("--flip_left_right is ignored: flipping a spectrogram reverses time, which "
+                   "makes sounds that do not exist; use --augmentation_copies")
+    for name in ("random_crop", "random_scale", "random_brightness"):
+        if fv[name].value:
+            out.append(f"--{name} is ignored: distortions at every step would switch the "
+                       "bottleneck cache off; use --augmentation_copies=K, which caches K "
+                       "augmented copies of every training image")
+    return out
+
+
+def _usage(fv: flags.FlagValues) -> str:
+    return (
+        f"usage: {PROG} --image_dir=DIR [--tfhub_module=efficientnet_lite0] [flags]\n"
+        f"       {PROG} --flagfile=configs/retrain_urbansound8k.cfg --image_dir=DIR "
+        "[--test_folds=10 | --cross_validate]\n\n"
+        "Trains a new classification head on spectrogram images with a frozen pretrained\n"
+        "module, after TensorFlow's retrain.py, and exports graph + labels.\n\n"
+        + fv.get_help(include_special_flags=False)
+    )
+
+
+def main(argv: Sequence[str]) -> int:
+    """Run the stage; returns the exit status (0 ok, 1 failure, 2 bad flags)."""
+    fv = make_flags()
+    if any(a in ("-h", "--help", "-help", "--helpfull", "--helpshort") for a in argv[1:]):
+        print(_usage(fv))
+        return 0
+    try:
+        rest = fv(list(argv))
+    except flags.Error as err:
+        fail(f"{err} (see --help)", PROG)
+        return 2
+    if len(rest) > 1:
+        fail(f"unexpected argument(s): {' '.join(rest[1:])} (flags look like --name=value)", PROG)
+        return 2
+    if not fv.image_dir:
+        fail("--image_dir is required (see --help)", PROG)
+        return 2
+    try:
+        settings = settings_from_flags(fv)
+        cv_folds = _folds(fv.cross_validation_folds, "cross_validation_folds")
+    except RetrainError as err:
+        fail(err, PROG)
+        return 2
+    problems = [p for p in settings.problems()
+                if not (fv.cross_validate and "--test_folds" in p)]
+    if problems:
+        fail(problems[0], PROG)
+        return 2
+    for message in compatibility_warnings(fv):
+        _warn(message)
+    quiet = fv.logging_verbosity not in ("DEBUG", "INFO")
+
+    def log(line: str) -> None:
+        if not quiet or "Final test accuracy" in line or "Cross-validation accuracy" in line:
+            print(line, flush=True)
+
+    try:
+        if fv.cross_validate:
+            from retrain.cross_validation import cross_validate
+            cross_validate(settings, fv.random_seed, cv_folds or None, log=log)
+        else:
+            from retrain.core import retrain
+            retrain(settings, fv.random_seed, log=log)
+    except (RetrainError, ModuleError) as err:
+        fail(err, PROG)
+        return 1
+    except OSError as err:
+        fail(f"{err.filename or ''}: {err.strerror or err}" if err.filename else err, PROG)
+        return 1
+    except KeyboardInterrupt:
+        fail("interrupted; bottlenecks computed so far are cached, run again to resume", PROG)
+        return 130
+    return 0
+
+
+def run() -> None:
+    """Console-script entry point."""
+    sys.exit(main(sys.argv))

@@ -1,0 +1,420 @@
+"""The retrain story, start to end:
+
+list images -> split -> load module -> cache bottlenecks -> (augment) -> train the head
+-> evaluate -> export.
+
+Every step is a plain function of a :class:`RetrainSettings`; the CLI only builds the
+settings. Console lines follow retrain.py (``Step N: Train accuracy = x%``, ...).
+"""
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import os
+import random
+import sys
+from dataclasses import dataclass, field
+from typing import Callable, Optional, Sequence
+
+import numpy as np
+
+from retrain.augment import AugmentSettings, plan_copies
+from retrain.bottlenecks import compute_augmented_bottlenecks, compute_bottlenecks
+from retrain.errors import RetrainError
+from retrain.head import ClassificationHead, HeadSettings, HeadTrainer, accuracy_and_xent
+from retrain.images import ImageSet, list_images
+from retrain.modules import Backbone, ModuleError, load_module
+from retrain.splits import Split, fold_split, hash_split
+
+SPLITS = ("hash", "folds")
+INPUT_TENSOR_NAME = "Placeholder"  # retrain.py's input node, what label_image expects
+
+
+@dataclass(frozen=True)
+class RetrainSettings:
+    """Everything one retrain run needs (the CLI fills it from flags)."""
+
+    image_dir: str
+    tfhub_module: str = "efficientnet_lite0"
+    module_cache_dir: Optional[str] = None
+    bottleneck_dir: str = "/tmp/bottleneck"
+    bottleneck_batch_size: int = 32
+    split: str = "hash"
+    testing_percentage: float = 10.0
+    validation_percentage: float = 10.0
+    test_folds: tuple[int, ...] = ()
+    validation_folds: tuple[int, ...] = ()
+    how_many_training_steps: int = 4000
+    eval_step_interval: int = 10
+    validation_batch_size: int = 100
+    test_batch_size: int = -1
+    head: HeadSettings = field(default_factory=HeadSettings)
+    augment: AugmentSettings = field(default_factory=AugmentSettings)
+    summaries_dir: Optional[str] = "training_summaries"
+    run_tag: str = ""
+    output_graph: Optional[str] = None
+    output_labels: Optional[str] = None
+    saved_model_dir: Optional[str] = None
+    output_tflite: Optional[str] = None
+    tflite_quantization: Optional[str] = None
+    intermediate_output_graphs_dir: Optional[str] = None
+    intermediate_store_frequency: int = 0
+    final_tensor_name: str = "final_result"
+    checkpoint_path: Optional[str] = None
+    print_misclassified_test_images: bool = False
+    progress: bool = True
+    flags_text: str = ""
+
+    def problems(self) -> list[str]:
+        p = list(self.head.problems())
+        if self.split not in SPLITS:
+            p.append(f"--split must be one of {', '.join(SPLITS)}, not {self.split!r}")
+        if self.how_many_training_steps <= 0:
+            p.append(f"--how_many_training_steps must be positive, not {self.how_many_training_steps}")
+        if self.eval_step_interval <= 0:
+            p.append(f"--eval_step_interval must be positive, not {self.eval_step_interval}")
+        if self.augment.copies < 0:
+            p.append(f"--augmentation_copies must be >= 0, not {self.augment.copies}")
+        if self.bottleneck_batch_size <= 0:
+            p.append(f"--bottleneck_batch_size must be positive, not {self.bottleneck_batch_size}")
+        if self.split == "folds" and not self.test_folds:
+            p.append("--split folds needs --test_folds (for example --test_folds 10)")
+        return p
+
+
+def draw_seed() -> int:
+    """A seed for a run without --random_seed (printed, so the run can be repeated)."""
+    return random.SystemRandom().randrange(2 ** 31)
+
+
+# ------------------------------------------------------------------ data and bottlenecks
+
+@dataclass
+class Prepared:
+    """The images, the module and every image's bottleneck, computed once."""
+
+    images: ImageSet
+    backbone: Backbone
+    spectrogram_settings: object  # SpectrogramSettings or None
+    features: np.ndarray  # [num_images, feature_size]
+    class_ids: np.ndarray  # [num_images]
+
+
+def load_spectrogram_settings(images: ImageSet):
+    """The settings the images were rendered with, when spectrograms wrote them."""
+    path = images.spectrogram_config_path()
+    if path is None:
+        return None
+    from spectrograms.settings import SpectrogramSettings
+
+    try:
+        return SpectrogramSettings.load_json(path)
+    except (OSError, ValueError, TypeError) as err:
+        raise RetrainError(f"cannot read {path!r} ({err}); re-run spectrograms") from None
+
+
+def prepare(settings: RetrainSettings, log: Callable[[str], None] = print) -> Prepared:
+    images = list_images(settings.image_dir)
+    log(f"Found {len(images.records)} images in {len(images.labels)} classes in "
+        f"{images.image_dir} ({'manifest.csv' if images.from_manifest else 'class folders'})")
+    spectrogram_settings = load_spectrogram_settings(images)
+    backbone = load_module(settings.tfhub_module, settings.module_cache_dir)
+    log(f"Module {backbone.name}: {backbone.input_spec.kind} input, "
+        f"{backbone.feature_size} features")
+    features, computed = compute_bottlenecks(
+        backbone, images.records, settings.bottleneck_dir, spectrogram_settings,
+        settings.bottleneck_batch_size, settings.progress)
+    log(f"Bottlenecks: {computed} computed, {len(images.records) * _parts(backbone) - computed} "
+        f"from the cache in {os.path.abspath(settings.bottleneck_dir)}")
+    return Prepared(images, backbone, spectrogram_settings, features,
+                    np.asarray(images.class_ids(), np.int32))
+
+
+def _parts(backbone: Backbone) -> int:
+    return len(getattr(backbone, "parts", [backbone]))
+
+
+def make_split(settings: RetrainSettings, images: ImageSet) -> Split:
+    if settings.split == "folds":
+        return fold_split(images.records, settings.test_folds, settings.validation_folds,
+                          settings.validation_percentage)
+    return hash_split(images.records, settings.validation_percentage, settings.testing_percentage)
+
+
+def split_partition(settings: RetrainSettings, prepared: Prepared) -> Callable[[int], object]:
+    """What a mixing partner must share with the example (see retrain.augment): its fold
+    when there are folds, so augmented copies stay valid for every fold split."""
+    records = prepared.images.records
+    if any(r.fold is not None for r in records):
+        return lambda i: records[i].fold
+    return lambda i: "all"  # hash split: only training indices are ever planned
+
+
+def training_data(settings: RetrainSettings, prepared: Prepared, train: Sequence[int],
+                  partition: Callable[[int], object], aug_cache: Optional[dict] = None,
+                  log: Callable[[str], None] = print) -> tuple[np.ndarray, np.ndarray]:
+    """The training bottlenecks plus, with --augmentation_copies, their augmented copies."""
+    x = prepared.features[list(train)]
+    y = prepared.class_ids[list(train)]
+    if settings.augment.copies <= 0:
+        return x, y
+    records = prepared.images.records
+    plan = plan_copies(records, list(train), settings.augment, prepared.class_ids, partition)
+    feats, computed = compute_augmented_bottlenecks(
+        prepared.backbone, records, plan, settings.augment, settings.bottleneck_dir,
+        prepared.spectrogram_settings, settings.bottleneck_batch_size, settings.progress)
+    log(f"Augmented bottlenecks: {len(plan)} ({computed} computed)")
+    y_aug = prepared.class_ids[[c.index for c in plan]]
+    return np.concatenate([x, feats]), np.concatenate([y, y_aug])
+
+
+# ------------------------------------------------------------------ training
+
+@dataclass
+class TrainOutcome:
+    head: ClassificationHead
+    test_accuracy: float
+    test_count: int
+    test_indices: list[int]
+    test_predictions: np.ndarray
+    run_dir: Optional[str]
+    validation_accuracy: Optional[float]
+
+
+def _stamp() -> str:
+    return str(datetime.datetime.now())
+
+
+def event_steps(total: int, eval_interval: int, store_frequency: int) -> list[int]:
+    """retrain.py's 0-based step indices after which something happens: evaluations
+    (every ``eval_interval`` and the last) and intermediate graphs."""
+    steps = set(range(0, total, eval_interval)) | {total - 1}
+    if store_frequency > 0:
+        steps |= set(range(store_frequency, total, store_frequency))
+    return sorted(steps)
+
+
+def train_and_evaluate(settings: RetrainSettings, prepared: Prepared, split: Split, seed: int,
+                       tag: str, partition: Callable[[int], object],
+                       log: Callable[[str], None] = print,
+                       on_intermediate: Optional[Callable[[int, ClassificationHead], None]] = None
+                       ) -> TrainOutcome:
+    """Train a fresh head on ``split.train`` and report retrain.py's console lines."""
+    from retrain.summaries import RunSummaries, confusion_matrix
+
+    if not split.train:
+        raise RetrainError("no training images after the split; lower --testing_percentage / "
+                           "--validation_percentage or choose other folds")
+    labels = prepared.images.labels
+    x, y = training_data(settings, prepared, split.train, partition, log=log)
+    missing = sorted(set(range(len(labels))) - set(np.unique(y).tolist()))
+    if missing:
+        log(f"Warning: no training images for class(es) {', '.join(labels[k] for k in missing)}")
+    head_settings = dataclasses.replace(settings.head, seed=seed)
+    head = ClassificationHead(prepared.backbone.feature_size, len(labels),
+                              head_settings.hidden_units, head_settings.dropout, seed=seed)
+    trainer = HeadTrainer(head, x, y, head_settings)
+    rng = np.random.default_rng(seed)
+    val_idx = np.asarray(split.validation, int)
+    summaries = None
+    if settings.summaries_dir:
+        summaries = RunSummaries(settings.summaries_dir, tag, settings.flags_text)
+        log(f"TensorBoard summaries: {summaries.run_dir} "
+            f"(watch with: tensorboard --logdir {settings.summaries_dir})")
+    total = settings.how_many_training_steps
+    hist_every = max(settings.eval_step_interval, total // 20)
+    done, val_acc = 0, None
+    try:
+        for i in event_steps(total, settings.eval_step_interval, settings.intermediate_store_frequency):
+            train_acc, xent = trainer.train(i + 1 - done)
+            done = i + 1
+            is_eval = i % settings.eval_step_interval == 0 or i == total - 1
+            if is_eval:
+                log(f"{_stamp()}: Step {i}: Train accuracy = {train_acc * 100:.1f}%")
+                log(f"{_stamp()}: Step {i}: Cross entropy = {xent:f}")
+                val_xent = None
+                if len(val_idx):
+                    # retrain.py samples with replacement; a small set is used whole.
+                    size = settings.validation_batch_size
+                    batch = val_idx if size < 0 or size >= len(val_idx) else rng.choice(val_idx, size)
+                    val_acc, val_xent = accuracy_and_xent(
+                        head.predict(prepared.features[batch]), prepared.class_ids[batch])
+                    log(f"{_stamp()}: Step {i}: Validation accuracy = {val_acc * 100:.1f}% "
+                        f"(N={len(batch)})")
+                if summaries:
+                    summaries.scalars(i, train_acc, xent, trainer.learning_rate,
+                                      val_acc if len(val_idx) else None, val_xent)
+                    if i % hist_every == 0 or i == total - 1:
+                        summaries.histograms(i, head, x[:256])
+            if on_intermediate and settings.intermediate_store_frequency > 0 and i > 0 \
+                    and i % settings.intermediate_store_frequency == 0:
+                on_intermediate(i, head)
+
+        test_idx = list(split.test)
+        if 0 <= settings.test_batch_size < len(test_idx):
+            test_idx = rng.choice(test_idx, settings.test_batch_size, replace=False).tolist()
+        if test_idx:
+            probs = head.predict(prepared.features[test_idx])
+            predictions = np.argmax(probs, 1)
+            test_acc, _ = accuracy_and_xent(probs, prepared.class_ids[test_idx])
+            log(f"{_stamp()}: Final test accuracy = {test_acc * 100:.1f}% (N={len(test_idx)})")
+            if summaries:
+                cm = confusion_matrix(prepared.class_ids[test_idx], predictions, len(labels))
+                summaries.final(total - 1, cm, labels, test_acc)
+        else:
+            predictions, test_acc = np.zeros(0, int), float("nan")
+            log("No test images: final test accuracy not measured")
+        if settings.print_misclassified_test_images and test_idx:
+            log("=== MISCLASSIFIED TEST IMAGES ===")
+            records = prepared.images.records
+            for k, i in enumerate(test_idx):
+                if predictions[k] != prepared.class_ids[i]:
+                    log("%70s  %s" % (records[i].relpath, labels[predictions[k]]))
+    finally:
+        if summaries:
+            summaries.close()
+    return TrainOutcome(head, test_acc, len(test_idx), test_idx, predictions,
+                        summaries.run_dir if summaries else None, val_acc)
+
+
+# ------------------------------------------------------------------ export
+
+def sidecar_for(prepared: Prepared, test_accuracy: float, final_tensor_name: str) -> dict:
+    spec = prepared.backbone.input_spec
+    sidecar = {
+        "spectrogram": prepared.spectrogram_settings.to_dict()
+        if prepared.spectrogram_settings is not None else None,
+        "module": prepared.backbone.description(),
+        "test_accuracy": None if np.isnan(test_accuracy) else float(test_accuracy),
+        "input_tensor_name": INPUT_TENSOR_NAME,
+        "final_tensor_name": final_tensor_name,
+    }
+    if spec.kind == "image":
+        sidecar["input"] = {"height": spec.height, "width": spec.width,
+                            "input_mean": 0.0, "input_std": 255.0}
+    return sidecar
+
+
+def export(settings: RetrainSettings, prepared: Prepared, head: ClassificationHead,
+           test_accuracy: float, output_graph: Optional[str] = None,
+           with_other_outputs: bool = True) -> dict[str, str]:
+    """Write the requested artifacts with ``label.export.export_model``."""
+    try:
+        from label.export import ExportError, export_model
+    except ImportError as err:  # the label package is missing: keep at least the labels
+        if settings.output_labels and with_other_outputs:
+            _write_text(settings.output_labels, "".join(f"{l}\n" for l in prepared.images.labels))
+            return {"output_labels": settings.output_labels}
+        raise RetrainError(f"cannot export the model: label.export is unavailable ({err})") from None
+    for path in (output_graph, settings.output_labels if with_other_outputs else None,
+                 settings.output_tflite if with_other_outputs else None):
+        if path and os.path.dirname(path):
+            os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    try:
+        return export_model(
+            prepared.backbone, head, list(prepared.images.labels),
+            sidecar_for(prepared, test_accuracy, settings.final_tensor_name),
+            output_graph=output_graph,
+            output_labels=settings.output_labels if with_other_outputs else None,
+            saved_model_dir=settings.saved_model_dir if with_other_outputs else None,
+            output_tflite=settings.output_tflite if with_other_outputs else None,
+            tflite_quantization=settings.tflite_quantization,
+            input_tensor_name=INPUT_TENSOR_NAME,
+            final_tensor_name=settings.final_tensor_name)
+    except ExportError as err:
+        raise RetrainError(str(err)) from None
+
+
+def _write_text(path: str, text: str) -> None:
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+def save_checkpoint(path: str, head: ClassificationHead) -> None:
+    import tensorflow as tf
+
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    tf.train.Checkpoint(head=head).write(path)
+
+
+def node_names_line(prepared: Prepared, final_tensor_name: str) -> str:
+    spec = prepared.backbone.input_spec
+    if spec.kind == "image" and prepared.backbone.tf_callable() is not None:
+        what = (f"float32 [None, {spec.height}, {spec.width}, 3], RGB scaled to [0, 1]: "
+                "label_image --input_mean 0 --input_std 255")
+    else:
+        what = f"float32 [None, {prepared.backbone.feature_size}] features of {prepared.backbone.name}"
+    return f"Input node: {INPUT_TENSOR_NAME} ({what}); output node: {final_tensor_name}"
+
+
+# ------------------------------------------------------------------ the whole run
+
+@dataclass
+class RetrainResult:
+    test_accuracy: float
+    test_count: int
+    run_dir: Optional[str]
+    written: dict
+    labels: tuple[str, ...]
+    seed: int
+
+
+def retrain(settings: RetrainSettings, seed: Optional[int] = None,
+            log: Callable[[str], None] = print) -> RetrainResult:
+    """One training run: the linear story of this module's docstring."""
+    problems = settings.problems()
+    if problems:
+        raise RetrainError(problems[0])
+    if seed is None:
+        seed = draw_seed()
+        log(f"Random seed: {seed} (pass --random_seed={seed} to repeat this run)")
+    prepared = prepare(settings, log)
+    if settings.output_graph and prepared.backbone.tf_callable() is None:
+        raise RetrainError(f"module {prepared.backbone.name} cannot be frozen into one graph; "
+                           "pass --output_graph= (empty) and use --saved_model_dir or "
+                           "--output_tflite")
+    split = make_split(settings, prepared.images)
+    log(f"Split ({settings.split}): {split.describe()}")
+    tag = settings.run_tag or _default_tag(settings, prepared)
+
+    def store_intermediate(step: int, head: ClassificationHead) -> None:
+        folder = settings.intermediate_output_graphs_dir or "/tmp/intermediate_graph/"
+        path = os.path.join(folder, f"intermediate_{step}.pb")
+        log(f"Save intermediate result to : {path}")
+        export(settings, prepared, head, float("nan"), output_graph=path, with_other_outputs=False)
+
+    outcome = train_and_evaluate(settings, prepared, split, seed, tag,
+                                 split_partition(settings, prepared), log,
+                                 store_intermediate if settings.intermediate_store_frequency > 0 else None)
+    if settings.checkpoint_path:
+        save_checkpoint(settings.checkpoint_path, outcome.head)
+    written = export(settings, prepared, outcome.head, outcome.test_accuracy,
+                     output_graph=settings.output_graph)
+    for key, path in written.items():
+        if not key.endswith("_sidecar"):
+            log(f"Wrote {key}: {path}")
+    log(node_names_line(prepared, settings.final_tensor_name))
+    return RetrainResult(outcome.test_accuracy, outcome.test_count, outcome.run_dir, written,
+                         prepared.images.labels, seed)
+
+
+def _default_tag(settings: RetrainSettings, prepared: Prepared) -> str:
+    module = prepared.backbone.name.split(",")[0][:24]
+    if settings.split == "folds":
+        where = "test" + "-".join(str(f) for f in settings.test_folds)
+    else:
+        where = "hash"
+    return f"{module}-{where}"
+
+
+def fail(message: str, prog: str = "retrain") -> None:
+    print(f"{prog}: error: {' '.join(str(message).split())}", file=sys.stderr)
+
+
+__all__ = ["RetrainSettings", "retrain", "prepare", "train_and_evaluate", "RetrainError",
+           "ModuleError"]

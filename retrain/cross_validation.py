@@ -1,0 +1,101 @@
+"""``--cross_validate``: the official protocol of fold-based datasets.
+
+One run per fold as the test fold (10 for UrbanSound8K, 5 for ESC-50), validation a
+group-aware slice of the other folds; bottlenecks (and augmented copies, whose mixing
+partners stay within a fold) are computed once and shared by all runs. Reports per-fold
+and mean ± std accuracy, as CSV and JSON.
+"""
+from __future__ import annotations
+
+import csv
+import dataclasses
+import io
+import json
+import os
+from dataclasses import dataclass
+from typing import Callable, Optional, Sequence
+
+import numpy as np
+
+from retrain.core import (RetrainSettings, _default_tag, draw_seed, prepare, split_partition,
+                          train_and_evaluate)
+from retrain.errors import RetrainError
+from retrain.splits import cross_validation_splits
+
+
+@dataclass
+class CrossValidationResult:
+    folds: list[int]
+    accuracies: list[float]
+    counts: list[int]
+    mean: float
+    std: float
+    csv_path: Optional[str]
+    json_path: Optional[str]
+    seed: int
+
+
+def cross_validate(settings: RetrainSettings, seed: Optional[int] = None,
+                   folds: Optional[Sequence[int]] = None, report_dir: Optional[str] = None,
+                   log: Callable[[str], None] = print) -> CrossValidationResult:
+    """Train and test once per fold; write ``cross_validation.csv`` / ``.json`` into
+    ``report_dir`` (default: the summaries folder)."""
+    problems = [p for p in settings.problems() if "--test_folds" not in p]
+    if problems:
+        raise RetrainError(problems[0])
+    if seed is None:
+        seed = draw_seed()
+        log(f"Random seed: {seed} (pass --random_seed={seed} to repeat this run)")
+    prepared = prepare(settings, log)
+    runs = cross_validation_splits(prepared.images.records, settings.validation_percentage, folds)
+    partition = split_partition(settings, prepared)
+    base_tag = settings.run_tag or _default_tag(dataclasses.replace(settings, split="hash"),
+                                                prepared).replace("-hash", "")
+    accuracies, counts = [], []
+    for fold, split in runs:
+        log(f"=== Cross-validation: test fold {fold} ({split.describe()}) ===")
+        outcome = train_and_evaluate(settings, prepared, split, seed, f"{base_tag}-cv-test{fold}",
+                                     partition, log)
+        accuracies.append(outcome.test_accuracy)
+        counts.append(outcome.test_count)
+    acc = np.asarray(accuracies, float)
+    mean, std = float(np.nanmean(acc)), float(np.nanstd(acc))
+    fold_ids = [f for f, _ in runs]
+    for f, a, n in zip(fold_ids, accuracies, counts):
+        log(f"Fold {f}: test accuracy = {a * 100:.1f}% (N={n})")
+    log(f"Cross-validation accuracy = {mean * 100:.1f}% ± {std * 100:.1f}% "
+        f"over {len(fold_ids)} folds")
+    report_dir = report_dir or settings.summaries_dir
+    csv_path = json_path = None
+    if report_dir:
+        os.makedirs(report_dir, exist_ok=True)
+        csv_path = os.path.join(report_dir, "cross_validation.csv")
+        json_path = os.path.join(report_dir, "cross_validation.json")
+        buf = io.StringIO()
+        writer = csv.writer(buf, lineterminator="\n")
+        writer.writerow(["test_fold", "accuracy", "num_test_images"])
+        for f, a, n in zip(fold_ids, accuracies, counts):
+            writer.writerow([f, f"{a:.6f}", n])
+        writer.writerow(["mean", f"{mean:.6f}", sum(counts)])
+        writer.writerow(["std", f"{std:.6f}", ""])
+        _atomic_write(csv_path, buf.getvalue())
+        report = {
+            "module": prepared.backbone.name,
+            "image_dir": prepared.images.image_dir,
+            "seed": seed,
+            "folds": [{"test_fold": f, "accuracy": a, "num_test_images": n}
+                      for f, a, n in zip(fold_ids, accuracies, counts)],
+            "mean_accuracy": mean,
+            "std_accuracy": std,
+            "settings": settings.flags_text,
+        }
+        _atomic_write(json_path, json.dumps(report, indent=2) + "\n")
+        log(f"Cross-validation report: {csv_path}, {json_path}")
+    return CrossValidationResult(fold_ids, accuracies, counts, mean, std, csv_path, json_path, seed)
+
+
+def _atomic_write(path: str, text: str) -> None:
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(text)
+    os.replace(tmp, path)

@@ -1,0 +1,127 @@
+"""List the training images: from ``manifest.csv`` (what ``spectrograms`` writes) or from
+retrain.py-style class folders (``<image_dir>/<label>/*.jpg|jpeg|png``).
+
+Labels are the folder names (or the manifest's labels), sorted; the class index of a
+label is its position in that sorted list, which is also the order of the labels file.
+"""
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from typing import Optional
+
+from retrain.errors import RetrainError
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
+MANIFEST_FILENAME = "manifest.csv"
+CONFIG_FILENAME = "spectrogram_config.json"
+_NOHASH = re.compile(r"_nohash_.*$")
+
+
+@dataclass(frozen=True)
+class ImageRecord:
+    """One training example: an image, its label and where it came from."""
+
+    path: str  # absolute path of the image
+    relpath: str  # path relative to image_dir, '/'-separated (display, misclassified list)
+    label: str
+    group: str  # source recording: never split across train / validation / test
+    fold: Optional[int] = None
+    source: Optional[str] = None  # audio file (manifest only), for waveform modules
+    start: float = 0.0
+    duration: Optional[float] = None
+    silent: bool = False
+
+
+@dataclass(frozen=True)
+class ImageSet:
+    image_dir: str
+    records: tuple[ImageRecord, ...]
+    labels: tuple[str, ...]
+    from_manifest: bool
+
+    def label_index(self) -> dict[str, int]:
+        return {label: i for i, label in enumerate(self.labels)}
+
+    def class_ids(self) -> list[int]:
+        index = self.label_index()
+        return [index[r.label] for r in self.records]
+
+    @property
+    def folds(self) -> list[int]:
+        return sorted({r.fold for r in self.records if r.fold is not None})
+
+    def spectrogram_config_path(self) -> Optional[str]:
+        path = os.path.join(self.image_dir, CONFIG_FILENAME)
+        return path if os.path.isfile(path) else None
+
+
+def group_from_filename(file_name: str) -> str:
+    """retrain.py's rule: everything from ``_nohash_`` on is ignored, so
+    ``bark_nohash_1.png`` and ``bark_nohash_2.png`` form one group ``bark``."""
+    return _NOHASH.sub("", file_name)
+
+
+def list_images(image_dir: str) -> ImageSet:
+    """All images under ``image_dir``, from its manifest when there is one."""
+    image_dir = os.path.abspath(os.path.expanduser(image_dir))
+    if not os.path.isdir(image_dir):
+        raise RetrainError(f"image directory {image_dir!r} not found; pass --image_dir with "
+                           "the folder that spectrograms wrote (or class folders of images)")
+    manifest = os.path.join(image_dir, MANIFEST_FILENAME)
+    records = _from_manifest(image_dir, manifest) if os.path.isfile(manifest) \
+        else _from_folders(image_dir)
+    labels = tuple(sorted({r.label for r in records}))
+    if not records:
+        raise RetrainError(f"no images found in {image_dir!r}; expected class folders "
+                           f"holding {'/'.join(e[1:] for e in IMAGE_EXTENSIONS)} files")
+    if len(labels) < 2:
+        raise RetrainError(f"only one class ({labels[0]!r}) found in {image_dir!r}; "
+                           "a classifier needs at least two class folders")
+    return ImageSet(image_dir, tuple(sorted(records, key=lambda r: r.relpath)), labels,
+                    os.path.isfile(manifest))
+
+
+def _from_folders(image_dir: str) -> list[ImageRecord]:
+    records = []
+    for label in sorted(os.listdir(image_dir)):
+        folder = os.path.join(image_dir, label)
+        if not os.path.isdir(folder) or label.startswith("."):
+            continue
+        names = sorted(n for n in os.listdir(folder) if n.lower().endswith(IMAGE_EXTENSIONS)
+                       and os.path.isfile(os.path.join(folder, n)))
+        if not names:
+            raise RetrainError(f"class folder {folder!r} holds no "
+                               f"{'/'.join(e[1:] for e in IMAGE_EXTENSIONS)} images; "
+                               "add images or remove the folder")
+        for name in names:
+            records.append(ImageRecord(path=os.path.join(folder, name), relpath=f"{label}/{name}",
+                                       label=label, group=group_from_filename(name)))
+    return records
+
+
+def _from_manifest(image_dir: str, manifest: str) -> list[ImageRecord]:
+    from spectrograms.manifest import ManifestError, read_manifest
+
+    try:
+        rows = read_manifest(manifest)
+    except ManifestError as err:
+        raise RetrainError(str(err).splitlines()[0]) from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise RetrainError(f"cannot read {manifest!r}: {err}") from None
+    records, missing = [], []
+    for row in rows:
+        path = os.path.normpath(os.path.join(image_dir, row.image))
+        if not os.path.isfile(path):
+            missing.append(row.image)
+            continue
+        records.append(ImageRecord(
+            path=path, relpath=row.image.replace(os.sep, "/"), label=row.label,
+            group=row.group or group_from_filename(os.path.basename(row.image)),
+            fold=row.fold, source=row.source or None, start=row.start,
+            duration=row.duration, silent=row.silent))
+    if missing:
+        raise RetrainError(f"manifest {manifest!r} lists {len(missing)} image(s) that do not exist "
+                           f"(first: {missing[0]!r}); re-run spectrograms or fix the manifest")
+    return records
