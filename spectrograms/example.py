@@ -117,7 +117,7 @@ def synthesize(cls: str, recording: int, clip: int, sr: int = 22050, seed: int =
     class_index = CLASSES.index(cls)
     rec = _recording(cls, np.random.default_rng([seed, class_index, recording]))
     rng = np.random.default_rng([seed, class_index, recording, clip + 1])
-    n = int(rng.uniform(1.5, 4.5) * sr)
+    n = int(rng.uniform(1.5, 4.5) * sr) // 512 * 512  # FFT-friendly lengths keep the noise fast
     y = SYNTHS[cls](rng, rec, n, sr)
     y = y / (np.abs(y).max() + 1e-9)
     y = y + 10 ** (rng.uniform(-35, -15) / 20) * _noise(rng, n, sr, 50, sr / 2)

@@ -124,7 +124,7 @@ def save_image(indices: np.ndarray, path: str, settings: SpectrogramSettings) ->
             img.putpalette(lut.tobytes())
             img.save(tmp, format="PNG", compress_level=1)
         else:
-            Image.fromarray(np.take(lut, indices, axis=0)).save(tmp, format="JPEG", quality=95)
+            Image.fromarray(np.take(lut, indices, axis=0)).save(tmp, format="JPEG", quality=95, subsampling=0)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

@@ -1,0 +1,258 @@
+"""writer.py: images + manifest, resuming, refusing other settings, bad inputs, windows, processes."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+from PIL import Image
+
+from spectrograms.datasets import list_dataset
+from spectrograms.manifest import read_manifest
+from spectrograms.render import colormap_lut, load_audio, render_clip
+from spectrograms.settings import CONFIG_FILENAME, SpectrogramSettings
+from spectrograms.writer import JOURNAL_FILENAME, OutputError, WriteOptions, write_spectrograms
+
+SR = 8000
+FAST = SpectrogramSettings(sample_rate=SR, duration=0.5, n_fft=256, hop_length=64, n_mels=32, image_size=32)
+ONE = WriteOptions(jobs=1, progress=False)
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _wav(path: Path, seconds=0.4, freq=440.0, amp=0.5, sr=SR):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    t = np.arange(int(seconds * sr)) / sr
+    sf.write(path, amp * np.sin(2 * np.pi * freq * t), sr)
+    return path
+
+
+def make_folders(root: Path, n_per_class=2) -> Path:
+    for k in range(n_per_class):
+        _wav(root / "beep" / f"b{k}_nohash_0.wav", freq=500 + 300 * k)
+        _wav(root / "buzz" / f"z{k}.wav", seconds=0.3, freq=150 + 20 * k)
+    return root
+
+
+def rgb(path) -> np.ndarray:
+    with Image.open(path) as im:
+        return np.asarray(im.convert("RGB"))
+
+
+def write(data: Path, out: Path, settings=FAST, options=ONE, **kw):
+    return write_spectrograms(list_dataset(str(data), **kw), str(out), settings, options, log=lambda line: None)
+
+
+def test_writes_images_manifest_and_config(tmp_path):
+    data = make_folders(tmp_path / "data")
+    out = tmp_path / "out"
+    summary = write(data, out)
+    assert (summary.written, summary.up_to_date, summary.failed, summary.silent) == (4, 0, [], 0)
+    assert summary.exit_code() == 0
+    assert SpectrogramSettings.load_json(out / CONFIG_FILENAME) == FAST
+    rows = read_manifest(out / "manifest.csv")
+    assert [r.image for r in rows] == ["beep/b0_nohash_0.png", "beep/b1_nohash_0.png", "buzz/z0.png", "buzz/z1.png"]
+    r = rows[0]
+    assert (r.label, r.fold, r.group, r.start, r.duration, r.silent) == ("beep", None, "b0", 0.0, 0.4, False)
+    assert r.source == str(data / "beep" / "b0_nohash_0.wav")
+    assert rows[2].duration == pytest.approx(0.3)
+    for row in rows:  # the stored pixels are exactly render_clip's
+        expected = render_clip(load_audio(row.source, SR), SR, FAST)
+        assert np.array_equal(rgb(out / row.image), expected)
+    left = sorted(p.name for p in out.iterdir())
+    assert left == sorted(["beep", "buzz", CONFIG_FILENAME, "manifest.csv"])  # no journal, no temp files
+
+
+def test_second_run_skips_up_to_date_and_redoes_what_changed(tmp_path):
+    data = make_folders(tmp_path / "data")
+    out = tmp_path / "out"
+    write(data, out)
+    image = out / "beep" / "b0_nohash_0.png"
+    before = image.stat().st_mtime_ns
+    again = write(data, out)
+    assert (again.written, again.up_to_date, again.images) == (0, 4, 4)
+    assert again.exit_code() == 0
+    assert image.stat().st_mtime_ns == before
+    # A newer source and a deleted image are redone; the rest is kept.
+    future = time.time() + 100
+    os.utime(data / "buzz" / "z1.wav", (future, future))
+    (out / "beep" / "b1_nohash_0.png").unlink()
+    third = write(data, out)
+    assert (third.written, third.up_to_date, third.images) == (2, 2, 4)
+    forced = write(data, out, options=WriteOptions(jobs=1, overwrite=True, progress=False))
+    assert (forced.written, forced.up_to_date) == (4, 0)
+
+
+def test_other_settings_are_refused_unless_overwrite(tmp_path):
+    data = make_folders(tmp_path / "data")
+    out = tmp_path / "out"
+    write(data, out)
+    other = SpectrogramSettings(**{**FAST.to_dict(), "n_mels": 16})
+    with pytest.raises(OutputError, match="other settings \\(n_mels 32 -> 16\\)") as info:
+        write(data, out, settings=other)
+    assert "\n" not in str(info.value)
+    summary = write(data, out, settings=other, options=WriteOptions(jobs=1, overwrite=True, progress=False))
+    assert summary.written == 4
+    assert SpectrogramSettings.load_json(out / CONFIG_FILENAME) == other
+
+
+def test_resumes_after_an_interrupted_run(tmp_path):
+    data = make_folders(tmp_path / "data", n_per_class=3)
+    out = tmp_path / "out"
+    write(data, out)
+    full = (out / "manifest.csv").read_text().splitlines()
+    header, rows = full[0], full[1:]
+    # What a run killed midway leaves: an older manifest with one row, a journal with
+    # two more rows and a torn third line, one image with no row yet, a temp file.
+    (out / "manifest.csv").write_text("\n".join([header, rows[0]]) + "\n")
+    (out / JOURNAL_FILENAME).write_text(rows[1] + "\n" + rows[2] + "\n" + rows[3][:25])
+    stray = out / "buzz" / "z2.png.tmp-4242"
+    stray.write_bytes(b"\x89PNG half an image")
+    (out / "buzz" / "z2.png").unlink()
+    summary = write(data, out)
+    assert summary.up_to_date == 3  # manifest row + two journal rows
+    assert summary.written == 3  # the torn row's image, the two after it
+    assert not stray.exists() and not (out / JOURNAL_FILENAME).exists()
+    assert (out / "manifest.csv").read_text().splitlines() == full
+
+
+def test_a_killed_process_loses_nothing(tmp_path):
+    data = tmp_path / "data"
+    for k in range(60):
+        _wav(data / ("hi" if k % 2 else "lo") / f"c{k}.wav", seconds=1.0, freq=200 + 40 * k)
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "spectrograms", "--data_dir", str(data), "--output_dir", str(out), "--jobs=1",
+           "--sample_rate=8000", "--duration=0.5", "--n_fft=256", "--hop_length=64", "--n_mels=32",
+           "--image_size=32"]
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    journal = out / JOURNAL_FILENAME
+    deadline = time.time() + 60
+    while time.time() < deadline and proc.poll() is None:
+        if journal.exists() and journal.read_text().count("\n") >= 5:
+            break
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    done_before = journal.read_text().count("\n") if journal.exists() else 60
+    settings = SpectrogramSettings(**{**FAST.to_dict(), "duration": 0.5})
+    summary = write(data, out, settings=settings)
+    assert summary.up_to_date >= min(done_before, 60)
+    assert summary.up_to_date + summary.written == 60 and not summary.failed
+    rows = read_manifest(out / "manifest.csv")
+    assert len(rows) == 60
+    for row in rows:  # every image listed is whole
+        assert rgb(out / row.image).shape == (32, 32, 3)
+    assert not list(out.glob("*/*.tmp-*"))
+
+
+def _bad_inputs(root: Path) -> dict[str, Path]:
+    cls = root / "mixed"
+    cls.mkdir(parents=True)
+    good = _wav(cls / "good.wav")
+    raw = good.read_bytes()
+    bad = {
+        "empty": cls / "empty.wav",
+        "zero-length": cls / "zero_length.wav",
+        "non-audio": cls / "text.wav",
+        "corrupt": cls / "noise.flac",
+        "truncated": cls / "truncated.wav",
+        "unreadable": cls / "dangling.wav",
+    }
+    bad["empty"].write_bytes(b"")
+    sf.write(bad["zero-length"], np.zeros(0), SR)
+    bad["non-audio"].write_text("hello, I am a text file\n" * 20)
+    bad["corrupt"].write_bytes(np.random.default_rng(0).bytes(3000))
+    bad["truncated"].write_bytes(raw[:40])
+    os.symlink(cls / "nowhere.wav", bad["unreadable"])
+    return bad
+
+
+def test_bad_inputs_never_crash_the_run(tmp_path):
+    data = tmp_path / "data"
+    bad = _bad_inputs(data)
+    summary = write(data, tmp_path / "out")
+    assert summary.written == 1
+    failed = dict(summary.failed)
+    assert set(failed) == {str(p) for p in bad.values()}
+    assert all(reason and "\n" not in reason for reason in failed.values())
+    assert summary.exit_code() == 0
+    assert summary.exit_code(strict=True) == 1
+    assert [r.image for r in read_manifest(tmp_path / "out" / "manifest.csv")] == ["mixed/good.png"]
+
+
+def test_nothing_written_is_a_failure(tmp_path):
+    data = tmp_path / "data"
+    _bad_inputs(data)
+    (data / "mixed" / "good.wav").unlink()
+    summary = write(data, tmp_path / "out")
+    assert summary.written == 0 and len(summary.failed) == 6
+    assert summary.exit_code() == 1
+
+
+def test_silent_clip_is_flagged_and_dark(tmp_path):
+    data = make_folders(tmp_path / "data", n_per_class=1)
+    sf.write(data / "beep" / "quiet.wav", np.zeros(SR // 2), SR)
+    summary = write(data, tmp_path / "out")
+    assert summary.silent == 1
+    rows = {r.image: r for r in read_manifest(tmp_path / "out" / "manifest.csv")}
+    assert rows["beep/quiet.png"].silent and not rows["beep/b0_nohash_0.png"].silent
+    assert np.all(rgb(tmp_path / "out" / "beep" / "quiet.png") == colormap_lut(FAST.colormap)[0])
+
+
+def test_split_long_clips_into_windows(tmp_path):
+    data = tmp_path / "data"
+    _wav(data / "long" / "l.wav", seconds=1.3)
+    _wav(data / "long" / "s.wav", seconds=0.2)
+    split = SpectrogramSettings(**{**FAST.to_dict(), "long_clips": "split"})
+    out = tmp_path / "out"
+    summary = write(data, out, settings=split)
+    rows = read_manifest(out / "manifest.csv")
+    assert [(r.image, r.start, round(r.duration, 3)) for r in rows] == [
+        ("long/l_w0.png", 0.0, 0.5),
+        ("long/l_w1.png", 0.5, 0.5),
+        ("long/l_w2.png", 0.8, 0.5),  # the tail window is aligned to the clip's end
+        ("long/s_w0.png", 0.0, 0.2),
+    ]
+    assert summary.written == 4
+    y = load_audio(data / "long" / "l.wav", SR)
+    assert np.array_equal(rgb(out / "long" / "l_w1.png"), render_clip(y[int(0.5 * SR):], SR, split))
+    assert write(data, out, settings=split).up_to_date == 2
+
+
+def test_two_processes_write_the_same_as_one(tmp_path):
+    data = make_folders(tmp_path / "data", n_per_class=4)
+    write(data, tmp_path / "one")
+    summary = write(data, tmp_path / "two", options=WriteOptions(jobs=2, progress=False))
+    assert summary.written == 8
+    one = (tmp_path / "one" / "manifest.csv").read_text()
+    assert (tmp_path / "two" / "manifest.csv").read_text() == one
+    for png in (tmp_path / "one").glob("*/*.png"):
+        assert png.read_bytes() == (tmp_path / "two" / png.relative_to(tmp_path / "one")).read_bytes()
+
+
+def test_jpeg_output(tmp_path):
+    data = make_folders(tmp_path / "data", n_per_class=1)
+    jpg = SpectrogramSettings(**{**FAST.to_dict(), "image_format": "jpg"})
+    write(data, tmp_path / "out", settings=jpg)
+    rows = read_manifest(tmp_path / "out" / "manifest.csv")
+    assert [r.image for r in rows] == ["beep/b0_nohash_0.jpg", "buzz/z0.jpg"]
+    img = rgb(tmp_path / "out" / rows[0].image)
+    expected = render_clip(load_audio(rows[0].source, SR), SR, jpg)
+    assert np.abs(img.astype(int) - expected.astype(int)).mean() < 3
+
+
+def test_runs_over_other_folds_keep_earlier_rows(tmp_path):
+    from test_spectrograms_datasets import make_us8k
+
+    root = make_us8k(str(tmp_path / "us8k"))
+    out = tmp_path / "out"
+    first = write(Path(root), out, folds=[1])
+    assert first.written == 2 and len(first.missing) == 1
+    second = write(Path(root), out, folds=[2])
+    assert second.written == 2 and second.images == 4
+    assert {r.fold for r in read_manifest(out / "manifest.csv")} == {1, 2}
