@@ -282,6 +282,9 @@ def load_labeler(
             f"label count does not match the model: {path} has {int(model.num_outputs)} outputs "
             f"but {source} lists {len(labels)} labels"
         )
+    expected = side.get("labels_sha256")
+    if labels_path and expected and labels_sha256(labels) != expected:
+        print(f"warning: {labels_path} differs from the labels {path} was trained with", file=sys.stderr)
     if side.get("model_input") == "features" and backbone is None:
         backbone = _load_backbone(side)
     return Labeler(path=path, model=model, labels=labels, sidecar=sidecar, backbone=backbone)
@@ -295,9 +298,6 @@ def _resolve_labels(path: str, labels_path: Optional[str], side: dict) -> list[s
             raise ModelLoadError(f"cannot read labels {labels_path}: {getattr(e, 'strerror', None) or _one_line(e)}") from None
         if not labels:
             raise ModelLoadError(f"labels file {labels_path} is empty")
-        expected = side.get("labels_sha256")
-        if expected and labels_sha256(labels) != expected:
-            print(f"warning: {labels_path} differs from the labels {path} was trained with", file=sys.stderr)
         return labels
     labels = side.get("labels")
     if labels:

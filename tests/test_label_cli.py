@@ -1,0 +1,300 @@
+"""label_image: flags, output format, images, audio windows, folders, and every bad input
+giving one clear line with a non-zero exit."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from label_models import LABELS, SR, build_tiny_model, make_clip, write_wav
+
+from label.cli import main
+
+
+@pytest.fixture(scope="session")
+def tiny(tmp_path_factory):
+    return build_tiny_model(str(tmp_path_factory.getbasetemp() / "label_tiny_model"))
+
+
+def run(capsys, *args):
+    code = main(["label_image", *args])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def one_error_line(err: str) -> str:
+    lines = [line for line in err.splitlines() if line.strip() and not line.startswith("INFO:")]
+    assert len(lines) == 1, err
+    assert "Traceback" not in err
+    return lines[0]
+
+
+def spectrogram_png(tiny, tmp_path, kind, seed=7) -> str:
+    from spectrograms.render import render_clip
+
+    path = tmp_path / f"{kind}.png"
+    Image.fromarray(render_clip(make_clip(kind, seed=seed), SR, tiny.settings)).save(path)
+    return str(path)
+
+
+@pytest.mark.parametrize("artifact", ["output_graph", "saved_model_dir", "output_tflite"])
+def test_audio_with_only_the_sidecar(tiny, tmp_path, capsys, artifact):
+    wav = write_wav(tmp_path / "x.wav", make_clip("chirp", seed=3))
+    code, out, err = run(capsys, "--graph", tiny.paths[artifact], "--audio", wav)
+    assert code == 0, err
+    lines = out.splitlines()
+    assert len(lines) == 3  # top 5 of 3 classes: all of them, best first
+    names = [line.rsplit(" ", 1)[0] for line in lines]
+    scores = [float(line.rsplit(" ", 1)[1]) for line in lines]
+    assert names[0] == "chirp" and sorted(names) == sorted(LABELS)
+    assert scores == sorted(scores, reverse=True) and sum(scores) == pytest.approx(1.0, abs=1e-3)
+
+
+def test_image_output_matches_audio(tiny, tmp_path, capsys):
+    """The PNG the writer would store and the audio rendered on the fly label alike."""
+    from spectrograms.render import load_audio, render_clip
+
+    wav = write_wav(tmp_path / "tone.wav", make_clip("tone", seed=7))
+    png = str(tmp_path / "tone.png")  # what the spectrograms writer stores for this file
+    Image.fromarray(render_clip(load_audio(wav, SR), SR, tiny.settings)).save(png)
+    _, from_audio, _ = run(capsys, "--graph", tiny.paths["output_graph"], "--audio", wav, "--json")
+    _, from_image, _ = run(capsys, "--graph", tiny.paths["output_graph"], "--image", png, "--json")
+    a, i = json.loads(from_audio)["results"][0], json.loads(from_image)["results"][0]
+    assert a["top"] == i["top"] and a["top"][0]["label"] == "tone"
+    assert i["kind"] == "image" and a["kind"] == "audio"
+
+
+def test_top_k_and_json(tiny, tmp_path, capsys):
+    wav = write_wav(tmp_path / "n.wav", make_clip("noise", seed=3))
+    code, out, _ = run(capsys, "--graph", tiny.paths["output_graph"], "--audio", wav, "--top_k", "1")
+    assert code == 0 and out.splitlines()[0].startswith("noise ") and len(out.splitlines()) == 1
+    code, out, _ = run(capsys, "--graph", tiny.paths["output_graph"], "--audio", wav, "--top_k", "2", "--json")
+    doc = json.loads(out)
+    assert doc["format"] == "frozen_graph" and doc["errors"] == []
+    (result,) = doc["results"]
+    assert [t["label"] for t in result["top"]][0] == "noise" and len(result["top"]) == 2
+
+
+def test_several_files_comma_separated_repeated_and_positional(tiny, tmp_path, capsys):
+    paths = [write_wav(tmp_path / f"{k}.wav", make_clip(k, seed=9)) for k in LABELS]
+    code, out, _ = run(capsys, "--graph", tiny.paths["output_tflite"], "--audio", f"{paths[0]},{paths[1]}",
+                       "--audio", paths[2], "--json")
+    assert code == 0
+    assert [r["top"][0]["label"] for r in json.loads(out)["results"]] == LABELS
+    code, out, _ = run(capsys, "--graph", tiny.paths["output_tflite"], "--top_k", "1", "--audio", *paths)
+    assert code == 0
+    headers = [line for line in out.splitlines() if line.startswith("# ")]
+    assert headers == [f"# {p}" for p in paths]
+    assert [line.split()[0] for line in out.splitlines() if not line.startswith("#")] == LABELS
+
+
+def test_long_audio_is_cut_into_windows_and_summarised(tiny, tmp_path, capsys):
+    # 1 s of tone, 1 s of noise, 1 s of tone: windows of 1 s every 0.5 s.
+    y = np.concatenate([make_clip("tone", seed=1), make_clip("noise", seed=1), make_clip("tone", seed=1)])
+    wav = write_wav(tmp_path / "long.wav", y)
+    code, out, err = run(capsys, "--graph", tiny.paths["output_graph"], "--audio", wav, "--hop_seconds", "0.5",
+                         "--json")
+    assert code == 0, err
+    (result,) = json.loads(out)["results"]
+    starts = [w["start"] for w in result["windows"]]
+    assert starts == [0.0, 0.5, 1.0, 1.5, 2.0]
+    tops = [w["top"][0]["label"] for w in result["windows"]]
+    assert tops[0] == "tone" and tops[2] == "noise" and tops[4] == "tone"
+    # The summary is the mean of the windows.
+    from label.labeling import AudioInput, label_waveform, resolve_image_input
+    from label.models import load_labeler
+
+    labeler = load_labeler(tiny.paths["output_graph"])
+    res = label_waveform(labeler, y, SR, AudioInput(tiny.settings, 0.5, resolve_image_input(labeler)))
+    np.testing.assert_allclose(res.probabilities, np.mean([w.probabilities for w in res.windows], axis=0), atol=1e-6)
+    # (the file is 16-bit PCM, the array float: equal up to quantisation)
+    np.testing.assert_allclose([item["score"] for item in result["top"]],
+                               sorted(res.probabilities.tolist(), reverse=True), atol=1e-3)
+    # Text output: the summary lines, then one line per window.
+    code, out, _ = run(capsys, "--graph", tiny.paths["output_graph"], "--audio", wav, "--hop_seconds", "0.5")
+    assert out.splitlines()[0].startswith(f"# {wav}: 5 windows")
+    assert sum(line.startswith("#   window") for line in out.splitlines()) == 5
+    # Default hop = the training duration: 3 windows.
+    code, out, _ = run(capsys, "--graph", tiny.paths["output_graph"], "--audio", wav, "--json")
+    assert [w["start"] for w in json.loads(out)["results"][0]["windows"]] == [0.0, 1.0, 2.0]
+
+
+def test_audio_at_another_sample_rate_is_resampled(tiny, tmp_path, capsys):
+    import librosa
+
+    y = librosa.resample(make_clip("chirp", seed=4), orig_sr=SR, target_sr=22050)
+    wav = write_wav(tmp_path / "c22k.wav", y, sr=22050)
+    code, out, _ = run(capsys, "--graph", tiny.paths["output_graph"], "--audio", wav, "--top_k", "1")
+    assert code == 0 and out.startswith("chirp ")
+
+
+def test_graph_without_sidecar_uses_retrain_conventions(tiny, tmp_path, capsys):
+    """A bare graph (as retrain.py wrote): Placeholder/final_result, size from the graph,
+    --labels needed; label_image's flags work as in TensorFlow."""
+    graph = tmp_path / "retrained_graph.pb"
+    shutil.copy(tiny.paths["output_graph"], graph)
+    png = spectrogram_png(tiny, tmp_path, "noise")
+    code, out, err = run(capsys, "--graph", str(graph), "--image", png)
+    assert code != 0 and "--labels" in one_error_line(err)
+    code, out, err = run(capsys, "--graph", str(graph), "--labels", tiny.paths["output_labels"], "--image", png)
+    assert code == 0 and out.startswith("noise "), err
+    code, out, _ = run(capsys, "--graph", str(graph), "--labels", tiny.paths["output_labels"], "--image", png,
+                       "--input_layer", "Placeholder", "--output_layer", "final_result", "--input_height", "32",
+                       "--input_width", "32", "--input_mean", "0", "--input_std", "255")
+    assert code == 0 and out.startswith("noise ")
+
+
+def test_input_mean_zero_is_a_value_and_floats_are_accepted(tiny, tmp_path, capsys):
+    png = spectrogram_png(tiny, tmp_path, "tone")
+    g = tiny.paths["output_graph"]
+    _, default, _ = run(capsys, "--graph", g, "--image", png, "--json")
+    _, explicit, _ = run(capsys, "--graph", g, "--image", png, "--json", "--input_mean", "0", "--input_std", "255.0")
+    _, shifted, _ = run(capsys, "--graph", g, "--image", png, "--json", "--input_mean", "127.5", "--input_std", "127.5")
+    assert json.loads(default)["results"] == json.loads(explicit)["results"]
+    assert json.loads(shifted)["results"] != json.loads(default)["results"]
+    from label.labeling import resolve_image_input
+    from label.models import load_labeler
+
+    labeler = load_labeler(g)
+    assert resolve_image_input(labeler, mean=0.0, std=1.5).mean == 0.0
+    side = dict(labeler.sidecar, input=dict(labeler.sidecar["input"], input_mean=10.0))
+    labeler.sidecar = side
+    assert resolve_image_input(labeler).mean == 10.0
+    assert resolve_image_input(labeler, mean=0.0).mean == 0.0  # 0 overrides the sidecar
+
+
+def test_image_of_another_size_is_resized(tiny, tmp_path, capsys):
+    from spectrograms.render import render_clip
+
+    img = Image.fromarray(render_clip(make_clip("noise", seed=2), SR, tiny.settings)).resize((64, 48))
+    img.convert("RGB").save(tmp_path / "big.jpg", quality=95)
+    code, out, _ = run(capsys, "--graph", tiny.paths["saved_model_dir"], "--image", str(tmp_path / "big.jpg"))
+    assert code == 0 and out.startswith("noise ")
+
+
+def test_folders_in_batches_to_csv(tiny, tmp_path, capsys):
+    audio_dir = tmp_path / "audio"
+    (audio_dir / "sub").mkdir(parents=True)
+    for i, kind in enumerate(LABELS * 3):
+        write_wav(audio_dir / ("sub" if i % 2 else "") / f"{i:02d}_{kind}.wav", make_clip(kind, seed=50 + i))
+    (audio_dir / "notes.txt").write_text("not audio")
+    (audio_dir / "broken.wav").write_bytes(b"RIFF not really")
+    csv_path = tmp_path / "out" / "labels.csv"
+    code, out, err = run(capsys, "--graph", tiny.paths["output_tflite"], "--audio_dir", str(audio_dir),
+                         "--output_csv", str(csv_path), "--batch_size", "4")
+    assert code == 0, err
+    assert "broken.wav" in err and "1 of 10 files could not be labelled" in err
+    import csv
+
+    rows = list(csv.DictReader(open(csv_path)))
+    assert len(rows) == 9
+    assert list(rows[0]) == ["path", "windows", "label", "score", *LABELS]
+    for row in rows:
+        assert row["label"] == os.path.basename(row["path"]).split("_")[1].split(".")[0]
+        assert sum(float(row[k]) for k in LABELS) == pytest.approx(1.0, abs=1e-4)
+
+    image_dir = tmp_path / "images"
+    image_dir.mkdir()
+    for kind in LABELS:
+        shutil.copy(spectrogram_png(tiny, tmp_path, kind, seed=11), image_dir / f"{kind}.png")
+    code, out, _ = run(capsys, "--graph", tiny.paths["output_graph"], "--image_dir", str(image_dir))
+    assert code == 0
+    assert sorted(line.split()[1] for line in out.splitlines()) == sorted(LABELS)
+    for line in out.splitlines():
+        path, label, _ = line.split()
+        assert os.path.basename(path) == f"{label}.png"
+
+
+# --- bad inputs: one line on stderr, non-zero exit ----------------------------------
+
+
+def test_missing_graph(tmp_path, capsys):
+    code, _, err = run(capsys, "--graph", str(tmp_path / "nope.pb"), "--audio", "x.wav")
+    assert code != 0 and "model not found" in one_error_line(err)
+
+
+def test_corrupt_graph(tmp_path, capsys):
+    bad = tmp_path / "bad.pb"
+    bad.write_bytes(os.urandom(2000))
+    code, _, err = run(capsys, "--graph", str(bad), "--labels", str(bad), "--audio", "x.wav")
+    line = one_error_line(err)
+    assert code != 0 and str(bad) in line
+    empty = tmp_path / "empty.pb"
+    empty.write_bytes(b"")
+    code, _, err = run(capsys, "--graph", str(empty), "--labels", str(bad), "--audio", "x.wav")
+    assert code != 0 and "no node 'Placeholder'" in one_error_line(err)
+
+
+def test_corrupt_tflite_and_saved_model(tmp_path, capsys):
+    bad = tmp_path / "bad.tflite"
+    bad.write_bytes(b"\0\0\0\0TFL3" + os.urandom(100))
+    code, _, err = run(capsys, "--graph", str(bad), "--audio", "x.wav")
+    assert code != 0 and "cannot load TFLite model" in one_error_line(err)
+    folder = tmp_path / "not_a_model"
+    folder.mkdir()
+    code, _, err = run(capsys, "--graph", str(folder), "--audio", "x.wav")
+    assert code != 0 and "not a SavedModel" in one_error_line(err)
+
+
+@pytest.mark.parametrize("artifact", ["output_graph", "saved_model_dir", "output_tflite"])
+def test_label_count_not_matching_outputs(tiny, tmp_path, capsys, artifact):
+    labels = tmp_path / "labels.txt"
+    labels.write_text("a\nb\nc\nd\n")
+    code, _, err = run(capsys, "--graph", tiny.paths[artifact], "--labels", str(labels), "--audio", "x.wav")
+    line = one_error_line(err)
+    assert code != 0 and "3 outputs" in line and "4 labels" in line
+
+
+def test_non_image_file(tiny, tmp_path, capsys):
+    txt = tmp_path / "photo.jpg"
+    txt.write_text("this is not a picture")
+    code, _, err = run(capsys, "--graph", tiny.paths["output_graph"], "--image", str(txt))
+    assert code != 0 and "not an image file" in one_error_line(err)
+    code, _, err = run(capsys, "--graph", tiny.paths["output_graph"], "--image", str(tmp_path / "missing.png"))
+    assert code != 0 and "no such file" in one_error_line(err)
+
+
+def test_silent_and_corrupt_audio(tiny, tmp_path, capsys):
+    silent = write_wav(tmp_path / "silent.wav", make_clip("silence"))
+    code, _, err = run(capsys, "--graph", tiny.paths["output_graph"], "--audio", silent)
+    assert code != 0 and "silent" in one_error_line(err)
+    corrupt = tmp_path / "corrupt.wav"
+    corrupt.write_bytes(b"RIFF\x10\x00\x00\x00WAVEjunkjunkjunk")
+    code, _, err = run(capsys, "--graph", tiny.paths["output_graph"], "--audio", str(corrupt))
+    assert code != 0 and str(corrupt) in one_error_line(err)
+    code, _, err = run(capsys, "--graph", tiny.paths["output_graph"], "--audio", str(tmp_path / "nope.wav"))
+    assert code != 0 and "nope.wav" in one_error_line(err)
+
+
+@pytest.mark.parametrize("args,needle", [
+    ([], "nothing to label"),
+    (["--audio", "a.wav", "--image_dir", "d"], "choose one"),
+    (["--audio", "a.wav", "--hop_seconds", "0"], "--hop_seconds"),
+    (["--audio", "a.wav", "--input_std", "0"], "--input_std"),
+    (["--audio", "a.wav", "--top_k", "0"], "top_k"),
+    (["--audio", "a.wav", "--no_such_flag"], "no_such_flag"),
+    (["--audio", "a.wav", "--output_csv", "x.csv"], "--output_csv"),
+])
+def test_bad_flags(capsys, args, needle):
+    code, _, err = run(capsys, "--graph", "g.pb", *args)
+    assert code == 2 and needle in one_error_line(err)
+
+
+def test_help_lists_label_image_flags(capsys):
+    code, out, _ = run(capsys, "--help")
+    assert code == 0
+    for flag in ("--graph", "--labels", "--image", "--input_height", "--input_width", "--input_mean",
+                 "--input_std", "--input_layer", "--output_layer", "--top_k", "--audio", "--mic"):
+        assert flag in out
+
+
+def test_flagfile(tiny, tmp_path, capsys):
+    wav = write_wav(tmp_path / "t.wav", make_clip("tone", seed=8))
+    flagfile = tmp_path / "label.flags"
+    flagfile.write_text(f"--graph={tiny.paths['output_graph']}\n--top_k=1\n")
+    code, out, _ = run(capsys, f"--flagfile={flagfile}", "--audio", wav)
+    assert code == 0 and out.startswith("tone ") and len(out.splitlines()) == 1

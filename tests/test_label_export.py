@@ -1,0 +1,208 @@
+"""Export: the .pb, SavedModel and TFLite agree with the in-memory model; sidecars;
+plain tf.compat.v1 loading as label_image.py does it; head-only waveform export;
+atomic re-export."""
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+from label_models import LABELS, SR, build_tiny_model, make_clip
+
+
+@pytest.fixture(scope="session")
+def tiny(tmp_path_factory):
+    return build_tiny_model(str(tmp_path_factory.getbasetemp() / "label_tiny_model"))
+
+
+@pytest.fixture(scope="module")
+def images(tiny):
+    from spectrograms.render import render_clip
+
+    clips = [make_clip(kind, seed=200 + s) for kind in LABELS for s in range(3)]
+    return np.stack([render_clip(y, SR, tiny.settings) for y in clips]).astype(np.float32) / 255.0
+
+
+@pytest.mark.parametrize("artifact", ["output_graph", "saved_model_dir", "output_tflite"])
+def test_every_format_matches_the_in_memory_model(tiny, images, artifact):
+    from label.models import load_labeler
+
+    expected = tiny.in_memory(images)
+    labeler = load_labeler(tiny.paths[artifact])
+    got = labeler.predict(images)
+    assert got.shape == (len(images), len(LABELS))
+    np.testing.assert_allclose(got, expected, atol=1e-4)
+    assert (got.argmax(1) == expected.argmax(1)).all()
+    # The trained head really separates the generated classes.
+    assert (got.argmax(1) == np.repeat(np.arange(len(LABELS)), 3)).all()
+    assert labeler.labels == LABELS
+
+
+@pytest.mark.parametrize("quantization,atol", [("float16", 0.02), ("dynamic", 0.05)])
+def test_quantised_tflite_keeps_the_top1(tiny, images, tmp_path, quantization, atol):
+    from label.export import export_model
+    from label.models import load_labeler
+
+    path = str(tmp_path / f"{quantization}.tflite")
+    export_model(tiny.backbone, tiny.head, LABELS, {"spectrogram": tiny.settings.to_dict()},
+                 output_tflite=path, tflite_quantization=quantization)
+    assert json.load(open(path + ".json"))["tflite_quantization"] == quantization
+    expected = tiny.in_memory(images)
+    got = load_labeler(path).predict(images)
+    np.testing.assert_allclose(got, expected, atol=atol)
+    assert (got.argmax(1) == expected.argmax(1)).all()
+
+
+def test_frozen_graph_loads_with_plain_tf_compat_v1(tiny, images):
+    """Exactly what TensorFlow's label_image.py does with retrain.py's graph."""
+    import tensorflow as tf
+
+    graph_def = tf.compat.v1.GraphDef()
+    with open(tiny.paths["output_graph"], "rb") as f:
+        graph_def.ParseFromString(f.read())
+    names = {n.name: n.op for n in graph_def.node}
+    assert names["Placeholder"] == "Placeholder"
+    assert "final_result" in names
+    assert not any(op in ("VarHandleOp", "ReadVariableOp", "VariableV2") for op in names.values())
+    graph = tf.Graph()
+    with graph.as_default():
+        tf.compat.v1.import_graph_def(graph_def, name="")
+    with tf.compat.v1.Session(graph=graph) as sess:
+        probs = sess.run("final_result:0", {"Placeholder:0": images})
+    np.testing.assert_allclose(probs, tiny.in_memory(images), atol=1e-4)
+    # label_image.py imports under the default "import/" prefix: that works too.
+    graph2 = tf.Graph()
+    with graph2.as_default():
+        tf.compat.v1.import_graph_def(graph_def)
+    with tf.compat.v1.Session(graph=graph2) as sess:
+        probs2 = sess.run("import/final_result:0", {"import/Placeholder:0": images[:1]})
+    np.testing.assert_allclose(probs2, probs[:1], atol=1e-6)
+
+
+def test_custom_tensor_names(tiny, images, tmp_path):
+    from label.export import export_model
+    from label.models import load_labeler
+
+    path = str(tmp_path / "g.pb")
+    export_model(tiny.backbone, tiny.head, LABELS, {}, output_graph=path,
+                 input_tensor_name="input", final_tensor_name="my_result")
+    side = json.load(open(path + ".json"))
+    assert (side["input_tensor_name"], side["final_tensor_name"]) == ("input", "my_result")
+    got = load_labeler(path).predict(images)  # names come from the sidecar
+    np.testing.assert_allclose(got, tiny.in_memory(images), atol=1e-4)
+
+
+def test_labels_file_and_sidecars(tiny):
+    from label.sidecar import labels_sha256
+
+    with open(tiny.paths["output_labels"], encoding="utf-8") as f:
+        assert f.read() == "tone\nnoise\nchirp\n"
+    sidecars = [tiny.paths["output_graph"] + ".json", os.path.join(tiny.paths["saved_model_dir"], "soundretrain.json"),
+                tiny.paths["output_tflite"] + ".json"]
+    for path in sidecars:
+        side = json.load(open(path))
+        assert side["labels"] == LABELS
+        assert side["labels_sha256"] == labels_sha256(LABELS)
+        assert side["spectrogram"] == tiny.settings.to_dict()
+        assert side["input"] == {"kind": "image", "height": 32, "width": 32, "input_mean": 0.0, "input_std": 255.0}
+        assert side["module"]["name"] == tiny.backbone.name
+        assert side["test_accuracy"] == pytest.approx(1.0)
+        assert (side["input_tensor_name"], side["final_tensor_name"]) == ("Placeholder", "final_result")
+        assert side["model_input"] == "image"
+    assert json.load(open(sidecars[0]))["artifact"] == "frozen_graph"
+
+
+def test_saved_model_serving_signature(tiny, images):
+    import tensorflow as tf
+
+    sig = tf.saved_model.load(tiny.paths["saved_model_dir"]).signatures["serving_default"]
+    out = sig(Placeholder=tf.constant(images))
+    np.testing.assert_allclose(out["final_result"].numpy(), tiny.in_memory(images), atol=1e-4)
+
+
+def test_label_count_must_match_the_head(tiny, tmp_path):
+    from label.export import ExportError, export_model
+
+    with pytest.raises(ExportError, match="3 outputs but there are 2 labels"):
+        export_model(tiny.backbone, tiny.head, ["a", "b"], {}, output_graph=str(tmp_path / "g.pb"))
+    assert not os.path.exists(tmp_path / "g.pb")
+    with pytest.raises(ExportError, match="quantization"):
+        export_model(tiny.backbone, tiny.head, LABELS, {}, output_tflite=str(tmp_path / "m.tflite"),
+                     tflite_quantization="int3")
+
+
+def test_reexport_replaces_artifacts_atomically(tiny, images, tmp_path):
+    from retrain.head import ClassificationHead
+
+    from label.export import export_model
+    from label.models import load_labeler
+
+    paths = dict(output_graph=str(tmp_path / "g.pb"), saved_model_dir=str(tmp_path / "sm"),
+                 output_tflite=str(tmp_path / "m.tflite"), output_labels=str(tmp_path / "labels.txt"))
+    export_model(tiny.backbone, tiny.head, LABELS, {}, **paths)
+    other = ClassificationHead(tiny.backbone.feature_size, 2, seed=3)
+    export_model(tiny.backbone, other, ["x", "y"], {}, **paths)  # over the old ones
+    for key in ("output_graph", "saved_model_dir", "output_tflite"):
+        labeler = load_labeler(paths[key])
+        assert labeler.labels == ["x", "y"]
+        np.testing.assert_allclose(labeler.predict(images), other.predict(tiny.backbone.compute(images)), atol=1e-4)
+    assert open(paths["output_labels"]).read() == "x\ny\n"
+    # No temporary files or folders left behind.
+    assert sorted(os.listdir(tmp_path)) == sorted(
+        ["g.pb", "g.pb.json", "sm", "m.tflite", "m.tflite.json", "labels.txt"])
+
+
+def test_failed_write_keeps_the_old_artifact(tmp_path):
+    from label import atomic_files
+
+    target = tmp_path / "model.pb"
+    atomic_files.write_bytes(str(target), b"old")
+    with pytest.raises(TypeError):
+        atomic_files.write_bytes(str(target), "not bytes")  # fails mid-write
+    assert target.read_bytes() == b"old"
+    folder = tmp_path / "saved_model"
+    with atomic_files.replacing_folder(str(folder)) as tmp:
+        open(os.path.join(tmp, "saved_model.pb"), "w").write("old")
+    with pytest.raises(RuntimeError):
+        with atomic_files.replacing_folder(str(folder)) as tmp:
+            open(os.path.join(tmp, "saved_model.pb"), "w").write("half")
+            raise RuntimeError("export crashed")
+    assert (folder / "saved_model.pb").read_text() == "old"
+    assert sorted(os.listdir(tmp_path)) == ["model.pb", "saved_model"]
+
+
+@pytest.fixture(scope="module")
+def waveform_backbone(tmp_path_factory):
+    from retrain.modules import load_module
+    from tiny_models import make_tiny_waveform_module
+
+    return load_module(make_tiny_waveform_module(tmp_path_factory.mktemp("wave") / "tiny_wave", sample_rate=SR))
+
+
+def test_waveform_backbone_exports_head_only(waveform_backbone, tmp_path):
+    from retrain.head import ClassificationHead
+
+    from label.export import ExportError, export_model
+    from label.models import load_labeler
+
+    head = ClassificationHead(waveform_backbone.feature_size, 3, seed=1)
+    with pytest.raises(ExportError, match="cannot write a frozen graph") as err:
+        export_model(waveform_backbone, head, LABELS, {}, output_graph=str(tmp_path / "g.pb"))
+    assert "\n" not in str(err.value)
+    assert not os.path.exists(tmp_path / "g.pb")
+
+    paths = export_model(waveform_backbone, head, LABELS, {}, saved_model_dir=str(tmp_path / "sm"),
+                         output_tflite=str(tmp_path / "m.tflite"))
+    waves = np.stack([make_clip(kind, seed=5) for kind in LABELS])
+    expected = head.predict(waveform_backbone.compute(waves))
+    for key in ("saved_model_dir", "output_tflite"):
+        side = json.load(open(paths[key + "_sidecar"]))
+        assert side["model_input"] == "features"
+        assert side["module"]["input_kind"] == "waveform"
+        assert side["input"]["feature_size"] == waveform_backbone.feature_size
+        # The backbone is found again from the sidecar alone; labelling chains it.
+        labeler = load_labeler(paths[key])
+        assert labeler.input_kind == "waveform" and labeler.sample_rate == SR
+        np.testing.assert_allclose(labeler.predict(waves), expected, atol=1e-4)
