@@ -94,3 +94,34 @@ def make_tiny_waveform_module(path: str | os.PathLike, sample_rate: int = 8000,
     path = str(path)
     tf.saved_model.save(module, path, signatures={"serving_default": module.__call__})
     return path
+
+
+# ------------------------------------------------------------------ tiny data sets
+
+COLOURS = {"red": (200, 40, 40), "blue": (40, 40, 200), "green": (40, 200, 40)}
+
+
+def write_colour_image(path: str | os.PathLike, colour, size: int = 32, seed: int = 0) -> str:
+    """A noisy image of one colour (PNG or JPEG by the name's extension)."""
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    pixels = np.clip(np.asarray(colour, np.float32)[None, None, :]
+                     + rng.normal(0, 30, (size, size, 3)), 0, 255).astype(np.uint8)
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(pixels).save(path)
+    return str(path)
+
+
+def make_colour_image_folders(root: str | os.PathLike, classes=("blue", "red"),
+                              per_class: int = 12, size: int = 32,
+                              windows_per_recording: int = 1) -> str:
+    """retrain.py-style class folders ``<root>/<colour>/<colour>_<k>_nohash_<w>.png``:
+    one colour per class, ``windows_per_recording`` images share a ``_nohash_`` group."""
+    root = Path(root)
+    for c, label in enumerate(classes):
+        for i in range(per_class):
+            rec, win = divmod(i, windows_per_recording)
+            write_colour_image(root / label / f"{label}_{rec}_nohash_{win}.png",
+                               COLOURS[label], size, seed=1000 * c + i)
+    return str(root)

@@ -1,0 +1,203 @@
+"""The bottleneck cache: batched, reused, invalidated, corruption-proof, resumable;
+waveform modules read the manifest's audio; augmented copies are cached too."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from retrain.augment import AugmentSettings, augment_image, plan_copies
+from retrain.bottlenecks import (BottleneckStore, compute_augmented_bottlenecks,
+                                 compute_bottlenecks, image_to_input, read_image)
+from retrain.errors import RetrainError
+from retrain.images import list_images
+from retrain.modules import load_module
+from tiny_models import (make_colour_image_folders, make_tiny_image_module,
+                         make_tiny_waveform_module, write_colour_image)
+
+
+@pytest.fixture(scope="module")
+def backbone(tmp_path_factory):
+    return load_module(make_tiny_image_module(tmp_path_factory.mktemp("m") / "tiny"))
+
+
+@pytest.fixture
+def images(tmp_path):
+    return list_images(make_colour_image_folders(tmp_path / "img", per_class=10))
+
+
+def test_batched_equals_one_at_a_time_and_reuses_cache(backbone, images, tmp_path):
+    cache = str(tmp_path / "bn")
+    feats, computed = compute_bottlenecks(backbone, images.records, cache, batch_size=7,
+                                          progress=False)
+    assert computed == 20 and feats.shape == (20, backbone.feature_size)
+    one = np.stack([backbone.compute(image_to_input(read_image(r.path), 32, 32)[None])[0]
+                    for r in images.records[:3]])
+    np.testing.assert_allclose(feats[:3], one, rtol=1e-5, atol=1e-6)
+    again, computed = compute_bottlenecks(backbone, images.records, cache, progress=False)
+    assert computed == 0
+    np.testing.assert_array_equal(again, feats)
+    files = list(Path(cache).rglob("*.npy"))
+    assert len(files) == 20 and not list(Path(cache).rglob(".tmp-*"))
+
+
+def test_changed_image_and_corrupt_files_are_recomputed(backbone, images, tmp_path):
+    cache = str(tmp_path / "bn")
+    feats, _ = compute_bottlenecks(backbone, images.records, cache, progress=False)
+    # An image changes: only it is recomputed, and its vector changes.
+    changed = images.records[0]
+    write_colour_image(changed.path, (10, 250, 10), seed=99)
+    store = BottleneckStore(cache, backbone.name, backbone.feature_size)
+    feats2, computed = compute_bottlenecks(backbone, images.records, cache, progress=False)
+    assert computed == 1 and not np.allclose(feats2[0], feats[0])
+    np.testing.assert_array_equal(feats2[1:], feats[1:])
+    # Garbage, a truncated file and a wrong-shaped vector are each recomputed.
+    files = sorted(Path(cache).rglob("*.npy"))
+    files[0].write_bytes(b"not a numpy file")
+    files[1].write_bytes(files[1].read_bytes()[:40])
+    np.save(files[2], np.zeros(3, np.float32))
+    feats3, computed = compute_bottlenecks(backbone, images.records, cache, progress=False)
+    assert computed == 3
+    np.testing.assert_allclose(feats3, feats2, rtol=1e-5, atol=1e-6)
+    assert store.get("0" * 40) is None
+
+
+class _DiesAfter:
+    """The real backbone, killed (as by Ctrl-C) after ``n`` batches."""
+
+    def __init__(self, backbone, n):
+        self.b, self.n = backbone, n
+        self.name, self.input_spec, self.feature_size = backbone.name, backbone.input_spec, backbone.feature_size
+
+    def compute(self, x):
+        if self.n == 0:
+            raise KeyboardInterrupt
+        self.n -= 1
+        return self.b.compute(x)
+
+
+def test_a_killed_run_resumes_where_it_stopped(backbone, images, tmp_path):
+    cache = str(tmp_path / "bn")
+    with pytest.raises(KeyboardInterrupt):
+        compute_bottlenecks(_DiesAfter(backbone, 2), images.records, cache, batch_size=4,
+                            progress=False)
+    assert len(list(Path(cache).rglob("*.npy"))) == 8
+    _, computed = compute_bottlenecks(backbone, images.records, cache, batch_size=4, progress=False)
+    assert computed == 12
+
+
+def test_unreadable_image_is_one_clear_line(backbone, images, tmp_path):
+    Path(images.records[3].path).write_bytes(b"\x89PNG broken")
+    with pytest.raises(RetrainError) as err:
+        compute_bottlenecks(backbone, images.records, str(tmp_path / "bn"), progress=False)
+    assert "cannot read image" in str(err.value) and images.records[3].path in str(err.value)
+    assert "\n" not in str(err.value)
+
+
+def test_concatenated_modules_cache_per_part(backbone, images, tmp_path):
+    other = make_tiny_image_module(tmp_path / "other", image_size=24, feature_size=5, seed=4)
+    both = load_module(f"{backbone.description()['source']},{other}")
+    cache = str(tmp_path / "bn")
+    single, _ = compute_bottlenecks(backbone, images.records, cache, progress=False)
+    feats, computed = compute_bottlenecks(both, images.records, cache, progress=False)
+    assert computed == 20  # only the new part's vectors
+    assert feats.shape == (20, backbone.feature_size + 5)
+    np.testing.assert_array_equal(feats[:, :backbone.feature_size], single)
+
+
+def _write_manifest_with_audio(root: Path, sr=8000, seconds=1.0):
+    import soundfile as sf
+    from spectrograms.manifest import ManifestRow, write_manifest
+    from spectrograms.settings import SpectrogramSettings
+
+    rows = []
+    for label, freq in (("low", 200.0), ("high", 2000.0)):
+        for k in range(3):
+            wav = root / "audio" / f"{label}{k}.wav"
+            wav.parent.mkdir(parents=True, exist_ok=True)
+            t = np.arange(int(sr * 2 * seconds)) / sr
+            sf.write(wav, 0.5 * np.sin(2 * np.pi * freq * (1 + 0.1 * k) * t), sr)
+            for w in range(2):
+                image = f"{label}/{label}{k}_{w}.png"
+                write_colour_image(root / "spec" / image, (100, 100, 100), seed=k * 10 + w)
+                rows.append(ManifestRow(image, label, k + 1, f"{label}{k}", str(wav.resolve()),
+                                        w * seconds, seconds, False))
+    write_manifest(root / "spec" / "manifest.csv", rows)
+    SpectrogramSettings(sample_rate=sr, duration=seconds).save_json(root / "spec" / "spectrogram_config.json")
+    return rows
+
+
+def test_waveform_module_reads_source_audio_windows(tmp_path):
+    from spectrograms.settings import SpectrogramSettings
+
+    _write_manifest_with_audio(tmp_path)
+    images = list_images(str(tmp_path / "spec"))
+    assert images.from_manifest and images.folds == [1, 2, 3]
+    wave = load_module(make_tiny_waveform_module(tmp_path / "w", sample_rate=8000))
+    settings = SpectrogramSettings.load_json(tmp_path / "spec" / "spectrogram_config.json")
+    feats, computed = compute_bottlenecks(wave, images.records, str(tmp_path / "bn"), settings,
+                                          progress=False)
+    assert computed == 12 and feats.shape == (12, wave.feature_size)
+    labels = np.asarray(images.class_ids())
+    # Two windows of one recording are alike; the two tones differ.
+    assert np.linalg.norm(feats[labels == 0].mean(0) - feats[labels == 1].mean(0)) > 1e-3
+    _, computed = compute_bottlenecks(wave, images.records, str(tmp_path / "bn"), settings,
+                                      progress=False)
+    assert computed == 0
+    # A missing source is one clear line.
+    os.unlink(images.records[0].source)
+    with pytest.raises(RetrainError, match="source audio"):
+        compute_bottlenecks(wave, images.records, str(tmp_path / "bn2"), settings, progress=False)
+
+
+def test_waveform_module_needs_a_manifest(tmp_path, images):
+    wave = load_module(make_tiny_waveform_module(tmp_path / "w"))
+    with pytest.raises(RetrainError, match="needs the source audio|not found"):
+        compute_bottlenecks(wave, images.records, str(tmp_path / "bn"), progress=False)
+
+
+def test_augmented_copies_are_deterministic_cached_and_within_class(backbone, tmp_path):
+    images = list_images(make_colour_image_folders(tmp_path / "img", per_class=6,
+                                                   windows_per_recording=2))
+    ids = images.class_ids()
+    settings = AugmentSettings(copies=2, mix_probability=1.0, seed=3)
+    train = list(range(len(images.records)))
+    plan = plan_copies(images.records, train, settings, ids, lambda i: "all")
+    assert len(plan) == 2 * len(train)
+    for c in plan:
+        assert ids[c.partner] == ids[c.index]
+        assert images.records[c.partner].group != images.records[c.index].group
+    assert plan == plan_copies(images.records, train, settings, ids, lambda i: "all")
+    cache = str(tmp_path / "bn")
+    feats, computed = compute_augmented_bottlenecks(backbone, images.records, plan, settings,
+                                                    cache, progress=False)
+    assert computed == len(plan) and feats.shape == (len(plan), backbone.feature_size)
+    again, computed = compute_augmented_bottlenecks(backbone, images.records, plan, settings,
+                                                    cache, progress=False)
+    assert computed == 0
+    np.testing.assert_array_equal(again, feats)
+    base, _ = compute_bottlenecks(backbone, images.records, cache, progress=False)
+    assert not np.allclose(feats[0], base[plan[0].index])
+
+
+def test_mixing_partners_stay_in_their_fold():
+    from retrain.images import ImageRecord
+
+    records = [ImageRecord(f"/x/{i}.png", f"a/{i}.png", "a", f"g{i}", fold=i % 3) for i in range(30)]
+    plan = plan_copies(records, range(30), AugmentSettings(copies=3, mix_probability=1.0),
+                       [0] * 30, lambda i: records[i].fold)
+    assert all(records[c.partner].fold == records[c.index].fold for c in plan)
+
+
+def test_augment_image_masks_shift_and_keeps_shape():
+    rng = np.random.default_rng(0)
+    image = rng.integers(50, 255, (64, 64, 3), dtype=np.uint8)
+    image[0, 0] = (1, 2, 3)  # the quietest colour
+    settings = AugmentSettings(copies=1, time_masks=1, freq_masks=1, max_mask_fraction=0.25)
+    out = augment_image(image, None, seed=5, settings=settings)
+    assert out.shape == image.shape and out.dtype == np.uint8
+    assert not np.array_equal(out, image)
+    assert np.array_equal(out, augment_image(image, None, seed=5, settings=settings))
+    assert (out == (1, 2, 3)).all(axis=-1).sum() > 1  # masked with the silence colour

@@ -1,0 +1,231 @@
+"""The retrain command end to end on a tiny SavedModel and generated images: console
+lines, outputs, TensorBoard events, flag files, cross-validation and every bad input."""
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from retrain.cli import main
+from tiny_models import (COLOURS, make_colour_image_folders, make_tiny_image_module,
+                         write_colour_image)
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    return make_tiny_image_module(tmp_path_factory.mktemp("module") / "tiny")
+
+
+@pytest.fixture
+def image_dir(tmp_path):
+    return make_colour_image_folders(tmp_path / "images", per_class=20, windows_per_recording=2)
+
+
+def base_args(tmp_path, tiny, image_dir, steps=60):
+    return ["retrain", f"--image_dir={image_dir}", f"--tfhub_module={tiny}",
+            f"--bottleneck_dir={tmp_path / 'bn'}", f"--summaries_dir={tmp_path / 'ts'}",
+            f"--output_graph={tmp_path / 'out' / 'graph.pb'}",
+            f"--output_labels={tmp_path / 'out' / 'labels.txt'}",
+            f"--checkpoint_path={tmp_path / 'ck' / 'head'}",
+            f"--how_many_training_steps={steps}", "--eval_step_interval=20",
+            "--random_seed=7", "--noprogress"]
+
+
+def test_trains_to_100_percent_and_writes_everything(tmp_path, tiny, image_dir, capsys):
+    args = base_args(tmp_path, tiny, image_dir, steps=200) + [
+        "--testing_percentage=25", "--validation_percentage=25", "--learning_rate=0.05",
+        "--print_misclassified_test_images"]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert re.search(r": Step 0: Train accuracy = \d+\.\d%", out)
+    assert re.search(r": Step 0: Cross entropy = \d+\.\d+", out)
+    assert re.search(r": Step 199: Validation accuracy = \d+\.\d% \(N=\d+\)", out)
+    final = re.search(r"Final test accuracy = (\d+\.\d)% \(N=(\d+)\)", out)
+    assert final and final.group(1) == "100.0" and int(final.group(2)) > 0
+    assert "=== MISCLASSIFIED TEST IMAGES ===" in out
+    assert "Input node: Placeholder" in out and "output node: final_result" in out
+    assert (tmp_path / "out" / "labels.txt").read_text() == "blue\nred\n"
+    assert (tmp_path / "out" / "graph.pb").stat().st_size > 0
+    assert list((tmp_path / "ck").glob("head*"))
+
+
+def test_same_seed_repeats_the_run(tmp_path, tiny, image_dir, capsys):
+    def numbers():
+        assert main(base_args(tmp_path, tiny, image_dir) + ["--output_graph="]) == 0
+        out = capsys.readouterr().out
+        return re.findall(r"(?:accuracy|entropy) = ([\d.]+)", out)
+    assert numbers() == numbers()
+
+
+def read_scalars(run_dir: Path, writer: str) -> dict:
+    from tensorboard.backend.event_processing import event_accumulator
+
+    acc = event_accumulator.EventAccumulator(str(run_dir / writer), size_guidance={
+        event_accumulator.TENSORS: 0, event_accumulator.IMAGES: 0})
+    acc.Reload()
+    out = {}
+    for tag in acc.Tags()["tensors"]:
+        out[tag] = [(e.step, e.tensor_proto) for e in acc.Tensors(tag)]
+    return out
+
+
+def test_tensorboard_run_folder_holds_the_summaries(tmp_path, tiny, image_dir):
+    assert main(base_args(tmp_path, tiny, image_dir) + ["--run_tag=mine"]) == 0
+    assert main(base_args(tmp_path, tiny, image_dir) + ["--run_tag=mine"]) == 0
+    runs = sorted((tmp_path / "ts").iterdir())
+    assert len(runs) == 2 and all(r.name.endswith(("-mine", "-mine-2")) for r in runs)
+    train, val = read_scalars(runs[0], "train"), read_scalars(runs[0], "validation")
+    assert [s for s, _ in train["accuracy"]] == [0, 20, 40, 59]
+    assert [s for s, _ in train["cross_entropy"]] == [0, 20, 40, 59]
+    assert "learning_rate" in train and "flags" in train
+    assert any(t.startswith("weights/") for t in train)
+    assert any(t.startswith("biases/") for t in train)
+    assert any(t.startswith("activations/") for t in train)
+    assert [s for s, _ in val["accuracy"]] == [0, 20, 40, 59]
+    assert "test/confusion_matrix" in val and "test/per_class_precision_recall" in val
+    assert any(t.startswith("test_recall/") for t in val)
+    from tensorboard.util import tensor_util
+    flags_text = tensor_util.make_ndarray(train["flags"][0][1]).item().decode()
+    assert "--random_seed=7" in flags_text
+    assert (runs[0] / "confusion_matrix.png").stat().st_size > 0
+
+
+def test_flagfile_and_retrain_py_distortion_flags(tmp_path, tiny, image_dir, capsys):
+    flagfile = tmp_path / "retrain.cfg"
+    flagfile.write_text("--how_many_training_steps=30\n--eval_step_interval=10\n--flip_left_right\n"
+                        "--random_brightness=10\n")
+    args = base_args(tmp_path, tiny, image_dir)
+    args = [a for a in args if not a.startswith(("--how_many", "--eval_step"))]
+    assert main(args + [f"--flagfile={flagfile}", "--output_graph="]) == 0
+    captured = capsys.readouterr()
+    assert ": Step 29: Train accuracy" in captured.out
+    assert "--flip_left_right is ignored" in captured.err and "reverses time" in captured.err
+    assert "--random_brightness is ignored" in captured.err and "--augmentation_copies" in captured.err
+
+
+def test_augmentation_copies_and_head_options(tmp_path, tiny, image_dir, capsys):
+    args = base_args(tmp_path, tiny, image_dir) + [
+        "--augmentation_copies=2", "--hidden_units=8", "--dropout=0.2", "--optimizer=adam",
+        "--learning_rate=0.01", "--label_smoothing=0.1", "--l2=0.001", "--balanced_batches",
+        "--output_graph="]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "Augmented bottlenecks: 2" in out or re.search(r"Augmented bottlenecks: \d+ \(\d+ computed\)", out)
+    assert main(args) == 0
+    assert re.search(r"Augmented bottlenecks: \d+ \(0 computed\)", capsys.readouterr().out)
+
+
+def make_manifest_images(root: Path, folds=(1, 2, 3)) -> Path:
+    from spectrograms.manifest import ManifestRow, write_manifest
+
+    rows = []
+    for fold in folds:
+        for label in ("blue", "red"):
+            for rec in range(3):
+                group = f"{label}{fold}{rec}"
+                for w in range(2):
+                    image = f"{label}/{group}_{w}.png"
+                    write_colour_image(root / image, COLOURS[label], seed=hash((fold, rec, w)) % 1000)
+                    rows.append(ManifestRow(image, label, fold, group, f"/audio/{group}.wav",
+                                            2.0 * w, 2.0, False))
+    write_manifest(root / "manifest.csv", rows)
+    return root
+
+
+def test_fold_split_from_manifest(tmp_path, tiny, capsys):
+    images = make_manifest_images(tmp_path / "spec")
+    args = base_args(tmp_path, tiny, images) + ["--split=folds", "--test_folds=3",
+                                                "--validation_folds=2", "--output_graph="]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "Split (folds): 12 training, 12 validation, 12 test images" in out
+    assert "Final test accuracy = 100.0% (N=12)" in out
+
+
+def test_cross_validation_report(tmp_path, tiny, capsys):
+    images = make_manifest_images(tmp_path / "spec")
+    args = base_args(tmp_path, tiny, images) + ["--cross_validate", "--learning_rate=0.05"]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert out.count("Final test accuracy") == 3
+    assert "Bottlenecks: 36 computed" in out  # once for all folds
+    assert re.search(r"Cross-validation accuracy = \d+\.\d% ± \d+\.\d% over 3 folds", out)
+    report = json.loads((tmp_path / "ts" / "cross_validation.json").read_text())
+    assert [f["test_fold"] for f in report["folds"]] == [1, 2, 3]
+    assert all(f["num_test_images"] == 12 for f in report["folds"])
+    csv_text = (tmp_path / "ts" / "cross_validation.csv").read_text().splitlines()
+    assert csv_text[0] == "test_fold,accuracy,num_test_images" and csv_text[-2].startswith("mean,")
+    assert len([p for p in (tmp_path / "ts").iterdir() if p.is_dir()]) == 3
+    assert not (tmp_path / "out" / "graph.pb").exists()  # cross-validation exports nothing
+
+
+def run_bad(tmp_path, tiny, image_dir, capsys, extra=(), code=1):
+    args = base_args(tmp_path, tiny, image_dir) + list(extra)
+    assert main(args) == code
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("retrain: error: ")
+    return err[0]
+
+
+def test_bad_empty_class_folder(tmp_path, tiny, image_dir, capsys):
+    os.makedirs(os.path.join(image_dir, "green"))
+    assert "holds no jpg/jpeg/png images" in run_bad(tmp_path, tiny, image_dir, capsys)
+
+
+def test_bad_single_class(tmp_path, tiny, image_dir, capsys):
+    shutil.rmtree(os.path.join(image_dir, "red"))
+    assert "only one class" in run_bad(tmp_path, tiny, image_dir, capsys)
+
+
+def test_bad_no_images_and_missing_dir(tmp_path, tiny, capsys):
+    (tmp_path / "empty").mkdir()
+    assert "no images found" in run_bad(tmp_path, tiny, tmp_path / "empty", capsys)
+    assert "not found" in run_bad(tmp_path, tiny, tmp_path / "nowhere", capsys)
+
+
+def test_bad_unreadable_image(tmp_path, tiny, image_dir, capsys):
+    Path(image_dir, "red", "broken.png").write_bytes(b"\x89PNG\r\n\x1a\nbroken")
+    assert "cannot read image" in run_bad(tmp_path, tiny, image_dir, capsys)
+
+
+def test_bad_mismatched_manifest(tmp_path, tiny, capsys):
+    images = make_manifest_images(tmp_path / "spec")
+    os.unlink(images / "red" / "red10_0.png")
+    assert "do not exist" in run_bad(tmp_path, tiny, images, capsys)
+    (images / "manifest.csv").write_text("image,label\nx.png,a\n")
+    assert "not a spectrogram manifest" in run_bad(tmp_path, tiny, images, capsys)
+
+
+def test_bad_unknown_module(tmp_path, image_dir, capsys):
+    line = run_bad(tmp_path, "no_such_net", image_dir, capsys)
+    assert "unknown module 'no_such_net'" in line and "efficientnet_lite0" in line
+
+
+@pytest.mark.parametrize("extra, words", [
+    (["--split=folds"], "needs --test_folds"),
+    (["--split=folds", "--test_folds=x"], "whole numbers"),
+    (["--optimizer=rmsprop"], "--optimizer"),
+    (["--dropout=1.5"], "--dropout"),
+    (["--how_many_training_steps=0"], "positive"),
+    (["stray"], "unexpected argument"),
+])
+def test_bad_flags_exit_2(tmp_path, tiny, image_dir, capsys, extra, words):
+    assert words in run_bad(tmp_path, tiny, image_dir, capsys, extra, code=2)
+
+
+def test_bad_folds_without_fold_numbers(tmp_path, tiny, image_dir, capsys):
+    line = run_bad(tmp_path, tiny, image_dir, capsys, ["--split=folds", "--test_folds=1"])
+    assert "use --split hash" in line
+
+
+def test_missing_image_dir_and_help(capsys):
+    assert main(["retrain"]) == 2
+    assert "--image_dir is required" in capsys.readouterr().err
+    assert main(["retrain", "--help"]) == 0
+    out = capsys.readouterr().out
+    assert "--tfhub_module" in out and "--cross_validate" in out
