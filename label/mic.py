@@ -143,12 +143,12 @@ class EnergyTrigger:
         return self.floor_db is not None and level > self.threshold_db
 
     def update(self, level: float) -> None:
-        """Move the floor toward ``level``; events (loud blocks) move it 20x slower,
+        """Move the floor toward ``level``; events (loud blocks) move it 10x slower,
         so a long event hardly raises it but a lasting change of room is learned."""
         if self.floor_db is None:
             self.floor_db = max(level, self.settings.min_floor_db)
             return
-        alpha = self._alpha / 20.0 if self.is_loud(level) else self._alpha
+        alpha = self._alpha / 10.0 if self.is_loud(level) else self._alpha
         self.floor_db = max(self.settings.min_floor_db, self.floor_db + alpha * (level - self.floor_db))
 
 
