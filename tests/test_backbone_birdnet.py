@@ -84,9 +84,9 @@ def test_embedding_is_the_tensor_feeding_the_species_classifier(bird):
 
 
 def test_features_shape_determinism_and_batching(bird):
-    clips = np.stack([tone(4.0, 2000), tone(4.0, 5000, seed=1)])
+    clips = np.stack([tone(4.0, 2000), tone(4.0, 5000, seed=1), tone(4.0, 800, seed=2)])
     features = bird.compute(clips)
-    assert features.shape == (2, 1024) and features.dtype == np.float32
+    assert features.shape == (3, 1024) and features.dtype == np.float32
     assert np.all(np.isfinite(features))
     assert not np.allclose(features[0], features[1], atol=1e-3)
     np.testing.assert_array_equal(features, bird.compute(clips))

@@ -36,7 +36,6 @@ HOP_SECONDS = 1.5
 WINDOW_SAMPLES = int(WINDOW_SECONDS * SAMPLE_RATE)
 HOP_SAMPLES = int(HOP_SECONDS * SAMPLE_RATE)
 EMBEDDING_SIZE = 1024
-MAX_WINDOWS_PER_INVOKE = 8  # measured: 4-8 per invoke beat 1 and 16 on 2 cores
 POOLINGS = ("mean", "meanmax")
 LICENSE = "CC BY-NC-SA 4.0"
 LICENSE_NOTICE = (
@@ -133,6 +132,7 @@ class BirdNET(Backbone):
                 self._interpreter = _interpreter_class()(
                     model_path=str(self.model_path), num_threads=num_threads or os.cpu_count(),
                     experimental_preserve_all_tensors=True)
+                self._interpreter.allocate_tensors()
             except (ValueError, RuntimeError) as err:
                 raise ModuleError(f"cannot load BirdNET from {self.model_path}: "
                                   f"{str(err).splitlines()[0]}") from None
@@ -143,25 +143,20 @@ class BirdNET(Backbone):
             raise ModuleError(f"{self.model_path} has no {EMBEDDING_TENSOR} tensor; "
                               "is it BirdNET V2.4?")
         self._embedding_index = matches[0]
-        self._batch = 0  # the input size currently allocated
 
     def embed_windows(self, windows: np.ndarray) -> np.ndarray:
-        """Embeddings ``[W, 1024]`` of ``windows`` ``[W, 144000]``, a few per invoke."""
-        total = len(windows)
-        batch = min(total, MAX_WINDOWS_PER_INVOKE)
-        if batch != self._batch:  # reallocation is costly: keep the size across calls
-            self._interpreter.resize_tensor_input(self._input_index, [batch, WINDOW_SAMPLES])
-            self._interpreter.allocate_tensors()
-            self._batch = batch
-        out = np.empty((total, EMBEDDING_SIZE), np.float32)
-        for start in range(0, total, batch):
-            chunk = windows[start:start + batch]
-            real = len(chunk)
-            if real < batch:  # the last chunk: pad instead of reallocating
-                chunk = np.concatenate([chunk, np.zeros((batch - real, WINDOW_SAMPLES), np.float32)])
-            self._interpreter.set_tensor(self._input_index, np.ascontiguousarray(chunk))
+        """Embeddings ``[W, 1024]`` of ``windows`` ``[W, 144000]``, one window per invoke.
+
+        The model accepts a batch dimension, but on 2 cores batches of 8 ran no faster
+        than single windows while the first batched invoke took 14 s and 1.8 GB more
+        memory (every tensor is kept for reading the embedding); see docs/backbones.md.
+        """
+        windows = np.ascontiguousarray(windows, dtype=np.float32)
+        out = np.empty((len(windows), EMBEDDING_SIZE), np.float32)
+        for i in range(len(windows)):
+            self._interpreter.set_tensor(self._input_index, windows[i:i + 1])
             self._interpreter.invoke()
-            out[start:start + real] = self._interpreter.get_tensor(self._embedding_index)[:real]
+            out[i] = self._interpreter.get_tensor(self._embedding_index)[0]
         return out
 
     def window_embeddings(self, y: np.ndarray) -> np.ndarray:
