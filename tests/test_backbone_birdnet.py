@@ -165,3 +165,12 @@ def test_works_offline(bird, monkeypatch):
     monkeypatch.setattr(socket.socket, "connect", refuse)
     monkeypatch.setattr(socket, "create_connection", refuse)
     assert birdnet.load().compute(tone(2.0)[None]).shape == (1, 1024)
+
+
+def test_registry_name_resolves_to_this_backbone(bird):
+    from retrain.modules import load_module
+
+    resolved = load_module("birdnet")
+    assert resolved.name == "birdnet" and resolved.input_spec.kind == "waveform"
+    clip = tone(3.0)[None]
+    np.testing.assert_allclose(resolved.compute(clip), bird.compute(clip), atol=1e-6)

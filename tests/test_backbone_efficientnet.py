@@ -3,7 +3,7 @@ reference, cache reuse / rebuild, offline operation, export-friendliness."""
 from __future__ import annotations
 
 import json
-import os
+import shutil
 import socket
 import time
 
@@ -129,9 +129,9 @@ def test_second_load_reuses_the_cache(lite0_cache, monkeypatch):
 
 
 @pytest.mark.parametrize("damage", ["truncate_variables", "drop_marker", "garbage_graph"])
-def test_corrupt_cache_is_rebuilt(tmp_path, backbone, damage, capsys):
+def test_corrupt_cache_is_rebuilt(tmp_path, lite0_cache, backbone, damage, capsys):
     folder = lite0.cached_model_dir(tmp_path)
-    lite0.convert_checkpoint(folder)
+    shutil.copytree(lite0.cached_model_dir(lite0_cache["dir"]), folder)
     if damage == "truncate_variables":
         data = next((folder / "variables").glob("variables.data-*"))
         data.write_bytes(data.read_bytes()[:1000])
@@ -219,3 +219,12 @@ def test_tf_callable_converts_to_tflite(backbone):
     interpreter.invoke()
     out = interpreter.get_tensor(interpreter.get_output_details()[0]["index"])
     np.testing.assert_allclose(out, backbone.compute(image), atol=1e-4)
+
+
+def test_registry_name_resolves_to_this_backbone(lite0_cache, backbone):
+    from retrain.modules import load_module
+
+    resolved = load_module("efficientnet_lite0", str(lite0_cache["dir"]))
+    assert resolved.name == "efficientnet_lite0" and resolved.feature_size == 1280
+    images = probe_images()[:1]
+    np.testing.assert_allclose(resolved.compute(images), backbone.compute(images), atol=1e-6)

@@ -202,9 +202,9 @@ def _logits_from_pool(weights: Mapping, pooled):
 
 
 def _build_module(arrays: Mapping[str, np.ndarray]):
-    """A ``tf.Module`` holding the weights, with ``features`` / ``logits`` functions
-    (also its ``__call__`` and serving signature, so the cached SavedModel works as a plain
-    TF2 image module anywhere)."""
+    """A ``tf.Module`` holding the weights; ``__call__`` (also the serving signature) gives
+    the pooled features and ``logits`` the ImageNet logits, so the cached SavedModel works
+    as a plain TF2 image module anywhere."""
     import tensorflow as tf
 
     spec = tf.TensorSpec([None, None, None, 3], tf.float32, name="images")
@@ -213,10 +213,6 @@ def _build_module(arrays: Mapping[str, np.ndarray]):
         def __init__(self):
             super().__init__(name=NAME)
             self.weights = {k: tf.Variable(v, trainable=False, name=k) for k, v in arrays.items()}
-
-        @tf.function(input_signature=[spec])
-        def features(self, images):
-            return _forward_to_pool(self.weights, images)
 
         @tf.function(input_signature=[spec])
         def logits(self, images):
@@ -247,7 +243,7 @@ def convert_checkpoint(target: Path) -> None:
     module = _build_module(convert_state_dict(state))
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
     try:
-        tf.saved_model.save(module, str(tmp), signatures={"serving_default": module.features})
+        tf.saved_model.save(module, str(tmp), signatures={"serving_default": module.__call__})
         marker = {"name": NAME, "cache_format": CACHE_FORMAT, "source": str(source),
                   "source_bytes": source.stat().st_size, "license": LICENSE,
                   "input": "float32 [N,224,224,3] in [0,1]", "feature_size": FEATURE_SIZE}
