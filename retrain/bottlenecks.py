@@ -17,6 +17,7 @@ import hashlib
 import os
 import re
 import tempfile
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Callable, Optional, Sequence
@@ -28,6 +29,7 @@ from retrain.images import ImageRecord
 from retrain.modules import Backbone, ConcatBackbone
 
 DEFAULT_BATCH_SIZE = 32
+DECODE_THREADS = 2
 
 
 # ----------------------------------------------------------------------------- inputs
@@ -62,21 +64,24 @@ class AudioSegments:
         self.sample_rate = sample_rate
         self.settings = settings
         self._recent: collections.OrderedDict[str, np.ndarray] = collections.OrderedDict()
+        self._lock = threading.Lock()  # inputs are decoded in several threads
 
     def _audio(self, source: str) -> np.ndarray:
         from spectrograms.render import AudioReadError, load_audio
 
-        if source in self._recent:
-            self._recent.move_to_end(source)
-            return self._recent[source]
+        with self._lock:
+            if source in self._recent:
+                self._recent.move_to_end(source)
+                return self._recent[source]
         try:
             y = load_audio(source, self.sample_rate)
         except AudioReadError as err:
             raise RetrainError(f"cannot read source audio {err.path!r} ({err.reason}); a "
                                "waveform module needs the audio listed in manifest.csv") from None
-        self._recent[source] = y
-        if len(self._recent) > 8:  # windows of one recording come one after another
-            self._recent.popitem(last=False)
+        with self._lock:
+            self._recent[source] = y
+            if len(self._recent) > 8:  # windows of one recording come one after another
+                self._recent.popitem(last=False)
         return y
 
     def segment(self, record: ImageRecord) -> np.ndarray:
@@ -188,10 +193,13 @@ def run_jobs(backbone: Backbone, store: BottleneckStore, jobs: Sequence[Job],
         return features, 0
     batches = [missing[s:s + batch_size] for s in range(0, len(missing), batch_size)]
 
-    def build(batch: list[int]) -> np.ndarray:
-        return np.stack([jobs[i].make() for i in batch])
+    decoders = ThreadPoolExecutor(max_workers=DECODE_THREADS)
 
-    with ThreadPoolExecutor(max_workers=1) as pool, \
+    def build(batch: list[int]) -> np.ndarray:
+        # PIL and soundfile release the GIL while decoding: a few threads overlap them.
+        return np.stack(list(decoders.map(lambda i: jobs[i].make(), batch)))
+
+    with decoders, ThreadPoolExecutor(max_workers=1) as pool, \
             tqdm(total=len(missing), desc=desc, unit="input", disable=not progress,
                  leave=False) as bar:
         pending = pool.submit(build, batches[0])
