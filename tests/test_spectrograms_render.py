@@ -12,6 +12,7 @@ from spectrograms.render import (
     is_silent,
     load_audio,
     log_mel,
+    power_stft,
     render_clip,
     render_clip_indices,
     spectrogram_image,
@@ -101,6 +102,18 @@ def test_log_mel_matches_librosa_melspectrogram():
         top_db=80.0,
     )
     assert np.allclose(log_mel(y, SR, s), ref, atol=1e-3)
+
+
+@pytest.mark.filterwarnings("ignore:n_fft=.*too large:UserWarning")
+@pytest.mark.parametrize("n,n_fft,hop", [(22050, 2048, 512), (1000, 512, 128), (300, 512, 100), (4001, 1024, 333)])
+def test_power_stft_matches_librosa(n, n_fft, hop):
+    import librosa
+
+    y = np.random.default_rng(n).standard_normal(n).astype(np.float32)
+    ref = np.abs(librosa.stft(y, n_fft=n_fft, hop_length=hop)) ** 2
+    got = power_stft(y, n_fft, hop)
+    assert got.shape == ref.shape and got.dtype == np.float32
+    assert np.allclose(got, ref, rtol=1e-4, atol=1e-3 * ref.max())
 
 
 def test_colormaps_gray_and_matplotlib():
