@@ -133,44 +133,75 @@ class AudioInput:
     image_input: Optional[ImageInput] = None  # None for a waveform model
 
 
-def audio_sample_rate(labeler: Labeler, audio_input: AudioInput) -> int:
-    """The rate audio is decoded at: the waveform backbone's, else the spectrogram's."""
-    return int(labeler.sample_rate or audio_input.settings.sample_rate)
+def audio_rates(labeler: Labeler, audio_input: AudioInput) -> list[int]:
+    """The sample rates audio is needed at: the spectrogram's for image models (and
+    image parts of a backbone), each waveform module's own rate. The first one is the
+    reference for windows and silence."""
+    rates = []
+    for part in labeler.backbone_parts or [None]:
+        if part is not None and part.input_spec.kind == "waveform":
+            rate = int(part.input_spec.sample_rate)
+        else:
+            rate = int(audio_input.settings.sample_rate)
+        if rate not in rates:
+            rates.append(rate)
+    return rates
 
 
 def audio_model_inputs(
-    y: np.ndarray, sr: int, labeler: Labeler, audio_input: AudioInput
+    ys: dict, labeler: Labeler, audio_input: AudioInput
 ) -> tuple[list[float], list[bool], np.ndarray]:
-    """Cut ``y`` (at ``audio_sample_rate``) into windows and build the model input.
+    """Cut the audio into windows and build what the model takes.
 
-    Returns the window starts, which windows are silent, and the batch (images for an
-    image model, waveforms for a waveform one).
+    ``ys`` maps each rate of :func:`audio_rates` to the audio at that rate. Returns the
+    window starts (seconds), which windows are silent, and the batch: images for an
+    image model, backbone features for a head-only model.
     """
     from spectrograms.render import is_silent, render_clip, split_windows
 
     settings = audio_input.settings
     hop = audio_input.hop_seconds if audio_input.hop_seconds is not None else settings.hop_seconds
-    windows = split_windows(y, sr, settings.duration, hop, settings.pad_mode)
-    starts = [float(start) for start, _ in windows]
-    silent = [bool(is_silent(w)) for _, w in windows]
-    if labeler.input_kind == "waveform":
-        batch = np.stack([w for _, w in windows]).astype(np.float32)
-    else:
-        batch = np.stack([prepare_image(render_clip(w, sr, settings), audio_input.image_input) for _, w in windows])
-    return starts, silent, batch
+    windows = {sr: split_windows(y, sr, settings.duration, hop, settings.pad_mode) for sr, y in ys.items()}
+    reference = windows[next(iter(ys))]
+    starts = [float(start) for start, _ in reference]
+    silent = [bool(is_silent(w)) for _, w in reference]
+
+    def images(sr: int, image_input: ImageInput) -> np.ndarray:
+        wins = windows[sr][: len(starts)]  # rounding may give one window more at another rate
+        return np.stack([prepare_image(render_clip(w, sr, settings), image_input) for _, w in wins])
+
+    if not labeler.head_only:
+        return starts, silent, images(int(settings.sample_rate), audio_input.image_input)
+    features = []
+    for part in labeler.backbone_parts:
+        spec = part.input_spec
+        if spec.kind == "waveform":
+            wins = windows[int(spec.sample_rate)][: len(starts)]
+            x = np.stack([w for _, w in wins]).astype(np.float32)
+        else:  # image part: [0, 1] input as in the bottleneck stage
+            x = images(int(settings.sample_rate), ImageInput(int(spec.height), int(spec.width), 0.0, 255.0))
+        features.append(np.asarray(part.compute(x), dtype=np.float32))
+    return starts, silent, np.concatenate(features, axis=1)
 
 
-def decode_audio(path: str, sr: int) -> np.ndarray:
-    """``load_audio`` with its errors turned into :class:`LabelInputError`; refuses silence."""
+def predict_inputs(labeler: Labeler, batch: np.ndarray) -> np.ndarray:
+    """Probabilities for a batch from :func:`audio_model_inputs` or of images."""
+    return labeler.predict_features(batch) if labeler.head_only else labeler.predict(batch)
+
+
+def decode_audio(path: str, rates: Sequence[int]) -> dict:
+    """``{rate: y}`` via ``load_audio``, errors as :class:`LabelInputError`; refuses silence."""
     from spectrograms.render import AudioReadError, is_silent, load_audio
 
-    try:
-        y = load_audio(path, sr)
-    except AudioReadError as e:
-        raise LabelInputError(f"{e.path}: {e.reason}") from None
-    if is_silent(y):
-        raise LabelInputError(f"{path}: the audio is silent (nothing to label)")
-    return y
+    ys = {}
+    for sr in rates:
+        try:
+            ys[sr] = load_audio(path, sr)
+        except AudioReadError as e:
+            raise LabelInputError(f"{e.path}: {e.reason}") from None
+        if is_silent(ys[sr]):
+            raise LabelInputError(f"{path}: the audio is silent (nothing to label)")
+    return ys
 
 
 def summarise(starts: Sequence[float], silent: Sequence[bool], probabilities: np.ndarray) -> tuple[np.ndarray, list]:
@@ -182,13 +213,17 @@ def summarise(starts: Sequence[float], silent: Sequence[bool], probabilities: np
 
 def label_waveform(labeler: Labeler, y: np.ndarray, sr: int, audio_input: AudioInput, source: str = "") -> LabelResult:
     """Label audio already in memory (the microphone's recordings)."""
-    target = audio_sample_rate(labeler, audio_input)
-    if sr != target:
-        import librosa
+    y = np.asarray(y, dtype=np.float32)
+    ys = {}
+    for rate in audio_rates(labeler, audio_input):
+        if rate == sr:
+            ys[rate] = y
+        else:
+            import librosa
 
-        y = librosa.resample(np.asarray(y, dtype=np.float32), orig_sr=sr, target_sr=target)
-    starts, silent, batch = audio_model_inputs(np.asarray(y, dtype=np.float32), target, labeler, audio_input)
-    summary, windows = summarise(starts, silent, labeler.predict(batch))
+            ys[rate] = librosa.resample(y, orig_sr=sr, target_sr=rate).astype(np.float32)
+    starts, silent, batch = audio_model_inputs(ys, labeler, audio_input)
+    summary, windows = summarise(starts, silent, predict_inputs(labeler, batch))
     return LabelResult(source, "audio", summary, windows)
 
 
@@ -218,13 +253,14 @@ def label_files(
     per call. Yields ``(path, result, None)`` or ``(path, None, error_line)`` in order."""
     from tqdm import tqdm
 
-    sr = audio_sample_rate(labeler, audio_input) if kind == "audio" else None
+    rates = audio_rates(labeler, audio_input) if kind == "audio" else None
     pending: list = []  # _Pending or (path, error)
     inputs: list = []
 
     def flush():
         nonlocal pending, inputs
-        probs = labeler.predict(np.concatenate(inputs)) if inputs else None
+        predict = labeler.predict if kind == "image" else (lambda b: predict_inputs(labeler, b))
+        probs = predict(np.concatenate(inputs)) if inputs else None
         offset = 0
         for item in pending:
             if isinstance(item, tuple):
@@ -246,7 +282,7 @@ def label_files(
                 batch = prepare_image(load_image(path), image_input)[None]
                 pending.append(_Pending(path, "image", [0.0], [False], 1))
             else:
-                starts, silent, batch = audio_model_inputs(decode_audio(path, sr), sr, labeler, audio_input)
+                starts, silent, batch = audio_model_inputs(decode_audio(path, rates), labeler, audio_input)
                 pending.append(_Pending(path, "audio", starts, silent, len(starts)))
             inputs.append(batch)
             queued += len(batch)

@@ -199,8 +199,25 @@ class Labeler:
         return self.model.format
 
     @property
+    def head_only(self) -> bool:
+        """The artifact holds the head only; features come from :attr:`backbone`."""
+        return self.backbone is not None
+
+    @property
+    def backbone_parts(self) -> list:
+        """The backbone's parts (a concatenation of modules), each fed its own input."""
+        if self.backbone is None:
+            return []
+        return list(getattr(self.backbone, "parts", None) or [self.backbone])
+
+    @property
     def input_kind(self) -> str:
-        return "waveform" if self.backbone is not None else "image"
+        """``"image"`` or ``"waveform"``: what :meth:`predict` takes; ``"audio"`` for a
+        backbone mixing image and waveform modules (only audio can feed both)."""
+        if self.backbone is None:
+            return "image"
+        kinds = {p.input_spec.kind for p in self.backbone_parts}
+        return kinds.pop() if len(kinds) == 1 else "audio"
 
     @property
     def input_size(self) -> tuple[Optional[int], Optional[int]]:
@@ -219,6 +236,10 @@ class Labeler:
         if self.backbone is not None:
             batch = np.asarray(self.backbone.compute(batch), dtype=np.float32)
         return self.model.predict(batch)
+
+    def predict_features(self, features: np.ndarray) -> np.ndarray:
+        """The head alone on backbone features (head-only artifacts)."""
+        return self.model.predict(np.asarray(features, dtype=np.float32))
 
 
 def detect_format(path: str) -> str:
@@ -316,8 +337,10 @@ def _load_backbone(side: dict):
         from retrain.modules import ModuleError, load_module
     except ImportError as e:
         raise ModelLoadError(f"cannot load backbone {name!r}: {_one_line(e)}") from None
+    parts = module.get("parts") or []
+    joined = ",".join(p.get("source") or p.get("name") or "" for p in parts) if parts else None
     first_error = None
-    for handle in (name, module.get("source")):
+    for handle in (name, module.get("source"), joined):
         if not handle:
             continue
         try:

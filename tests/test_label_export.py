@@ -206,3 +206,55 @@ def test_waveform_backbone_exports_head_only(waveform_backbone, tmp_path):
         labeler = load_labeler(paths[key])
         assert labeler.input_kind == "waveform" and labeler.sample_rate == SR
         np.testing.assert_allclose(labeler.predict(waves), expected, atol=1e-4)
+
+
+def test_mixed_image_and_waveform_modules_label_audio(tiny, waveform_backbone, tmp_path):
+    """A concatenation of an image and a waveform module (birdnet,efficientnet_lite0 in
+    real use): head-only export; labelling feeds each module its own input, found
+    again from the sidecar alone."""
+    from retrain.head import ClassificationHead
+    from retrain.modules import load_module
+    from spectrograms.render import render_clip
+
+    from label.export import export_model
+    from label.labeling import AudioInput, label_waveform
+    from label.models import load_labeler
+
+    mixed = load_module(f"{tiny.backbone.folder},{waveform_backbone.folder}")
+    head = ClassificationHead(mixed.feature_size, 3, seed=2)
+    paths = export_model(mixed, head, LABELS, {"spectrogram": tiny.settings.to_dict()},
+                         output_tflite=str(tmp_path / "mixed.tflite"))
+    labeler = load_labeler(paths["output_tflite"])
+    assert labeler.head_only and labeler.input_kind == "audio"
+    y = make_clip("chirp", 1.0, seed=4)
+    result = label_waveform(labeler, y, SR, AudioInput(tiny.settings))
+    image = render_clip(y, SR, tiny.settings)[None].astype(np.float32) / 255.0
+    features = np.concatenate([tiny.backbone.compute(image), waveform_backbone.compute(y[None])], axis=1)
+    np.testing.assert_allclose(result.probabilities, head.predict(features)[0], atol=1e-4)
+
+
+def test_waveform_model_through_the_cli(waveform_backbone, tmp_path, capsys):
+    from retrain.head import ClassificationHead
+    from spectrograms.settings import SpectrogramSettings
+
+    from label.cli import main
+    from label.export import export_model
+    from label_models import SPECTROGRAM, write_wav
+
+    head = ClassificationHead(waveform_backbone.feature_size, 3, seed=1)
+    paths = export_model(waveform_backbone, head, LABELS, {"spectrogram": SpectrogramSettings(**SPECTROGRAM).to_dict()},
+                         saved_model_dir=str(tmp_path / "sm"))
+    y = np.concatenate([make_clip("tone", seed=6), make_clip("noise", seed=6)])
+    wav = write_wav(tmp_path / "two.wav", y)
+    assert main(["label_image", "--graph", paths["saved_model_dir"], "--audio", wav, "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)["results"][0]
+    assert [w["start"] for w in result["windows"]] == [0.0, 1.0]
+    expected = head.predict(waveform_backbone.compute(np.stack([y[:SR], y[SR:]])))
+    got = sorted((t["score"] for t in result["top"]), reverse=True)
+    np.testing.assert_allclose(got, sorted(expected.mean(0), reverse=True), atol=1e-3)
+    png = tmp_path / "x.png"
+    from PIL import Image
+
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(png)
+    assert main(["label_image", "--graph", paths["saved_model_dir"], "--image", str(png)]) == 1
+    assert "use --audio" in capsys.readouterr().err
