@@ -28,6 +28,7 @@ import argparse  # noqa: E402
 import json  # noqa: E402
 import multiprocessing  # noqa: E402
 import platform  # noqa: E402
+import resource  # noqa: E402
 import shutil  # noqa: E402
 import statistics  # noqa: E402
 import sys  # noqa: E402
@@ -101,36 +102,54 @@ def _pool_map(fn, items, jobs: int) -> None:
 
 # ---------------------------------------------------------------- the three methods
 
-def run_writer(listing: DatasetListing, out: Path, settings, jobs: int) -> float:
+def _cpu_seconds() -> float:
+    """CPU time of this process and its reaped workers: less swayed than wall time by
+    other people's jobs on a shared machine."""
+    me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
+
+
+def timed(fn, *args) -> tuple[float, float]:
+    """(wall seconds, CPU seconds) of ``fn(*args)``."""
+    c0, t0 = _cpu_seconds(), time.perf_counter()
+    fn(*args)
+    return time.perf_counter() - t0, _cpu_seconds() - c0
+
+
+def run_writer(listing: DatasetListing, out: Path, settings, jobs: int) -> tuple[float, float]:
     shutil.rmtree(out, ignore_errors=True)
-    t0 = time.perf_counter()
-    summary = write_spectrograms(listing, str(out), settings, WriteOptions(jobs=jobs, progress=False),
-                                 log=lambda line: None)
-    seconds = time.perf_counter() - t0
-    if summary.failed or summary.written != len(listing.clips):
-        raise SystemExit(f"writer wrote {summary.written} of {len(listing.clips)}: {summary.failed[:3]}")
-    return seconds
+
+    def work():
+        summary = write_spectrograms(listing, str(out), settings, WriteOptions(jobs=jobs, progress=False),
+                                     log=lambda line: None)
+        if summary.failed or summary.written != len(listing.clips):
+            raise SystemExit(f"writer wrote {summary.written} of {len(listing.clips)}: {summary.failed[:3]}")
+
+    return timed(work)
 
 
-def run_floor(listing: DatasetListing, settings, jobs: int) -> float:
+def run_floor(listing: DatasetListing, settings, jobs: int) -> tuple[float, float]:
     import functools
 
-    t0 = time.perf_counter()
-    _warm_up(settings)  # what the writer does before forking, so both pay it
-    _pool_map(functools.partial(floor_one, settings=settings), [c.source for c in listing.clips], jobs)
-    return time.perf_counter() - t0
+    def work():
+        _warm_up(settings)  # what the writer does before forking, so both pay it
+        _pool_map(functools.partial(floor_one, settings=settings), [c.source for c in listing.clips], jobs)
+
+    return timed(work)
 
 
-def run_seeds(listing: DatasetListing, out: Path, settings, jobs: int) -> float:
+def run_seeds(listing: DatasetListing, out: Path, settings, jobs: int) -> tuple[float, float]:
     import functools
 
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True)
     tasks = [(c.source, str(out / f"{i}.png")) for i, c in enumerate(listing.clips)]
-    t0 = time.perf_counter()
-    _seeds_warm_up()
-    _pool_map(functools.partial(seeds_one, settings=settings), tasks, jobs)
-    return time.perf_counter() - t0
+
+    def work():
+        _seeds_warm_up()
+        _pool_map(functools.partial(seeds_one, settings=settings), tasks, jobs)
+
+    return timed(work)
 
 
 def main(argv=None) -> int:
@@ -168,19 +187,26 @@ def main(argv=None) -> int:
     load_before = os.getloadavg()
     tmp = Path(tempfile.mkdtemp(prefix="bench_spectrograms_"))
     try:
-        writer_s, floor_s = [], []
+        writer_runs, floor_runs = [], []
         for _ in range(args.repeats):  # interleaved, so a busy moment hits both
-            floor_s.append(run_floor(listing, settings, args.jobs))
-            writer_s.append(run_writer(listing, tmp / "writer", settings, args.jobs))
-        seeds_s = run_seeds(seed_listing, tmp / "seeds", settings, args.jobs)
+            floor_runs.append(run_floor(listing, settings, args.jobs))
+            writer_runs.append(run_writer(listing, tmp / "writer", settings, args.jobs))
+        seeds_s, seeds_cpu = run_seeds(seed_listing, tmp / "seeds", settings, args.jobs)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     load_after = os.getloadavg()
 
     n, n_seed = len(clips), len(seed_listing.clips)
+    writer_s, writer_cpu = [w for w, _ in writer_runs], [c for _, c in writer_runs]
+    floor_s, floor_cpu = [w for w, _ in floor_runs], [c for _, c in floor_runs]
     writer_rate = n / statistics.median(writer_s)
     floor_rate = n / statistics.median(floor_s)
     seeds_rate = n_seed / seeds_s
+    cpu_ms = {
+        "writer": 1000 * statistics.median(writer_cpu) / n,
+        "floor": 1000 * statistics.median(floor_cpu) / n,
+        "seeds": 1000 * seeds_cpu / n_seed,
+    }
     result = {
         "clips": n,
         "seed_clips": n_seed,
@@ -188,6 +214,10 @@ def main(argv=None) -> int:
         "cpu_count": os.cpu_count(),
         "settings": settings.to_dict(),
         "seconds": {"writer": writer_s, "floor": floor_s, "seeds": seeds_s},
+        "cpu_seconds": {"writer": writer_cpu, "floor": floor_cpu, "seeds": seeds_cpu},
+        "cpu_ms_per_clip": cpu_ms,
+        "cpu_writer_vs_seeds_speedup": cpu_ms["seeds"] / cpu_ms["writer"],
+        "cpu_writer_over_floor": cpu_ms["writer"] / cpu_ms["floor"],
         "clips_per_second": {"writer": writer_rate, "floor": floor_rate, "seeds": seeds_rate},
         "writer_vs_seeds_speedup": writer_rate / seeds_rate,
         "writer_time_over_floor_time": floor_rate / writer_rate,
@@ -200,11 +230,13 @@ def main(argv=None) -> int:
     }
     print(f"spectrograms benchmark: {n} UrbanSound8K clips, {args.jobs} jobs, "
           f"load average {load_before[0]:.2f} -> {load_after[0]:.2f}")
-    print(f"{'method':<8} {'clips/s':>9} {'seconds':>9}  ratio")
-    print(f"{'writer':<8} {writer_rate:9.1f} {statistics.median(writer_s):9.2f}  1.00")
-    print(f"{'floor':<8} {floor_rate:9.1f} {statistics.median(floor_s):9.2f}  writer time / floor time = "
-          f"{floor_rate / writer_rate:.2f} (target <= 1.2)")
-    print(f"{'seeds':<8} {seeds_rate:9.1f} {seeds_s:9.2f}  writer is {writer_rate / seeds_rate:.1f}x faster "
+    print(f"{'method':<8} {'clips/s':>9} {'seconds':>9} {'CPU ms/clip':>12}  ratio (wall; CPU)")
+    print(f"{'writer':<8} {writer_rate:9.1f} {statistics.median(writer_s):9.2f} {cpu_ms['writer']:12.1f}  1.00")
+    print(f"{'floor':<8} {floor_rate:9.1f} {statistics.median(floor_s):9.2f} {cpu_ms['floor']:12.1f}  "
+          f"writer time / floor time = {floor_rate / writer_rate:.2f}; "
+          f"{cpu_ms['writer'] / cpu_ms['floor']:.2f} (target <= 1.2)")
+    print(f"{'seeds':<8} {seeds_rate:9.1f} {seeds_s:9.2f} {cpu_ms['seeds']:12.1f}  "
+          f"writer is {writer_rate / seeds_rate:.1f}x; {cpu_ms['seeds'] / cpu_ms['writer']:.1f}x faster "
           f"(target >= 20x){'' if n_seed == n else f'; seeds timed on {n_seed} of the clips'}")
     print(f"all 1,761 clips at this rate: {1761 / writer_rate:.1f} s (target < 60 s on 2 cores)")
     out = Path(args.output)

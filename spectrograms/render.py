@@ -217,18 +217,32 @@ def spectrogram_image(S_db: np.ndarray, settings: SpectrogramSettings) -> np.nda
     return np.take(colormap_lut(settings.colormap), spectrogram_indices(S_db, settings), axis=0)
 
 
+def to_sample_rate(y: np.ndarray, sr: int, target_sr: int) -> np.ndarray:
+    """``y`` resampled from ``sr`` to ``target_sr`` the way ``load_audio`` does (soxr_hq)."""
+    if sr == target_sr:
+        return y
+    import librosa
+
+    return librosa.resample(np.asarray(y, dtype=np.float32), orig_sr=sr, target_sr=target_sr, res_type="soxr_hq")
+
+
 def render_clip_indices(y: np.ndarray, sr: int, settings: SpectrogramSettings) -> np.ndarray:
     """:func:`render_clip` before the colormap: uint8 indices into ``colormap_lut``.
 
     The writer stores these as a palette PNG (indices + the colormap as palette),
-    which decodes to exactly ``render_clip``'s RGB pixels at a fraction of the
-    encoding cost.
+    which decodes to exactly ``render_clip``'s RGB pixels.
     """
-    y = fit_duration(y, sr, settings.duration, settings.pad_mode)
-    return spectrogram_indices(log_mel(y, sr, settings), settings)
+    y = to_sample_rate(y, sr, settings.sample_rate)
+    y = fit_duration(y, settings.sample_rate, settings.duration, settings.pad_mode)
+    return spectrogram_indices(log_mel(y, settings.sample_rate, settings), settings)
 
 
 def render_clip(y: np.ndarray, sr: int, settings: SpectrogramSettings) -> np.ndarray:
-    """The one rendering of a clip: fit to ``duration``, log-mel, image (uint8 RGB
-    ``[image_size, image_size, 3]``)."""
+    """The one rendering of a clip: uint8 RGB ``[image_size, image_size, 3]``.
+
+    ``y`` (mono float) at ``sr`` is resampled to ``settings.sample_rate`` if needed
+    (as ``load_audio`` would have), cut or padded to ``settings.duration``, turned
+    into a log-mel spectrogram and coloured. The writer, the ``label`` stage and the
+    tests all render through here.
+    """
     return np.take(colormap_lut(settings.colormap), render_clip_indices(y, sr, settings), axis=0)

@@ -135,6 +135,14 @@ def test_render_clip_is_lut_of_indices():
     assert np.array_equal(render_clip(y, SR, s), spectrogram_image(S_db, s))
 
 
+def test_render_clip_resamples_other_rates_like_load_audio(tmp_path):
+    y48 = tone(1500, 1.0, sr=48000)
+    sf.write(tmp_path / "t.wav", y48, 48000, subtype="FLOAT")
+    s = SpectrogramSettings(image_size=48, duration=1.0)
+    from_file = render_clip(load_audio(tmp_path / "t.wav", SR), SR, s)
+    assert np.array_equal(render_clip(y48, 48000, s), from_file)
+
+
 # ---------------------------------------------------------------- durations and windows
 
 def test_fit_duration_cut_repeat_zero():
