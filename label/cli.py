@@ -185,6 +185,10 @@ def _inputs(settings: LabelSettings, labeler):
             labeler, settings.input_height, settings.input_width, settings.input_mean, settings.input_std
         )
     audio_input = AudioInput(spectrogram_settings_for(labeler), settings.hop_seconds, image_input)
+    wants_audio = settings.audio or settings.audio_dir or settings.mode == "mic"
+    if wants_audio and not (labeler.sidecar or {}).get("spectrogram"):
+        print(f"{PROG}: warning: {settings.graph} records no spectrogram settings; rendering audio with the "
+              "defaults (pass the model's sidecar to render as in training)", file=sys.stderr)
     return image_input, audio_input
 
 
