@@ -9,9 +9,9 @@ model's sidecar, so usually ``label_image --graph model.pb --audio clip.wav`` is
 from __future__ import annotations
 
 import json
+import os
 import sys
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Optional, Sequence
 
 from absl import flags
@@ -147,10 +147,10 @@ def main(argv: Sequence[str]) -> int:
     problems = settings.problems()
     if problems:
         return _error(problems[0], 2)
-    return label(settings)
+    return run_settings(settings)
 
 
-def label(settings: LabelSettings) -> int:
+def run_settings(settings: LabelSettings) -> int:
     """Do what ``settings`` asks; print results; return the exit code."""
     from label.labeling import LabelInputError
     from label.mic import NoInputDeviceError
@@ -245,8 +245,6 @@ def _run_dir(settings: LabelSettings, labeler) -> int:
     folder = settings.image_dir or settings.audio_dir
     if kind == "image" and labeler.input_kind != "image":
         raise LabelInputError(f"{settings.graph} labels audio (its module takes waveforms): use --audio_dir")
-    import os
-
     if not os.path.isdir(folder):
         raise LabelInputError(f"folder not found: {folder}")
     paths = find_files(folder, IMAGE_EXTENSIONS if kind == "image" else AUDIO_EXTENSIONS)

@@ -15,7 +15,7 @@ import os
 import sys
 import warnings
 from dataclasses import dataclass
-from typing import Optional, Sequence
+from typing import Optional
 
 import numpy as np
 
