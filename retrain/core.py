@@ -53,6 +53,7 @@ class RetrainSettings:
     summaries_dir: Optional[str] = "training_summaries"
     run_tag: str = ""
     output_graph: Optional[str] = None
+    output_graph_explicit: bool = True  # False: retrain.py's default path, skipped if impossible
     output_labels: Optional[str] = None
     saved_model_dir: Optional[str] = None
     output_tflite: Optional[str] = None
@@ -342,9 +343,14 @@ def save_checkpoint(path: str, head: ClassificationHead) -> None:
     tf.train.Checkpoint(head=head).write(path)
 
 
+def can_freeze(backbone: Backbone) -> bool:
+    """Whether backbone + head fit in one frozen image-in graph."""
+    return backbone.input_spec.kind == "image" and backbone.tf_callable() is not None
+
+
 def node_names_line(prepared: Prepared, final_tensor_name: str) -> str:
     spec = prepared.backbone.input_spec
-    if spec.kind == "image" and prepared.backbone.tf_callable() is not None:
+    if can_freeze(prepared.backbone):
         what = (f"float32 [None, {spec.height}, {spec.width}, 3], RGB scaled to [0, 1]: "
                 "label_image --input_mean 0 --input_std 255")
     else:
@@ -374,10 +380,13 @@ def retrain(settings: RetrainSettings, seed: Optional[int] = None,
         seed = draw_seed()
         log(f"Random seed: {seed} (pass --random_seed={seed} to repeat this run)")
     prepared = prepare(settings, log)
-    if settings.output_graph and prepared.backbone.tf_callable() is None:
-        raise RetrainError(f"module {prepared.backbone.name} cannot be frozen into one graph; "
-                           "pass --output_graph= (empty) and use --saved_model_dir or "
-                           "--output_tflite")
+    if settings.output_graph and not can_freeze(prepared.backbone):
+        if settings.output_graph_explicit:
+            raise RetrainError(f"module {prepared.backbone.name} cannot be frozen into one graph "
+                               "(--output_graph); use --saved_model_dir or --output_tflite")
+        log(f"Note: no frozen graph for module {prepared.backbone.name} (it is not an image "
+            "network in TensorFlow); export with --saved_model_dir or --output_tflite")
+        settings = dataclasses.replace(settings, output_graph=None)
     split = make_split(settings, prepared.images)
     log(f"Split ({settings.split}): {split.describe()}")
     tag = settings.run_tag or _default_tag(settings, prepared)

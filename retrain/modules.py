@@ -417,13 +417,15 @@ class ConcatBackbone(Backbone):
         return len({p.input_spec.kind for p in self.parts}) > 1
 
     def _fit(self, inputs, part: Backbone):
+        """Resize an image batch to ``part``'s size (numpy in, numpy out; tensors stay tensors)."""
         spec = part.input_spec
-        if spec.kind == "image" and (spec.height, spec.width) != (self.input_spec.height,
-                                                                  self.input_spec.width):
-            import tensorflow as tf
-            return tf.image.resize(inputs, [spec.height, spec.width]).numpy() \
-                if isinstance(inputs, np.ndarray) else tf.image.resize(inputs, [spec.height, spec.width])
-        return inputs
+        if spec.kind != "image" or (spec.height, spec.width) == (self.input_spec.height,
+                                                                 self.input_spec.width):
+            return inputs
+        import tensorflow as tf
+
+        resized = tf.image.resize(inputs, [spec.height, spec.width])
+        return resized.numpy() if isinstance(inputs, np.ndarray) else resized
 
     def compute(self, inputs: np.ndarray) -> np.ndarray:
         if self.mixed_inputs:

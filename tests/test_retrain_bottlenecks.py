@@ -15,7 +15,8 @@ from retrain.errors import RetrainError
 from retrain.images import list_images
 from retrain.modules import load_module
 from tiny_models import (make_colour_image_folders, make_tiny_image_module,
-                         make_tiny_waveform_module, write_colour_image)
+                         make_tiny_waveform_module, make_tone_spectrogram_dir,
+                         write_colour_image)
 
 
 @pytest.fixture(scope="module")
@@ -107,32 +108,10 @@ def test_concatenated_modules_cache_per_part(backbone, images, tmp_path):
     np.testing.assert_array_equal(feats[:, :backbone.feature_size], single)
 
 
-def _write_manifest_with_audio(root: Path, sr=8000, seconds=1.0):
-    import soundfile as sf
-    from spectrograms.manifest import ManifestRow, write_manifest
-    from spectrograms.settings import SpectrogramSettings
-
-    rows = []
-    for label, freq in (("low", 200.0), ("high", 2000.0)):
-        for k in range(3):
-            wav = root / "audio" / f"{label}{k}.wav"
-            wav.parent.mkdir(parents=True, exist_ok=True)
-            t = np.arange(int(sr * 2 * seconds)) / sr
-            sf.write(wav, 0.5 * np.sin(2 * np.pi * freq * (1 + 0.1 * k) * t), sr)
-            for w in range(2):
-                image = f"{label}/{label}{k}_{w}.png"
-                write_colour_image(root / "spec" / image, (100, 100, 100), seed=k * 10 + w)
-                rows.append(ManifestRow(image, label, k + 1, f"{label}{k}", str(wav.resolve()),
-                                        w * seconds, seconds, False))
-    write_manifest(root / "spec" / "manifest.csv", rows)
-    SpectrogramSettings(sample_rate=sr, duration=seconds).save_json(root / "spec" / "spectrogram_config.json")
-    return rows
-
-
 def test_waveform_module_reads_source_audio_windows(tmp_path):
     from spectrograms.settings import SpectrogramSettings
 
-    _write_manifest_with_audio(tmp_path)
+    make_tone_spectrogram_dir(tmp_path)
     images = list_images(str(tmp_path / "spec"))
     assert images.from_manifest and images.folds == [1, 2, 3]
     wave = load_module(make_tiny_waveform_module(tmp_path / "w", sample_rate=8000))

@@ -229,3 +229,36 @@ def test_missing_image_dir_and_help(capsys):
     assert main(["retrain", "--help"]) == 0
     out = capsys.readouterr().out
     assert "--tfhub_module" in out and "--cross_validate" in out
+
+
+def test_waveform_module_end_to_end(tmp_path, capsys):
+    from tiny_models import make_tiny_waveform_module, make_tone_spectrogram_dir
+
+    make_tone_spectrogram_dir(tmp_path, recordings=4)
+    wave = make_tiny_waveform_module(tmp_path / "wave", sample_rate=8000)
+    args = ["retrain", f"--image_dir={tmp_path / 'spec'}", f"--tfhub_module={wave}",
+            f"--bottleneck_dir={tmp_path / 'bn'}", "--summaries_dir=", "--checkpoint_path=",
+            f"--output_labels={tmp_path / 'labels.txt'}", "--split=folds", "--test_folds=4",
+            "--how_many_training_steps=300", "--optimizer=adam", "--learning_rate=0.05",
+            "--random_seed=1", "--noprogress"]
+    # retrain.py's default --output_graph is skipped with a note for a waveform module ...
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "Note: no frozen graph" in out
+    assert "Final test accuracy = 100.0% (N=4)" in out
+    # ... but asking for one explicitly is one clear error.
+    line = run_bad(tmp_path, wave, tmp_path / "spec", capsys,
+                   [f"--output_graph={tmp_path / 'g.pb'}", "--split=folds", "--test_folds=4"])
+    assert "cannot be frozen" in line
+
+
+@pytest.mark.parametrize("name, fold", [("retrain_urbansound8k.cfg", 10), ("retrain_esc50.cfg", 5)])
+def test_shipped_flag_files_parse(name, fold):
+    from retrain.cli import make_flags, settings_from_flags
+
+    cfg = Path(__file__).resolve().parents[1] / "configs" / name
+    fv = make_flags()
+    fv(["retrain", f"--flagfile={cfg}", "--image_dir=x"])
+    settings = settings_from_flags(fv)
+    assert settings.split == "folds" and settings.test_folds == (fold,)
+    assert settings.tfhub_module == "efficientnet_lite0" and not settings.problems()

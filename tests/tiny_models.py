@@ -125,3 +125,33 @@ def make_colour_image_folders(root: str | os.PathLike, classes=("blue", "red"),
             write_colour_image(root / label / f"{label}_{rec}_nohash_{win}.png",
                                COLOURS[label], size, seed=1000 * c + i)
     return str(root)
+
+
+def make_tone_spectrogram_dir(root: str | os.PathLike, sr: int = 8000, seconds: float = 1.0,
+                              recordings: int = 3) -> list:
+    """A spectrograms-style folder ``<root>/spec`` whose manifest points at real tone
+    recordings in ``<root>/audio`` (classes ``low`` 200 Hz and ``high`` 2 kHz; two
+    windows of ``seconds`` per recording; fold = recording number). Images are grey
+    placeholders: only waveform modules can tell the classes apart."""
+    import soundfile as sf
+
+    from spectrograms.manifest import ManifestRow, write_manifest
+    from spectrograms.settings import SpectrogramSettings
+
+    root = Path(root)
+    rows = []
+    for label, freq in (("low", 200.0), ("high", 2000.0)):
+        for k in range(recordings):
+            wav = root / "audio" / f"{label}{k}.wav"
+            wav.parent.mkdir(parents=True, exist_ok=True)
+            t = np.arange(int(sr * 2 * seconds)) / sr
+            sf.write(wav, 0.5 * np.sin(2 * np.pi * freq * (1 + 0.1 * k) * t), sr)
+            for w in range(2):
+                image = f"{label}/{label}{k}_{w}.png"
+                write_colour_image(root / "spec" / image, (100, 100, 100), seed=k * 10 + w)
+                rows.append(ManifestRow(image, label, k + 1, f"{label}{k}", str(wav.resolve()),
+                                        w * seconds, seconds, False))
+    write_manifest(root / "spec" / "manifest.csv", rows)
+    SpectrogramSettings(sample_rate=sr, duration=seconds).save_json(
+        root / "spec" / "spectrogram_config.json")
+    return rows
