@@ -154,7 +154,7 @@ def run_settings(settings: LabelSettings) -> int:
     """Do what ``settings`` asks; print results; return the exit code."""
     from label.labeling import LabelInputError
     from label.mic import NoInputDeviceError
-    from label.models import ModelLoadError
+    from label.models import ModelLoadError, ModelRunError
 
     try:
         if settings.mode == "mic":
@@ -163,7 +163,7 @@ def run_settings(settings: LabelSettings) -> int:
         if settings.mode == "dir":
             return _run_dir(settings, labeler)
         return _run_files(settings, labeler)
-    except (ModelLoadError, LabelInputError, NoInputDeviceError) as e:
+    except (ModelLoadError, ModelRunError, LabelInputError, NoInputDeviceError) as e:
         return _error(str(e))
 
 

@@ -62,6 +62,10 @@ def resolve_image_input(
         raise LabelInputError("--input_std must not be 0 (pixels are divided by it)")
     if int(h) <= 0 or int(w) <= 0:
         raise LabelInputError(f"input size must be positive, not {h}x{w}")
+    if (model_h and int(h) != model_h) or (model_w and int(w) != model_w):
+        raise LabelInputError(
+            f"the model takes {model_h}x{model_w} images, not {h}x{w} (drop --input_height/--input_width)"
+        )
     return ImageInput(int(h), int(w), m, s)
 
 

@@ -30,6 +30,10 @@ class ModelLoadError(ValueError):
     """A model or its labels cannot be loaded; the message is one line."""
 
 
+class ModelRunError(ValueError):
+    """A loaded model failed on its input (wrong shape, broken graph); one line."""
+
+
 def _tensor_name(name: str) -> str:
     """``"x"`` or ``"x:0"`` -> ``"x:0"``."""
     return name if ":" in name else f"{name}:0"
@@ -235,11 +239,19 @@ class Labeler:
         batch = np.asarray(batch, dtype=np.float32)
         if self.backbone is not None:
             batch = np.asarray(self.backbone.compute(batch), dtype=np.float32)
-        return self.model.predict(batch)
+        return self.predict_features(batch) if self.backbone is not None else self._run(batch)
 
     def predict_features(self, features: np.ndarray) -> np.ndarray:
         """The head alone on backbone features (head-only artifacts)."""
-        return self.model.predict(np.asarray(features, dtype=np.float32))
+        return self._run(np.asarray(features, dtype=np.float32))
+
+    def _run(self, batch: np.ndarray) -> np.ndarray:
+        try:
+            return self.model.predict(batch)
+        except Exception as e:  # TF and TFLite raise many types for a bad feed
+            raise ModelRunError(
+                f"{self.path} failed on input of shape {tuple(batch.shape)}: {_one_line(e)}"
+            ) from None
 
 
 def detect_format(path: str) -> str:

@@ -73,18 +73,33 @@ def test_is_a_tflite_only_waveform_backbone(bird):
 
 
 def test_embedding_is_the_tensor_feeding_the_species_classifier(bird):
-    """logits == embedding @ W.T + b for the dense layer after GLOBAL_AVG_POOL/Mean."""
-    features = bird.compute(tone(3.0)[None])  # one window: the interpreter holds its logits
-    it = bird._interpreter
+    """The patched model's output equals GLOBAL_AVG_POOL/Mean read from the original
+    model, and that tensor times the dense layer gives the original species logits."""
+    assert bird.embedding_source == "patched output"
+    preserved = birdnet.BirdNET(birdnet.locate_model(), patch_output=False)
+    assert preserved.embedding_source == "preserved tensor"
+    clip = tone(3.0)[None]
+    features = preserved.compute(clip)  # one window: the interpreter holds its logits
+    np.testing.assert_allclose(bird.compute(clip), features, atol=1e-5)
+    it = preserved._interpreter_for(1)[0]
     logits = it.get_tensor(it.get_output_details()[0]["index"])
+    assert logits.shape == (1, 6522)
     tensors = {d["name"]: d["index"] for d in it.get_tensor_details()}
     weights = it.get_tensor(tensors["model/CLASS_DENSE_LAYER/MatMul"])
     bias = it.get_tensor(tensors["model/CLASS_DENSE_LAYER/BiasAdd/ReadVariableOp/resource"])
     np.testing.assert_allclose(features @ weights.T + bias, logits, atol=1e-3)
 
 
+def test_unpatchable_model_falls_back_to_reading_the_tensor(tmp_path):
+    not_a_model = tmp_path / "x.tflite"
+    not_a_model.write_bytes(b"\0" * 64)
+    assert birdnet.embedding_model(not_a_model) is None
+
+
 def test_features_shape_determinism_and_batching(bird):
-    clips = np.stack([tone(4.0, 2000), tone(4.0, 5000, seed=1), tone(4.0, 800, seed=2)])
+    # 3 clips x 3 windows: one invoke of 8 windows, then one alone.
+    assert bird.max_windows_per_invoke == 8
+    clips = np.stack([tone(6.0, 2000), tone(6.0, 5000, seed=1), tone(6.0, 800, seed=2)])
     features = bird.compute(clips)
     assert features.shape == (3, 1024) and features.dtype == np.float32
     assert np.all(np.isfinite(features))

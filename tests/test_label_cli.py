@@ -167,6 +167,12 @@ def test_input_mean_zero_is_a_value_and_floats_are_accepted(tiny, tmp_path, caps
     assert resolve_image_input(labeler, mean=0.0).mean == 0.0  # 0 overrides the sidecar
 
 
+def test_input_size_that_the_model_cannot_take(tiny, tmp_path, capsys):
+    png = spectrogram_png(tiny, tmp_path, "tone")
+    code, _, err = run(capsys, "--graph", tiny.paths["output_graph"], "--image", png, "--input_height", "50")
+    assert code == 1 and "takes 32x32 images, not 50x32" in one_error_line(err)
+
+
 def test_image_of_another_size_is_resized(tiny, tmp_path, capsys):
     from spectrograms.render import render_clip
 
@@ -278,6 +284,7 @@ def test_silent_and_corrupt_audio(tiny, tmp_path, capsys):
     (["--audio", "a.wav", "--top_k", "0"], "top_k"),
     (["--audio", "a.wav", "--no_such_flag"], "no_such_flag"),
     (["--audio", "a.wav", "--output_csv", "x.csv"], "--output_csv"),
+    (["--audio", "a.wav", "--batch_size", "0"], "batch_size"),
 ])
 def test_bad_flags(capsys, args, needle):
     code, _, err = run(capsys, "--graph", "g.pb", *args)

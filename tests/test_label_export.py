@@ -258,3 +258,12 @@ def test_waveform_model_through_the_cli(waveform_backbone, tmp_path, capsys):
     Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(png)
     assert main(["label_image", "--graph", paths["saved_model_dir"], "--image", str(png)]) == 1
     assert "use --audio" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("artifact", ["output_graph", "saved_model_dir", "output_tflite"])
+def test_wrong_input_shape_is_one_line(tiny, artifact):
+    from label.models import ModelRunError, load_labeler
+
+    with pytest.raises(ModelRunError, match=r"failed on input of shape \(1, 8, 8, 3\)") as err:
+        load_labeler(tiny.paths[artifact]).predict(np.zeros((1, 8, 8, 3), np.float32))
+    assert "\n" not in str(err.value)

@@ -262,3 +262,29 @@ def test_shipped_flag_files_parse(name, fold):
     settings = settings_from_flags(fv)
     assert settings.split == "folds" and settings.test_folds == (fold,)
     assert settings.tfhub_module == "efficientnet_lite0" and not settings.problems()
+
+
+def test_exported_graph_labels_new_images_and_intermediates(tmp_path, tiny, image_dir, capsys):
+    import tensorflow as tf
+
+    from retrain.bottlenecks import image_to_input, read_image
+
+    args = base_args(tmp_path, tiny, image_dir, steps=100) + [
+        "--learning_rate=0.05", f"--saved_model_dir={tmp_path / 'out' / 'saved'}",
+        "--intermediate_store_frequency=40",
+        f"--intermediate_output_graphs_dir={tmp_path / 'inter'}"]
+    assert main(args) == 0
+    assert sorted(p.name for p in (tmp_path / "inter").glob("*.pb")) == [
+        "intermediate_40.pb", "intermediate_80.pb"]
+    assert (tmp_path / "out" / "saved" / "saved_model.pb").is_file()
+    # The frozen graph, loaded the way label_image.py loads retrain.py's graphs.
+    graph_def = tf.compat.v1.GraphDef()
+    graph_def.ParseFromString((tmp_path / "out" / "graph.pb").read_bytes())
+    labels = (tmp_path / "out" / "labels.txt").read_text().split()
+    new = [write_colour_image(tmp_path / f"new_{c}.png", COLOURS[c], seed=777) for c in labels]
+    batch = np.stack([image_to_input(read_image(p), 32, 32) for p in new])
+    with tf.Graph().as_default() as graph:
+        tf.compat.v1.import_graph_def(graph_def, name="")
+        with tf.compat.v1.Session(graph=graph) as sess:
+            probs = sess.run("final_result:0", {"Placeholder:0": batch})
+    assert [labels[k] for k in probs.argmax(1)] == labels
