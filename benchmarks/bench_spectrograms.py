@@ -59,7 +59,7 @@ def seeds_one(task: tuple[str, str], settings: SpectrogramSettings) -> int:
     does it: a small borderless figure per clip, ``specshow``, ``savefig`` with a
     tight bounding box at a dpi that gives about ``image_size`` pixels."""
     import librosa
-    import librosa.display
+    import librosa.display  # noqa: F401 (registers librosa.display.specshow)
     import matplotlib
 
     matplotlib.use("Agg")

@@ -107,7 +107,8 @@ def split_windows(
 
 def is_silent(y: np.ndarray) -> bool:
     """True when ``y`` never rises above -80 dBFS (digital silence or near it)."""
-    return y.size == 0 or float(np.max(np.abs(y))) < SILENCE_PEAK
+    # max and -min: two passes without allocating |y|
+    return y.size == 0 or max(float(np.max(y)), -float(np.min(y))) < SILENCE_PEAK
 
 
 @functools.lru_cache(maxsize=8)
