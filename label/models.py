@@ -246,6 +246,12 @@ class Labeler:
         return self._run(np.asarray(features, dtype=np.float32))
 
     def _run(self, batch: np.ndarray) -> np.ndarray:
+        want = self.model.input_shape
+        if want is not None and (
+            len(want) != batch.ndim or any(w is not None and w != b for w, b in zip(want[1:], batch.shape[1:]))
+        ):
+            shown = tuple(-1 if w is None else w for w in want)
+            raise ModelRunError(f"{self.path} failed on input of shape {tuple(batch.shape)}: it takes {shown}")
         try:
             return self.model.predict(batch)
         except Exception as e:  # TF and TFLite raise many types for a bad feed
