@@ -17,6 +17,13 @@ from typing import Optional, Sequence
 from absl import flags
 
 PROG = "label_image"
+USAGE = f"""{PROG}: label images, audio or the microphone with an exported model.
+
+  {PROG} --graph output_graph.pb --audio clip.wav           # settings from the sidecar
+  {PROG} --graph model.tflite --audio_dir recordings/ --output_csv labels.csv
+  {PROG} --graph saved_model/ --mic                         # Ctrl-C stops
+  {PROG} --graph retrained_graph.pb --labels retrained_labels.txt --image x.jpg
+"""
 
 
 def define_flags(fv: flags.FlagValues) -> None:
@@ -136,7 +143,7 @@ def main(argv: Sequence[str]) -> int:
     define_flags(fv)
     argv = list(argv) or [PROG]
     if any(a in ("-h", "--help", "-help", "--helpfull") for a in argv[1:]):
-        print(f"{PROG}: label images, audio or the microphone with an exported model.\n")
+        print(USAGE)
         print(fv.get_help())
         return 0
     try:
