@@ -17,10 +17,13 @@ import io
 import multiprocessing
 import os
 import re
+import signal
 import sys
 import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
-from typing import Iterator, Optional, Sequence
+from typing import Callable, Iterator, Optional, Sequence
 
 import numpy as np
 
@@ -300,16 +303,75 @@ def _warm_up(settings: SpectrogramSettings) -> None:
     encode_image(render_clip_indices(y, settings.sample_rate, settings), settings)
 
 
+def _render_chunk(clips: Sequence[Clip], work: Callable[[Clip], SourceResult]) -> list[SourceResult]:
+    return [work(clip) for clip in clips]
+
+
+def _ignore_sigint() -> None:
+    # Ctrl-C is the parent's to handle: it keeps finished work and stops the pool.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 def _results(
-    clips: Sequence[Clip], output_dir: str, settings: SpectrogramSettings, jobs: int
+    clips: Sequence[Clip],
+    output_dir: str,
+    settings: SpectrogramSettings,
+    jobs: int,
+    work: Optional[Callable[[Clip], SourceResult]] = None,
 ) -> Iterator[SourceResult]:
-    work = functools.partial(render_source, output_dir=output_dir, settings=settings)
+    """Render ``clips`` over ``jobs`` processes, yielding results as they finish.
+
+    A worker that dies (a decoder crashing on a malicious file, the OOM killer)
+    breaks the pool: the clips in flight are then retried one per process, so the
+    culprit is found and reported as failed and the run carries on.
+    """
+    work = work or functools.partial(render_source, output_dir=output_dir, settings=settings)
     if jobs <= 1 or len(clips) <= 1:
         yield from map(work, clips)
         return
-    chunksize = max(1, min(16, len(clips) // (jobs * 8)))
-    with _pool_context().Pool(jobs) as pool:
-        yield from pool.imap_unordered(work, clips, chunksize=chunksize)
+    chunk = max(1, min(16, len(clips) // (jobs * 8)))
+    chunks = [list(clips[i : i + chunk]) for i in range(0, len(clips), chunk)]
+    suspects: list[Clip] = []
+    pool = ProcessPoolExecutor(jobs, mp_context=_pool_context(), initializer=_ignore_sigint)
+    try:
+        futures = {pool.submit(_render_chunk, c, work): c for c in chunks}
+        for future in as_completed(futures):
+            try:
+                results = future.result()
+            except BrokenProcessPool:
+                suspects.extend(futures[future])
+                continue
+            yield from results
+    finally:
+        pool.shutdown(wait=False, cancel_futures=True)
+    yield from _retry_suspects(suspects, work, jobs)
+
+
+def _retry_suspects(
+    suspects: list[Clip], work: Callable[[Clip], SourceResult], jobs: int
+) -> Iterator[SourceResult]:
+    """Clips that were in a pool when a worker died: rerun them one per task; when a
+    round makes no progress, run the first alone, which clears or convicts it."""
+    alone = False
+    while suspects:
+        pool = ProcessPoolExecutor(1 if alone else jobs, mp_context=_pool_context(), initializer=_ignore_sigint)
+        try:
+            batch = suspects[:1] if alone else suspects
+            futures = {pool.submit(work, clip): clip for clip in batch}
+            unfinished = []
+            for future in as_completed(futures):
+                try:
+                    yield future.result()
+                except BrokenProcessPool:
+                    unfinished.append(futures[future])
+        finally:
+            pool.shutdown(wait=False, cancel_futures=True)
+        if alone and unfinished:
+            clip = unfinished[0]
+            yield SourceResult(clip.source, error="the worker process died while decoding it")
+        finished = {c.source for c in batch} - {c.source for c in unfinished}
+        suspects = [c for c in suspects if c.source not in finished and not (alone and c is batch[0])]
+        alone = not alone and not finished
 
 
 def write_spectrograms(

@@ -256,3 +256,32 @@ def test_runs_over_other_folds_keep_earlier_rows(tmp_path):
     second = write(Path(root), out, folds=[2])
     assert second.written == 2 and second.images == 4
     assert {r.fold for r in read_manifest(out / "manifest.csv")} == {1, 2}
+
+
+def _dies_on_crash_wav(clip, output_dir, settings):
+    """Stands in for a decoder that crashes the whole process on one file."""
+    from spectrograms.writer import render_source
+
+    if clip.name == "crash":
+        os._exit(3)
+    return render_source(clip, output_dir, settings)
+
+
+@pytest.mark.parametrize("n_per_class", [6, 40])  # one clip per task; chunks of several
+def test_a_worker_that_dies_is_reported_not_hung(tmp_path, n_per_class):
+    import functools
+
+    from spectrograms.writer import _results
+
+    data = make_folders(tmp_path / "data", n_per_class=n_per_class)
+    _wav(data / "beep" / "crash.wav")
+    out = tmp_path / "out"
+    listing = list_dataset(str(data))
+    for label in {c.label for c in listing.clips}:
+        (out / label).mkdir(parents=True, exist_ok=True)
+    work = functools.partial(_dies_on_crash_wav, output_dir=str(out), settings=FAST)
+    results = list(_results(listing.clips, str(out), FAST, jobs=2, work=work))
+    assert sorted(r.source for r in results) == sorted(c.source for c in listing.clips)  # each once
+    failed = [r for r in results if r.error]
+    assert [os.path.basename(r.source) for r in failed] == ["crash.wav"]
+    assert "worker process died" in failed[0].error
