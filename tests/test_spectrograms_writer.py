@@ -121,7 +121,8 @@ def test_resumes_after_an_interrupted_run(tmp_path):
     assert (out / "manifest.csv").read_text().splitlines() == full
 
 
-def test_a_killed_process_loses_nothing(tmp_path):
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT])
+def test_a_killed_or_interrupted_run_loses_nothing(tmp_path, sig):
     data = tmp_path / "data"
     for k in range(60):
         _wav(data / ("hi" if k % 2 else "lo") / f"c{k}.wav", seconds=1.0, freq=200 + 40 * k)
@@ -129,18 +130,23 @@ def test_a_killed_process_loses_nothing(tmp_path):
     cmd = [sys.executable, "-m", "spectrograms", "--data_dir", str(data), "--output_dir", str(out), "--jobs=1",
            "--sample_rate=8000", "--duration=0.5", "--n_fft=256", "--hop_length=64", "--n_mels=32",
            "--image_size=32"]
-    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    # A background job may inherit an ignored SIGINT; give the child the default, as a terminal would.
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     journal = out / JOURNAL_FILENAME
     deadline = time.time() + 60
     while time.time() < deadline and proc.poll() is None:
         if journal.exists() and journal.read_text().count("\n") >= 5:
             break
         time.sleep(0.02)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    finished_first = proc.poll() is not None
+    proc.send_signal(sig)
+    code = proc.wait(timeout=60)
+    if sig == signal.SIGINT and not finished_first:
+        assert code == 130  # Ctrl-C: manifest written with the finished clips
+        assert len(read_mani(out)) >= 5
     done_before = journal.read_text().count("\n") if journal.exists() else 60
-    settings = SpectrogramSettings(**{**FAST.to_dict(), "duration": 0.5})
-    summary = write(data, out, settings=settings)
+    summary = write(data, out)
     assert summary.up_to_date >= min(done_before, 60)
     assert summary.up_to_date + summary.written == 60 and not summary.failed
     rows = read_manifest(out / "manifest.csv")
@@ -148,6 +154,10 @@ def test_a_killed_process_loses_nothing(tmp_path):
     for row in rows:  # every image listed is whole
         assert rgb(out / row.image).shape == (32, 32, 3)
     assert not list(out.glob("*/*.tmp-*"))
+
+
+def read_mani(out: Path):
+    return read_manifest(out / "manifest.csv")
 
 
 def _bad_inputs(root: Path) -> dict[str, Path]:
