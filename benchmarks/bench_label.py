@@ -8,9 +8,11 @@ generated one) and the same model exported by ``label.export.export_model`` as a
 frozen ``.pb``, a SavedModel and a TFLite file:
 
 * warm: the model loaded once, then decode + ``render_clip`` + predict per call
-  (median of ``--repeats`` calls, after one warm-up call);
+  (median of ``--repeats`` calls, after one warm-up call; the formats take turns call
+  by call so that other load on the machine hits them alike);
 * cold: a new process running the CLI (``python -m label.cli --graph X --audio clip``),
-  wall time including Python, imports and model loading (median of ``--cold_repeats``);
+  wall time including Python, imports and model loading (median of ``--cold_repeats``,
+  formats taking turns);
 * baseline, label_image's way: the graph loaded again for every file (in a warm
   process), then the same labelling; the speed-up is baseline / warm.
 
@@ -104,20 +106,25 @@ def inputs_for(labeler):
     return AudioInput(spectrogram_settings_for(labeler), None, resolve_image_input(labeler))
 
 
-def warm_ms(path: str, clip: str, repeats: int) -> tuple[float, np.ndarray, float]:
+def warm_ms(paths: dict, clip: str, repeats: int) -> tuple[dict, dict, dict]:
+    """Median warm latency per format; the formats take turns call by call, so load
+    from other work on the machine hits them alike."""
     from label.models import load_labeler
 
-    t = time.perf_counter()
-    labeler = load_labeler(path)
-    load_s = time.perf_counter() - t
-    audio_input = inputs_for(labeler)
-    result = label_once(labeler, clip, audio_input)  # warm-up
-    times = []
-    for _ in range(repeats):
+    labelers, inputs, load_s, probs = {}, {}, {}, {}
+    for name, path in paths.items():
         t = time.perf_counter()
-        label_once(labeler, clip, audio_input)
-        times.append(time.perf_counter() - t)
-    return statistics.median(times) * 1000, result.probabilities, load_s
+        labelers[name] = load_labeler(path)
+        load_s[name] = time.perf_counter() - t
+        inputs[name] = inputs_for(labelers[name])
+        probs[name] = label_once(labelers[name], clip, inputs[name]).probabilities  # warm-up
+    times = {name: [] for name in paths}
+    for _ in range(repeats):
+        for name in paths:
+            t = time.perf_counter()
+            label_once(labelers[name], clip, inputs[name])
+            times[name].append(time.perf_counter() - t)
+    return {n: statistics.median(v) * 1000 for n, v in times.items()}, probs, load_s
 
 
 def stage_ms(path: str, clip: str, repeats: int) -> dict:
@@ -157,17 +164,20 @@ def baseline_ms(path: str, clip: str, repeats: int) -> float:
     return statistics.median(times) * 1000
 
 
-def cold_s(path: str, clip: str, repeats: int) -> float:
+def cold_s(paths: dict, clip: str, repeats: int) -> dict:
+    """Median wall time of a new process labelling the clip, formats taking turns."""
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=str(ROOT))
-    times = []
+    times = {name: [] for name in paths}
     for _ in range(repeats):
-        t = time.perf_counter()
-        proc = subprocess.run([sys.executable, "-m", "label.cli", "--graph", path, "--audio", clip, "--top_k", "1"],
-                              cwd=ROOT, env=env, capture_output=True, text=True)
-        times.append(time.perf_counter() - t)
-        if proc.returncode != 0:
-            raise RuntimeError(f"label_image failed: {proc.stderr.strip().splitlines()[-1:]}")
-    return statistics.median(times)
+        for name, path in paths.items():
+            t = time.perf_counter()
+            proc = subprocess.run(
+                [sys.executable, "-m", "label.cli", "--graph", path, "--audio", clip, "--top_k", "1"],
+                cwd=ROOT, env=env, capture_output=True, text=True)
+            times[name].append(time.perf_counter() - t)
+            if proc.returncode != 0:
+                raise RuntimeError(f"label_image failed: {proc.stderr.strip().splitlines()[-1:]}")
+    return {n: statistics.median(v) for n, v in times.items()}
 
 
 def main() -> int:
@@ -184,22 +194,21 @@ def main() -> int:
         paths, settings, module, export_seconds = build_model(workdir, args.tiny)
         clip, clip_note = pick_clip(workdir, settings)
         print(f"module {module}, clip: {clip_note}, exported all formats in {export_seconds:.1f} s")
-        rows = {}
-        reference = None
-        for name, key in FORMATS.items():
-            warm, probs, load_s = warm_ms(paths[key], clip, args.repeats)
-            if reference is None:
-                reference = probs
-            rows[name] = {
-                "warm_ms": round(warm, 2),
-                "load_s": round(load_s, 3),
-                "cold_s": round(cold_s(paths[key], clip, args.cold_repeats), 3),
-                "max_abs_diff_vs_pb": float(np.max(np.abs(probs - reference))),
-                "stages_ms": {k: round(v, 2) for k, v in stage_ms(paths[key], clip, min(args.repeats, 10)).items()},
-                "size_mb": round(sum(f.stat().st_size for f in Path(paths[key]).rglob("*") if f.is_file()) / 1e6
-                                 if os.path.isdir(paths[key]) else os.path.getsize(paths[key]) / 1e6, 2),
-            }
+        by_name = {name: paths[key] for name, key in FORMATS.items()}
+        warm, probs, load_s = warm_ms(by_name, clip, args.repeats)
         base = baseline_ms(paths["output_graph"], clip, args.baseline_repeats)
+        cold = cold_s(by_name, clip, args.cold_repeats)
+        rows = {}
+        for name, path in by_name.items():
+            rows[name] = {
+                "warm_ms": round(warm[name], 2),
+                "load_s": round(load_s[name], 3),
+                "cold_s": round(cold[name], 3),
+                "max_abs_diff_vs_pb": float(np.max(np.abs(probs[name] - probs["pb"]))),
+                "stages_ms": {k: round(v, 2) for k, v in stage_ms(path, clip, min(args.repeats, 10)).items()},
+                "size_mb": round(sum(f.stat().st_size for f in Path(path).rglob("*") if f.is_file()) / 1e6
+                                 if os.path.isdir(path) else os.path.getsize(path) / 1e6, 2),
+            }
 
     print(f"\n{'format':<12}{'warm ms':>10}{'cold s':>9}{'load s':>9}{'decode':>9}{'render':>9}{'predict':>9}"
           f"{'x vs reload':>13}{'MB':>8}")
