@@ -342,8 +342,9 @@ def _results(
                 suspects.extend(futures[future])
                 continue
             yield from results
+        pool.shutdown(wait=True)  # reap the workers (and account their CPU time) before returning
     finally:
-        pool.shutdown(wait=False, cancel_futures=True)
+        pool.shutdown(wait=False, cancel_futures=True)  # interrupted: do not wait for chunks in flight
     yield from _retry_suspects(suspects, work, jobs)
 
 
