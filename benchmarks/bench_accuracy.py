@@ -14,6 +14,9 @@ training fold minus a 10 % group-aware validation slice), it compares:
     .venv/bin/python -m benchmarks.bench_accuracy --spec_dir /tmp/us8k_spec \\
         [--modules efficientnet_lite0,birdnet] [--augmentation_copies 2]
 
+``--ablation`` instead measures which parts of the augmentation help (time shift, masks,
+mixing, all), with the default head and ``--augmentation_copies`` copies.
+
 ``--spec_dir`` must hold what ``spectrograms --flagfile=configs/urbansound8k.cfg`` wrote
 for the shared folds (the script renders them there first when it is missing). Prints a
 table and writes ``benchmarks/results/bench_accuracy.json``.
@@ -130,6 +133,43 @@ def bench_module(module: str, spec_dir: str, bottleneck_dir: str, steps: int, se
     return out
 
 
+ABLATION = {  # which parts of the augmentation help (default head, same split)
+    "time shift only": dict(time_shift=True, time_masks=0, freq_masks=0, mix_probability=0.0),
+    "masks only": dict(time_shift=False, mix_probability=0.0),
+    "mixing only": dict(time_shift=False, time_masks=0, freq_masks=0, mix_probability=1.0),
+    "all (default)": dict(),
+}
+
+
+def augmentation_ablation(module: str, spec_dir: str, bottleneck_dir: str, steps: int,
+                          seed: int, copies: int) -> dict:
+    from retrain.augment import AugmentSettings
+    from retrain.core import RetrainSettings, prepare, split_partition, training_data
+    from retrain.splits import fold_split
+
+    settings = RetrainSettings(image_dir=spec_dir, tfhub_module=module,
+                               bottleneck_dir=bottleneck_dir, summaries_dir=None)
+    prepared = prepare(settings, log=lambda line: print(line, flush=True))
+    ids, feats, n = prepared.class_ids, prepared.features, len(prepared.images.labels)
+    out = {"module": prepared.backbone.name, "copies": copies, "variants": {}}
+    for name, options in [("none", None)] + list(ABLATION.items()):
+        accs = []
+        for train_fold, test_fold in ((1, 2), (2, 1)):
+            split = fold_split(prepared.images.records, [test_fold], (), 10)
+            tr, te = list(split.train), list(split.test)
+            if options is None:
+                x, y = feats[tr], ids[tr]
+            else:
+                aug = dataclasses.replace(settings, augment=AugmentSettings(copies=copies, **options))
+                x, y = training_data(aug, prepared, tr, split_partition(aug, prepared),
+                                     log=lambda line: None)
+            accs.append(accuracy(train_head(x, y, n, steps, seed), feats[te], ids[te]))
+        out["variants"][name] = {"1->2": accs[0], "2->1": accs[1], "mean": float(np.mean(accs))}
+        print(f"augmentation {name:<18} 1->2 {accs[0] * 100:5.1f}%  2->1 {accs[1] * 100:5.1f}%  "
+              f"mean {np.mean(accs) * 100:5.1f}%", flush=True)
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--spec_dir", default="/tmp/us8k_folds12_spec")
@@ -139,9 +179,20 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=4000)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--augmentation_copies", type=int, default=0)
+    parser.add_argument("--ablation", action="store_true",
+                        help="instead: which augmentation parts help (first module only)")
     args = parser.parse_args()
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     render_if_missing(args.spec_dir, args.data_dir)
+    if args.ablation:
+        result = augmentation_ablation(args.modules.split(";")[0], args.spec_dir,
+                                       args.bottleneck_dir, args.steps, args.seed,
+                                       max(1, args.augmentation_copies))
+        path = RESULTS.with_name("bench_augmentation.json")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(result, indent=2) + "\n")
+        print(f"wrote {path}")
+        return
 
     results = {"protocol": "UrbanSound8K folds 1-2: train on one, test on the other, both ways",
                "steps": args.steps, "seed": args.seed, "modules": []}

@@ -288,3 +288,20 @@ def test_exported_graph_labels_new_images_and_intermediates(tmp_path, tiny, imag
         with tf.compat.v1.Session(graph=graph) as sess:
             probs = sess.run("final_result:0", {"Placeholder:0": batch})
     assert [labels[k] for k in probs.argmax(1)] == labels
+
+
+@pytest.mark.slow
+def test_default_module_efficientnet_lite0_end_to_end(tmp_path, capsys):
+    # The real default module (converted once into the user's cache) on 224 px images.
+    images = make_colour_image_folders(tmp_path / "images", per_class=8, size=224,
+                                       windows_per_recording=2)
+    args = ["retrain", f"--image_dir={images}", f"--bottleneck_dir={tmp_path / 'bn'}",
+            f"--summaries_dir={tmp_path / 'ts'}", f"--output_graph={tmp_path / 'g.pb'}",
+            f"--output_labels={tmp_path / 'labels.txt'}", "--checkpoint_path=",
+            "--how_many_training_steps=100", "--testing_percentage=25",
+            "--validation_percentage=25", "--random_seed=3", "--noprogress"]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "Module efficientnet_lite0: image input, 1280 features" in out
+    assert "Final test accuracy = 100.0%" in out
+    assert "Input node: Placeholder (float32 [None, 224, 224, 3]" in out
