@@ -198,8 +198,8 @@ def event_steps(total: int, eval_interval: int, store_frequency: int) -> list[in
 def train_and_evaluate(settings: RetrainSettings, prepared: Prepared, split: Split, seed: int,
                        tag: str, partition: Callable[[int], object],
                        log: Callable[[str], None] = print,
-                       on_intermediate: Optional[Callable[[int, ClassificationHead], None]] = None
-                       ) -> TrainOutcome:
+                       on_intermediate: Optional[Callable[[int, ClassificationHead], None]] = None,
+                       run_dir: Optional[str] = None) -> TrainOutcome:
     """Train a fresh head on ``split.train`` and report retrain.py's console lines."""
     from retrain.summaries import RunSummaries, confusion_matrix
 
@@ -219,7 +219,7 @@ def train_and_evaluate(settings: RetrainSettings, prepared: Prepared, split: Spl
     val_idx = np.asarray(split.validation, int)
     summaries = None
     if settings.summaries_dir:
-        summaries = RunSummaries(settings.summaries_dir, tag, settings.flags_text)
+        summaries = RunSummaries(settings.summaries_dir, tag, settings.flags_text, run_dir)
         log(f"TensorBoard summaries: {summaries.run_dir} "
             f"(watch with: tensorboard --logdir {settings.summaries_dir})")
     total = settings.how_many_training_steps

@@ -21,6 +21,7 @@ from retrain.core import (RetrainSettings, _default_tag, draw_seed, prepare, spl
                           train_and_evaluate)
 from retrain.errors import RetrainError
 from retrain.splits import cross_validation_splits
+from retrain.summaries import make_run_dir
 
 
 @dataclass
@@ -39,7 +40,8 @@ def cross_validate(settings: RetrainSettings, seed: Optional[int] = None,
                    folds: Optional[Sequence[int]] = None, report_dir: Optional[str] = None,
                    log: Callable[[str], None] = print) -> CrossValidationResult:
     """Train and test once per fold; write ``cross_validation.csv`` / ``.json`` into
-    ``report_dir`` (default: the summaries folder)."""
+    ``report_dir`` (default: this cross-validation's folder
+    ``<summaries_dir>/<time>-<tag>-cv/``, which also holds one TensorBoard run per fold)."""
     problems = [p for p in settings.problems() if "--test_folds" not in p]
     if problems:
         raise RetrainError(problems[0])
@@ -51,11 +53,13 @@ def cross_validate(settings: RetrainSettings, seed: Optional[int] = None,
     partition = split_partition(settings, prepared)
     base_tag = settings.run_tag or _default_tag(dataclasses.replace(settings, split="hash"),
                                                 prepared).replace("-hash", "")
+    # One folder per cross-validation: a TensorBoard run per test fold, and the report.
+    cv_dir = make_run_dir(settings.summaries_dir, f"{base_tag}-cv") if settings.summaries_dir else None
     accuracies, counts = [], []
     for fold, split in runs:
         log(f"=== Cross-validation: test fold {fold} ({split.describe()}) ===")
-        outcome = train_and_evaluate(settings, prepared, split, seed, f"{base_tag}-cv-test{fold}",
-                                     partition, log)
+        outcome = train_and_evaluate(settings, prepared, split, seed, f"test{fold}", partition, log,
+                                     run_dir=os.path.join(cv_dir, f"test{fold}") if cv_dir else None)
         accuracies.append(outcome.test_accuracy)
         counts.append(outcome.test_count)
     acc = np.asarray(accuracies, float)
@@ -65,7 +69,7 @@ def cross_validate(settings: RetrainSettings, seed: Optional[int] = None,
         log(f"Fold {f}: test accuracy = {a * 100:.1f}% (N={n})")
     log(f"Cross-validation accuracy = {mean * 100:.1f}% ± {std * 100:.1f}% "
         f"over {len(fold_ids)} folds")
-    report_dir = report_dir or settings.summaries_dir
+    report_dir = report_dir or cv_dir
     csv_path = json_path = None
     if report_dir:
         os.makedirs(report_dir, exist_ok=True)

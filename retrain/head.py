@@ -166,11 +166,11 @@ class HeadTrainer:
 
     def loss(self, logits, labels):
         s = self.settings
+        if not s.label_smoothing:
+            return tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(labels, logits))
         onehot = tf.one_hot(labels, self.head.num_classes)
-        if s.label_smoothing:
-            onehot = onehot * (1 - s.label_smoothing) + s.label_smoothing / self.head.num_classes
-        xent = tf.reduce_mean(tf.nn.softmax_cross_entropy_with_logits(onehot, logits))
-        return xent
+        onehot = onehot * (1 - s.label_smoothing) + s.label_smoothing / self.head.num_classes
+        return tf.reduce_mean(tf.nn.softmax_cross_entropy_with_logits(onehot, logits))
 
     def _apply(self, grads) -> None:
         s = self.settings
@@ -187,8 +187,9 @@ class HeadTrainer:
             v.assign_sub(lr * m / (tf.sqrt(w) + eps))
 
     def _run_steps(self, n):
-        accuracy = tf.constant(0.0)
         xent = tf.constant(0.0)
+        logits = tf.zeros([self.settings.train_batch_size, self.head.num_classes])
+        yb = tf.zeros([self.settings.train_batch_size], tf.int32)
         for _ in tf.range(n):
             step = self.step.assign_add(1)
             idx = self._sample(step)
@@ -203,8 +204,9 @@ class HeadTrainer:
                         [tf.nn.l2_loss(w) for w in self.head.weight_matrices()])
             grads = tape.gradient(total, self.variables_to_train)
             self._apply(grads)
-            accuracy = tf.reduce_mean(tf.cast(
-                tf.equal(tf.argmax(logits, 1, output_type=tf.int32), yb), tf.float32))
+        # The last batch's accuracy, as retrain.py reports it (computed once, not per step).
+        accuracy = tf.reduce_mean(tf.cast(
+            tf.equal(tf.argmax(logits, 1, output_type=tf.int32), yb), tf.float32))
         return accuracy, xent
 
     def train(self, steps: int) -> tuple[float, float]:

@@ -78,8 +78,11 @@ def confusion_matrix_png(cm: np.ndarray, labels: Sequence[str], title: str) -> b
 class RunSummaries:
     """The writers of one training run."""
 
-    def __init__(self, summaries_dir: str, tag: str, flags_text: str) -> None:
-        self.run_dir = make_run_dir(summaries_dir, tag)
+    def __init__(self, summaries_dir: str, tag: str, flags_text: str,
+                 run_dir: Optional[str] = None) -> None:
+        """Writers in a fresh ``<summaries_dir>/<time>-<tag>``, or in ``run_dir`` when given."""
+        self.run_dir = run_dir or make_run_dir(summaries_dir, tag)
+        os.makedirs(self.run_dir, exist_ok=True)
         self.train = tf.summary.create_file_writer(os.path.join(self.run_dir, "train"))
         self.validation = tf.summary.create_file_writer(os.path.join(self.run_dir, "validation"))
         with self.train.as_default():

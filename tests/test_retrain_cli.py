@@ -155,12 +155,15 @@ def test_cross_validation_report(tmp_path, tiny, capsys):
     assert out.count("Final test accuracy") == 3
     assert "Bottlenecks: 36 computed" in out  # once for all folds
     assert re.search(r"Cross-validation accuracy = \d+\.\d% ± \d+\.\d% over 3 folds", out)
-    report = json.loads((tmp_path / "ts" / "cross_validation.json").read_text())
+    cv_dir, = (tmp_path / "ts").iterdir()
+    assert cv_dir.name.endswith("-cv")
+    report = json.loads((cv_dir / "cross_validation.json").read_text())
     assert [f["test_fold"] for f in report["folds"]] == [1, 2, 3]
     assert all(f["num_test_images"] == 12 for f in report["folds"])
-    csv_text = (tmp_path / "ts" / "cross_validation.csv").read_text().splitlines()
+    csv_text = (cv_dir / "cross_validation.csv").read_text().splitlines()
     assert csv_text[0] == "test_fold,accuracy,num_test_images" and csv_text[-2].startswith("mean,")
-    assert len([p for p in (tmp_path / "ts").iterdir() if p.is_dir()]) == 3
+    assert sorted(p.name for p in cv_dir.iterdir() if p.is_dir()) == ["test1", "test2", "test3"]
+    assert "accuracy" in read_scalars(cv_dir / "test2", "validation")
     assert not (tmp_path / "out" / "graph.pb").exists()  # cross-validation exports nothing
 
 
