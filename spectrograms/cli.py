@@ -190,4 +190,9 @@ def write_preview_safely(output_dir: str, rows, per_class: int) -> Optional[str]
 
 def run() -> None:
     """Console-script entry point."""
-    sys.exit(main(sys.argv))
+    try:
+        code = main(sys.argv)
+    except KeyboardInterrupt:  # before or after the writer, which handles its own
+        _err("interrupted")
+        code = 130
+    sys.exit(code)
