@@ -18,11 +18,14 @@ def pick_preview_rows(rows: Sequence[ManifestRow], per_class: int) -> dict[str, 
     chosen = {}
     for label, candidates in sorted(by_label.items()):
         seen_groups: set[str] = set()
-        first, later = [], []
-        for r in sorted(candidates, key=lambda r: r.silent):
+        first, later, silent = [], [], []
+        for r in candidates:
+            if r.silent:
+                silent.append(r)
+                continue
             (later if r.group in seen_groups else first).append(r)
             seen_groups.add(r.group)
-        chosen[label] = sorted((first + later)[:per_class], key=lambda r: r.image)
+        chosen[label] = sorted((first + later + silent)[:per_class], key=lambda r: r.image)
     return chosen
 
 

@@ -200,3 +200,18 @@ def test_shared_urbansound8k_handful(shared_us8k, tmp_path, capsys):
     assert len(groups) < len(rows)  # slices of one freesound recording share its fsID
     with Image.open(out_dir / rows[0].image) as im:
         assert im.size == (64, 64)
+
+
+def test_preview_picks_spread_over_recordings_and_non_silent_first():
+    from spectrograms.manifest import ManifestRow
+    from spectrograms.preview import pick_preview_rows
+
+    def row(name, group, silent=False, label="dog"):
+        return ManifestRow(f"{label}/{name}.png", label, None, group, f"/a/{name}.wav", 0.0, 1.0, silent)
+
+    rows = [row("a0", "a"), row("a1", "a"), row("a2", "a"), row("b0", "b", silent=True), row("c0", "c"),
+            row("x0", "x", label="cat")]
+    picked = pick_preview_rows(rows, 3)
+    assert [r.image for r in picked["dog"]] == ["dog/a0.png", "dog/a1.png", "dog/c0.png"]
+    assert [r.image for r in picked["cat"]] == ["cat/x0.png"]
+    assert list(picked) == ["cat", "dog"]
