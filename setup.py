@@ -24,6 +24,7 @@ setup(
         "librosa>=0.10",
         "soundfile>=0.12",
         "numpy>=1.24",
+        "scipy>=1.8",  # single-precision STFT, sparse mel filterbank
         "matplotlib>=3.7",
         "pillow>=9.0",
         "absl-py>=1.4",
