@@ -10,7 +10,12 @@ Flags become a :class:`retrain.core.RetrainSettings`; the work is done in
 """
 from __future__ import annotations
 
+import os
 import sys
+
+# TensorFlow's C++ start-up chatter (oneDNN, CUDA probing) is noise on a console;
+# set before anything imports TensorFlow. An explicit user setting wins.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 from typing import Optional, Sequence
 
 from absl import flags

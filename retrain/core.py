@@ -152,7 +152,7 @@ def split_partition(settings: RetrainSettings, prepared: Prepared) -> Callable[[
 
 
 def training_data(settings: RetrainSettings, prepared: Prepared, train: Sequence[int],
-                  partition: Callable[[int], object], aug_cache: Optional[dict] = None,
+                  partition: Callable[[int], object],
                   log: Callable[[str], None] = print) -> tuple[np.ndarray, np.ndarray]:
     """The training bottlenecks plus, with --augmentation_copies, their augmented copies."""
     x = prepared.features[list(train)]
