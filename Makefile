@@ -20,11 +20,24 @@ $(VENV)/.installed-%: setup.py | $(BIN)/python
 
 install: $(VENV)/.installed-$(EXTRAS)
 
+# The whole pipeline on generated audio: example -> spectrograms -> retrain -> label_image.
 demo: $(VENV)/.installed-demo
 	$(BIN)/python -m spectrograms.example --output_dir $(DEMO_DIR)/audio
 	$(BIN)/spectrograms --dataset folders --data_dir $(DEMO_DIR)/audio \
 	    --output_dir $(DEMO_DIR)/spectrograms --preview 4
-	@echo "Demo finished: see $(DEMO_DIR)/"
+	$(BIN)/retrain --image_dir $(DEMO_DIR)/spectrograms --split hash \
+	    --how_many_training_steps 500 --eval_step_interval 50 --random_seed 0 \
+	    --bottleneck_dir $(DEMO_DIR)/bottlenecks --summaries_dir $(DEMO_DIR)/training_summaries \
+	    --checkpoint_path $(DEMO_DIR)/checkpoint \
+	    --output_graph $(DEMO_DIR)/model/output_graph.pb \
+	    --output_labels $(DEMO_DIR)/model/output_labels.txt \
+	    --output_tflite $(DEMO_DIR)/model/model.tflite
+	$(BIN)/label_image --graph $(DEMO_DIR)/model/output_graph.pb \
+	    --audio $$(ls $(DEMO_DIR)/audio/siren/*.wav | head -n 1)
+	$(BIN)/label_image --graph $(DEMO_DIR)/model/model.tflite \
+	    --audio_dir $(DEMO_DIR)/audio --output_csv $(DEMO_DIR)/labels.csv
+	@echo "Demo finished: spectrograms, preview.png, model and labels.csv are in $(DEMO_DIR)/;"
+	@echo "watch training with: $(BIN)/tensorboard --logdir $(DEMO_DIR)/training_summaries"
 
 test: $(VENV)/.installed-$(EXTRAS)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
