@@ -308,3 +308,10 @@ def test_default_module_efficientnet_lite0_end_to_end(tmp_path, capsys):
     assert "Module efficientnet_lite0: image input, 1280 features" in out
     assert "Final test accuracy = 100.0%" in out
     assert "Input node: Placeholder (float32 [None, 224, 224, 3]" in out
+
+
+def test_logging_verbosity_warn_prints_only_the_final_accuracy(tmp_path, tiny, image_dir, capsys):
+    args = base_args(tmp_path, tiny, image_dir) + ["--logging_verbosity=WARN", "--output_graph="]
+    assert main(args) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 1 and "Final test accuracy" in lines[0]
