@@ -126,3 +126,18 @@ def test_online_registry_name_offline_is_one_line(tmp_path, monkeypatch):
     with pytest.raises(ModuleError) as err:
         load_module("mobilenet_v2", cache_dir=str(tmp_path))
     assert "mobilenet_v2" in str(err.value) and "\n" not in str(err.value)
+
+
+def test_yamnet_wrapper_pools_frame_embeddings(tmp_path):
+    import tensorflow as tf
+
+    from retrain.modules import YamnetBackbone
+    from tiny_models import make_tiny_yamnet_like_module
+
+    b = YamnetBackbone(make_tiny_yamnet_like_module(tmp_path / "yamnet"))
+    assert b.input_spec.kind == "waveform" and b.input_spec.sample_rate == 16000
+    y = np.random.default_rng(0).normal(0, 0.1, (3, 16000)).astype(np.float32)
+    f = b.compute(y)
+    assert f.shape == (3, 1024)
+    np.testing.assert_allclose(f[1], b.compute(y[1:2])[0], rtol=1e-5, atol=1e-6)
+    assert b.tf_callable()(tf.constant(y)).shape == (3, 1024)

@@ -155,3 +155,30 @@ def make_tone_spectrogram_dir(root: str | os.PathLike, sr: int = 8000, seconds: 
     SpectrogramSettings(sample_rate=sr, duration=seconds).save_json(
         root / "spec" / "spectrogram_config.json")
     return rows
+
+
+class _TinyYamnetLike(tf.Module):
+    """YAMNet's calling convention: one 1-D waveform in; (scores, embeddings, log-mel) out."""
+
+    def __init__(self, seed: int = 0) -> None:
+        super().__init__(name="tiny_yamnet_like")
+        rng = np.random.default_rng(seed)
+        self.filters = tf.Variable(rng.normal(size=(400, 1024)).astype(np.float32) * 0.05,
+                                   trainable=False)
+        spec = tf.TensorSpec([None], tf.float32, name="waveform")
+        self.__call__ = tf.function(self._call, input_signature=[spec])
+
+    def _call(self, waveform):
+        frames = tf.signal.frame(waveform, 400, 160, pad_end=True)
+        embeddings = tf.nn.relu(tf.matmul(frames, self.filters))
+        scores = tf.nn.sigmoid(embeddings[:, :521])
+        return scores, embeddings, tf.math.log1p(tf.abs(frames[:, :64]))
+
+
+def make_tiny_yamnet_like_module(path: str | os.PathLike, seed: int = 0) -> str:
+    """A SavedModel called like TF Hub's YAMNet (16 kHz 1-D waveform -> per-frame
+    scores, 1024-d embeddings, spectrogram); return ``str(path)``."""
+    module = _TinyYamnetLike(seed)
+    path = str(path)
+    tf.saved_model.save(module, path)
+    return path
