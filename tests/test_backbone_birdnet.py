@@ -97,9 +97,7 @@ def test_unpatchable_model_falls_back_to_reading_the_tensor(tmp_path):
 
 
 def test_features_shape_determinism_and_batching(bird):
-    # 3 clips x 3 windows: one invoke of 8 windows, then one alone.
-    assert bird.max_windows_per_invoke == 8
-    clips = np.stack([tone(6.0, 2000), tone(6.0, 5000, seed=1), tone(6.0, 800, seed=2)])
+    clips = np.stack([tone(4.0, 2000), tone(4.0, 5000, seed=1), tone(4.0, 800, seed=2)])
     features = bird.compute(clips)
     assert features.shape == (3, 1024) and features.dtype == np.float32
     assert np.all(np.isfinite(features))
@@ -107,6 +105,14 @@ def test_features_shape_determinism_and_batching(bird):
     np.testing.assert_array_equal(features, bird.compute(clips))
     alone = np.concatenate([bird.compute(c[None]) for c in clips])
     np.testing.assert_allclose(alone, features, atol=1e-4)
+
+
+def test_several_windows_per_invoke_give_the_same_embeddings(bird):
+    grouped = birdnet.BirdNET(birdnet.locate_model())
+    grouped.max_windows_per_invoke = 4
+    windows = np.stack([tone(3.0, 500 + 400 * i, seed=i) for i in range(6)])  # 4 + 1 + 1
+    np.testing.assert_allclose(grouped.embed_windows(windows), bird.embed_windows(windows),
+                               atol=1e-4)
 
 
 def test_features_are_the_mean_of_window_embeddings(bird):

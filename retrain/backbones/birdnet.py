@@ -39,9 +39,9 @@ HOP_SECONDS = 1.5
 WINDOW_SAMPLES = int(WINDOW_SECONDS * SAMPLE_RATE)
 HOP_SAMPLES = int(HOP_SECONDS * SAMPLE_RATE)
 EMBEDDING_SIZE = 1024
-# Measured on 2 cores with the patched model: 8 windows per invoke ran 10-30 % faster
-# than one, with a 1 s first invoke (docs/backbones.md).
-WINDOWS_PER_INVOKE = 8
+# Windows per TFLite invoke. On 2 cores, 8 per invoke ran 0.96-1.14x the rate of one
+# (within noise) for a 1 s first invoke and 200 MB more, so one (docs/backbones.md).
+WINDOWS_PER_INVOKE = 1
 POOLINGS = ("mean", "meanmax")
 LICENSE = "CC BY-NC-SA 4.0"
 LICENSE_NOTICE = (
@@ -161,8 +161,8 @@ class BirdNET(Backbone):
         self._model_content = embedding_model(self.model_path) if patch_output else None
         #: How the embedding is read: "patched output" or "preserved tensor" (fallback).
         self.embedding_source = "patched output" if self._model_content else "preserved tensor"
-        # Windows per invoke: batching pays with the patched model; with preserved tensors a
-        # batch of 8 costs 9-15 s on its first invoke and 1.8 GB, so those run one by one.
+        # Never batch with preserved tensors: a batch of 8 cost 9-15 s on its first invoke
+        # and 1.8 GB more memory.
         self.max_windows_per_invoke = WINDOWS_PER_INVOKE if self._model_content else 1
         self._interpreters: Dict[int, Tuple[object, int, int]] = {}
         self._interpreter_for(1)
