@@ -21,10 +21,9 @@ from typing import Optional, Sequence
 from absl import flags
 
 from retrain.augment import AugmentSettings
-from retrain.core import RetrainSettings, SPLITS, fail
 from retrain.errors import RetrainError
-from retrain.head import OPTIMIZERS, HeadSettings
 from retrain.modules import ModuleError, registry_names
+from retrain.settings import OPTIMIZERS, SPLITS, HeadSettings, RetrainSettings
 
 PROG = "retrain"
 VERBOSITIES = ("DEBUG", "INFO", "WARN", "ERROR", "FATAL")
@@ -168,6 +167,10 @@ def _flags_text(fv: flags.FlagValues) -> str:
             continue
         lines.append(flag.serialize() or f"--{name}=")
     return "\n".join(lines)
+
+
+def fail(message, prog: str = PROG) -> None:
+    print(f"{prog}: error: {' '.join(str(message).split())}", file=sys.stderr)
 
 
 def _warn(message: str) -> None:

@@ -12,75 +12,22 @@ import dataclasses
 import datetime
 import os
 import random
-import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable, Optional, Sequence
 
 import numpy as np
 
-from retrain.augment import AugmentSettings, plan_copies
+from retrain.augment import plan_copies
 from retrain.bottlenecks import compute_augmented_bottlenecks, compute_bottlenecks
 from retrain.errors import RetrainError
-from retrain.head import ClassificationHead, HeadSettings, HeadTrainer, accuracy_and_xent
+from retrain.head import ClassificationHead, HeadTrainer, accuracy_and_xent
 from retrain.images import ImageSet, list_images
 from retrain.modules import Backbone, ModuleError, load_module
 from retrain.splits import Split, fold_split, hash_split
 
-SPLITS = ("hash", "folds")
+from retrain.settings import SPLITS, RetrainSettings  # noqa: F401 - re-exported
+
 INPUT_TENSOR_NAME = "Placeholder"  # retrain.py's input node, what label_image expects
-
-
-@dataclass(frozen=True)
-class RetrainSettings:
-    """Everything one retrain run needs (the CLI fills it from flags)."""
-
-    image_dir: str
-    tfhub_module: str = "efficientnet_lite0"
-    module_cache_dir: Optional[str] = None
-    bottleneck_dir: str = "/tmp/bottleneck"
-    bottleneck_batch_size: int = 32
-    split: str = "hash"
-    testing_percentage: float = 10.0
-    validation_percentage: float = 10.0
-    test_folds: tuple[int, ...] = ()
-    validation_folds: tuple[int, ...] = ()
-    how_many_training_steps: int = 4000
-    eval_step_interval: int = 10
-    validation_batch_size: int = 100
-    test_batch_size: int = -1
-    head: HeadSettings = field(default_factory=HeadSettings)
-    augment: AugmentSettings = field(default_factory=AugmentSettings)
-    summaries_dir: Optional[str] = "training_summaries"
-    run_tag: str = ""
-    output_graph: Optional[str] = None
-    output_graph_explicit: bool = True  # False: retrain.py's default path, skipped if impossible
-    output_labels: Optional[str] = None
-    saved_model_dir: Optional[str] = None
-    output_tflite: Optional[str] = None
-    tflite_quantization: Optional[str] = None
-    intermediate_output_graphs_dir: Optional[str] = None
-    intermediate_store_frequency: int = 0
-    final_tensor_name: str = "final_result"
-    checkpoint_path: Optional[str] = None
-    print_misclassified_test_images: bool = False
-    progress: bool = True
-    flags_text: str = ""
-
-    def problems(self) -> list[str]:
-        p = list(self.head.problems())
-        if self.split not in SPLITS:
-            p.append(f"--split must be one of {', '.join(SPLITS)}, not {self.split!r}")
-        if self.how_many_training_steps <= 0:
-            p.append(f"--how_many_training_steps must be positive, not {self.how_many_training_steps}")
-        if self.eval_step_interval <= 0:
-            p.append(f"--eval_step_interval must be positive, not {self.eval_step_interval}")
-        if self.augment.copies < 0:
-            p.append(f"--augmentation_copies must be >= 0, not {self.augment.copies}")
-        if self.bottleneck_batch_size <= 0:
-            p.append(f"--bottleneck_batch_size must be positive, not {self.bottleneck_batch_size}")
-        if self.split == "folds" and not self.test_folds:
-            p.append("--split folds needs --test_folds (for example --test_folds 10)")
-        return p
 
 
 def draw_seed() -> int:
@@ -419,10 +366,6 @@ def _default_tag(settings: RetrainSettings, prepared: Prepared) -> str:
     else:
         where = "hash"
     return f"{module}-{where}"
-
-
-def fail(message: str, prog: str = "retrain") -> None:
-    print(f"{prog}: error: {' '.join(str(message).split())}", file=sys.stderr)
 
 
 __all__ = ["RetrainSettings", "retrain", "prepare", "train_and_evaluate", "RetrainError",

@@ -10,44 +10,12 @@ instead of 4000 Python round trips; a fixed ``seed`` reproduces a run exactly.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Optional, Sequence
 
 import numpy as np
 import tensorflow as tf
 
-OPTIMIZERS = ("sgd", "adam")
-
-
-@dataclass(frozen=True)
-class HeadSettings:
-    learning_rate: float = 0.01
-    train_batch_size: int = 100
-    hidden_units: int = 0
-    dropout: float = 0.0
-    label_smoothing: float = 0.0
-    optimizer: str = "sgd"
-    l2: float = 0.0
-    balanced_batches: bool = False
-    seed: int = 0
-
-    def problems(self) -> list[str]:
-        p = []
-        if self.learning_rate <= 0:
-            p.append(f"--learning_rate must be positive, not {self.learning_rate}")
-        if self.train_batch_size <= 0:
-            p.append(f"--train_batch_size must be positive, not {self.train_batch_size}")
-        if self.hidden_units < 0:
-            p.append(f"--hidden_units must be >= 0, not {self.hidden_units}")
-        if not 0 <= self.dropout < 1:
-            p.append(f"--dropout must be in [0, 1), not {self.dropout}")
-        if not 0 <= self.label_smoothing < 1:
-            p.append(f"--label_smoothing must be in [0, 1), not {self.label_smoothing}")
-        if self.optimizer not in OPTIMIZERS:
-            p.append(f"--optimizer must be one of {', '.join(OPTIMIZERS)}, not {self.optimizer!r}")
-        if self.l2 < 0:
-            p.append(f"--l2 must be >= 0, not {self.l2}")
-        return p
+from retrain.settings import OPTIMIZERS, HeadSettings  # noqa: F401 - re-exported
 
 
 class ClassificationHead(tf.Module):

@@ -1,0 +1,97 @@
+"""The retrain stage's settings: plain frozen dataclasses, no TensorFlow import, so the
+CLI parses flags and reports bad ones in a fraction of a second."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional
+
+from retrain.augment import AugmentSettings
+
+OPTIMIZERS = ("sgd", "adam")
+
+
+@dataclass(frozen=True)
+class HeadSettings:
+    learning_rate: float = 0.01
+    train_batch_size: int = 100
+    hidden_units: int = 0
+    dropout: float = 0.0
+    label_smoothing: float = 0.0
+    optimizer: str = "sgd"
+    l2: float = 0.0
+    balanced_batches: bool = False
+    seed: int = 0
+
+    def problems(self) -> list[str]:
+        p = []
+        if self.learning_rate <= 0:
+            p.append(f"--learning_rate must be positive, not {self.learning_rate}")
+        if self.train_batch_size <= 0:
+            p.append(f"--train_batch_size must be positive, not {self.train_batch_size}")
+        if self.hidden_units < 0:
+            p.append(f"--hidden_units must be >= 0, not {self.hidden_units}")
+        if not 0 <= self.dropout < 1:
+            p.append(f"--dropout must be in [0, 1), not {self.dropout}")
+        if not 0 <= self.label_smoothing < 1:
+            p.append(f"--label_smoothing must be in [0, 1), not {self.label_smoothing}")
+        if self.optimizer not in OPTIMIZERS:
+            p.append(f"--optimizer must be one of {', '.join(OPTIMIZERS)}, not {self.optimizer!r}")
+        if self.l2 < 0:
+            p.append(f"--l2 must be >= 0, not {self.l2}")
+        return p
+
+
+SPLITS = ("hash", "folds")
+
+
+@dataclass(frozen=True)
+class RetrainSettings:
+    """Everything one retrain run needs (the CLI fills it from flags)."""
+
+    image_dir: str
+    tfhub_module: str = "efficientnet_lite0"
+    module_cache_dir: Optional[str] = None
+    bottleneck_dir: str = "/tmp/bottleneck"
+    bottleneck_batch_size: int = 32
+    split: str = "hash"
+    testing_percentage: float = 10.0
+    validation_percentage: float = 10.0
+    test_folds: tuple[int, ...] = ()
+    validation_folds: tuple[int, ...] = ()
+    how_many_training_steps: int = 4000
+    eval_step_interval: int = 10
+    validation_batch_size: int = 100
+    test_batch_size: int = -1
+    head: HeadSettings = field(default_factory=HeadSettings)
+    augment: AugmentSettings = field(default_factory=AugmentSettings)
+    summaries_dir: Optional[str] = "training_summaries"
+    run_tag: str = ""
+    output_graph: Optional[str] = None
+    output_graph_explicit: bool = True  # False: retrain.py's default path, skipped if impossible
+    output_labels: Optional[str] = None
+    saved_model_dir: Optional[str] = None
+    output_tflite: Optional[str] = None
+    tflite_quantization: Optional[str] = None
+    intermediate_output_graphs_dir: Optional[str] = None
+    intermediate_store_frequency: int = 0
+    final_tensor_name: str = "final_result"
+    checkpoint_path: Optional[str] = None
+    print_misclassified_test_images: bool = False
+    progress: bool = True
+    flags_text: str = ""
+
+    def problems(self) -> list[str]:
+        p = list(self.head.problems())
+        if self.split not in SPLITS:
+            p.append(f"--split must be one of {', '.join(SPLITS)}, not {self.split!r}")
+        if self.how_many_training_steps <= 0:
+            p.append(f"--how_many_training_steps must be positive, not {self.how_many_training_steps}")
+        if self.eval_step_interval <= 0:
+            p.append(f"--eval_step_interval must be positive, not {self.eval_step_interval}")
+        if self.augment.copies < 0:
+            p.append(f"--augmentation_copies must be >= 0, not {self.augment.copies}")
+        if self.bottleneck_batch_size <= 0:
+            p.append(f"--bottleneck_batch_size must be positive, not {self.bottleneck_batch_size}")
+        if self.split == "folds" and not self.test_folds:
+            p.append("--split folds needs --test_folds (for example --test_folds 10)")
+        return p
