@@ -169,6 +169,27 @@ def _flags_text(fv: flags.FlagValues) -> str:
     return "\n".join(lines)
 
 
+def import_tensorflow_quietly() -> None:
+    """Import TensorFlow (and probe its devices) with stderr silenced: its C++ start-up lines
+    (oneDNN, CUDA probing) cannot be turned off by TF_CPP_MIN_LOG_LEVEL in TF 2.21, and they
+    would bury retrain's own one-line messages. Python exceptions still propagate."""
+    try:
+        saved = os.dup(2)
+    except OSError:  # no real stderr (an embedded interpreter): nothing to silence
+        import tensorflow  # noqa: F401
+        return
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        sys.stderr.flush()
+        os.dup2(devnull, 2)
+        import tensorflow as tf
+        tf.config.list_physical_devices()
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+
+
 def fail(message, prog: str = PROG) -> None:
     print(f"{prog}: error: {' '.join(str(message).split())}", file=sys.stderr)
 
@@ -238,6 +259,8 @@ def main(argv: Sequence[str]) -> int:
         if not quiet or "Final test accuracy" in line or "Cross-validation accuracy" in line:
             print(line, flush=True)
 
+    if fv.logging_verbosity != "DEBUG":
+        import_tensorflow_quietly()
     try:
         if fv.cross_validate:
             from retrain.cross_validation import cross_validate
