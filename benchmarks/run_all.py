@@ -1,0 +1,35 @@
+"""Run every benchmark in turn (`make benchmark`), each in its own process so one
+benchmark's warm caches and threads never flatter the next.
+
+Each script prints its table and writes JSON to benchmarks/results/. The accuracy
+benchmark needs the shared UrbanSound8K folds and takes several minutes; pass
+--skip bench_accuracy to leave it out.
+"""
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+
+BENCHMARKS = ["bench_spectrograms", "bench_backbones", "bench_bottlenecks", "bench_label", "bench_accuracy"]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--skip", default="", help="comma-separated benchmarks to leave out")
+    args = parser.parse_args(argv)
+    skip = {name.strip() for name in args.skip.split(",") if name.strip()}
+    failed = []
+    for name in BENCHMARKS:
+        if name in skip:
+            continue
+        print(f"\n=== {name}", flush=True)
+        if subprocess.call([sys.executable, "-m", f"benchmarks.{name}"]) != 0:
+            failed.append(name)
+    if failed:
+        print(f"failed: {', '.join(failed)}", file=sys.stderr)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
