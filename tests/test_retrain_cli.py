@@ -315,3 +315,18 @@ def test_logging_verbosity_warn_prints_only_the_final_accuracy(tmp_path, tiny, i
     assert main(args) == 0
     lines = capsys.readouterr().out.strip().splitlines()
     assert len(lines) == 1 and "Final test accuracy" in lines[0]
+
+
+def test_console_error_is_exactly_one_line_on_stderr(tmp_path, image_dir):
+    # A real process: TensorFlow's C++ start-up lines must not bury the message.
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    proc = subprocess.run(
+        [sys.executable, "-m", "retrain", f"--image_dir={image_dir}", "--tfhub_module=no_such_net",
+         f"--bottleneck_dir={tmp_path / 'bn'}", "--summaries_dir=", "--random_seed=1"],
+        cwd=root, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1
+    assert proc.stderr.strip().splitlines() == [proc.stderr.strip()]
+    assert proc.stderr.startswith("retrain: error: unknown module 'no_such_net'")
