@@ -330,3 +330,17 @@ def test_console_error_is_exactly_one_line_on_stderr(tmp_path, image_dir):
     assert proc.returncode == 1
     assert proc.stderr.strip().splitlines() == [proc.stderr.strip()]
     assert proc.stderr.startswith("retrain: error: unknown module 'no_such_net'")
+
+
+def test_sidecar_carries_spectrogram_settings_and_accuracy(tmp_path, tiny, image_dir, capsys):
+    from spectrograms.settings import SpectrogramSettings
+
+    settings = SpectrogramSettings(duration=3.0, n_mels=64, image_size=32)
+    settings.save_json(Path(image_dir) / "spectrogram_config.json")
+    assert main(base_args(tmp_path, tiny, image_dir, steps=50) + ["--testing_percentage=25"]) == 0
+    final = re.search(r"Final test accuracy = (\d+\.\d)%", capsys.readouterr().out)
+    side = json.loads((tmp_path / "out" / "graph.pb.json").read_text())
+    assert SpectrogramSettings.from_dict(side["spectrogram"]) == settings
+    assert round(side["test_accuracy"] * 100, 1) == float(final.group(1))
+    assert side["labels"] == ["blue", "red"] and side["final_tensor_name"] == "final_result"
+    assert side["input"]["input_mean"] == 0.0 and side["input"]["input_std"] == 255.0
