@@ -12,7 +12,7 @@ training fold minus a 10 % group-aware validation slice), it compares:
 * ``logistic regression``: scikit-learn's probe on standardised features.
 
     .venv/bin/python -m benchmarks.bench_accuracy --spec_dir /tmp/us8k_spec \\
-        [--modules efficientnet_lite0,birdnet] [--augmentation_copies 2]
+        [--modules "efficientnet_lite0;birdnet"] [--augmentation_copies 1]
 
 ``--ablation`` instead measures which parts of the augmentation help (time shift, masks,
 mixing, all), with the default head and ``--augmentation_copies`` copies.
@@ -178,11 +178,16 @@ def main() -> None:
     parser.add_argument("--bottleneck_dir", default="/tmp/bottleneck")
     parser.add_argument("--steps", type=int, default=4000)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--augmentation_copies", type=int, default=0)
+    parser.add_argument("--augmentation_copies", type=int, default=1)
     parser.add_argument("--ablation", action="store_true",
                         help="instead: which augmentation parts help (first module only)")
     args = parser.parse_args()
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    if not os.path.isfile(os.path.join(args.spec_dir, "manifest.csv")) and \
+            not os.path.isdir(os.path.join(args.data_dir, "audio")):
+        print(f"skipped: neither rendered spectrograms in {args.spec_dir} nor the UrbanSound8K "
+              f"folds in {args.data_dir}")
+        return
     render_if_missing(args.spec_dir, args.data_dir)
     if args.ablation:
         result = augmentation_ablation(args.modules.split(";")[0], args.spec_dir,
