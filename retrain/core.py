@@ -67,8 +67,8 @@ def prepare(settings: RetrainSettings, log: Callable[[str], None] = print) -> Pr
         f"{images.image_dir} ({'manifest.csv' if images.from_manifest else 'class folders'})")
     spectrogram_settings = load_spectrogram_settings(images)
     backbone = load_module(settings.tfhub_module, settings.module_cache_dir)
-    log(f"Module {backbone.name}: {backbone.input_spec.kind} input, "
-        f"{backbone.feature_size} features")
+    kinds = " + ".join(dict.fromkeys(p.input_spec.kind for p in getattr(backbone, "parts", [backbone])))
+    log(f"Module {backbone.name}: {kinds} input, {backbone.feature_size} features")
     features, computed = compute_bottlenecks(
         backbone, images.records, settings.bottleneck_dir, spectrogram_settings,
         settings.bottleneck_batch_size, settings.progress)
