@@ -86,6 +86,7 @@ class Backbone(abc.ABC):
 LOCAL_FACTORIES: Dict[str, str] = {
     "efficientnet_lite0": "retrain.backbones.efficientnet_lite0:load",
     "birdnet": "retrain.backbones.birdnet:load",
+    "birdnet_meanmax": "retrain.backbones.birdnet:load_meanmax",
 }
 
 
