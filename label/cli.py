@@ -16,6 +16,9 @@ from typing import Optional, Sequence
 
 from absl import flags
 
+from spectrograms.command_line import CommandLineExit, parse_flags
+from spectrograms.command_line import error as print_error
+
 PROG = "label_image"
 USAGE = f"""{PROG}: label images, audio or the microphone with an exported model.
 
@@ -132,8 +135,8 @@ def settings_from_flags(fv: flags.FlagValues, extra: Sequence[str]) -> LabelSett
     )
 
 
-def _error(message: str, code: int = 1) -> int:
-    print(f"{PROG}: error: {message}", file=sys.stderr)
+def _error(message: object, code: int = 1) -> int:
+    print_error(PROG, message)
     return code
 
 
@@ -141,14 +144,11 @@ def main(argv: Sequence[str]) -> int:
     """Run the command for ``argv`` (``argv[0]`` is the program name); return the exit code."""
     fv = flags.FlagValues()
     define_flags(fv)
-    argv = list(argv) or [PROG]
-    if any(a in ("-h", "--help", "-help", "--helpfull") for a in argv[1:]):
-        print(USAGE)
-        print(fv.get_help())
-        return 0
     try:
-        rest = fv(argv)
+        rest = parse_flags(fv, argv, PROG, lambda: f"{USAGE}\n{fv.get_help()}", positional=True)
         settings = settings_from_flags(fv, rest[1:])
+    except CommandLineExit as done:
+        return done.code
     except flags.Error as e:
         return _error(str(e).splitlines()[0], 2)
     problems = settings.problems()

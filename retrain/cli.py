@@ -21,6 +21,7 @@ from typing import Optional, Sequence
 from absl import flags
 
 from retrain.augment import AugmentSettings
+from spectrograms.command_line import CommandLineExit, error, parse_flags
 from retrain.errors import RetrainError
 from retrain.modules import ModuleError, registry_names
 from retrain.settings import OPTIMIZERS, SPLITS, HeadSettings, RetrainSettings
@@ -190,8 +191,8 @@ def import_tensorflow_quietly() -> None:
         os.close(devnull)
 
 
-def fail(message, prog: str = PROG) -> None:
-    print(f"{prog}: error: {' '.join(str(message).split())}", file=sys.stderr)
+def fail(message: object, prog: str = PROG) -> None:
+    error(prog, message)
 
 
 def _warn(message: str) -> None:
@@ -226,17 +227,10 @@ def _usage(fv: flags.FlagValues) -> str:
 def main(argv: Sequence[str]) -> int:
     """Run the stage; returns the exit status (0 ok, 1 failure, 2 bad flags)."""
     fv = make_flags()
-    if any(a in ("-h", "--help", "-help", "--helpfull", "--helpshort") for a in argv[1:]):
-        print(_usage(fv))
-        return 0
     try:
-        rest = fv(list(argv))
-    except flags.Error as err:
-        fail(f"{err} (see --help)", PROG)
-        return 2
-    if len(rest) > 1:
-        fail(f"unexpected argument(s): {' '.join(rest[1:])} (flags look like --name=value)", PROG)
-        return 2
+        parse_flags(fv, argv, PROG, lambda: _usage(fv))
+    except CommandLineExit as done:
+        return done.code
     if not fv.image_dir:
         fail("--image_dir is required (see --help)", PROG)
         return 2

@@ -14,6 +14,7 @@ from typing import Optional, Sequence
 
 from absl import flags
 
+from spectrograms.command_line import CommandLineExit, error, parse_flags
 from spectrograms.datasets import LAYOUTS, DatasetError, list_dataset
 from spectrograms.manifest import MANIFEST_FILENAME, read_manifest
 from spectrograms.settings import IMAGE_FORMATS, LONG_CLIP_MODES, PAD_MODES, SpectrogramSettings
@@ -78,8 +79,8 @@ def settings_from_flags(fv: flags.FlagValues) -> SpectrogramSettings:
     )
 
 
-def _err(message: str) -> None:
-    print(f"{PROG}: error: {' '.join(str(message).split())}", file=sys.stderr)
+def _err(message: object) -> None:
+    error(PROG, message)
 
 
 def _note(message: str) -> None:
@@ -108,17 +109,10 @@ def _parse_folds(values: Optional[Sequence[str]]) -> Optional[list[int]]:
 def main(argv: Sequence[str]) -> int:
     """Run the stage; returns the exit status (0 ok, 1 nothing written / failure, 2 bad flags)."""
     fv = make_flags()
-    if any(a in ("-h", "--help", "-help", "--helpfull", "--helpshort") for a in argv[1:]):
-        print(_usage(fv))
-        return 0
     try:
-        rest = fv(list(argv))
-    except flags.Error as e:
-        _err(f"{e} (see --help)")
-        return 2
-    if len(rest) > 1:
-        _err(f"unexpected argument(s): {' '.join(rest[1:])} (flags look like --name=value)")
-        return 2
+        parse_flags(fv, argv, PROG, lambda: _usage(fv))
+    except CommandLineExit as done:
+        return done.code
     for name in ("data_dir", "output_dir"):
         if not fv[name].value:
             _err(f"--{name} is required (see --help)")

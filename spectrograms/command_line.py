@@ -1,0 +1,48 @@
+"""What the toolkit's three commands share: absl flag parsing with readable help, and
+errors as one line on stderr (never a traceback).
+
+Lives in the first stage because the later stages already build on it.
+"""
+from __future__ import annotations
+
+import sys
+from typing import Callable, Sequence
+
+from absl import flags
+
+HELP_ARGS = ("-h", "--help", "-help", "--helpfull", "--helpshort")
+
+
+class CommandLineExit(Exception):
+    """Stop the command with this exit status (help printed: 0; bad flags: 2)."""
+
+    def __init__(self, code: int) -> None:
+        super().__init__(code)
+        self.code = code
+
+
+def error(prog: str, message: object) -> None:
+    """Print ``prog: error: message`` folded onto one line."""
+    print(f"{prog}: error: {' '.join(str(message).split())}", file=sys.stderr)
+
+
+def parse_flags(fv: flags.FlagValues, argv: Sequence[str], prog: str,
+                usage: Callable[[], str], positional: bool = False) -> list[str]:
+    """Parse ``argv`` into ``fv`` (``--flagfile`` works) and return what is left.
+
+    Raises :class:`CommandLineExit` after printing help, or one line for bad flags or, unless
+    ``positional``, stray arguments.
+    """
+    argv = list(argv) or [prog]
+    if any(a in HELP_ARGS for a in argv[1:]):
+        print(usage())
+        raise CommandLineExit(0)
+    try:
+        rest = fv(argv)
+    except flags.Error as e:
+        error(prog, f"{str(e).splitlines()[0]} (see --help)")
+        raise CommandLineExit(2) from None
+    if not positional and len(rest) > 1:
+        error(prog, f"unexpected argument(s): {' '.join(rest[1:])} (flags look like --name=value)")
+        raise CommandLineExit(2)
+    return rest
