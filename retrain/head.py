@@ -10,7 +10,7 @@ instead of 4000 Python round trips; a fixed ``seed`` reproduces a run exactly.
 """
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from typing import Sequence
 
 import numpy as np
 import tensorflow as tf
