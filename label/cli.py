@@ -16,7 +16,7 @@ from typing import Optional, Sequence
 
 from absl import flags
 
-from spectrograms.command_line import CommandLineExit, parse_flags
+from spectrograms.command_line import CommandLineExit, import_tensorflow_quietly, parse_flags
 from spectrograms.command_line import error as print_error
 
 PROG = "label_image"
@@ -176,6 +176,9 @@ def run_settings(settings: LabelSettings) -> int:
 
 def _load(settings: LabelSettings):
     from label.models import load_labeler
+
+    if not str(settings.graph).endswith(".tflite"):
+        import_tensorflow_quietly()  # a .tflite file runs without TensorFlow
 
     return load_labeler(
         settings.graph, labels_path=settings.labels, input_layer=settings.input_layer,

@@ -21,7 +21,7 @@ from typing import Optional, Sequence
 from absl import flags
 
 from retrain.augment import AugmentSettings
-from spectrograms.command_line import CommandLineExit, error, parse_flags
+from spectrograms.command_line import CommandLineExit, error, import_tensorflow_quietly, parse_flags
 from retrain.errors import RetrainError
 from retrain.modules import ModuleError, registry_names
 from retrain.settings import OPTIMIZERS, SPLITS, HeadSettings, RetrainSettings
@@ -168,27 +168,6 @@ def _flags_text(fv: flags.FlagValues) -> str:
             continue
         lines.append(flag.serialize() or f"--{name}=")
     return "\n".join(lines)
-
-
-def import_tensorflow_quietly() -> None:
-    """Import TensorFlow (and probe its devices) with stderr silenced: its C++ start-up lines
-    (oneDNN, CUDA probing) cannot be turned off by TF_CPP_MIN_LOG_LEVEL in TF 2.21, and they
-    would bury retrain's own one-line messages. Python exceptions still propagate."""
-    try:
-        saved = os.dup(2)
-    except OSError:  # no real stderr (an embedded interpreter): nothing to silence
-        import tensorflow  # noqa: F401
-        return
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    try:
-        sys.stderr.flush()
-        os.dup2(devnull, 2)
-        import tensorflow as tf
-        tf.config.list_physical_devices()
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
-        os.close(devnull)
 
 
 def fail(message: object, prog: str = PROG) -> None:

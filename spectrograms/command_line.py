@@ -5,6 +5,7 @@ Lives in the first stage because the later stages already build on it.
 """
 from __future__ import annotations
 
+import os
 import sys
 from typing import Callable, Sequence
 
@@ -46,3 +47,24 @@ def parse_flags(fv: flags.FlagValues, argv: Sequence[str], prog: str,
         error(prog, f"unexpected argument(s): {' '.join(rest[1:])} (flags look like --name=value)")
         raise CommandLineExit(2)
     return rest
+
+
+def import_tensorflow_quietly() -> None:
+    """Import TensorFlow (and probe its devices) with stderr silenced: its C++ start-up lines
+    (oneDNN, CUDA probing) cannot be turned off by TF_CPP_MIN_LOG_LEVEL in TF 2.21, and they
+    would bury the command's own one-line messages. Python exceptions still propagate."""
+    try:
+        saved = os.dup(2)
+    except OSError:  # no real stderr (an embedded interpreter): nothing to silence
+        import tensorflow  # noqa: F401
+        return
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        sys.stderr.flush()
+        os.dup2(devnull, 2)
+        import tensorflow as tf
+        tf.config.list_physical_devices()
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
