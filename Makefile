@@ -22,7 +22,7 @@ install: $(VENV)/.installed-$(EXTRAS)
 
 # The whole pipeline on generated audio: example -> spectrograms -> retrain -> label_image.
 demo: $(VENV)/.installed-demo
-	$(BIN)/python -m spectrograms.example --output_dir $(DEMO_DIR)/audio
+	$(BIN)/python -m spectrograms.example --output_dir $(DEMO_DIR)/audio --clips_per_class 40
 	$(BIN)/spectrograms --dataset folders --data_dir $(DEMO_DIR)/audio \
 	    --output_dir $(DEMO_DIR)/spectrograms --preview 4
 	$(BIN)/retrain --image_dir $(DEMO_DIR)/spectrograms --split hash \
