@@ -217,15 +217,15 @@ def summarise(starts: Sequence[float], silent: Sequence[bool], probabilities: np
 
 def label_waveform(labeler: Labeler, y: np.ndarray, sr: int, audio_input: AudioInput, source: str = "") -> LabelResult:
     """Label audio already in memory (the microphone's recordings)."""
+    from spectrograms.render import to_sample_rate
+
     y = np.asarray(y, dtype=np.float32)
     ys = {}
     for rate in audio_rates(labeler, audio_input):
         if rate == sr:
             ys[rate] = y
         else:
-            import librosa
-
-            ys[rate] = librosa.resample(y, orig_sr=sr, target_sr=rate).astype(np.float32)
+            ys[rate] = to_sample_rate(y, sr, rate)
     starts, silent, batch = audio_model_inputs(ys, labeler, audio_input)
     summary, windows = summarise(starts, silent, predict_inputs(labeler, batch))
     return LabelResult(source, "audio", summary, windows)

@@ -45,13 +45,8 @@ def load_audio(path: str | os.PathLike, sr: int) -> np.ndarray:
         raise AudioReadError(path, "empty file (0 bytes)")
     if not os.access(path, os.R_OK):
         raise AudioReadError(path, "permission denied")
-    import librosa  # deferred: importing librosa costs ~1 s
-
     try:
-        with warnings.catch_warnings():
-            # librosa warns before falling back to audioread; the reason we report suffices.
-            warnings.simplefilter("ignore")
-            y, _ = librosa.load(path, sr=sr, mono=True)
+        y = _decode(path, sr)
     except Exception as e:  # soundfile, audioread and numpy raise many types
         reason = str(e).strip() or type(e).__name__
         if type(e).__name__ == "NoBackendError":
@@ -218,13 +213,40 @@ def spectrogram_image(S_db: np.ndarray, settings: SpectrogramSettings) -> np.nda
     return np.take(colormap_lut(settings.colormap), spectrogram_indices(S_db, settings), axis=0)
 
 
+def _decode(path: str, sr: int) -> np.ndarray:
+    """What ``librosa.load(path, sr=sr, mono=True)`` returns, without importing
+    librosa's audio module (scipy.signal and numba: about 3 s of a labelling command's
+    cold start). Formats libsndfile cannot read still go through librosa (audioread)."""
+    import soundfile as sf
+
+    try:
+        with sf.SoundFile(path) as f:
+            native_sr = f.samplerate
+            y = f.read(dtype="float32", always_2d=True)
+    except sf.LibsndfileError:
+        import librosa
+
+        with warnings.catch_warnings():
+            # librosa warns before falling back to audioread; the reason we report suffices.
+            warnings.simplefilter("ignore")
+            y, _ = librosa.load(path, sr=sr, mono=True)
+        return y
+    return to_sample_rate(y.mean(axis=1, dtype=np.float32), native_sr, sr)
+
+
 def to_sample_rate(y: np.ndarray, sr: int, target_sr: int) -> np.ndarray:
-    """``y`` resampled from ``sr`` to ``target_sr`` the way ``load_audio`` does (soxr_hq)."""
+    """``y`` resampled from ``sr`` to ``target_sr`` exactly as ``librosa.resample`` with
+    ``res_type="soxr_hq"`` does (soxr, then the length fixed to ``ceil(n * ratio)``)."""
     if sr == target_sr:
         return y
-    import librosa
+    import soxr
 
-    return librosa.resample(np.asarray(y, dtype=np.float32), orig_sr=sr, target_sr=target_sr, res_type="soxr_hq")
+    y = np.asarray(y, dtype=np.float32)
+    n_out = int(np.ceil(y.shape[0] * float(target_sr) / sr))
+    y_hat = np.asarray(soxr.resample(y, sr, target_sr, quality="soxr_hq"), dtype=np.float32)
+    if y_hat.shape[0] >= n_out:
+        return y_hat[:n_out]
+    return np.pad(y_hat, (0, n_out - y_hat.shape[0]))
 
 
 def render_clip_indices(y: np.ndarray, sr: int, settings: SpectrogramSettings) -> np.ndarray:

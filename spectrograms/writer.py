@@ -281,7 +281,7 @@ def check_config(output_dir: str, settings: SpectrogramSettings, overwrite: bool
 # ---------------------------------------------------------------- the run
 
 def _pool_context() -> multiprocessing.context.BaseContext:
-    # fork is fastest (workers inherit the warmed-up librosa), but forking a process
+    # fork is fastest (workers inherit the warmed-up imports and mel basis), but forking a process
     # that already runs TensorFlow's threads can deadlock: spawn then.
     if "fork" in multiprocessing.get_all_start_methods() and "tensorflow" not in sys.modules:
         return multiprocessing.get_context("fork")
@@ -289,8 +289,8 @@ def _pool_context() -> multiprocessing.context.BaseContext:
 
 
 def _warm_up(settings: SpectrogramSettings) -> None:
-    """Import librosa, JIT-compile what ``librosa.load`` needs and build the mel
-    basis and LUT once, before workers fork (else every worker pays ~1 s for it)."""
+    """Import the decoders and build the mel basis (librosa, numba) and LUT once,
+    before workers fork (else every worker pays ~1 s for it)."""
     import tempfile
 
     import soundfile as sf

@@ -277,3 +277,19 @@ def test_truncated_data_still_decodes_what_is_there(tmp_path):
     except AudioReadError:
         return
     assert 0 < y.shape[0] <= SR
+
+
+@pytest.mark.parametrize("native_sr,channels,subtype,ext", [
+    (8000, 1, "PCM_16", "wav"), (96000, 2, "PCM_24", "wav"), (44100, 2, "FLOAT", "wav"),
+    (11025, 1, "PCM_U8", "wav"), (22050, 1, "PCM_16", "flac"), (48000, 2, "VORBIS", "ogg"),
+])
+def test_load_audio_equals_librosa_load(tmp_path, native_sr, channels, subtype, ext):
+    """load_audio skips librosa's audio module for speed; its samples must stay librosa.load's."""
+    import librosa
+
+    y = np.random.default_rng(1).standard_normal((int(native_sr * 1.37), channels)).astype(np.float32) * 0.2
+    path = tmp_path / f"clip.{ext}"
+    sf.write(path, y, native_sr, subtype=subtype)
+    for sr in (22050, 48000):
+        expected, _ = librosa.load(path, sr=sr, mono=True)
+        np.testing.assert_array_equal(load_audio(path, sr), expected)
