@@ -25,7 +25,7 @@ demo: $(VENV)/.installed-demo
 	$(BIN)/python -m spectrograms.example --output_dir $(DEMO_DIR)/audio --clips_per_class 40
 	$(BIN)/spectrograms --dataset folders --data_dir $(DEMO_DIR)/audio \
 	    --output_dir $(DEMO_DIR)/spectrograms --preview 4
-	$(BIN)/retrain --image_dir $(DEMO_DIR)/spectrograms --split hash \
+	$(BIN)/retrain --image_dir $(DEMO_DIR)/spectrograms --split hash --testing_percentage 20 \
 	    --how_many_training_steps 500 --eval_step_interval 50 --random_seed 0 \
 	    --bottleneck_dir $(DEMO_DIR)/bottlenecks --summaries_dir $(DEMO_DIR)/training_summaries \
 	    --checkpoint_path $(DEMO_DIR)/checkpoint \
