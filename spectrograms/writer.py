@@ -308,8 +308,22 @@ def _render_chunk(clips: Sequence[Clip], work: Callable[[Clip], SourceResult]) -
 
 
 def _ignore_sigint() -> None:
-    # Ctrl-C is the parent's to handle: it keeps finished work and stops the pool.
+    """Worker initializer: Ctrl-C is the parent's to handle (it keeps finished work and stops
+    the pool), and a worker whose parent is gone (killed with -9) exits instead of waiting
+    forever on the task queue as an orphan."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _exit_with_parent(os.getppid())
+
+
+def _exit_with_parent(parent: int, interval: float = 0.5) -> None:
+    import threading
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(interval)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
 
 
 def _results(

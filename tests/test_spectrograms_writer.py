@@ -295,3 +295,52 @@ def test_a_worker_that_dies_is_reported_not_hung(tmp_path, n_per_class):
     failed = [r for r in results if r.error]
     assert [os.path.basename(r.source) for r in failed] == ["crash.wav"]
     assert "worker process died" in failed[0].error
+
+
+def _children(pid: int) -> list[int]:
+    kids = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                stat = Path(f"/proc/{entry}/stat").read_text()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+                kids.append(int(entry))
+    return kids
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_workers_of_a_killed_run_do_not_linger(tmp_path):
+    # kill -9 of the parent used to leave its worker processes waiting forever as orphans.
+    data = tmp_path / "data"
+    for k in range(80):
+        _wav(data / ("hi" if k % 2 else "lo") / f"c{k}.wav", seconds=1.0, freq=200 + 40 * k)
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "spectrograms", "--data_dir", str(data), "--output_dir", str(out), "--jobs=2",
+           "--sample_rate=8000", "--duration=0.5", "--n_fft=256", "--hop_length=64", "--n_mels=32",
+           "--image_size=32"]
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    workers: list[int] = []
+    deadline = time.time() + 60
+    while time.time() < deadline and proc.poll() is None and len(workers) < 2:
+        workers = _children(proc.pid)
+        time.sleep(0.01)
+    if proc.poll() is not None:
+        pytest.skip("the run finished before its workers could be seen")
+    proc.kill()
+    proc.wait(timeout=30)
+    deadline = time.time() + 10
+    while time.time() < deadline and any(_alive(w) for w in workers):
+        time.sleep(0.1)
+    lingering = [w for w in workers if _alive(w)]
+    for w in lingering:
+        os.kill(w, signal.SIGKILL)
+    assert not lingering, "worker processes outlived their killed parent"
