@@ -273,6 +273,20 @@ def export(settings: RetrainSettings, prepared: Prepared, head: ClassificationHe
         raise RetrainError(str(err)) from None
 
 
+def check_output_targets(settings: RetrainSettings) -> None:
+    """Refuse, before any work, outputs that could only fail at the end (a folder named as
+    the graph) or that would destroy something (a --saved_model_dir that is not one)."""
+    try:
+        from label.atomic_files import check_file_target, check_folder_target
+    except ImportError:
+        return
+    for path in (settings.output_graph, settings.output_labels, settings.output_tflite):
+        if path:
+            check_file_target(path)
+    if settings.saved_model_dir:
+        check_folder_target(settings.saved_model_dir)
+
+
 def _write_text(path: str, text: str) -> None:
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
@@ -323,6 +337,7 @@ def retrain(settings: RetrainSettings, seed: Optional[int] = None,
     problems = settings.problems()
     if problems:
         raise RetrainError(problems[0])
+    check_output_targets(settings)
     if seed is None:
         seed = draw_seed()
         log(f"Random seed: {seed} (pass --random_seed={seed} to repeat this run)")

@@ -173,6 +173,48 @@ def test_failed_write_keeps_the_old_artifact(tmp_path):
     assert sorted(os.listdir(tmp_path)) == ["model.pb", "saved_model"]
 
 
+def test_artifacts_get_the_permissions_of_a_plain_write(tiny, tmp_path):
+    # mkstemp/mkdtemp make private 0600/0700 entries; a shared model must stay readable.
+    from label.export import export_model
+
+    old = os.umask(0o022)
+    try:
+        paths = dict(output_graph=str(tmp_path / "g.pb"), saved_model_dir=str(tmp_path / "sm"),
+                     output_labels=str(tmp_path / "labels.txt"))
+        export_model(tiny.backbone, tiny.head, LABELS, {}, **paths)
+    finally:
+        os.umask(old)
+    for name in ("g.pb", "g.pb.json", "labels.txt", "sm/soundretrain.json"):
+        assert (tmp_path / name).stat().st_mode & 0o777 == 0o644, name
+    assert (tmp_path / "sm").stat().st_mode & 0o777 == 0o755
+
+
+def test_replacing_never_deletes_what_is_not_a_saved_model(tmp_path):
+    from label import atomic_files
+
+    folder = tmp_path / "recordings"
+    folder.mkdir()
+    (folder / "dog.wav").write_bytes(b"precious")
+    with pytest.raises(FileExistsError, match="not a SavedModel folder"):
+        with atomic_files.replacing_folder(str(folder)):
+            pass
+    assert (folder / "dog.wav").read_bytes() == b"precious"
+    a_file = tmp_path / "graph.pb"
+    a_file.write_bytes(b"graph")
+    with pytest.raises(FileExistsError, match="not a folder"):
+        with atomic_files.replacing_folder(str(a_file)):
+            pass
+    assert a_file.read_bytes() == b"graph"
+    with pytest.raises(IsADirectoryError, match="is a folder"):
+        atomic_files.write_bytes(str(folder), b"x")
+    # An empty folder is fine to fill.
+    (tmp_path / "empty").mkdir()
+    with atomic_files.replacing_folder(str(tmp_path / "empty")) as tmp:
+        open(os.path.join(tmp, "saved_model.pb"), "w").write("new")
+    assert (tmp_path / "empty" / "saved_model.pb").read_text() == "new"
+    assert sorted(os.listdir(tmp_path)) == ["empty", "graph.pb", "recordings"]
+
+
 @pytest.fixture(scope="module")
 def waveform_backbone(tmp_path_factory):
     from retrain.modules import load_module

@@ -209,6 +209,20 @@ def test_bad_unknown_module(tmp_path, image_dir, capsys):
     assert "unknown module 'no_such_net'" in line and "efficientnet_lite0" in line
 
 
+def test_bad_output_targets_are_refused_before_training(tmp_path, tiny, image_dir, capsys):
+    # --saved_model_dir naming a folder that is not a SavedModel: replacing it would
+    # delete the user's files, so refuse, before computing anything.
+    keep = tmp_path / "my_recordings"
+    keep.mkdir()
+    (keep / "dog.wav").write_bytes(b"precious")
+    line = run_bad(tmp_path, tiny, image_dir, capsys, [f"--saved_model_dir={keep}"])
+    assert str(keep) in line and "not a SavedModel folder" in line
+    assert (keep / "dog.wav").read_bytes() == b"precious"
+    assert not (tmp_path / "bn").exists()  # refused before the bottlenecks
+    line = run_bad(tmp_path, tiny, image_dir, capsys, [f"--output_graph={keep}"])
+    assert str(keep) in line and "is a folder" in line
+
+
 @pytest.mark.parametrize("extra, words", [
     (["--split=folds"], "needs --test_folds"),
     (["--split=folds", "--test_folds=x"], "whole numbers"),
