@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import os
+import re
 import warnings
 from typing import Optional
 
@@ -47,6 +48,8 @@ def load_audio(path: str | os.PathLike, sr: int) -> np.ndarray:
         raise AudioReadError(path, "permission denied")
     try:
         y = _decode(path, sr)
+    except AudioReadError:
+        raise
     except Exception as e:  # soundfile, audioread and numpy raise many types
         reason = str(e).strip() or type(e).__name__
         if type(e).__name__ == "NoBackendError":
@@ -221,17 +224,52 @@ def _decode(path: str, sr: int) -> np.ndarray:
 
     try:
         with sf.SoundFile(path) as f:
+            _refuse_truncated(f)
             native_sr = f.samplerate
             y = f.read(dtype="float32", always_2d=True)
-    except sf.LibsndfileError:
+    except sf.LibsndfileError as e:
         import librosa
 
-        with warnings.catch_warnings():
-            # librosa warns before falling back to audioread; the reason we report suffices.
-            warnings.simplefilter("ignore")
-            y, _ = librosa.load(path, sr=sr, mono=True)
+        try:
+            with warnings.catch_warnings():
+                # librosa warns before falling back to audioread; the reason we report suffices.
+                warnings.simplefilter("ignore")
+                y, _ = librosa.load(path, sr=sr, mono=True)
+        except Exception as fallback:
+            # Both decoders failed: name libsndfile's reason ("Format not recognised") rather
+            # than audioread's bare exception type (a text file gave "EOFError").
+            why = (str(getattr(e, "error_string", "")) or str(e)).strip().rstrip(".")
+            if type(fallback).__name__ == "NoBackendError":  # audioread has no decoder at all
+                raise RuntimeError(why) from None
+            other = str(fallback).strip().splitlines()[0] if str(fallback).strip() else type(fallback).__name__
+            raise RuntimeError(f"{why} (libsndfile); {other} (audioread)") from None
         return y
     return to_sample_rate(y.mean(axis=1, dtype=np.float32), native_sr, sr)
+
+
+_DATA_LENGTH_WRONG = re.compile(r"^\s*data\s*:\s*(\d+)\s*\(should be (\d+)\)", re.MULTILINE)
+
+
+def _refuse_truncated(f) -> None:
+    """Raise when a WAV file's header announces more audio than the file holds.
+
+    libsndfile quietly reads what is there, so a file cut short (an interrupted copy or
+    download) would otherwise become a clip of a few milliseconds, looped into an image
+    of nothing. Placeholder sizes that streaming writers leave (0, 0xFFFFFFFF) are not
+    truncation, nor is a shortfall of up to 1 % (odd padding, sloppy writers).
+    """
+    try:
+        log = f.extra_info
+    except Exception:  # older soundfile, or no log
+        return
+    m = _DATA_LENGTH_WRONG.search(log or "")
+    if not m:
+        return
+    announced, present = int(m.group(1)), int(m.group(2))
+    if announced in (0, 0xFFFFFFFF, 0x7FFFFFFF, 0xFFFFFFFE) or present >= announced * 0.99:
+        return
+    raise AudioReadError(f.name, f"truncated file: its header announces {announced} bytes of audio, "
+                                 f"only {present} are there")
 
 
 def to_sample_rate(y: np.ndarray, sr: int, target_sr: int) -> np.ndarray:

@@ -1,6 +1,8 @@
 """render.py: decoding odd formats, fitting durations, windows, silence, the image."""
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 import soundfile as sf
@@ -267,16 +269,27 @@ def test_bad_inputs_raise_one_line_audio_read_error(tmp_path):
         assert "\n" not in str(err)
 
 
-def test_truncated_data_still_decodes_what_is_there(tmp_path):
+def test_truncated_wav_is_refused_with_its_reason(tmp_path):
+    # libsndfile quietly reads what is left of a cut-short WAV: 28 samples of a 2 s clip
+    # became a "written" image of a 1 ms sound looped 4 s. It must fail with a reason.
     sf.write(tmp_path / "full.wav", tone(440, 1.0), SR)
     raw = (tmp_path / "full.wav").read_bytes()
-    (tmp_path / "cut.wav").write_bytes(raw[: len(raw) // 2])
-    # libsndfile reads the samples present; either that or a clean AudioReadError, never a crash.
-    try:
-        y = load_audio(tmp_path / "cut.wav", SR)
-    except AudioReadError:
-        return
-    assert 0 < y.shape[0] <= SR
+    for keep in (100, len(raw) // 2):
+        (tmp_path / "cut.wav").write_bytes(raw[:keep])
+        with pytest.raises(AudioReadError) as info:
+            load_audio(tmp_path / "cut.wav", SR)
+        assert re.match(r"truncated file: its header announces \d+ bytes of audio, only \d+", info.value.reason)
+    # A streaming writer's placeholder size (0xFFFFFFFF) is not truncation.
+    data = raw.index(b"data") + 4
+    (tmp_path / "streamed.wav").write_bytes(raw[:data] + b"\xff\xff\xff\xff" + raw[data + 4:])
+    assert load_audio(tmp_path / "streamed.wav", SR).shape[0] == SR
+
+
+def test_non_audio_reason_names_the_format_not_an_exception_type(tmp_path):
+    (tmp_path / "notes.wav").write_text("this is not audio\n" * 50)
+    with pytest.raises(AudioReadError) as info:
+        load_audio(tmp_path / "notes.wav", SR)
+    assert "Format not recognised" in info.value.reason
 
 
 @pytest.mark.parametrize("native_sr,channels,subtype,ext", [
