@@ -107,6 +107,10 @@ class LabelSettings:
             p.append("--input_std must not be 0 (pixels are divided by it)")
         if self.output_csv and self.mode != "dir":
             p.append("--output_csv goes with --image_dir or --audio_dir")
+        elif self.output_csv and os.path.isdir(self.output_csv):
+            p.append(f"--output_csv {self.output_csv} is a folder; give a file name (labels.csv)")
+        if not self.graph and any(chosen):
+            p.append("no model given: pass --graph (a .pb, a SavedModel folder or a .tflite file)")
         return p
 
 
@@ -172,6 +176,8 @@ def run_settings(settings: LabelSettings) -> int:
         return _run_files(settings, labeler)
     except (ModelLoadError, ModelRunError, LabelInputError, NoInputDeviceError) as e:
         return _error(str(e))
+    except OSError as e:  # writing --output_csv
+        return _error(f"{e.filename}: {e.strerror}" if e.filename and e.strerror else e)
 
 
 def _load(settings: LabelSettings):

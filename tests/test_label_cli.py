@@ -291,6 +291,27 @@ def test_bad_flags(capsys, args, needle):
     assert code == 2 and needle in one_error_line(err)
 
 
+def test_no_graph_is_a_bad_flag(capsys):
+    code, _, err = run(capsys, "--audio", "a.wav")
+    assert code == 2 and "pass --graph" in one_error_line(err)
+
+
+def test_output_csv_that_cannot_be_written(tiny, tmp_path, capsys):
+    audio_dir = tmp_path / "audio"
+    audio_dir.mkdir()
+    write_wav(audio_dir / "a.wav", make_clip(LABELS[0], seed=3))
+    # A folder: refused before any labelling.
+    code, _, err = run(capsys, "--graph", tiny.paths["output_tflite"], "--audio_dir", str(audio_dir),
+                       "--output_csv", str(tmp_path))
+    assert code == 2 and "is a folder" in one_error_line(err)
+    # A path under a file: one line, not a traceback.
+    (tmp_path / "plain").write_text("x")
+    code, _, err = run(capsys, "--graph", tiny.paths["output_tflite"], "--audio_dir", str(audio_dir),
+                       "--output_csv", str(tmp_path / "plain" / "labels.csv"))
+    line = one_error_line(err.split("\r")[-1])  # after the progress bar's line
+    assert code == 1 and line.startswith("label_image: error: ") and "plain" in line
+
+
 def test_help_lists_label_image_flags(capsys):
     code, out, _ = run(capsys, "--help")
     assert code == 0
