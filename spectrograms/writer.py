@@ -398,11 +398,12 @@ def write_spectrograms(
 ) -> WriteSummary:
     """Render every clip of ``listing`` that is not up to date; return the summary.
 
-    ``log`` receives one-line remarks (default: stderr).
+    ``log`` receives one-line remarks, without the ``spectrograms:`` prefix (default: print
+    them with it on stderr).
     """
     from tqdm import tqdm
 
-    log = log or (lambda line: print(line, file=sys.stderr))
+    log = log or (lambda line: print(f"spectrograms: {line}", file=sys.stderr))
     t0 = time.perf_counter()
     summary = WriteSummary(clips=len(listing.clips), missing=list(listing.missing))
     try:
@@ -417,14 +418,14 @@ def write_spectrograms(
     if not same_settings and os.path.exists(os.path.join(output_dir, MANIFEST_FILENAME)):
         notes.append("settings changed or unknown: every image is redone and the old manifest rows dropped")
     for note in notes:
-        log(f"spectrograms: {note}")
+        log(note)
     settings.save_json(os.path.join(output_dir, CONFIG_FILENAME))
     labels = {c.label for c in listing.clips}
     for label in labels:
         os.makedirs(os.path.join(output_dir, label), exist_ok=True)
     removed = _remove_stray_temp_files(output_dir, labels)
     if removed:
-        log(f"spectrograms: removed {removed} temp file(s) left by an interrupted run")
+        log(f"removed {removed} temp file(s) left by an interrupted run")
 
     todo, kept = [], {}
     for clip in listing.clips:
