@@ -61,10 +61,16 @@ def load_spectrogram_settings(images: ImageSet):
         raise RetrainError(f"cannot read {path!r} ({err}); re-run spectrograms") from None
 
 
-def prepare(settings: RetrainSettings, log: Callable[[str], None] = print) -> Prepared:
+def prepare(settings: RetrainSettings, log: Callable[[str], None] = print,
+            check: Optional[Callable[[ImageSet], object]] = None) -> Prepared:
+    """List the images, load the module, compute the bottlenecks. ``check(images)`` runs
+    before the module loads (the split), so a bad fold or percentage fails in a second,
+    not after minutes of bottlenecks."""
     images = list_images(settings.image_dir)
     log(f"Found {len(images.records)} images in {len(images.labels)} classes in "
         f"{images.image_dir} ({'manifest.csv' if images.from_manifest else 'class folders'})")
+    if check is not None:
+        check(images)
     spectrogram_settings = load_spectrogram_settings(images)
     backbone = load_module(settings.tfhub_module, settings.module_cache_dir)
     kinds = " + ".join(dict.fromkeys(p.input_spec.kind for p in getattr(backbone, "parts", [backbone])))
@@ -341,7 +347,7 @@ def retrain(settings: RetrainSettings, seed: Optional[int] = None,
     if seed is None:
         seed = draw_seed()
         log(f"Random seed: {seed} (pass --random_seed={seed} to repeat this run)")
-    prepared = prepare(settings, log)
+    prepared = prepare(settings, log, check=lambda images: make_split(settings, images))
     if settings.output_graph and not can_freeze(prepared.backbone):
         if settings.output_graph_explicit:
             raise RetrainError(f"module {prepared.backbone.name} cannot be frozen into one graph "

@@ -48,7 +48,8 @@ def cross_validate(settings: RetrainSettings, seed: Optional[int] = None,
     if seed is None:
         seed = draw_seed()
         log(f"Random seed: {seed} (pass --random_seed={seed} to repeat this run)")
-    prepared = prepare(settings, log)
+    prepared = prepare(settings, log, check=lambda images: cross_validation_splits(
+        images.records, settings.validation_percentage, folds))
     runs = cross_validation_splits(prepared.images.records, settings.validation_percentage, folds)
     partition = split_partition(settings, prepared)
     base_tag = settings.run_tag or _default_tag(dataclasses.replace(settings, split="hash"),

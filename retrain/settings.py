@@ -94,4 +94,17 @@ class RetrainSettings:
             p.append(f"--bottleneck_batch_size must be positive, not {self.bottleneck_batch_size}")
         if self.split == "folds" and not self.test_folds:
             p.append("--split folds needs --test_folds (for example --test_folds 10)")
+        testing = self.testing_percentage if self.split == "hash" else 0
+        if not 0 <= self.validation_percentage <= 100 or not 0 <= testing <= 100 \
+                or self.validation_percentage + testing >= 100:
+            p.append(f"--validation_percentage {self.validation_percentage:g} and "
+                     f"--testing_percentage {self.testing_percentage:g} must be in [0, 100] "
+                     "and leave some images for training")
+        if set(self.test_folds) & set(self.validation_folds):
+            p.append(f"folds {sorted(set(self.test_folds) & set(self.validation_folds))} are given "
+                     "as both --test_folds and --validation_folds")
+        for name in ("validation_batch_size", "test_batch_size"):
+            value = getattr(self, name)
+            if value == 0 or value < -1:
+                p.append(f"--{name} must be positive, or -1 for the whole set; not {value}")
         return p

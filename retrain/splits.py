@@ -130,4 +130,8 @@ def cross_validation_splits(records: Sequence[ImageRecord], validation_percentag
     if len(available) < 2:
         raise RetrainError("--cross_validate needs at least two folds in the manifest, "
                            f"these images have {available or 'none'}")
+    unknown = sorted(set(folds) - set(available))
+    if unknown:
+        raise RetrainError(f"--cross_validation_folds {unknown} not among the manifest's folds "
+                           f"{available}")
     return [(f, fold_split(records, [f], (), validation_percentage)) for f in folds]

@@ -229,10 +229,24 @@ def test_bad_output_targets_are_refused_before_training(tmp_path, tiny, image_di
     (["--optimizer=rmsprop"], "--optimizer"),
     (["--dropout=1.5"], "--dropout"),
     (["--how_many_training_steps=0"], "positive"),
+    (["--testing_percentage=150"], "--testing_percentage 150 must be in [0, 100]"),
+    (["--testing_percentage=60", "--validation_percentage=60"], "leave some images"),
+    (["--split=folds", "--test_folds=1", "--validation_folds=1"], "both --test_folds and"),
+    (["--validation_batch_size=0"], "--validation_batch_size must be positive, or -1"),
+    (["--test_batch_size=-2"], "--test_batch_size must be positive, or -1"),
     (["stray"], "unexpected argument"),
 ])
 def test_bad_flags_exit_2(tmp_path, tiny, image_dir, capsys, extra, words):
     assert words in run_bad(tmp_path, tiny, image_dir, capsys, extra, code=2)
+
+
+def test_bad_folds_fail_before_any_bottleneck(tmp_path, tiny, capsys):
+    images = make_manifest_images(tmp_path / "spec")
+    line = run_bad(tmp_path, tiny, images, capsys, ["--split=folds", "--test_folds=9"])
+    assert "--test_folds [9] not among the manifest's folds [1, 2, 3]" in line
+    line = run_bad(tmp_path, tiny, images, capsys, ["--cross_validate", "--cross_validation_folds=2,7"])
+    assert "--cross_validation_folds [7] not among the manifest's folds [1, 2, 3]" in line
+    assert not (tmp_path / "bn").exists()  # failed in a second, not after the bottlenecks
 
 
 def test_bad_folds_without_fold_numbers(tmp_path, tiny, image_dir, capsys):
