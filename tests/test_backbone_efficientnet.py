@@ -176,6 +176,24 @@ def test_unwritable_cache_is_one_line_module_error(tmp_path):
     with pytest.raises(ModuleError, match="cannot write") as err:
         lite0.load(blocker / "cache")
     assert "\n" not in str(err.value)
+    assert "--module_cache_dir" in str(err.value)  # names the flag that fixes it
+
+
+def test_a_cache_another_process_finished_meanwhile_is_kept(tmp_path, lite0_cache, monkeypatch):
+    """Two first uses at once (two retrain runs): the slower converter used to move the
+    faster one's fresh cache aside, under the feet of the process loading it."""
+    target = lite0.cached_model_dir(tmp_path)
+    build = lite0._build_module
+
+    def build_while_another_process_finishes(arrays):
+        shutil.copytree(lite0.cached_model_dir(lite0_cache["dir"]), target)
+        (target / "theirs").write_text("")
+        return build(arrays)
+
+    monkeypatch.setattr(lite0, "_build_module", build_while_another_process_finishes)
+    lite0.convert_checkpoint(target)
+    assert (target / "theirs").exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temp folders left
 
 
 def test_cached_saved_model_is_a_plain_tf2_module(lite0_cache, backbone):

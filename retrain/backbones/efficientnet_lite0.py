@@ -235,6 +235,7 @@ def convert_checkpoint(target: Path) -> None:
     import tensorflow as tf
 
     target.parent.mkdir(parents=True, exist_ok=True)  # fail early when unwritable
+    found = _inode(target)  # the stale or corrupt cache we were asked to replace, if any
     source = checkpoint_path()
     try:
         state = read_legacy_checkpoint(source)
@@ -248,6 +249,9 @@ def convert_checkpoint(target: Path) -> None:
                   "source_bytes": source.stat().st_size, "license": LICENSE,
                   "input": "float32 [N,224,224,3] in [0,1]", "feature_size": FEATURE_SIZE}
         (tmp / MARKER_FILE).write_text(json.dumps(marker, indent=2))
+        now = _inode(target)
+        if now is not None and now != found and _is_valid_cache(target):
+            return  # another process converted it while we did: keep theirs (it may be in use)
         if target.exists():  # corrupt or stale: move it aside, then swap ours in
             trash = Path(tempfile.mkdtemp(prefix=f".{target.name}.old.", dir=target.parent))
             os.replace(target, trash / "old")
@@ -259,6 +263,14 @@ def convert_checkpoint(target: Path) -> None:
                 raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _inode(path: Path) -> Optional[tuple]:
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return (st.st_dev, st.st_ino)
 
 
 def _is_valid_cache(folder: Path) -> bool:
@@ -357,7 +369,7 @@ def load(cache_dir: Optional[str | os.PathLike] = None) -> EfficientNetLite0:
             convert_checkpoint(folder)
         except OSError as err:
             raise ModuleError(f"cannot write the {NAME} cache in {folder.parent} ({err}); "
-                              "choose another folder with the cache flag") from None
+                              "choose another folder with --module_cache_dir or XDG_CACHE_HOME") from None
         weights = _load_cached_weights(folder)
         if weights is None:
             raise ModuleError(f"the converted {NAME} model in {folder} cannot be read back")
