@@ -355,6 +355,9 @@ def retrain(settings: RetrainSettings, seed: Optional[int] = None,
         log(f"Note: no frozen graph for module {prepared.backbone.name} (it is not an image "
             "network in TensorFlow); export with --saved_model_dir or --output_tflite")
         settings = dataclasses.replace(settings, output_graph=None)
+    if settings.intermediate_store_frequency > 0 and not can_freeze(prepared.backbone):
+        raise RetrainError(f"module {prepared.backbone.name} cannot be frozen into one graph, so "
+                           "--intermediate_store_frequency has nothing to write; drop it")
     split = make_split(settings, prepared.images)
     log(f"Split ({settings.split}): {split.describe()}")
     tag = settings.run_tag or _default_tag(settings, prepared)

@@ -281,6 +281,12 @@ def test_waveform_module_end_to_end(tmp_path, capsys):
     line = run_bad(tmp_path, wave, tmp_path / "spec", capsys,
                    [f"--output_graph={tmp_path / 'g.pb'}", "--split=folds", "--test_folds=4"])
     assert "cannot be frozen" in line
+    # Intermediate graphs are frozen graphs too: refused before training, not mid-way.
+    line = run_bad(tmp_path, wave, tmp_path / "spec", capsys,
+                   ["--output_graph=", "--split=folds", "--test_folds=4",
+                    "--intermediate_store_frequency=20"])
+    assert "--intermediate_store_frequency" in line and "cannot be frozen" in line
+    assert "Step 0" not in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("name, fold", [("retrain_urbansound8k.cfg", 10), ("retrain_esc50.cfg", 5)])
