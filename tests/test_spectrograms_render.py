@@ -1,6 +1,7 @@
 """render.py: decoding odd formats, fitting durations, windows, silence, the image."""
 from __future__ import annotations
 
+import os
 import re
 
 import numpy as np
@@ -306,3 +307,15 @@ def test_load_audio_equals_librosa_load(tmp_path, native_sr, channels, subtype, 
     for sr in (22050, 48000):
         expected, _ = librosa.load(path, sr=sr, mono=True)
         np.testing.assert_array_equal(load_audio(path, sr), expected)
+
+
+def test_unreadable_file_reason_is_permission_denied(tmp_path, monkeypatch):
+    path = tmp_path / "locked.wav"
+    sf.write(path, tone(440, 0.5), SR)
+    path.chmod(0)
+    if os.access(path, os.R_OK):  # root reads anything: pretend it may not
+        real_access = os.access
+        monkeypatch.setattr(os, "access", lambda p, mode: False if os.fspath(p) == str(path) else real_access(p, mode))
+    with pytest.raises(AudioReadError) as info:
+        load_audio(path, SR)
+    assert info.value.reason == "permission denied"
