@@ -252,6 +252,22 @@ def _remove_stray_temp_files(output_dir: str, labels: set[str]) -> int:
     return removed
 
 
+def _remove_replaced_images(output_dir: str, old: Sequence[ManifestRow], keep: set[str]) -> None:
+    """Delete the images of ``old`` rows (an earlier run's, of clips this run redid) that the
+    new manifest does not list, so a class folder never holds two renderings of one clip."""
+    root = os.path.realpath(output_dir)
+    for row in old:
+        if row.image in keep:
+            continue
+        path = os.path.realpath(os.path.join(output_dir, row.image))
+        if os.path.dirname(os.path.dirname(path)) != root:  # only <output_dir>/<label>/<file>
+            continue
+        try:
+            os.remove(path)
+        except OSError:
+            pass
+
+
 def check_config(output_dir: str, settings: SpectrogramSettings, overwrite: bool) -> bool:
     """True when ``output_dir`` already holds images made with ``settings``.
 
@@ -415,6 +431,9 @@ def write_spectrograms(
     same_settings = check_config(output_dir, settings, options.overwrite)
     notes: list[str] = []
     previous = _previous_rows(output_dir, notes) if same_settings else {}
+    # Images earlier runs made of the clips redone now; those the new rows no longer name
+    # (cut -> split, png -> jpg, a changed label) are removed once their clip is redone.
+    earlier = dict(previous) if same_settings else _previous_rows(output_dir, [])
     if not same_settings and os.path.exists(os.path.join(output_dir, MANIFEST_FILENAME)):
         notes.append("settings changed or unknown: every image is redone and the old manifest rows dropped")
     for note in notes:
@@ -466,6 +485,9 @@ def write_spectrograms(
         bar.close()
         rows = [r for source_rows in done.values() for r in source_rows]
         write_manifest(os.path.join(output_dir, MANIFEST_FILENAME), rows)
+        listed_images = {r.image for r in rows}
+        _remove_replaced_images(output_dir, [r for source in done if source not in kept
+                                             for r in earlier.get(source, ())], listed_images)
         if not summary.interrupted and os.path.exists(journal_path):
             os.remove(journal_path)
     listed = {c.source for c in listing.clips}

@@ -344,3 +344,20 @@ def test_workers_of_a_killed_run_do_not_linger(tmp_path):
     for w in lingering:
         os.kill(w, signal.SIGKILL)
     assert not lingering, "worker processes outlived their killed parent"
+
+
+def test_a_redone_clip_leaves_no_earlier_rendering_beside_the_new_one(tmp_path):
+    # --overwrite from split to cut (or png to jpg) used to leave <name>_w0.png beside
+    # <name>.png: two renderings of one clip in its class folder.
+    data = tmp_path / "data"
+    _wav(data / "long" / "l.wav", seconds=1.2)
+    _wav(data / "long" / "s.wav", seconds=0.3)
+    out = tmp_path / "out"
+    write(data, out, settings=SpectrogramSettings(**{**FAST.to_dict(), "long_clips": "split"}))
+    assert sorted(p.name for p in (out / "long").iterdir()) == ["l_w0.png", "l_w1.png", "l_w2.png", "s_w0.png"]
+    write(data, out, options=WriteOptions(jobs=1, progress=False, overwrite=True))
+    assert sorted(p.name for p in (out / "long").iterdir()) == ["l.png", "s.png"]
+    jpg = SpectrogramSettings(**{**FAST.to_dict(), "image_format": "jpg"})
+    write(data, out, settings=jpg, options=WriteOptions(jobs=1, progress=False, overwrite=True))
+    assert sorted(p.name for p in (out / "long").iterdir()) == ["l.jpg", "s.jpg"]
+    assert sorted(r.image for r in read_mani(out)) == ["long/l.jpg", "long/s.jpg"]
