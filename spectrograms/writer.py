@@ -76,6 +76,7 @@ class SourceResult:
 class WriteSummary:
     clips: int = 0  # clips in the listing
     written: int = 0  # images written by this run
+    written_clips: int = 0  # clips those images came from (fewer with --long_clips=split)
     up_to_date: int = 0  # clips skipped because their images were up to date
     failed: list[tuple[str, str]] = field(default_factory=list)  # (source, reason)
     missing: list[str] = field(default_factory=list)  # listed in metadata, absent on disk
@@ -87,7 +88,8 @@ class WriteSummary:
     def line(self, output_dir: str) -> str:
         rate = self.written / self.seconds if self.seconds > 0 else 0.0
         return (
-            f"spectrograms: {self.clips} clips -> {output_dir}: written {self.written}, "
+            f"spectrograms: {self.clips} clips -> {output_dir}: written {self.written}"
+            f"{'' if self.written == self.written_clips else f' images of {self.written_clips} clips'}, "
             f"up to date {self.up_to_date}, failed {len(self.failed)}, silent {self.silent}, "
             f"missing {len(self.missing)}; manifest lists {self.images} images "
             f"({self.seconds:.1f} s, {rate:.1f} images/s)"
@@ -477,6 +479,7 @@ def write_spectrograms(
                     continue
                 done[result.source] = result.rows
                 summary.written += len(result.rows)
+                summary.written_clips += 1
                 journal.write(format_rows(result.rows, header=False))
                 journal.flush()
     except KeyboardInterrupt:

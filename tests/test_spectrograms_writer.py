@@ -229,6 +229,8 @@ def test_split_long_clips_into_windows(tmp_path):
         ("long/s_w0.png", 0.0, 0.2),
     ]
     assert summary.written == 4
+    # "2 clips: written 4, up to date 0" read as if the counts did not add up: say images of clips
+    assert "2 clips -> " in summary.line("out") and "written 4 images of 2 clips, up to date 0" in summary.line("out")
     y = load_audio(data / "long" / "l.wav", SR)
     assert np.array_equal(rgb(out / "long" / "l_w1.png"), render_clip(y[int(0.5 * SR):], SR, split))
     assert write(data, out, settings=split).up_to_date == 2
