@@ -152,16 +152,10 @@ def audio_rates(labeler: Labeler, audio_input: AudioInput) -> list[int]:
     return rates
 
 
-def audio_model_inputs(
-    ys: dict, labeler: Labeler, audio_input: AudioInput
-) -> tuple[list[float], list[bool], np.ndarray]:
-    """Cut the audio into windows and build what the model takes.
-
-    ``ys`` maps each rate of :func:`audio_rates` to the audio at that rate. Returns the
-    window starts (seconds), which windows are silent, and the batch: images for an
-    image model, backbone features for a head-only model.
-    """
-    from spectrograms.render import is_silent, render_clip, split_windows
+def audio_windows(ys: dict, audio_input: AudioInput) -> tuple[list[float], list[bool], dict]:
+    """Cut the audio into windows: their starts (seconds), which are silent, and
+    ``{rate: [(start, y_window), ...]}`` (views into ``ys``, no copies)."""
+    from spectrograms.render import is_silent, split_windows
 
     settings = audio_input.settings
     hop = audio_input.hop_seconds if audio_input.hop_seconds is not None else settings.hop_seconds
@@ -169,23 +163,60 @@ def audio_model_inputs(
     reference = windows[next(iter(ys))]
     starts = [float(start) for start, _ in reference]
     silent = [bool(is_silent(w)) for _, w in reference]
+    return starts, silent, windows
+
+
+def window_model_inputs(windows: dict, labeler: Labeler, audio_input: AudioInput,
+                        first: int = 0, stop: Optional[int] = None) -> np.ndarray:
+    """What the model takes for windows ``first:stop`` of :func:`audio_windows`: images
+    for an image model, backbone features for a head-only model."""
+    from spectrograms.render import render_clip
+
+    settings = audio_input.settings
+    count = len(next(iter(windows.values())))
+    stop = count if stop is None else min(stop, count)
 
     def images(sr: int, image_input: ImageInput) -> np.ndarray:
-        wins = windows[sr][: len(starts)]  # rounding may give one window more at another rate
+        wins = windows[sr][first:stop]  # rounding may give one window more at another rate
         return np.stack([prepare_image(render_clip(w, sr, settings), image_input) for _, w in wins])
 
     if not labeler.head_only:
-        return starts, silent, images(int(settings.sample_rate), audio_input.image_input)
+        return images(int(settings.sample_rate), audio_input.image_input)
     features = []
     for part in labeler.backbone_parts:
         spec = part.input_spec
         if spec.kind == "waveform":
-            wins = windows[int(spec.sample_rate)][: len(starts)]
+            wins = windows[int(spec.sample_rate)][first:stop]
             x = np.stack([w for _, w in wins]).astype(np.float32)
         else:  # image part: [0, 1] input as in the bottleneck stage
             x = images(int(settings.sample_rate), ImageInput(int(spec.height), int(spec.width), 0.0, 255.0))
         features.append(np.asarray(part.compute(x), dtype=np.float32))
-    return starts, silent, np.concatenate(features, axis=1)
+    return np.concatenate(features, axis=1)
+
+
+def audio_model_inputs(
+    ys: dict, labeler: Labeler, audio_input: AudioInput
+) -> tuple[list[float], list[bool], np.ndarray]:
+    """Cut the audio into windows and build what the model takes.
+
+    ``ys`` maps each rate of :func:`audio_rates` to the audio at that rate. Returns the
+    window starts (seconds), which windows are silent, and the batch: images for an
+    image model, backbone features for a head-only model. Holds every window's input at
+    once: for long audio use :func:`label_windows`.
+    """
+    starts, silent, windows = audio_windows(ys, audio_input)
+    return starts, silent, window_model_inputs(windows, labeler, audio_input, 0, len(starts))
+
+
+def label_windows(labeler: Labeler, ys: dict, audio_input: AudioInput, batch_size: int = 32,
+                  source: str = "") -> "LabelResult":
+    """Label audio window by window, ``batch_size`` windows per model call, so memory
+    stays flat however long the recording (an hour at a 4 s hop is 900 images)."""
+    starts, silent, windows = audio_windows(ys, audio_input)
+    probs = [predict_inputs(labeler, window_model_inputs(windows, labeler, audio_input, i, i + batch_size))
+             for i in range(0, len(starts), batch_size)]
+    summary, results = summarise(starts, silent, np.concatenate(probs))
+    return LabelResult(source, "audio", summary, results)
 
 
 def predict_inputs(labeler: Labeler, batch: np.ndarray) -> np.ndarray:
@@ -226,9 +257,7 @@ def label_waveform(labeler: Labeler, y: np.ndarray, sr: int, audio_input: AudioI
             ys[rate] = y
         else:
             ys[rate] = to_sample_rate(y, sr, rate)
-    starts, silent, batch = audio_model_inputs(ys, labeler, audio_input)
-    summary, windows = summarise(starts, silent, predict_inputs(labeler, batch))
-    return LabelResult(source, "audio", summary, windows)
+    return label_windows(labeler, ys, audio_input, source=source)
 
 
 # --- many files in batches ----------------------------------------------------------
@@ -286,7 +315,14 @@ def label_files(
                 batch = prepare_image(load_image(path), image_input)[None]
                 pending.append(_Pending(path, "image", [0.0], [False], 1))
             else:
-                starts, silent, batch = audio_model_inputs(decode_audio(path, rates), labeler, audio_input)
+                ys = decode_audio(path, rates)
+                starts, silent, windows = audio_windows(ys, audio_input)
+                if len(starts) > batch_size:  # a long recording: on its own, in chunks
+                    yield from flush()
+                    queued = 0
+                    yield path, label_windows(labeler, ys, audio_input, batch_size, path), None
+                    continue
+                batch = window_model_inputs(windows, labeler, audio_input)
                 pending.append(_Pending(path, "audio", starts, silent, len(starts)))
             inputs.append(batch)
             queued += len(batch)

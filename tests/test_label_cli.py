@@ -123,6 +123,30 @@ def test_long_audio_is_cut_into_windows_and_summarised(tiny, tmp_path, capsys):
     assert [w["start"] for w in json.loads(out)["results"][0]["windows"]] == [0.0, 1.0, 2.0]
 
 
+def test_long_audio_is_labelled_batch_by_batch(tiny, tmp_path):
+    # Memory must not grow with the recording: a long file is fed to the model
+    # --batch_size windows at a time (it used to stack every window's image at once,
+    # and a small --hop_seconds on a minute of audio was killed for memory).
+    from label.labeling import AudioInput, audio_model_inputs, decode_audio, label_files, resolve_image_input
+    from label.models import load_labeler
+
+    y = np.concatenate([make_clip(kind, seed=7) for kind in LABELS * 2])
+    wav = write_wav(tmp_path / "long.wav", y)
+    labeler = load_labeler(tiny.paths["output_graph"])
+    audio = AudioInput(tiny.settings, 0.25, resolve_image_input(labeler))
+    short = write_wav(tmp_path / "short.wav", make_clip(LABELS[1], seed=8))
+    calls = []
+    predict = labeler.predict
+    labeler.predict = lambda batch: calls.append(len(batch)) or predict(batch)
+    (_, first, _), (_, result, _), (_, last, _) = label_files(
+        labeler, [short, wav, short], "audio", audio_input=audio, batch_size=4)
+    starts, _, batch = audio_model_inputs(decode_audio(wav, [SR]), labeler, audio)
+    assert len(result.windows) == len(starts) > 20
+    assert max(calls) <= 4
+    np.testing.assert_allclose([w.probabilities for w in result.windows], predict(batch), atol=1e-5)
+    np.testing.assert_allclose(first.probabilities, last.probabilities, atol=1e-6)
+
+
 def test_audio_at_another_sample_rate_is_resampled(tiny, tmp_path, capsys):
     import librosa
 
