@@ -171,6 +171,15 @@ def _metadata_clips(rows: Iterable[tuple[str, str, int, str]]) -> tuple[list[Cli
     return clips, missing
 
 
+def _label(value: str, column: str, path: str, line: int) -> str:
+    """A metadata row's label; one that normalises to nothing would put its images in
+    ``<output_dir>/`` + ``/<name>.png``, the filesystem root."""
+    label = normalise_label(value)
+    if not label:
+        raise DatasetError(f"{path} line {line}: {column} {value!r} has no letters or digits to make a label from")
+    return label
+
+
 def read_urbansound8k(root: str) -> tuple[list[Clip], list[Clip]]:
     """``metadata/UrbanSound8K.csv`` + ``audio/fold<N>/<slice_file_name>``; group = fsID."""
     path = os.path.join(root, US8K_CSV)
@@ -178,7 +187,7 @@ def read_urbansound8k(root: str) -> tuple[list[Clip], list[Clip]]:
     for line, r in enumerate(_read_csv(path, US8K_COLUMNS), start=2):
         fold = _int(r["fold"], "fold", path, line)
         audio = os.path.join(root, "audio", f"fold{fold}", r["slice_file_name"])
-        rows.append((audio, r["class"], fold, r["fsID"].strip()))
+        rows.append((audio, _label(r["class"], "class", path, line), fold, r["fsID"].strip()))
     return _metadata_clips(rows)
 
 
@@ -190,7 +199,8 @@ def read_esc50(root: str, esc10: bool = False) -> tuple[list[Clip], list[Clip]]:
         if esc10 and r["esc10"].strip().lower() not in ("true", "1"):
             continue
         fold = _int(r["fold"], "fold", path, line)
-        rows.append((os.path.join(root, "audio", r["filename"]), r["category"], fold, r["src_file"].strip()))
+        rows.append((os.path.join(root, "audio", r["filename"]), _label(r["category"], "category", path, line),
+                     fold, r["src_file"].strip()))
     return _metadata_clips(rows)
 
 

@@ -170,3 +170,20 @@ def test_malformed_metadata(tmp_path):
     csv_path.write_text("slice_file_name,fsID,start,end,salience,fold,classID,class\na.wav,1,0,1,1,one,3,dog\n")
     with pytest.raises(DatasetError, match="line 2: fold 'one' is not a number"):
         list_dataset(str(root))
+
+
+@pytest.mark.parametrize("make,csv_rel,column,bad", [
+    (make_us8k, "metadata/UrbanSound8K.csv", "class", "dog_bark"),
+    (make_esc50, "meta/esc50.csv", "category", "rooster"),
+])
+def test_a_metadata_label_with_nothing_left_after_normalising_is_one_line(tmp_path, make, csv_rel, column, bad):
+    # An empty (or all-punctuation) class cell became the label "" and its image was
+    # written to "/<name>.png", the filesystem root.
+    root = make(str(tmp_path / "d"))
+    path = os.path.join(root, csv_rel)
+    with open(path) as f:
+        text = f.read()
+    with open(path, "w") as f:
+        f.write(text.replace(bad, "__", 1))
+    with pytest.raises(DatasetError, match=rf"line \d+: {column} '__' has no letters or digits"):
+        list_dataset(root)
