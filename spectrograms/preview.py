@@ -41,7 +41,11 @@ def write_preview(output_dir: str, rows: Sequence[ManifestRow], per_class: int) 
     if not chosen:
         raise ValueError("no images to preview")
     n_rows, n_cols = len(chosen), max(len(v) for v in chosen.values())
-    fig, axes = plt.subplots(n_rows, n_cols, figsize=(1.8 * n_cols + 0.6, 1.9 * n_rows), squeeze=False)
+    # At least 3.6 in wide, and the title on two lines when narrow: with 1-3 columns the
+    # one-line title was cut off at both edges.
+    narrow = n_cols < 4
+    fig, axes = plt.subplots(n_rows, n_cols, squeeze=False,
+                             figsize=(max(3.6, 1.8 * n_cols + 0.6), 1.9 * n_rows + (0.2 if narrow else 0.0)))
     for i, (label, picked) in enumerate(chosen.items()):
         for j in range(n_cols):
             ax = axes[i][j]
@@ -57,7 +61,8 @@ def write_preview(output_dir: str, rows: Sequence[ManifestRow], per_class: int) 
             ax.set_title(name + (" (silent)" if r.silent else ""), fontsize=7)
             if j == 0:
                 ax.set_ylabel(label, fontsize=9)
-    fig.suptitle(f"{per_class} spectrograms per class (time ->, low frequencies at the bottom)", fontsize=10)
+    fig.suptitle(f"{per_class} spectrogram{'s' if per_class != 1 else ''} per class"
+                 f"{chr(10) if narrow else ' '}(time ->, low frequencies at the bottom)", fontsize=10)
     fig.tight_layout()
     path = os.path.join(output_dir, PREVIEW_FILENAME)
     tmp = f"{path}.tmp-{os.getpid()}"

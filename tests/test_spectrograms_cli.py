@@ -217,3 +217,35 @@ def test_preview_picks_spread_over_recordings_and_non_silent_first():
     assert [r.image for r in picked["dog"]] == ["dog/a0.png", "dog/a1.png", "dog/c0.png"]
     assert [r.image for r in picked["cat"]] == ["cat/x0.png"]
     assert list(picked) == ["cat", "dog"]
+
+
+@pytest.mark.parametrize("per_class", [1, 2, 5])
+def test_preview_title_fits_the_figure(tmp_path, monkeypatch, per_class):
+    # With 1-3 images per class the one-line title was cut off at both edges.
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib.figure import Figure
+
+    from spectrograms.manifest import ManifestRow
+    from spectrograms.preview import write_preview
+
+    rows = []
+    for k in range(per_class):
+        (tmp_path / "dog").mkdir(exist_ok=True)
+        Image.fromarray(np.zeros((16, 16, 3), np.uint8)).save(tmp_path / "dog" / f"d{k}.png")
+        rows.append(ManifestRow(f"dog/d{k}.png", "dog", None, f"g{k}", f"/a/d{k}.wav", 0.0, 1.0, False))
+    seen = {}
+    real_savefig = Figure.savefig
+
+    def savefig(fig, *args, **kwargs):
+        renderer = fig.canvas.get_renderer()
+        box = fig._suptitle.get_window_extent(renderer)
+        seen["inside"] = box.x0 >= 0 and box.x1 <= fig.bbox.width and box.y1 <= fig.bbox.height
+        seen["title"] = fig._suptitle.get_text()
+        return real_savefig(fig, *args, **kwargs)
+
+    monkeypatch.setattr(Figure, "savefig", savefig)
+    write_preview(str(tmp_path), rows, per_class)
+    assert seen["inside"], seen["title"]
+    assert seen["title"].startswith(f"{per_class} spectrogram{'s' if per_class > 1 else ''} per class")
