@@ -11,8 +11,13 @@ from __future__ import annotations
 import json
 import os
 import sys
-from dataclasses import dataclass
-from typing import Optional, Sequence
+
+# TensorFlow's C++ INFO lines ("MLIR V1 optimization pass is not enabled" on every .pb
+# run) are noise beside label_image's output; set before TensorFlow loads, as retrain
+# does. An explicit user setting wins.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+from dataclasses import dataclass  # noqa: E402
+from typing import Optional, Sequence  # noqa: E402
 
 from absl import flags
 

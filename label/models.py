@@ -11,6 +11,7 @@ model runs on ``ai-edge-litert`` when it is installed, which keeps a cold start
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import warnings
@@ -32,6 +33,26 @@ class ModelLoadError(ValueError):
 
 class ModelRunError(ValueError):
     """A loaded model failed on its input (wrong shape, broken graph); one line."""
+
+
+@contextlib.contextmanager
+def _quiet_stderr():
+    """Silence file descriptor 2 (C++ runtime chatter such as TFLite's "INFO: Created
+    TensorFlow Lite XNNPACK delegate for CPU."); Python exceptions still propagate."""
+    try:
+        saved = os.dup(2)
+    except OSError:  # no real stderr: nothing to silence
+        yield
+        return
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        sys.stderr.flush()
+        os.dup2(devnull, 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
 
 
 def _tensor_name(name: str) -> str:
@@ -169,8 +190,16 @@ class TFLiteModel:
         self.input_shape = tuple(None if d < 0 else int(d) for d in shape)
         self.num_outputs = int(out_detail["shape"][-1])
         self._batch = None
+        self._invoked = False
 
     def predict(self, batch: np.ndarray) -> np.ndarray:
+        if not self._invoked:  # the runtime announces its CPU delegate on the first invoke
+            self._invoked = True
+            with _quiet_stderr():
+                return self._predict(batch)
+        return self._predict(batch)
+
+    def _predict(self, batch: np.ndarray) -> np.ndarray:
         batch = np.ascontiguousarray(batch, dtype=np.float32)
         if self.runner is not None:
             return np.asarray(self.runner(**{self.input_key: batch})[self.output_key], dtype=np.float32)

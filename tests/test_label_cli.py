@@ -350,3 +350,22 @@ def test_flagfile(tiny, tmp_path, capsys):
     flagfile.write_text(f"--graph={tiny.paths['output_graph']}\n--top_k=1\n")
     code, out, _ = run(capsys, f"--flagfile={flagfile}", "--audio", wav)
     assert code == 0 and out.startswith("tone ") and len(out.splitlines()) == 1
+
+
+@pytest.mark.parametrize("artifact", ["output_graph", "output_tflite"])
+def test_a_real_process_prints_nothing_but_the_labels(tiny, tmp_path, artifact):
+    # Without the user setting TF_CPP_MIN_LOG_LEVEL: TensorFlow's "MLIR V1 optimization
+    # pass is not enabled" (.pb) and TFLite's "Created TensorFlow Lite XNNPACK delegate"
+    # lines used to follow every run on stderr.
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    wav = write_wav(tmp_path / "a.wav", make_clip(LABELS[0], seed=5))
+    env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+    proc = subprocess.run([sys.executable, "-m", "label.cli", "--graph", tiny.paths[artifact], "--audio", wav,
+                           "--top_k", "1"], cwd=Path(__file__).resolve().parents[1], env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith(f"{LABELS[0]} ")
+    assert proc.stderr == ""
