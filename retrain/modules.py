@@ -20,6 +20,7 @@ import hashlib
 import importlib
 import os
 import re
+import warnings
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
@@ -188,11 +189,20 @@ def _name_from_url(url: str) -> str:
     return "hub-" + re.sub(r"[^A-Za-z0-9._-]+", "_", tail)[:120]
 
 
+def _import_hub():
+    """tensorflow_hub, without its "pkg_resources is deprecated" UserWarning (two lines
+    of someone else's noise above retrain's own one-line messages)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*pkg_resources is deprecated.*")
+        import tensorflow_hub as hub
+    return hub
+
+
 def _resolve_hub(url: str, cache_dir: Optional[str], short_name: Optional[str] = None) -> str:
     """Download (or find in the cache) a TF Hub module; return its local folder."""
     what = f"{short_name!r} ({url})" if short_name else repr(url)
     try:
-        import tensorflow_hub as hub  # heavy; only needed for online modules
+        hub = _import_hub()  # heavy; only needed for online modules
     except Exception as err:  # noqa: BLE001 - any import failure is the same advice
         raise ModuleError(f"cannot load TF Hub module {what}: tensorflow_hub is unusable "
                           f"({_one_line(err)}); pip install tensorflow-hub tf-keras") from None
@@ -237,8 +247,7 @@ def _load_saved_model(folder: str) -> Any:
         import tensorflow as tf
         if loader == "tf.saved_model.load":
             return tf.saved_model.load(folder)
-        import tensorflow_hub as hub
-        return hub.load(folder)
+        return _import_hub().load(folder)
     except ModuleError:
         raise
     except Exception as err:  # noqa: BLE001 - TF raises many kinds

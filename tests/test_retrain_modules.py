@@ -100,6 +100,21 @@ def test_unreachable_url_is_one_line(http_root, tmp_path):
     assert "\n" not in msg and "missing.tar.gz" in msg and "404" in msg
 
 
+def test_tensorflow_hub_imports_without_its_pkg_resources_warning():
+    # A fresh process: the warning shows only on the first import of tensorflow_hub,
+    # and used to print two lines above retrain's one-line module error.
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    proc = subprocess.run([sys.executable, "-W", "default", "-c",
+                           "from retrain.modules import _import_hub; _import_hub()"],
+                          cwd=Path(__file__).resolve().parents[1], capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "pkg_resources" not in proc.stderr
+
+
 @pytest.mark.parametrize("handle, words", [
     ("no_such_module", "unknown module"),
     ("", "no module given"),
