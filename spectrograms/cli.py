@@ -123,6 +123,8 @@ def main(argv: Sequence[str]) -> int:
 
         colormap_lut(settings.colormap)
         folds = _parse_folds(fv.folds)
+        if fv.window_hop is not None and settings.long_clips != "split":
+            raise ValueError("--window_hop applies only with --long_clips=split (it sets the hop between windows)")
     except ValueError as e:
         _err(e)
         return 2
@@ -142,6 +144,12 @@ def main(argv: Sequence[str]) -> int:
         return 1
     labels = sorted({c.label for c in listing.clips})
     _note(f"{len(listing.clips)} clips in {len(labels)} classes: {', '.join(labels)}")
+    from spectrograms.render import empty_mel_bands
+
+    empty = empty_mel_bands(settings)
+    if empty:
+        _note(f"{empty} of the {settings.n_mels} mel bands are empty at n_fft {settings.n_fft} and "
+              f"{settings.sample_rate} Hz (constant rows in every image): use fewer --n_mels or a larger --n_fft")
 
     options = WriteOptions(jobs=fv.jobs, overwrite=fv.overwrite)
     try:

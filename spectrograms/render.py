@@ -120,8 +120,17 @@ def _mel_basis(sr: int, n_fft: int, n_mels: int, fmin: float, fmax: Optional[flo
     import librosa
     import scipy.sparse
 
-    dense = librosa.filters.mel(sr=sr, n_fft=n_fft, n_mels=n_mels, fmin=fmin, fmax=fmax)
+    with warnings.catch_warnings():  # "Empty filters detected": the CLI says it in one line
+        warnings.simplefilter("ignore")
+        dense = librosa.filters.mel(sr=sr, n_fft=n_fft, n_mels=n_mels, fmin=fmin, fmax=fmax)
     return scipy.sparse.csr_matrix(dense.astype(np.float32))
+
+
+def empty_mel_bands(settings: SpectrogramSettings) -> int:
+    """How many of the ``n_mels`` bands no FFT bin falls into (constant rows in every image:
+    too many mel bands for ``n_fft`` at this sample rate and frequency range)."""
+    basis = _mel_basis(settings.sample_rate, settings.n_fft, settings.n_mels, settings.fmin, settings.fmax)
+    return int(np.sum(basis.getnnz(axis=1) == 0))
 
 
 @functools.lru_cache(maxsize=8)

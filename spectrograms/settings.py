@@ -16,6 +16,7 @@ CONFIG_FILENAME = "spectrogram_config.json"
 PAD_MODES = ("repeat", "zero")
 LONG_CLIP_MODES = ("cut", "split")
 IMAGE_FORMATS = ("png", "jpg")
+MAX_IMAGE_SIZE = 4096  # pixels per side; the resize works on float32 [size, size]
 
 
 @dataclass(frozen=True)
@@ -82,6 +83,8 @@ class SpectrogramSettings:
             p.append(f"top_db must be positive, not {self.top_db}")
         if self.image_size < 8:
             p.append(f"image_size must be at least 8, not {self.image_size}")
+        elif self.image_size > MAX_IMAGE_SIZE:  # 100000 px asked for 40 GB and got the run OOM-killed
+            p.append(f"image_size must be at most {MAX_IMAGE_SIZE}, not {self.image_size}")
         if not self.colormap:
             p.append("colormap must not be empty")
         if self.image_format not in IMAGE_FORMATS:

@@ -89,6 +89,10 @@ def test_a_run_writes_images_manifest_config_and_preview(tmp_path, capsys):
         (["--data_dir=/tmp", "--output_dir=/tmp/x", "--colormap=nope"], 2, "unknown colormap"),
         (["--data_dir=/tmp", "--output_dir=/tmp/x", "--folds=one"], 2, "--folds takes whole numbers"),
         (["--data_dir=/definitely/not/here", "--output_dir=/tmp/x"], 1, "does not exist"),
+        # accepted and ignored before: the hop only exists between split windows
+        (["--data_dir=/tmp", "--output_dir=/tmp/x", "--window_hop=1"], 2, "--window_hop applies only with"),
+        # 100000 px asked for 40 GB per image and got the run OOM-killed
+        (["--data_dir=/tmp", "--output_dir=/tmp/x", "--image_size=100000"], 2, "image_size must be at most 4096"),
     ],
 )
 def test_bad_flags_and_paths_are_one_line(argv, code, message, capsys):
@@ -249,3 +253,13 @@ def test_preview_title_fits_the_figure(tmp_path, monkeypatch, per_class):
     write_preview(str(tmp_path), rows, per_class)
     assert seen["inside"], seen["title"]
     assert seen["title"].startswith(f"{per_class} spectrogram{'s' if per_class > 1 else ''} per class")
+
+
+def test_empty_mel_bands_are_one_note_not_a_librosa_warning(tmp_path, capsys):
+    data = _folders(tmp_path / "data")
+    flags = [f for f in FAST_FLAGS if not f.startswith("--n_mels")]
+    code, _, err = run_main(["--data_dir", str(data), "--output_dir", str(tmp_path / "o"), *flags, "--n_mels=300"],
+                            capsys)
+    assert code == 0
+    assert "UserWarning" not in err and "librosa" not in err
+    assert re.search(r"spectrograms: \d+ of the 300 mel bands are empty at n_fft 256", err)

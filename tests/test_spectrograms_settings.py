@@ -42,6 +42,7 @@ def test_json_round_trip_and_unknown_keys(tmp_path):
         ({"fmax": 20000.0}, "Nyquist"),
         ({"fmin": 5000.0, "fmax": 4000.0}, "above fmin"),
         ({"image_size": 2}, "image_size"),
+        ({"image_size": 100000}, "at most 4096"),
         ({"top_db": -1.0}, "top_db"),
         ({"window_hop": 0.0}, "window_hop"),
         ({"image_format": "gif"}, "image_format"),
