@@ -347,6 +347,9 @@ def retrain(settings: RetrainSettings, seed: Optional[int] = None,
     if seed is None:
         seed = draw_seed()
         log(f"Random seed: {seed} (pass --random_seed={seed} to repeat this run)")
+    # One seed for everything random, the augmented copies included (as for the head,
+    # which takes ``seed`` below), so the printed seed repeats the run exactly.
+    settings = dataclasses.replace(settings, augment=dataclasses.replace(settings.augment, seed=seed))
     prepared = prepare(settings, log, check=lambda images: make_split(settings, images))
     if settings.output_graph and not can_freeze(prepared.backbone):
         if settings.output_graph_explicit:

@@ -48,6 +48,9 @@ def cross_validate(settings: RetrainSettings, seed: Optional[int] = None,
     if seed is None:
         seed = draw_seed()
         log(f"Random seed: {seed} (pass --random_seed={seed} to repeat this run)")
+    # One seed for everything random, the augmented copies included (as for the head,
+    # which takes ``seed`` below), so the printed seed repeats the run exactly.
+    settings = dataclasses.replace(settings, augment=dataclasses.replace(settings.augment, seed=seed))
     prepared = prepare(settings, log, check=lambda images: cross_validation_splits(
         images.records, settings.validation_percentage, folds))
     runs = cross_validation_splits(prepared.images.records, settings.validation_percentage, folds)

@@ -62,6 +62,21 @@ def test_same_seed_repeats_the_run(tmp_path, tiny, image_dir, capsys):
     assert numbers() == numbers()
 
 
+def test_printed_seed_repeats_a_run_with_augmentation(tmp_path, tiny, image_dir, capsys):
+    # "pass --random_seed=N to repeat this run" must hold for the augmented copies too
+    # (they were drawn with seed 0 when no seed was given, with N on the repeat).
+    args = [a for a in base_args(tmp_path, tiny, image_dir) if not a.startswith("--random_seed")]
+    args += ["--output_graph=", "--augmentation_copies=2", "--summaries_dir="]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    seed = re.search(r"--random_seed=(\d+) to repeat", out).group(1)
+    assert main(args + [f"--random_seed={seed}"]) == 0
+    again = capsys.readouterr().out
+    assert re.search(r"Augmented bottlenecks: \d+ \(0 computed\)", again)  # the very same copies
+    pattern = r"(?:accuracy|entropy) = ([\d.]+)"
+    assert re.findall(pattern, out) == re.findall(pattern, again)
+
+
 def read_scalars(run_dir: Path, writer: str) -> dict:
     from tensorboard.backend.event_processing import event_accumulator
 
