@@ -6,6 +6,7 @@ Lives in the first stage because the later stages already build on it.
 from __future__ import annotations
 
 import os
+import re
 import sys
 from typing import Callable, Sequence
 
@@ -41,7 +42,10 @@ def parse_flags(fv: flags.FlagValues, argv: Sequence[str], prog: str,
     try:
         rest = fv(argv)
     except flags.Error as e:
-        error(prog, f"{str(e).splitlines()[0]} (see --help)")
+        # absl words a missing flag file "ERROR:: Unable to open flagfile: ..."; after
+        # "prog: error:" that prefix would say it twice.
+        message = re.sub(r"^\s*ERROR:*\s*", "", str(e).splitlines()[0] if str(e) else type(e).__name__)
+        error(prog, f"{message} (see --help)")
         raise CommandLineExit(2) from None
     if not positional and len(rest) > 1:
         error(prog, f"unexpected argument(s): {' '.join(rest[1:])} (flags look like --name=value)")

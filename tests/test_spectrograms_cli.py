@@ -89,6 +89,8 @@ def test_a_run_writes_images_manifest_config_and_preview(tmp_path, capsys):
         (["--data_dir=/tmp", "--output_dir=/tmp/x", "--colormap=nope"], 2, "unknown colormap"),
         (["--data_dir=/tmp", "--output_dir=/tmp/x", "--folds=one"], 2, "--folds takes whole numbers"),
         (["--data_dir=/definitely/not/here", "--output_dir=/tmp/x"], 1, "does not exist"),
+        # was "spectrograms: error: ERROR:: Unable to open flagfile"
+        (["--flagfile=/definitely/not/here.cfg"], 2, "error: Unable to open flagfile: "),
         # accepted and ignored before: the hop only exists between split windows
         (["--data_dir=/tmp", "--output_dir=/tmp/x", "--window_hop=1"], 2, "--window_hop applies only with"),
         # 100000 px asked for 40 GB per image and got the run OOM-killed
