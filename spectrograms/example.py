@@ -147,14 +147,18 @@ def write_example(output_dir: str, clips_per_class: int = 20, sr: int = 22050, s
     return paths
 
 
+MODULE = "spectrograms.example"
+
+
 def main(argv: Sequence[str]) -> int:
     from absl import flags
 
     fv = flags.FlagValues()
-    flags.DEFINE_string("output_dir", None, "Folder to write <class>/<clip>.wav into.", flag_values=fv)
-    flags.DEFINE_integer("clips_per_class", 20, "Clips per class.", lower_bound=1, flag_values=fv)
-    flags.DEFINE_integer("sample_rate", 22050, "Sample rate of the WAV files.", lower_bound=8000, flag_values=fv)
-    flags.DEFINE_integer("seed", 0, "Seed: the same seed always gives the same files.", flag_values=fv)
+    # module_name: run as ``python -m``, absl would head the help with this file's full path
+    flags.DEFINE_string("output_dir", None, "Folder to write <class>/<clip>.wav into.", flag_values=fv, module_name=MODULE)
+    flags.DEFINE_integer("clips_per_class", 20, "Clips per class.", lower_bound=1, flag_values=fv, module_name=MODULE)
+    flags.DEFINE_integer("sample_rate", 22050, "Sample rate of the WAV files.", lower_bound=8000, flag_values=fv, module_name=MODULE)
+    flags.DEFINE_integer("seed", 0, "Seed: the same seed always gives the same files.", flag_values=fv, module_name=MODULE)
     if any(a in ("-h", "--help", "--helpfull") for a in argv[1:]):
         print("usage: python -m spectrograms.example --output_dir=DIR [--clips_per_class=20]\n\n"
               + __doc__.split("\n\n", 1)[1].split("\n\n")[0] + "\n\n" + fv.get_help(include_special_flags=False))

@@ -265,3 +265,10 @@ def test_empty_mel_bands_are_one_note_not_a_librosa_warning(tmp_path, capsys):
     assert code == 0
     assert "UserWarning" not in err and "librosa" not in err
     assert re.search(r"spectrograms: \d+ of the 300 mel bands are empty at n_fft 256", err)
+
+
+def test_example_help_is_headed_by_the_module_not_a_file_path():
+    result = subprocess.run([sys.executable, "-m", "spectrograms.example", "--help"], cwd=REPO,
+                            capture_output=True, text=True)
+    assert result.returncode == 0
+    assert "\nspectrograms.example:\n" in result.stdout and "example.py:" not in result.stdout
