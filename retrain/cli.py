@@ -192,6 +192,23 @@ def compatibility_warnings(fv: flags.FlagValues) -> list[str]:
     return out
 
 
+EXPORT_FLAGS = ("output_graph", "output_labels", "saved_model_dir", "output_tflite",
+                "intermediate_store_frequency", "checkpoint_path")
+
+
+def cross_validation_warnings(fv: flags.FlagValues) -> list[str]:
+    """--cross_validate trains one head per fold and exports none of them: say so when
+    export flags were given (on the command line or in a flag file)."""
+    if not fv.cross_validate:
+        return []
+    given = [f"--{name}" for name in EXPORT_FLAGS if fv[name].present and fv[name].value]
+    if not given:
+        return []
+    return [f"--cross_validate exports no model, so {', '.join(given)} "
+            f"{'is' if len(given) == 1 else 'are'} ignored; train once with --split=folds "
+            "--test_folds=N to export one"]
+
+
 def _usage(fv: flags.FlagValues) -> str:
     return (
         f"usage: {PROG} --image_dir=DIR [--tfhub_module=efficientnet_lite0] [flags]\n"
@@ -224,7 +241,7 @@ def main(argv: Sequence[str]) -> int:
     if problems:
         fail(problems[0], PROG)
         return 2
-    for message in compatibility_warnings(fv):
+    for message in compatibility_warnings(fv) + cross_validation_warnings(fv):
         _warn(message)
     quiet = fv.logging_verbosity not in ("DEBUG", "INFO")
 

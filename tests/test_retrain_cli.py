@@ -166,7 +166,7 @@ def test_cross_validation_report(tmp_path, tiny, capsys):
     images = make_manifest_images(tmp_path / "spec")
     args = base_args(tmp_path, tiny, images) + ["--cross_validate", "--learning_rate=0.05"]
     assert main(args) == 0
-    out = capsys.readouterr().out
+    out, err = capsys.readouterr()
     assert out.count("Final test accuracy") == 3
     assert "Bottlenecks: 36 computed" in out  # once for all folds
     assert re.search(r"Cross-validation accuracy = \d+\.\d% ± \d+\.\d% over 3 folds", out)
@@ -180,6 +180,9 @@ def test_cross_validation_report(tmp_path, tiny, capsys):
     assert sorted(p.name for p in cv_dir.iterdir() if p.is_dir()) == ["test1", "test2", "test3"]
     assert "accuracy" in read_scalars(cv_dir / "test2", "validation")
     assert not (tmp_path / "out" / "graph.pb").exists()  # cross-validation exports nothing
+    # ... and says so rather than ignoring the export flags silently.
+    assert "--cross_validate exports no model, so --output_graph, --output_labels, " \
+           "--checkpoint_path are ignored" in err
 
 
 def run_bad(tmp_path, tiny, image_dir, capsys, extra=(), code=1):
