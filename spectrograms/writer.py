@@ -440,6 +440,15 @@ def write_spectrograms(
         notes.append("settings changed or unknown: every image is redone and the old manifest rows dropped")
     for note in notes:
         log(note)
+    if not same_settings:
+        # Retire the old manifest and journal before the new settings are recorded: a run
+        # killed (-9) after that used to leave the new config beside the old rows, and the
+        # next run took the old images for up-to-date renderings with the new settings.
+        for name in (MANIFEST_FILENAME, JOURNAL_FILENAME):
+            try:
+                os.remove(os.path.join(output_dir, name))
+            except FileNotFoundError:
+                pass
     settings.save_json(os.path.join(output_dir, CONFIG_FILENAME))
     labels = {c.label for c in listing.clips}
     for label in labels:

@@ -363,3 +363,25 @@ def test_a_redone_clip_leaves_no_earlier_rendering_beside_the_new_one(tmp_path):
     write(data, out, settings=jpg, options=WriteOptions(jobs=1, progress=False, overwrite=True))
     assert sorted(p.name for p in (out / "long").iterdir()) == ["l.jpg", "s.jpg"]
     assert sorted(r.image for r in read_mani(out)) == ["long/l.jpg", "long/s.jpg"]
+
+
+def test_a_run_with_new_settings_killed_early_leaves_no_old_rows_to_trust(tmp_path, monkeypatch):
+    # kill -9 of an --overwrite run right after it recorded the new settings left the old
+    # manifest beside them: the next run took the old images as up to date.
+    import spectrograms.writer as writer
+
+    data = make_folders(tmp_path / "data")
+    out = tmp_path / "out"
+    write(data, out)
+    new = SpectrogramSettings(**{**FAST.to_dict(), "top_db": 60.0})
+
+    def killed(settings):
+        raise RuntimeError("killed")
+
+    monkeypatch.setattr(writer, "_warm_up", killed)
+    with pytest.raises(RuntimeError):
+        write(data, out, settings=new, options=WriteOptions(jobs=1, progress=False, overwrite=True))
+    monkeypatch.undo()
+    assert SpectrogramSettings.load_json(out / CONFIG_FILENAME) == new
+    again = write(data, out, settings=new)
+    assert (again.written, again.up_to_date) == (4, 0)
