@@ -343,6 +343,14 @@ def load_labeler(
         model = TFLiteModel(path, input_layer or side.get("input_tensor_name"),
                             output_layer or side.get("final_tensor_name"), num_threads=num_threads)
 
+    for flag, wanted, key in (("--input_layer", input_layer, "input_key"),
+                              ("--output_layer", output_layer, "output_key")):
+        # A signature with one input/output answers to any default name; a name the user
+        # asked for must exist (it was silently ignored).
+        have = getattr(model, key, None)
+        if wanted and have is not None and wanted.split(":")[0] != have:
+            raise ModelLoadError(f"{path} has no {key[:-4]} named {wanted!r} (its signature's "
+                                 f"{key[:-4]} is {have!r}); fix or drop {flag}")
     labels = _resolve_labels(path, labels_path, side)
     if model.num_outputs is not None and int(model.num_outputs) != len(labels):
         source = labels_path or "the sidecar"

@@ -259,6 +259,20 @@ def test_corrupt_graph(tmp_path, capsys):
     assert code != 0 and "no node 'Placeholder'" in one_error_line(err)
 
 
+@pytest.mark.parametrize("artifact", ["output_graph", "saved_model_dir", "output_tflite"])
+def test_wrong_layer_names_are_errors_in_every_format(tiny, tmp_path, capsys, artifact):
+    # A SavedModel/TFLite signature with one output used to take any --output_layer.
+    png = spectrogram_png(tiny, tmp_path, LABELS[0], seed=2)
+    for flag in ("--input_layer", "--output_layer"):
+        code, _, err = run(capsys, "--graph", tiny.paths[artifact], "--image", png, flag, "nope")
+        line = one_error_line(err)
+        assert code == 1 and "'nope'" in line and flag in line
+    # The right names (with or without :0) are fine.
+    code, out, err = run(capsys, "--graph", tiny.paths[artifact], "--image", png,
+                         "--input_layer", "Placeholder:0", "--output_layer", "final_result")
+    assert code == 0 and out.startswith(f"{LABELS[0]} "), err
+
+
 def test_corrupt_tflite_and_saved_model(tmp_path, capsys):
     bad = tmp_path / "bad.tflite"
     bad.write_bytes(b"\0\0\0\0TFL3" + os.urandom(100))
