@@ -272,13 +272,13 @@ def _run_dir(settings: LabelSettings, labeler) -> int:
     if not paths:
         raise LabelInputError(f"no {kind} files under {folder}")
     image_input, audio_input = _inputs(settings, labeler)
-    results, failures = [], 0
+    results, errors = [], []
     for path, result, error in label_files(
         labeler, paths, kind, image_input=image_input, audio_input=audio_input,
         batch_size=settings.batch_size, progress=True,
     ):
         if error:
-            failures += 1
+            errors.append(error)
             print(f"{PROG}: warning: skipped {error}", file=sys.stderr)
             continue
         results.append(result)
@@ -290,9 +290,10 @@ def _run_dir(settings: LabelSettings, labeler) -> int:
         print(f"wrote {len(results)} rows to {settings.output_csv}", file=sys.stderr)
     if settings.json:
         print(json.dumps({"model": settings.graph, "format": labeler.format,
-                          "results": [result_dict(r, labeler.labels, settings.top_k) for r in results]}, indent=2))
-    if failures:
-        print(f"{PROG}: {failures} of {len(paths)} files could not be labelled", file=sys.stderr)
+                          "results": [result_dict(r, labeler.labels, settings.top_k) for r in results],
+                          "errors": errors}, indent=2))
+    if errors:
+        print(f"{PROG}: {len(errors)} of {len(paths)} files could not be labelled", file=sys.stderr)
     return 0 if results else 1
 
 

@@ -226,6 +226,11 @@ def test_folders_in_batches_to_csv(tiny, tmp_path, capsys):
     for row in rows:
         assert row["label"] == os.path.basename(row["path"]).split("_")[1].split(".")[0]
         assert sum(float(row[k]) for k in LABELS) == pytest.approx(1.0, abs=1e-4)
+    # --json on a folder lists the skipped files, as it does for --audio files.
+    code, out, _ = run(capsys, "--graph", tiny.paths["output_tflite"], "--audio_dir", str(audio_dir), "--json")
+    doc = json.loads(out)
+    assert code == 0 and len(doc["results"]) == 9
+    assert len(doc["errors"]) == 1 and "broken.wav" in doc["errors"][0]
 
     image_dir = tmp_path / "images"
     image_dir.mkdir()
