@@ -103,6 +103,9 @@ class RetrainSettings:
         if set(self.test_folds) & set(self.validation_folds):
             p.append(f"folds {sorted(set(self.test_folds) & set(self.validation_folds))} are given "
                      "as both --test_folds and --validation_folds")
+        if self.tflite_quantization not in (None, "none") and not self.output_tflite:
+            p.append(f"--tflite_quantization={self.tflite_quantization} goes with --output_tflite "
+                     "(no TFLite file is written without it)")
         for name in ("validation_batch_size", "test_batch_size"):
             value = getattr(self, name)
             if value == 0 or value < -1:
