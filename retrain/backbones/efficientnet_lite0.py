@@ -242,6 +242,7 @@ def convert_checkpoint(target: Path) -> None:
     except CheckpointError as err:
         raise ModuleError(f"cannot read EfficientNet-Lite0 weights: {err}") from None
     module = _build_module(convert_state_dict(state))
+    _remove_abandoned_temp_folders(target)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
     try:
         tf.saved_model.save(module, str(tmp), signatures={"serving_default": module.__call__})
@@ -263,6 +264,22 @@ def convert_checkpoint(target: Path) -> None:
                 raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+ABANDONED_AFTER_S = 600  # a conversion takes seconds; an older temp folder was left by a killed one
+
+
+def _remove_abandoned_temp_folders(target: Path) -> None:
+    """Temp folders (``.<name>.*``, about 20 MB each) of conversions killed before their
+    rename; recent ones may belong to a conversion running now and are left alone."""
+    import time
+
+    for folder in target.parent.glob(f".{target.name}.*"):
+        try:
+            if time.time() - folder.stat().st_mtime > ABANDONED_AFTER_S:
+                shutil.rmtree(folder, ignore_errors=True)
+        except OSError:
+            pass
 
 
 def _inode(path: Path) -> Optional[tuple]:
