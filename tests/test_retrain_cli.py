@@ -263,7 +263,9 @@ def test_bad_folds_fail_before_any_bottleneck(tmp_path, tiny, capsys):
     images = make_manifest_images(tmp_path / "spec")
     line = run_bad(tmp_path, tiny, images, capsys, ["--split=folds", "--test_folds=9"])
     assert "--test_folds [9] not among the manifest's folds [1, 2, 3]" in line
-    line = run_bad(tmp_path, tiny, images, capsys, ["--cross_validate", "--cross_validation_folds=2,7"])
+    line = run_bad(tmp_path, tiny, images, capsys, ["--cross_validate", "--cross_validation_folds=2,7",
+                                                     "--output_graph=", "--output_labels=",
+                                                     "--checkpoint_path="])
     assert "--cross_validation_folds [7] not among the manifest's folds [1, 2, 3]" in line
     assert not (tmp_path / "bn").exists()  # failed in a second, not after the bottlenecks
 
