@@ -210,6 +210,7 @@ def read_folders(root: str) -> tuple[list[Clip], list[str]]:
     clips: list[Clip] = []
     notes: list[str] = []
     ignored = 0
+    nested: list[str] = []
     for d in _class_dirs(root):
         label = normalise_label(d)
         if not label:
@@ -219,6 +220,8 @@ def read_folders(root: str) -> tuple[list[Clip], list[str]]:
         for f in sorted(os.listdir(folder)):
             full = os.path.join(folder, f)
             if not os.path.isfile(full) and not os.path.islink(full):
+                if os.path.isdir(full):
+                    nested.append(f"{d}/{f}")
                 continue
             if not is_audio_file(f):
                 ignored += 1
@@ -226,6 +229,9 @@ def read_folders(root: str) -> tuple[list[Clip], list[str]]:
             clips.append(Clip(os.path.abspath(full), label, None, group_of(f), os.path.splitext(f)[0]))
     if ignored:
         notes.append(f"ignored {ignored} file(s) without an audio extension ({', '.join(AUDIO_EXTENSIONS)})")
+    if nested:  # their audio would otherwise vanish without a word
+        notes.append(f"ignored {len(nested)} sub-folder(s) of class folders, e.g. {nested[0]}: "
+                     "only files directly in <data_dir>/<class>/ are read")
     return clips, notes
 
 

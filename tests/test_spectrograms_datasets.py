@@ -187,3 +187,11 @@ def test_a_metadata_label_with_nothing_left_after_normalising_is_one_line(tmp_pa
         f.write(text.replace(bad, "__", 1))
     with pytest.raises(DatasetError, match=rf"line \d+: {column} '__' has no letters or digits"):
         list_dataset(root)
+
+
+def test_audio_in_sub_folders_of_a_class_is_named_not_silently_dropped(tmp_path):
+    root = make_folders(str(tmp_path / "mine"))
+    _wav(os.path.join(root, "rain", "day2", "r2.wav"))
+    listing = list_dataset(root)
+    assert not any("day2" in c.source for c in listing.clips)
+    assert any("ignored 1 sub-folder(s) of class folders, e.g. rain/day2" in n for n in listing.notes)
