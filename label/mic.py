@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import collections
 import math
+import os
 import time
 from dataclasses import dataclass
 from datetime import datetime
@@ -38,6 +39,9 @@ class FileSource:
     def __init__(self, path: str, realtime: bool = False) -> None:
         import soundfile as sf
 
+        if not os.path.isfile(path):  # libsndfile says only "System error"
+            raise NoInputDeviceError(f"cannot open {path} as an input: "
+                                     f"{'it is a folder' if os.path.isdir(path) else 'no such file'}")
         try:
             info = sf.info(path)
         except Exception as e:  # soundfile raises LibsndfileError / RuntimeError

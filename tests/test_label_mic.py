@@ -125,7 +125,7 @@ def test_no_input_device(tiny, capsys):
 def test_bad_mic_inputs(tiny, tmp_path, capsys):
     code = main(["label_image", "--graph", tiny.paths["output_graph"], "--mic_file", str(tmp_path / "none.wav")])
     _, err = capsys.readouterr()
-    assert code != 0 and len(err.strip().splitlines()) == 1 and "none.wav" in err
+    assert code != 0 and len(err.strip().splitlines()) == 1 and "none.wav as an input: no such file" in err
     code = main(["label_image", "--graph", tiny.paths["output_graph"], "--mic", "--record_seconds", "0"])
     _, err = capsys.readouterr()
     assert code == 2 and "--record_seconds" in err
