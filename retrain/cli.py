@@ -96,7 +96,7 @@ def make_flags() -> flags.FlagValues:
     define("list", "cross_validation_folds", [], "With --cross_validate: only these test folds.")
     define("integer", "augmentation_copies", 0, "Cache this many augmented copies of every "
            "training image (time shift, time/frequency masks, mixing within a class).")
-    define("integer", "random_seed", None, "Seed for the head's initialisation, batches and "
+    define("integer", "random_seed", None, lower_bound=0, help_text="Seed for the head's initialisation, batches and "
            "augmentation; the same seed repeats a run exactly. Default: drawn and printed.")
     define("integer", "hidden_units", 0, "Add a hidden ReLU layer of this size (0: retrain.py's "
            "single softmax layer).")

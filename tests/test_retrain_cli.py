@@ -253,6 +253,7 @@ def test_bad_output_targets_are_refused_before_training(tmp_path, tiny, image_di
     (["--validation_batch_size=0"], "--validation_batch_size must be positive, or -1"),
     (["--test_batch_size=-2"], "--test_batch_size must be positive, or -1"),
     (["--tflite_quantization=float16"], "goes with --output_tflite"),
+    (["--random_seed=-1"], "--random_seed"),
     (["stray"], "unexpected argument"),
 ])
 def test_bad_flags_exit_2(tmp_path, tiny, image_dir, capsys, extra, words):
