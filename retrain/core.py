@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import errno
 import os
 import random
 from dataclasses import dataclass
@@ -291,6 +292,15 @@ def check_output_targets(settings: RetrainSettings) -> None:
             check_file_target(path)
     if settings.saved_model_dir:
         check_folder_target(settings.saved_model_dir)
+    for path in (settings.output_graph, settings.output_labels, settings.output_tflite,
+                 settings.saved_model_dir, settings.checkpoint_path):
+        if path:  # the nearest existing folder above it must be a folder, not a file
+            parent = os.path.dirname(os.path.abspath(path))
+            while not os.path.lexists(parent):
+                parent = os.path.dirname(parent)
+            if not os.path.isdir(parent):
+                raise NotADirectoryError(errno.ENOTDIR, "is a file, so nothing can be written "
+                                         f"under it ({path})", parent)
 
 
 def _write_text(path: str, text: str) -> None:

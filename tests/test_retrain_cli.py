@@ -239,6 +239,11 @@ def test_bad_output_targets_are_refused_before_training(tmp_path, tiny, image_di
     assert not (tmp_path / "bn").exists()  # refused before the bottlenecks
     line = run_bad(tmp_path, tiny, image_dir, capsys, [f"--output_graph={keep}"])
     assert str(keep) in line and "is a folder" in line
+    # A checkpoint under a file failed after training, and lost the export with it.
+    line = run_bad(tmp_path, tiny, image_dir, capsys,
+                   [f"--checkpoint_path={keep / 'dog.wav' / 'ckpt' / 'head'}"])
+    assert "dog.wav: is a file" in line
+    assert not (tmp_path / "bn").exists()
 
 
 @pytest.mark.parametrize("extra, words", [
