@@ -30,12 +30,21 @@ class AudioReadError(Exception):
         super().__init__(f"{self.path}: {self.reason}")
 
 
-def load_audio(path: str | os.PathLike, sr: int) -> np.ndarray:
+#: Seconds decoded beyond ``max_seconds``, so resampling the prefix gives exactly the
+#: samples resampling the whole file would (soxr's filter reaches far less than this).
+PREFIX_MARGIN_SECONDS = 1.0
+
+
+def load_audio(path: str | os.PathLike, sr: int, max_seconds: Optional[float] = None) -> np.ndarray:
     """Decode ``path`` to float32 mono ``y`` at ``sr`` Hz (soxr resampling).
 
     Any format soundfile reads (wav 8/16/24/32-bit and float, flac, ogg, mp3, aiff),
     any sample rate or channel count. Raises :class:`AudioReadError` with a one-line
     reason for missing, empty, corrupt, non-audio or unreadable files.
+
+    ``max_seconds``: only the start is needed (``--long_clips=cut``); at least that much
+    is returned, identical to the whole file's first samples, without decoding an hour-long
+    recording whole. Formats libsndfile cannot read are still decoded whole.
     """
     path = os.fspath(path)
     try:
@@ -47,7 +56,7 @@ def load_audio(path: str | os.PathLike, sr: int) -> np.ndarray:
     if not os.access(path, os.R_OK):
         raise AudioReadError(path, "permission denied")
     try:
-        y = _decode(path, sr)
+        y = _decode(path, sr, max_seconds)
     except AudioReadError:
         raise
     except Exception as e:  # soundfile, audioread and numpy raise many types
@@ -225,7 +234,7 @@ def spectrogram_image(S_db: np.ndarray, settings: SpectrogramSettings) -> np.nda
     return np.take(colormap_lut(settings.colormap), spectrogram_indices(S_db, settings), axis=0)
 
 
-def _decode(path: str, sr: int) -> np.ndarray:
+def _decode(path: str, sr: int, max_seconds: Optional[float] = None) -> np.ndarray:
     """What ``librosa.load(path, sr=sr, mono=True)`` returns, without importing
     librosa's audio module (scipy.signal and numba: about 3 s of a labelling command's
     cold start). Formats libsndfile cannot read still go through librosa (audioread)."""
@@ -235,7 +244,9 @@ def _decode(path: str, sr: int) -> np.ndarray:
         with sf.SoundFile(path) as f:
             _refuse_truncated(f)
             native_sr = f.samplerate
-            y = f.read(dtype="float32", always_2d=True)
+            frames = -1 if max_seconds is None else \
+                int(np.ceil((max_seconds + PREFIX_MARGIN_SECONDS) * native_sr))
+            y = f.read(frames=frames, dtype="float32", always_2d=True)
     except sf.LibsndfileError as e:
         import librosa
 

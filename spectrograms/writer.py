@@ -153,7 +153,9 @@ def render_source(clip: Clip, output_dir: str, settings: SpectrogramSettings) ->
     for bad audio: the reason comes back in ``error``)."""
     result = SourceResult(clip.source)
     try:
-        y = load_audio(clip.source, settings.sample_rate)
+        # cut keeps the first `duration` seconds: decode no more than that (plus a margin)
+        cut = settings.duration if settings.long_clips == "cut" else None
+        y = load_audio(clip.source, settings.sample_rate, max_seconds=cut)
     except AudioReadError as e:
         result.error = e.reason
         return result

@@ -319,3 +319,15 @@ def test_unreadable_file_reason_is_permission_denied(tmp_path, monkeypatch):
     with pytest.raises(AudioReadError) as info:
         load_audio(path, SR)
     assert info.value.reason == "permission denied"
+
+
+@pytest.mark.parametrize("native_sr,ext", [(44100, "wav"), (8000, "flac"), (22050, "wav")])
+def test_max_seconds_decodes_a_prefix_identical_to_the_whole_files_start(tmp_path, native_sr, ext):
+    # --long_clips=cut decoded an hour-long recording whole to keep its first 4 s.
+    y = np.random.default_rng(2).standard_normal((native_sr * 20, 2)).astype(np.float32) * 0.1
+    path = tmp_path / f"long.{ext}"
+    sf.write(path, y, native_sr)
+    whole = load_audio(path, 22050)
+    prefix = load_audio(path, 22050, max_seconds=2.0)
+    assert 2 * 22050 <= prefix.shape[0] < whole.shape[0] // 4
+    np.testing.assert_array_equal(prefix[: 2 * 22050], whole[: 2 * 22050])

@@ -385,3 +385,13 @@ def test_a_run_with_new_settings_killed_early_leaves_no_old_rows_to_trust(tmp_pa
     assert SpectrogramSettings.load_json(out / CONFIG_FILENAME) == new
     again = write(data, out, settings=new)
     assert (again.written, again.up_to_date) == (4, 0)
+
+
+def test_cut_image_of_a_long_clip_equals_rendering_the_whole_file(tmp_path):
+    data = tmp_path / "data"
+    _wav(data / "long" / "l.wav", seconds=6.0, sr=11025)  # resampled to 8000: prefix decoding must not show
+    out = tmp_path / "out"
+    write(data, out)
+    whole = load_audio(data / "long" / "l.wav", SR)
+    assert np.array_equal(rgb(out / "long" / "l.png"), render_clip(whole, SR, FAST))
+    assert read_mani(out)[0].duration == FAST.duration
