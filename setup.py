@@ -13,7 +13,7 @@ setup(
     long_description_content_type="text/markdown",
     license="Apache-2.0",
     python_requires=">=3.10",
-    packages=find_packages(include=["spectrograms*", "retrain*", "label*"]),
+    packages=find_packages(include=["soundretrain*", "spectrograms*", "retrain*", "label*"]),
     include_package_data=True,
     install_requires=[
         "tensorflow>=2.16",

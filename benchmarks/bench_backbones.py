@@ -43,7 +43,7 @@ def _rates(fns: Dict[str, Callable[[], int]], repeats: int) -> Dict[str, float]:
 
 
 def bench_efficientnet(num_images: int, batch_size: int, repeats: int) -> Dict[str, float]:
-    from retrain.backbones import efficientnet_lite0
+    from soundretrain.backbones import efficientnet_lite0
 
     out: Dict[str, float] = {}
     with tempfile.TemporaryDirectory() as cache:
@@ -81,8 +81,8 @@ def bench_birdnet(num_windows: int, repeats: int) -> Dict[str, float]:
     """The module's way (embedding patched in as the model's output, one window per
     invoke) vs. 8 windows per invoke, and vs. reading the embedding with
     ``experimental_preserve_all_tensors`` (the usual way, and the module's fallback)."""
-    from retrain.backbones import birdnet
-    from retrain.modules import ModuleError
+    from soundretrain.backbones import birdnet
+    from soundretrain.backbones.registry import ModuleError
 
     try:
         module = birdnet.load()

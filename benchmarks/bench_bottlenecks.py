@@ -34,7 +34,7 @@ RESULTS = Path(__file__).resolve().parent / "results" / "bench_bottlenecks.json"
 
 
 def _load_backbone(handle: str, scratch: str):
-    from retrain.modules import ModuleError, load_module
+    from soundretrain.backbones.registry import ModuleError, load_module
 
     try:
         if handle != "tiny":

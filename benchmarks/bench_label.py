@@ -4,7 +4,7 @@
     .venv/bin/python -m benchmarks.bench_label --tiny        # the tiny test module (no conversion)
 
 One run, the same clip (the first 4 s clip of the shared UrbanSound8K folds, else a
-generated one) and the same model exported by ``label.export.export_model`` as a
+generated one) and the same model exported by ``soundretrain.export.export_model`` as a
 frozen ``.pb``, a SavedModel and a TFLite file:
 
 * warm: the model loaded once, then decode + ``render_clip`` + predict per call
@@ -64,10 +64,10 @@ def pick_clip(workdir: Path, settings) -> tuple[str, str]:
 def build_model(workdir: Path, tiny: bool):
     """Export backbone + a random head in every format; return (paths, settings, module name)."""
     from retrain.head import ClassificationHead
-    from retrain.modules import load_module
-    from spectrograms.settings import SpectrogramSettings
+    from soundretrain.backbones.registry import load_module
+    from soundretrain.spectrogram_settings import SpectrogramSettings
 
-    from label.export import export_model
+    from soundretrain.export import export_model
 
     if tiny:
         sys.path.insert(0, str(ROOT / "tests"))
@@ -129,7 +129,8 @@ def warm_ms(paths: dict, clip: str, repeats: int) -> tuple[dict, dict, dict]:
 
 def stage_ms(path: str, clip: str, repeats: int) -> dict:
     """Where a warm call spends its time: decode, render, predict."""
-    from spectrograms.render import load_audio, render_clip
+    from soundretrain.audio import load_audio
+    from soundretrain.render import render_clip
 
     from label.labeling import prepare_image
     from label.models import load_labeler

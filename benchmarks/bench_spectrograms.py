@@ -39,8 +39,9 @@ from pathlib import Path  # noqa: E402
 import numpy as np  # noqa: E402
 
 from spectrograms.datasets import DatasetListing, list_dataset  # noqa: E402
-from spectrograms.render import fit_duration, load_audio, log_mel  # noqa: E402
-from spectrograms.settings import SpectrogramSettings  # noqa: E402
+from soundretrain.audio import fit_duration, load_audio
+from soundretrain.render import log_mel  # noqa: E402
+from soundretrain.spectrogram_settings import SpectrogramSettings  # noqa: E402
 from spectrograms.writer import WriteOptions, _warm_up, write_spectrograms  # noqa: E402
 
 SHARED_US8K = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "urbansound8k-folds1-2"

@@ -21,8 +21,8 @@ from typing import Optional, Sequence  # noqa: E402
 
 from absl import flags
 
-from spectrograms.command_line import CommandLineExit, import_tensorflow_quietly, parse_flags
-from spectrograms.command_line import error as print_error
+from soundretrain.command_line import CommandLineExit, import_tensorflow_quietly, parse_flags
+from soundretrain.command_line import error as print_error
 
 PROG = "label_image"
 USAGE = f"""{PROG}: label images, audio or the microphone with an exported model.

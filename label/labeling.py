@@ -1,9 +1,9 @@
 """Turn images and audio into the model's input and its probabilities into results.
 
-Audio is rendered with :func:`spectrograms.render.render_clip`, the same function the
+Audio is rendered with :func:`soundretrain.render.render_clip`, the same function the
 ``spectrograms`` writer used for the training images, with the settings recorded in
 the model's sidecar. A file longer than the training duration is cut into windows
-(:func:`spectrograms.render.split_windows`), each window is labelled, and the file's
+(:func:`soundretrain.audio.split_windows`), each window is labelled, and the file's
 summary is the mean of its non-silent windows' probabilities.
 """
 from __future__ import annotations
@@ -16,7 +16,7 @@ from typing import Iterable, Iterator, Optional, Sequence
 
 import numpy as np
 
-from label import atomic_files
+from soundretrain import atomic_files
 from label.models import Labeler
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp")
@@ -72,7 +72,7 @@ def resolve_image_input(
 def spectrogram_settings_for(labeler: Labeler):
     """The :class:`SpectrogramSettings` the model was trained with (sidecar), else the
     defaults (a graph without a sidecar, such as one retrain.py wrote)."""
-    from spectrograms.settings import SpectrogramSettings
+    from soundretrain.spectrogram_settings import SpectrogramSettings
 
     d = (labeler.sidecar or {}).get("spectrogram")
     try:
@@ -155,7 +155,7 @@ def audio_rates(labeler: Labeler, audio_input: AudioInput) -> list[int]:
 def audio_windows(ys: dict, audio_input: AudioInput) -> tuple[list[float], list[bool], dict]:
     """Cut the audio into windows: their starts (seconds), which are silent, and
     ``{rate: [(start, y_window), ...]}`` (views into ``ys``, no copies)."""
-    from spectrograms.render import is_silent, split_windows
+    from soundretrain.audio import is_silent, split_windows
 
     settings = audio_input.settings
     hop = audio_input.hop_seconds if audio_input.hop_seconds is not None else settings.hop_seconds
@@ -170,7 +170,7 @@ def window_model_inputs(windows: dict, labeler: Labeler, audio_input: AudioInput
                         first: int = 0, stop: Optional[int] = None) -> np.ndarray:
     """What the model takes for windows ``first:stop`` of :func:`audio_windows`: images
     for an image model, backbone features for a head-only model."""
-    from spectrograms.render import render_clip
+    from soundretrain.render import render_clip
 
     settings = audio_input.settings
     count = len(next(iter(windows.values())))
@@ -226,7 +226,7 @@ def predict_inputs(labeler: Labeler, batch: np.ndarray) -> np.ndarray:
 
 def decode_audio(path: str, rates: Sequence[int]) -> dict:
     """``{rate: y}`` via ``load_audio``, errors as :class:`LabelInputError`; refuses silence."""
-    from spectrograms.render import AudioReadError, is_silent, load_audio
+    from soundretrain.audio import AudioReadError, is_silent, load_audio
 
     ys = {}
     for sr in rates:
@@ -248,7 +248,7 @@ def summarise(starts: Sequence[float], silent: Sequence[bool], probabilities: np
 
 def label_waveform(labeler: Labeler, y: np.ndarray, sr: int, audio_input: AudioInput, source: str = "") -> LabelResult:
     """Label audio already in memory (the microphone's recordings)."""
-    from spectrograms.render import to_sample_rate
+    from soundretrain.audio import to_sample_rate
 
     y = np.asarray(y, dtype=np.float32)
     ys = {}

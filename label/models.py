@@ -3,7 +3,7 @@
 Every format is wrapped into a :class:`Labeler` with one method,
 ``predict(batch) -> probabilities``. A head-only artifact (exported for a waveform
 backbone such as BirdNET) is chained behind its backbone, loaded by name through
-:func:`retrain.modules.load_module`, so ``predict`` takes audio for it.
+:func:`soundretrain.backbones.registry.load_module`, so ``predict`` takes audio for it.
 
 TensorFlow is imported only for the ``.pb`` and SavedModel formats: a ``.tflite``
 model runs on ``ai-edge-litert`` when it is installed, which keeps a cold start
@@ -20,7 +20,7 @@ from typing import Optional
 
 import numpy as np
 
-from label.sidecar import SidecarError, labels_sha256, read_labels, read_sidecar
+from soundretrain.sidecar import SidecarError, labels_sha256, read_labels, read_sidecar
 
 RETRAIN_INPUT_LAYER = "Placeholder"  # retrain.py's input node
 RETRAIN_OUTPUT_LAYER = "final_result"  # retrain.py's --final_tensor_name default
@@ -389,7 +389,7 @@ def _load_backbone(side: dict):
     if not name:
         raise ModelLoadError("the sidecar of this head-only model names no backbone module")
     try:
-        from retrain.modules import ModuleError, load_module
+        from soundretrain.backbones.registry import ModuleError, load_module
     except ImportError as e:
         raise ModelLoadError(f"cannot load backbone {name!r}: {_one_line(e)}") from None
     parts = module.get("parts") or []

@@ -26,7 +26,7 @@ import numpy as np
 
 from retrain.errors import RetrainError
 from retrain.images import ImageRecord
-from retrain.modules import Backbone, ConcatBackbone
+from soundretrain.backbones.registry import Backbone, ConcatBackbone
 
 DEFAULT_BATCH_SIZE = 32
 DECODE_THREADS = 2
@@ -67,7 +67,7 @@ class AudioSegments:
         self._lock = threading.Lock()  # inputs are decoded in several threads
 
     def _audio(self, source: str) -> np.ndarray:
-        from spectrograms.render import AudioReadError, load_audio
+        from soundretrain.audio import AudioReadError, load_audio
 
         with self._lock:
             if source in self._recent:
@@ -85,7 +85,7 @@ class AudioSegments:
         return y
 
     def segment(self, record: ImageRecord) -> np.ndarray:
-        from spectrograms.render import fit_duration
+        from soundretrain.audio import fit_duration
 
         if not record.source:
             raise RetrainError(f"{record.relpath}: a waveform module needs the source audio, "
@@ -227,7 +227,7 @@ class InputMaker:
         self._image_keys: dict[str, str] = {}
         if self.spec.kind == "waveform":
             if spectrogram_settings is None:
-                from spectrograms.settings import SpectrogramSettings
+                from soundretrain.spectrogram_settings import SpectrogramSettings
                 spectrogram_settings = SpectrogramSettings()
             self.audio = AudioSegments(int(self.spec.sample_rate), spectrogram_settings)
 

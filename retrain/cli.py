@@ -21,9 +21,9 @@ from typing import Optional, Sequence
 from absl import flags
 
 from retrain.augment import AugmentSettings
-from spectrograms.command_line import CommandLineExit, error, import_tensorflow_quietly, parse_flags
+from soundretrain.command_line import CommandLineExit, error, import_tensorflow_quietly, parse_flags
 from retrain.errors import RetrainError
-from retrain.modules import ModuleError, registry_names
+from soundretrain.backbones.registry import ModuleError, registry_names
 from retrain.settings import OPTIMIZERS, SPLITS, HeadSettings, RetrainSettings
 
 PROG = "retrain"

@@ -23,7 +23,7 @@ from retrain.bottlenecks import compute_augmented_bottlenecks, compute_bottlenec
 from retrain.errors import RetrainError
 from retrain.head import ClassificationHead, HeadTrainer, accuracy_and_xent
 from retrain.images import ImageSet, list_images
-from retrain.modules import Backbone, ModuleError, load_module
+from soundretrain.backbones.registry import Backbone, ModuleError, load_module
 from retrain.splits import Split, fold_split, hash_split
 
 from retrain.settings import SPLITS, RetrainSettings  # noqa: F401 - re-exported
@@ -54,7 +54,7 @@ def load_spectrogram_settings(images: ImageSet):
     path = images.spectrogram_config_path()
     if path is None:
         return None
-    from spectrograms.settings import SpectrogramSettings
+    from soundretrain.spectrogram_settings import SpectrogramSettings
 
     try:
         return SpectrogramSettings.load_json(path)
@@ -253,14 +253,14 @@ def sidecar_for(prepared: Prepared, test_accuracy: float, final_tensor_name: str
 def export(settings: RetrainSettings, prepared: Prepared, head: ClassificationHead,
            test_accuracy: float, output_graph: Optional[str] = None,
            with_other_outputs: bool = True) -> dict[str, str]:
-    """Write the requested artifacts with ``label.export.export_model``."""
+    """Write the requested artifacts with ``soundretrain.export.export_model``."""
     try:
-        from label.export import ExportError, export_model
+        from soundretrain.export import ExportError, export_model
     except ImportError as err:  # the label package is missing: keep at least the labels
         if settings.output_labels and with_other_outputs:
             _write_text(settings.output_labels, "".join(f"{l}\n" for l in prepared.images.labels))
             return {"output_labels": settings.output_labels}
-        raise RetrainError(f"cannot export the model: label.export is unavailable ({err})") from None
+        raise RetrainError(f"cannot export the model: soundretrain.export is unavailable ({err})") from None
     for path in (output_graph, settings.output_labels if with_other_outputs else None,
                  settings.output_tflite if with_other_outputs else None):
         if path and os.path.dirname(path):
@@ -284,7 +284,7 @@ def check_output_targets(settings: RetrainSettings) -> None:
     """Refuse, before any work, outputs that could only fail at the end (a folder named as
     the graph) or that would destroy something (a --saved_model_dir that is not one)."""
     try:
-        from label.atomic_files import check_file_target, check_folder_target
+        from soundretrain.atomic_files import check_file_target, check_folder_target
     except ImportError:
         return
     for path in (settings.output_graph, settings.output_labels, settings.output_tflite):

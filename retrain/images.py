@@ -102,7 +102,7 @@ def _from_folders(image_dir: str) -> list[ImageRecord]:
 
 
 def _from_manifest(image_dir: str, manifest: str) -> list[ImageRecord]:
-    from spectrograms.manifest import ManifestError, read_manifest
+    from soundretrain.manifest import ManifestError, read_manifest
 
     try:
         rows = read_manifest(manifest)

@@ -6,7 +6,8 @@ The pieces other stages use::
     settings = SpectrogramSettings.load_json("spec/spectrogram_config.json")
     image = render_clip(load_audio("clip.wav", settings.sample_rate), settings.sample_rate, settings)
 """
-from spectrograms.render import AudioReadError, load_audio, render_clip
-from spectrograms.settings import CONFIG_FILENAME, SpectrogramSettings
+from soundretrain.audio import AudioReadError, load_audio
+from soundretrain.render import render_clip
+from soundretrain.spectrogram_settings import CONFIG_FILENAME, SpectrogramSettings
 
 __all__ = ["AudioReadError", "CONFIG_FILENAME", "SpectrogramSettings", "load_audio", "render_clip"]

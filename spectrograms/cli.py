@@ -14,10 +14,10 @@ from typing import Optional, Sequence
 
 from absl import flags
 
-from spectrograms.command_line import CommandLineExit, error, parse_flags
+from soundretrain.command_line import CommandLineExit, error, parse_flags
 from spectrograms.datasets import LAYOUTS, DatasetError, list_dataset
-from spectrograms.manifest import MANIFEST_FILENAME, read_manifest
-from spectrograms.settings import IMAGE_FORMATS, LONG_CLIP_MODES, PAD_MODES, SpectrogramSettings
+from soundretrain.manifest import MANIFEST_FILENAME, read_manifest
+from soundretrain.spectrogram_settings import IMAGE_FORMATS, LONG_CLIP_MODES, PAD_MODES, SpectrogramSettings
 from spectrograms.writer import OutputError, WriteOptions, write_spectrograms
 
 PROG = "spectrograms"
@@ -119,7 +119,7 @@ def main(argv: Sequence[str]) -> int:
             return 2
     try:
         settings = settings_from_flags(fv)
-        from spectrograms.render import colormap_lut
+        from soundretrain.render import colormap_lut
 
         colormap_lut(settings.colormap)
         folds = _parse_folds(fv.folds)
@@ -144,7 +144,7 @@ def main(argv: Sequence[str]) -> int:
         return 1
     labels = sorted({c.label for c in listing.clips})
     _note(f"{len(listing.clips)} clips in {len(labels)} classes: {', '.join(labels)}")
-    from spectrograms.render import empty_mel_bands
+    from soundretrain.render import empty_mel_bands
 
     empty = empty_mel_bands(settings)
     if empty:

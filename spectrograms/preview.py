@@ -4,7 +4,7 @@ from __future__ import annotations
 import os
 from typing import Sequence
 
-from spectrograms.manifest import ManifestRow
+from soundretrain.manifest import ManifestRow
 
 PREVIEW_FILENAME = "preview.png"
 

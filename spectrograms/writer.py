@@ -28,7 +28,7 @@ from typing import Callable, Iterator, Optional, Sequence
 import numpy as np
 
 from spectrograms.datasets import Clip, DatasetListing
-from spectrograms.manifest import (
+from soundretrain.manifest import (
     FIELDS,
     MANIFEST_FILENAME,
     ManifestError,
@@ -37,16 +37,9 @@ from spectrograms.manifest import (
     read_manifest,
     write_manifest,
 )
-from spectrograms.render import (
-    AudioReadError,
-    colormap_lut,
-    fit_duration,
-    is_silent,
-    load_audio,
-    render_clip_indices,
-    split_windows,
-)
-from spectrograms.settings import CONFIG_FILENAME, SpectrogramSettings
+from soundretrain.audio import AudioReadError, fit_duration, is_silent, load_audio, split_windows
+from soundretrain.render import colormap_lut, render_clip_indices
+from soundretrain.spectrogram_settings import CONFIG_FILENAME, SpectrogramSettings
 
 JOURNAL_FILENAME = ".manifest-journal.csv"
 _TEMP_PATTERN = re.compile(r"\.tmp-\d+$")

@@ -3,7 +3,7 @@
 A tiny image backbone (``tiny_models.make_tiny_image_module``) plus a
 ``retrain.head.ClassificationHead`` trained on generated audio of three classes
 (pure tones, white noise, rising chirps) rendered with ``render_clip``, exported to
-every format by ``label.export.export_model``.
+every format by ``soundretrain.export.export_model``.
 """
 from __future__ import annotations
 
@@ -63,12 +63,12 @@ def build_tiny_model(folder: str) -> TinyModel:
     if folder in _CACHE:
         return _CACHE[folder]
     from retrain.head import ClassificationHead, HeadSettings, HeadTrainer
-    from retrain.modules import load_module
-    from spectrograms.render import render_clip
-    from spectrograms.settings import SpectrogramSettings
+    from soundretrain.backbones.registry import load_module
+    from soundretrain.render import render_clip
+    from soundretrain.spectrogram_settings import SpectrogramSettings
     from tiny_models import make_tiny_image_module
 
-    from label.export import export_model
+    from soundretrain.export import export_model
 
     os.makedirs(folder, exist_ok=True)
     settings = SpectrogramSettings(**SPECTROGRAM)

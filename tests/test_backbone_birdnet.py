@@ -9,8 +9,8 @@ import sys
 import numpy as np
 import pytest
 
-from retrain.backbones import birdnet
-from retrain.modules import Backbone, ModuleError
+from soundretrain.backbones import birdnet
+from soundretrain.backbones.registry import Backbone, ModuleError
 
 SR = birdnet.SAMPLE_RATE
 
@@ -189,7 +189,7 @@ def test_works_offline(bird, monkeypatch):
 
 
 def test_registry_name_resolves_to_this_backbone(bird):
-    from retrain.modules import load_module
+    from soundretrain.backbones.registry import load_module
 
     resolved = load_module("birdnet")
     assert resolved.name == "birdnet" and resolved.input_spec.kind == "waveform"

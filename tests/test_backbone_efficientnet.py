@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from retrain.backbones import cache_root
-from retrain.backbones import efficientnet_lite0 as lite0
-from retrain.modules import Backbone, ModuleError
+from soundretrain.backbones import cache_root
+from soundretrain.backbones import efficientnet_lite0 as lite0
+from soundretrain.backbones.registry import Backbone, ModuleError
 
 EGYPTIAN_CAT = 285
 
@@ -240,7 +240,7 @@ def test_tf_callable_converts_to_tflite(backbone):
 
 
 def test_registry_name_resolves_to_this_backbone(lite0_cache, backbone):
-    from retrain.modules import load_module
+    from soundretrain.backbones.registry import load_module
 
     resolved = load_module("efficientnet_lite0", str(lite0_cache["dir"]))
     assert resolved.name == "efficientnet_lite0" and resolved.feature_size == 1280

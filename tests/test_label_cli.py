@@ -34,7 +34,7 @@ def one_error_line(err: str) -> str:
 
 
 def spectrogram_png(tiny, tmp_path, kind, seed=7) -> str:
-    from spectrograms.render import render_clip
+    from soundretrain.render import render_clip
 
     path = tmp_path / f"{kind}.png"
     Image.fromarray(render_clip(make_clip(kind, seed=seed), SR, tiny.settings)).save(path)
@@ -56,7 +56,8 @@ def test_audio_with_only_the_sidecar(tiny, tmp_path, capsys, artifact):
 
 def test_image_output_matches_audio(tiny, tmp_path, capsys):
     """The PNG the writer would store and the audio rendered on the fly label alike."""
-    from spectrograms.render import load_audio, render_clip
+    from soundretrain.audio import load_audio
+    from soundretrain.render import render_clip
 
     wav = write_wav(tmp_path / "tone.wav", make_clip("tone", seed=7))
     png = str(tmp_path / "tone.png")  # what the spectrograms writer stores for this file
@@ -198,7 +199,7 @@ def test_input_size_that_the_model_cannot_take(tiny, tmp_path, capsys):
 
 
 def test_image_of_another_size_is_resized(tiny, tmp_path, capsys):
-    from spectrograms.render import render_clip
+    from soundretrain.render import render_clip
 
     img = Image.fromarray(render_clip(make_clip("noise", seed=2), SR, tiny.settings)).resize((64, 48))
     img.convert("RGB").save(tmp_path / "big.jpg", quality=95)

@@ -19,7 +19,7 @@ def tiny(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def images(tiny):
-    from spectrograms.render import render_clip
+    from soundretrain.render import render_clip
 
     clips = [make_clip(kind, seed=200 + s) for kind in LABELS for s in range(3)]
     return np.stack([render_clip(y, SR, tiny.settings) for y in clips]).astype(np.float32) / 255.0
@@ -42,7 +42,7 @@ def test_every_format_matches_the_in_memory_model(tiny, images, artifact):
 
 @pytest.mark.parametrize("quantization,atol", [("float16", 0.02), ("dynamic", 0.05)])
 def test_quantised_tflite_keeps_the_top1(tiny, images, tmp_path, quantization, atol):
-    from label.export import export_model
+    from soundretrain.export import export_model
     from label.models import load_labeler
 
     path = str(tmp_path / f"{quantization}.tflite")
@@ -82,7 +82,7 @@ def test_frozen_graph_loads_with_plain_tf_compat_v1(tiny, images):
 
 
 def test_custom_tensor_names(tiny, images, tmp_path):
-    from label.export import export_model
+    from soundretrain.export import export_model
     from label.models import load_labeler
 
     path = str(tmp_path / "g.pb")
@@ -95,7 +95,7 @@ def test_custom_tensor_names(tiny, images, tmp_path):
 
 
 def test_labels_file_and_sidecars(tiny):
-    from label.sidecar import labels_sha256
+    from soundretrain.sidecar import labels_sha256
 
     with open(tiny.paths["output_labels"], encoding="utf-8") as f:
         assert f.read() == "tone\nnoise\nchirp\n"
@@ -123,7 +123,7 @@ def test_saved_model_serving_signature(tiny, images):
 
 
 def test_label_count_must_match_the_head(tiny, tmp_path):
-    from label.export import ExportError, export_model
+    from soundretrain.export import ExportError, export_model
 
     with pytest.raises(ExportError, match="3 outputs but there are 2 labels"):
         export_model(tiny.backbone, tiny.head, ["a", "b"], {}, output_graph=str(tmp_path / "g.pb"))
@@ -136,7 +136,7 @@ def test_label_count_must_match_the_head(tiny, tmp_path):
 def test_reexport_replaces_artifacts_atomically(tiny, images, tmp_path):
     from retrain.head import ClassificationHead
 
-    from label.export import export_model
+    from soundretrain.export import export_model
     from label.models import load_labeler
 
     paths = dict(output_graph=str(tmp_path / "g.pb"), saved_model_dir=str(tmp_path / "sm"),
@@ -155,7 +155,7 @@ def test_reexport_replaces_artifacts_atomically(tiny, images, tmp_path):
 
 
 def test_failed_write_keeps_the_old_artifact(tmp_path):
-    from label import atomic_files
+    from soundretrain import atomic_files
 
     target = tmp_path / "model.pb"
     atomic_files.write_bytes(str(target), b"old")
@@ -175,7 +175,7 @@ def test_failed_write_keeps_the_old_artifact(tmp_path):
 
 def test_artifacts_get_the_permissions_of_a_plain_write(tiny, tmp_path):
     # mkstemp/mkdtemp make private 0600/0700 entries; a shared model must stay readable.
-    from label.export import export_model
+    from soundretrain.export import export_model
 
     old = os.umask(0o022)
     try:
@@ -190,7 +190,7 @@ def test_artifacts_get_the_permissions_of_a_plain_write(tiny, tmp_path):
 
 
 def test_replacing_never_deletes_what_is_not_a_saved_model(tmp_path):
-    from label import atomic_files
+    from soundretrain import atomic_files
 
     folder = tmp_path / "recordings"
     folder.mkdir()
@@ -217,7 +217,7 @@ def test_replacing_never_deletes_what_is_not_a_saved_model(tmp_path):
 
 @pytest.fixture(scope="module")
 def waveform_backbone(tmp_path_factory):
-    from retrain.modules import load_module
+    from soundretrain.backbones.registry import load_module
     from tiny_models import make_tiny_waveform_module
 
     return load_module(make_tiny_waveform_module(tmp_path_factory.mktemp("wave") / "tiny_wave", sample_rate=SR))
@@ -226,7 +226,7 @@ def waveform_backbone(tmp_path_factory):
 def test_waveform_backbone_exports_head_only(waveform_backbone, tmp_path):
     from retrain.head import ClassificationHead
 
-    from label.export import ExportError, export_model
+    from soundretrain.export import ExportError, export_model
     from label.models import load_labeler
 
     head = ClassificationHead(waveform_backbone.feature_size, 3, seed=1)
@@ -255,10 +255,10 @@ def test_mixed_image_and_waveform_modules_label_audio(tiny, waveform_backbone, t
     real use): head-only export; labelling feeds each module its own input, found
     again from the sidecar alone."""
     from retrain.head import ClassificationHead
-    from retrain.modules import load_module
-    from spectrograms.render import render_clip
+    from soundretrain.backbones.registry import load_module
+    from soundretrain.render import render_clip
 
-    from label.export import export_model
+    from soundretrain.export import export_model
     from label.labeling import AudioInput, label_waveform
     from label.models import load_labeler
 
@@ -277,10 +277,10 @@ def test_mixed_image_and_waveform_modules_label_audio(tiny, waveform_backbone, t
 
 def test_waveform_model_through_the_cli(waveform_backbone, tmp_path, capsys):
     from retrain.head import ClassificationHead
-    from spectrograms.settings import SpectrogramSettings
+    from soundretrain.spectrogram_settings import SpectrogramSettings
 
     from label.cli import main
-    from label.export import export_model
+    from soundretrain.export import export_model
     from label_models import SPECTROGRAM, write_wav
 
     head = ClassificationHead(waveform_backbone.feature_size, 3, seed=1)

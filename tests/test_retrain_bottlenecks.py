@@ -13,7 +13,7 @@ from retrain.bottlenecks import (BottleneckStore, compute_augmented_bottlenecks,
                                  compute_bottlenecks, image_to_input, read_image)
 from retrain.errors import RetrainError
 from retrain.images import list_images
-from retrain.modules import load_module
+from soundretrain.backbones.registry import load_module
 from tiny_models import (make_colour_image_folders, make_tiny_image_module,
                          make_tiny_waveform_module, make_tone_spectrogram_dir,
                          write_colour_image)
@@ -109,7 +109,7 @@ def test_concatenated_modules_cache_per_part(backbone, images, tmp_path):
 
 
 def test_waveform_module_reads_source_audio_windows(tmp_path):
-    from spectrograms.settings import SpectrogramSettings
+    from soundretrain.spectrogram_settings import SpectrogramSettings
 
     make_tone_spectrogram_dir(tmp_path)
     images = list_images(str(tmp_path / "spec"))

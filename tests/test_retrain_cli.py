@@ -136,7 +136,7 @@ def test_augmentation_copies_and_head_options(tmp_path, tiny, image_dir, capsys)
 
 
 def make_manifest_images(root: Path, folds=(1, 2, 3)) -> Path:
-    from spectrograms.manifest import ManifestRow, write_manifest
+    from soundretrain.manifest import ManifestRow, write_manifest
 
     rows = []
     for fold in folds:
@@ -394,7 +394,7 @@ def test_console_error_is_exactly_one_line_on_stderr(tmp_path, image_dir):
 
 
 def test_sidecar_carries_spectrogram_settings_and_accuracy(tmp_path, tiny, image_dir, capsys):
-    from spectrograms.settings import SpectrogramSettings
+    from soundretrain.spectrogram_settings import SpectrogramSettings
 
     settings = SpectrogramSettings(duration=3.0, n_mels=64, image_size=32)
     settings.save_json(Path(image_dir) / "spectrogram_config.json")

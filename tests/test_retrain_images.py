@@ -30,7 +30,7 @@ def test_group_rule():
 
 
 def test_manifest_is_preferred_and_carries_folds_and_sources(tmp_path):
-    from spectrograms.manifest import ManifestRow, write_manifest
+    from soundretrain.manifest import ManifestRow, write_manifest
 
     root = Path(make_colour_image_folders(tmp_path / "spec", per_class=2))
     rows = [ManifestRow(f"{lab}/{lab}_{i}_nohash_0.png", lab, i + 1, f"rec{lab}{i}",

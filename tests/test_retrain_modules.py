@@ -8,7 +8,7 @@ import threading
 import numpy as np
 import pytest
 
-from retrain.modules import ConcatBackbone, ModuleError, load_module
+from soundretrain.backbones.registry import ConcatBackbone, ModuleError, load_module
 from tiny_models import make_module_archive, make_tiny_image_module, make_tiny_waveform_module
 
 
@@ -106,7 +106,7 @@ def test_tensorflow_hub_imports_without_its_pkg_resources_warning():
     import sys
     import warnings
 
-    from retrain.modules import _import_hub
+    from soundretrain.backbones.registry import _import_hub
 
     def fresh() -> dict:
         return {k: sys.modules.pop(k) for k in list(sys.modules)
@@ -159,7 +159,7 @@ def test_online_registry_name_offline_is_one_line(tmp_path, monkeypatch):
 def test_yamnet_wrapper_pools_frame_embeddings(tmp_path):
     import tensorflow as tf
 
-    from retrain.modules import YamnetBackbone
+    from soundretrain.backbones.registry import YamnetBackbone
     from tiny_models import make_tiny_yamnet_like_module
 
     b = YamnetBackbone(make_tiny_yamnet_like_module(tmp_path / "yamnet"))

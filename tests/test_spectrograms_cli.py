@@ -14,9 +14,10 @@ from PIL import Image
 from spectrograms import cli
 from spectrograms.example import CLASSES, synthesize
 from spectrograms.example import main as example_main
-from spectrograms.manifest import read_manifest
-from spectrograms.render import load_audio, render_clip
-from spectrograms.settings import CONFIG_FILENAME, SpectrogramSettings
+from soundretrain.manifest import read_manifest
+from soundretrain.audio import load_audio
+from soundretrain.render import render_clip
+from soundretrain.spectrogram_settings import CONFIG_FILENAME, SpectrogramSettings
 
 REPO = Path(__file__).resolve().parents[1]
 FAST_FLAGS = ["--sample_rate=8000", "--duration=0.5", "--n_fft=256", "--hop_length=64", "--n_mels=32",
@@ -211,7 +212,7 @@ def test_shared_urbansound8k_handful(shared_us8k, tmp_path, capsys):
 
 
 def test_preview_picks_spread_over_recordings_and_non_silent_first():
-    from spectrograms.manifest import ManifestRow
+    from soundretrain.manifest import ManifestRow
     from spectrograms.preview import pick_preview_rows
 
     def row(name, group, silent=False, label="dog"):
@@ -233,7 +234,7 @@ def test_preview_title_fits_the_figure(tmp_path, monkeypatch, per_class):
     matplotlib.use("Agg")
     from matplotlib.figure import Figure
 
-    from spectrograms.manifest import ManifestRow
+    from soundretrain.manifest import ManifestRow
     from spectrograms.preview import write_preview
 
     rows = []

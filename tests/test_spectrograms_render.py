@@ -8,20 +8,10 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from spectrograms.render import (
-    AudioReadError,
-    colormap_lut,
-    fit_duration,
-    is_silent,
-    load_audio,
-    log_mel,
-    power_stft,
-    render_clip,
-    render_clip_indices,
-    spectrogram_image,
-    split_windows,
-)
-from spectrograms.settings import SpectrogramSettings
+from soundretrain.audio import AudioReadError, fit_duration, is_silent, load_audio, split_windows
+
+from soundretrain.render import colormap_lut, log_mel, power_stft, render_clip, render_clip_indices, spectrogram_image
+from soundretrain.spectrogram_settings import SpectrogramSettings
 
 SR = 22050
 

@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from spectrograms.manifest import FIELDS, ManifestError, ManifestRow, read_manifest, write_manifest
-from spectrograms.settings import CONFIG_FILENAME, SpectrogramSettings
+from soundretrain.manifest import FIELDS, ManifestError, ManifestRow, read_manifest, write_manifest
+from soundretrain.spectrogram_settings import CONFIG_FILENAME, SpectrogramSettings
 
 
 def test_defaults_match_the_contract():

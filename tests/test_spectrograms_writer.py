@@ -14,9 +14,10 @@ import soundfile as sf
 from PIL import Image
 
 from spectrograms.datasets import list_dataset
-from spectrograms.manifest import read_manifest
-from spectrograms.render import colormap_lut, load_audio, render_clip
-from spectrograms.settings import CONFIG_FILENAME, SpectrogramSettings
+from soundretrain.manifest import read_manifest
+from soundretrain.audio import load_audio
+from soundretrain.render import colormap_lut, render_clip
+from soundretrain.spectrogram_settings import CONFIG_FILENAME, SpectrogramSettings
 from spectrograms.writer import JOURNAL_FILENAME, OutputError, WriteOptions, write_spectrograms
 
 SR = 8000

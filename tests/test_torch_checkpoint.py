@@ -12,8 +12,8 @@ from collections import OrderedDict
 import numpy as np
 import pytest
 
-from retrain.backbones.efficientnet_lite0 import checkpoint_path
-from retrain.backbones.torch_checkpoint import (
+from soundretrain.backbones.efficientnet_lite0 import checkpoint_path
+from soundretrain.backbones.torch_checkpoint import (
     LEGACY_MAGIC, LEGACY_PROTOCOL, CheckpointError, read_legacy_checkpoint)
 
 

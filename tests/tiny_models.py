@@ -4,7 +4,7 @@
 ``__call__``) maps float32 ``[None, size, size, 3]`` in ``[0, 1]`` to float32
 ``[None, feature_size]``: two small conv + pool layers with fixed random weights, then a
 global average pool and a dense projection. Loadable with
-``retrain.modules.load_module(path)``, so tests exercise the same loading path as a real
+``soundretrain.backbones.registry.load_module(path)``, so tests exercise the same loading path as a real
 TF Hub module, without any download.
 """
 from __future__ import annotations
@@ -135,8 +135,8 @@ def make_tone_spectrogram_dir(root: str | os.PathLike, sr: int = 8000, seconds: 
     placeholders: only waveform modules can tell the classes apart."""
     import soundfile as sf
 
-    from spectrograms.manifest import ManifestRow, write_manifest
-    from spectrograms.settings import SpectrogramSettings
+    from soundretrain.manifest import ManifestRow, write_manifest
+    from soundretrain.spectrogram_settings import SpectrogramSettings
 
     root = Path(root)
     rows = []

