@@ -21,7 +21,8 @@ from typing import Optional, Sequence  # noqa: E402
 
 from absl import flags
 
-from soundretrain.command_line import CommandLineExit, import_tensorflow_quietly, parse_flags
+from soundretrain.command_line import (CommandLineExit, FlagGroup, FlagGroups, import_tensorflow_quietly,
+                                       parse_flags)
 from soundretrain.command_line import error as print_error
 
 PROG = "label_image"
@@ -34,32 +35,41 @@ USAGE = f"""{PROG}: label images, audio or the microphone with an exported model
 """
 
 
+HELP_GROUPS = FlagGroups(
+    FlagGroup("inputs", "Inputs: what to label"),
+    FlagGroup("model", "Model (label_image's flags; defaults from the model's sidecar)"),
+    FlagGroup("microphone", "Microphone"),
+    FlagGroup("output", "Output"),
+)
+
+
 def define_flags(fv: flags.FlagValues) -> None:
-    d = dict(flag_values=fv)
-    flags.DEFINE_string("graph", None, "Model to use: a frozen .pb, a SavedModel folder or a .tflite file.", **d)
-    flags.DEFINE_string("labels", None, "Labels file, one per line (default: the labels in the model's sidecar).", **d)
-    flags.DEFINE_multi_string("image", None, "Image file(s) to label; comma separated or repeated.", **d)
-    flags.DEFINE_multi_string("audio", None, "Audio file(s) to label; comma separated or repeated.", **d)
-    flags.DEFINE_string("image_dir", None, "Label every image under this folder (recursively).", **d)
-    flags.DEFINE_string("audio_dir", None, "Label every audio file under this folder (recursively).", **d)
-    flags.DEFINE_string("output_csv", None, "With --image_dir/--audio_dir: write one CSV row per file here.", **d)
-    flags.DEFINE_integer("input_height", None, "Model input height (default: sidecar, else the graph's input shape).", **d)
-    flags.DEFINE_integer("input_width", None, "Model input width (default: sidecar, else the graph's input shape).", **d)
-    flags.DEFINE_float("input_mean", None, "Subtracted from pixel values (default: sidecar, else 0). 0 is a value.", **d)
-    flags.DEFINE_float("input_std", None, "Pixel values are divided by it (default: sidecar, else 255).", **d)
-    flags.DEFINE_string("input_layer", None, "Input tensor name (default: sidecar, else Placeholder).", **d)
-    flags.DEFINE_string("output_layer", None, "Output tensor name (default: sidecar, else final_result).", **d)
-    flags.DEFINE_integer("top_k", 5, "How many classes to print.", lower_bound=1, **d)
-    flags.DEFINE_boolean("json", False, "Print JSON (one document; JSON lines with --mic) instead of text.", **d)
-    flags.DEFINE_float("hop_seconds", None, "Seconds between windows of a long audio file (default: the sidecar's window hop, else the training duration).", **d)
-    flags.DEFINE_integer("batch_size", 32, "Model inputs per call when labelling folders.", lower_bound=1, **d)
-    flags.DEFINE_boolean("mic", False, "Listen to the default input device; label each sound event until Ctrl-C.", **d)
-    flags.DEFINE_string("mic_device", None, "Input device name or index for --mic (default: the system default).", **d)
-    flags.DEFINE_string("mic_file", None, "Drive the --mic loop from an audio file instead of a device.", **d)
-    flags.DEFINE_boolean("mic_realtime", False, "Stream --mic_file at real-time speed, as a microphone would.", **d)
-    flags.DEFINE_float("record_seconds", 3.0, "Seconds recorded after a sound event starts.", **d)
-    flags.DEFINE_float("trigger_db", 12.0, "An event starts when a 50 ms block is this many dB above the noise floor.", **d)
-    flags.DEFINE_integer("num_threads", None, "Threads for the TFLite interpreter (default: its own choice).", **d)
+    """The command's flags on ``fv``; every flag names its --help group (HELP_GROUPS)."""
+    define = HELP_GROUPS.definer(fv)
+    define("string", "graph", None, "Model to use: a frozen .pb, a SavedModel folder or a .tflite file.", group="model")
+    define("string", "labels", None, "Labels file, one per line (default: the labels in the model's sidecar).", group="model")
+    define("multi_string", "image", None, "Image file(s) to label; comma separated or repeated.", group="inputs")
+    define("multi_string", "audio", None, "Audio file(s) to label; comma separated or repeated.", group="inputs")
+    define("string", "image_dir", None, "Label every image under this folder (recursively).", group="inputs")
+    define("string", "audio_dir", None, "Label every audio file under this folder (recursively).", group="inputs")
+    define("string", "output_csv", None, "With --image_dir/--audio_dir: write one CSV row per file here.", group="output")
+    define("integer", "input_height", None, "Model input height (default: sidecar, else the graph's input shape).", group="model")
+    define("integer", "input_width", None, "Model input width (default: sidecar, else the graph's input shape).", group="model")
+    define("float", "input_mean", None, "Subtracted from pixel values (default: sidecar, else 0). 0 is a value.", group="model")
+    define("float", "input_std", None, "Pixel values are divided by it (default: sidecar, else 255).", group="model")
+    define("string", "input_layer", None, "Input tensor name (default: sidecar, else Placeholder).", group="model")
+    define("string", "output_layer", None, "Output tensor name (default: sidecar, else final_result).", group="model")
+    define("integer", "top_k", 5, "How many classes to print.", lower_bound=1, group="output")
+    define("boolean", "json", False, "Print JSON (one document; JSON lines with --mic) instead of text.", group="output")
+    define("float", "hop_seconds", None, "Seconds between windows of a long audio file (default: the sidecar's window hop, else the training duration).", group="inputs")
+    define("integer", "batch_size", 32, "Model inputs per call (images, audio windows).", lower_bound=1, group="inputs")
+    define("boolean", "mic", False, "Listen to the default input device; label each sound event until Ctrl-C.", group="microphone")
+    define("string", "mic_device", None, "Input device name or index for --mic (default: the system default).", group="microphone")
+    define("string", "mic_file", None, "Drive the --mic loop from an audio file instead of a device.", group="microphone")
+    define("boolean", "mic_realtime", False, "Stream --mic_file at real-time speed, as a microphone would.", group="microphone")
+    define("float", "record_seconds", 3.0, "Seconds recorded after a sound event starts.", group="microphone")
+    define("float", "trigger_db", 12.0, "An event starts when a 50 ms block is this many dB above the noise floor.", group="microphone")
+    define("integer", "num_threads", None, "Threads for the TFLite interpreter (default: its own choice).", group="model")
 
 
 @dataclass(frozen=True)
@@ -154,7 +164,8 @@ def main(argv: Sequence[str]) -> int:
     fv = flags.FlagValues()
     define_flags(fv)
     try:
-        rest = parse_flags(fv, argv, PROG, lambda: f"{USAGE}\n{fv.get_help()}", positional=True)
+        rest = parse_flags(fv, argv, PROG, lambda: f"{USAGE}\n{HELP_GROUPS.help(fv)}", positional=True,
+                           full_usage=lambda: f"{USAGE}\n{HELP_GROUPS.help(fv, full=True)}")
         settings = settings_from_flags(fv, rest[1:])
     except CommandLineExit as done:
         return done.code

@@ -21,7 +21,8 @@ from typing import Optional, Sequence
 from absl import flags
 
 from retrain.augment import AugmentSettings
-from soundretrain.command_line import CommandLineExit, error, import_tensorflow_quietly, parse_flags
+from soundretrain.command_line import (CommandLineExit, FlagGroup, FlagGroups, error,
+                                       import_tensorflow_quietly, parse_flags)
 from retrain.errors import RetrainError
 from soundretrain.backbones.registry import ModuleError, registry_names
 from retrain.settings import OPTIMIZERS, SPLITS, HeadSettings, RetrainSettings
@@ -30,91 +31,123 @@ PROG = "retrain"
 VERBOSITIES = ("DEBUG", "INFO", "WARN", "ERROR", "FATAL")
 
 
-def make_flags() -> flags.FlagValues:
-    """This CLI's flags, on their own FlagValues (never absl's global FLAGS)."""
-    fv = flags.FlagValues()
+HELP_GROUPS = FlagGroups(
+    FlagGroup("retrain.py", "retrain.py's flags (same names, meanings and defaults)"),
+    FlagGroup("splits", "Splits: which recordings train, validate and test"),
+    FlagGroup("head", "The head: what is trained on the bottlenecks"),
+    FlagGroup("augmentation", "Augmentation (cached copies of the training images)"),
+    FlagGroup("export", "Export: the trained model and its labels"),
+    FlagGroup("run", "Module cache, logs and progress"),
+    FlagGroup("compatibility", "Accepted for retrain.py compatibility, ignored", brief=False),
+)
 
-    def define(kind, name, default, help_text, **kw):
-        getattr(flags, f"DEFINE_{kind}")(name=name, default=default, help=help_text,
-                                         flag_values=fv, **kw)
+
+def make_flags() -> flags.FlagValues:
+    """This CLI's flags, on their own FlagValues (never absl's global FLAGS). Every flag names
+    its --help group (HELP_GROUPS)."""
+    fv = flags.FlagValues()
+    define = HELP_GROUPS.definer(fv)
 
     # retrain.py's flags: same names and defaults.
-    define("string", "image_dir", "", "Folder of images: what spectrograms wrote (with "
-           "manifest.csv), or retrain.py-style <label>/<image> class folders.")
+    define("string", "image_dir", "", "Folder of images to train on. What spectrograms wrote "
+           "(with manifest.csv), or retrain.py-style <label>/<image> class folders.",
+           group="retrain.py")
     define("string", "output_graph", "/tmp/output_graph.pb",
-           "Where to save the trained frozen graph (.pb); empty to skip.")
+           "Where to save the trained frozen graph (.pb); empty to skip.", group="export")
     define("string", "intermediate_output_graphs_dir", "/tmp/intermediate_graph/",
-           "Where to save the intermediate graphs.")
+           "Where to save the intermediate graphs.", group="export")
     define("integer", "intermediate_store_frequency", 0,
-           "How many steps between intermediate graphs; 0 stores none.")
+           "How many steps between intermediate graphs; 0 stores none.", group="export")
     define("string", "output_labels", "/tmp/output_labels.txt",
-           "Where to save the labels, one per line in class-index order.")
+           "Where to save the labels, one per line in class-index order.", group="export")
     define("string", "summaries_dir", "training_summaries",
-           "TensorBoard logs; each run gets its own <time>-<tag> subfolder. Empty: none.")
-    define("integer", "how_many_training_steps", 4000, "How many training steps to run.")
-    define("float", "learning_rate", 0.01, "Learning rate of the head's optimizer.")
+           "TensorBoard logs; each run gets its own <time>-<tag> subfolder. Empty: none.",
+           group="retrain.py")
+    define("integer", "how_many_training_steps", 4000, "How many training steps to run.",
+           group="retrain.py")
+    define("float", "learning_rate", 0.01, "Learning rate of the head's optimizer.",
+           group="retrain.py")
     define("integer", "testing_percentage", 10, "With --split=hash: percentage of recordings "
-           "used as the test set.")
+           "used as the test set.", group="splits")
     define("integer", "validation_percentage", 10, "Percentage of recordings used for "
-           "validation (with --split=folds and no --validation_folds: of the training folds).")
-    define("integer", "eval_step_interval", 10, "How often to evaluate the training results.")
-    define("integer", "train_batch_size", 100, "How many images to train on at a time.")
+           "validation. With --split=folds and no --validation_folds: of the training folds.",
+           group="splits")
+    define("integer", "eval_step_interval", 10, "How often to evaluate the training results.",
+           group="retrain.py")
+    define("integer", "train_batch_size", 100, "How many images to train on at a time.",
+           group="retrain.py")
     define("integer", "test_batch_size", -1, "How many test images to evaluate at the end; "
-           "-1 uses the entire test set.")
+           "-1 uses the entire test set.", group="retrain.py")
     define("integer", "validation_batch_size", 100, "How many images in an evaluation batch; "
-           "-1 uses the entire validation set.")
+           "-1 uses the entire validation set.", group="retrain.py")
     define("boolean", "print_misclassified_test_images", False,
-           "Print every misclassified test image.")
-    define("string", "bottleneck_dir", "/tmp/bottleneck", "Cache of bottleneck values "
-           "(content-addressed per module, so several image folders can share it).")
-    define("string", "final_tensor_name", "final_result", "Name of the output node of the graph.")
+           "Print every misclassified test image.", group="retrain.py")
+    define("string", "bottleneck_dir", "/tmp/bottleneck", "Cache of bottleneck values. "
+           "Content-addressed per module, so several image folders can share it.",
+           group="retrain.py")
+    define("string", "final_tensor_name", "final_result", "Name of the output node of the graph.",
+           group="export")
     define("boolean", "flip_left_right", False, "Accepted for retrain.py compatibility; on a "
-           "spectrogram it reverses time, so it is ignored (see --augmentation_copies).")
+           "spectrogram it reverses time, so it is ignored (see --augmentation_copies).",
+           group="compatibility")
     define("integer", "random_crop", 0, "Accepted for retrain.py compatibility and ignored: "
-           "use --augmentation_copies.")
+           "use --augmentation_copies.", group="compatibility")
     define("integer", "random_scale", 0, "Accepted for retrain.py compatibility and ignored: "
-           "use --augmentation_copies.")
+           "use --augmentation_copies.", group="compatibility")
     define("integer", "random_brightness", 0, "Accepted for retrain.py compatibility and "
-           "ignored: use --augmentation_copies.")
+           "ignored: use --augmentation_copies.", group="compatibility")
     define("string", "tfhub_module", "efficientnet_lite0",
-           f"The module: one of {', '.join(registry_names())}, a TF2 SavedModel / TF Hub "
-           "module folder, a TF Hub handle or URL, or several of these joined by commas "
-           "(features concatenated). efficientnet_lite0 works offline.")
-    define("string", "saved_model_dir", "", "Where to save the exported SavedModel; empty: none.")
-    define("enum", "logging_verbosity", "INFO", "How much to print.", enum_values=list(VERBOSITIES))
+           "The frozen pretrained module; efficientnet_lite0 works offline. One of "
+           f"{', '.join(registry_names())}, a TF2 SavedModel / TF Hub module folder, a TF Hub "
+           "handle or URL, or several of these joined by commas (features concatenated).",
+           group="retrain.py")
+    define("string", "saved_model_dir", "", "Where to save the exported SavedModel; empty: none.",
+           group="export")
+    define("enum", "logging_verbosity", "INFO", "How much to print.",
+           enum_values=list(VERBOSITIES), group="retrain.py")
     define("string", "checkpoint_path", "/tmp/_retrain_checkpoint",
-           "Where to save the head's checkpoint; empty: none.")
+           "Where to save the head's checkpoint; empty: none.", group="export")
     # New flags.
     define("enum", "split", "hash", "hash: retrain.py's stable SHA-1 split computed per "
            "recording (group); folds: the manifest's folds (--test_folds, --validation_folds).",
-           enum_values=list(SPLITS))
-    define("list", "test_folds", [], "With --split=folds: the test fold(s), e.g. 10.")
+           enum_values=list(SPLITS), group="splits")
+    define("list", "test_folds", [], "With --split=folds: the test fold(s), e.g. 10.",
+           group="splits")
     define("list", "validation_folds", [], "With --split=folds: the validation fold(s); default a "
-           "--validation_percentage slice of the training folds' recordings.")
+           "--validation_percentage slice of the training folds' recordings.", group="splits")
     define("boolean", "cross_validate", False, "The official protocol: one run per fold as the "
-           "test fold; per-fold and mean ± std accuracy, CSV + JSON report. Exports nothing.")
-    define("list", "cross_validation_folds", [], "With --cross_validate: only these test folds.")
+           "test fold; per-fold and mean ± std accuracy, CSV + JSON report. Exports nothing.",
+           group="splits")
+    define("list", "cross_validation_folds", [], "With --cross_validate: only these test folds.",
+           group="splits")
     define("integer", "augmentation_copies", 0, "Cache this many augmented copies of every "
-           "training image (time shift, time/frequency masks, mixing within a class).")
-    define("integer", "random_seed", None, lower_bound=0, help_text="Seed for the head's initialisation, batches and "
-           "augmentation; the same seed repeats a run exactly. Default: drawn and printed.")
-    define("integer", "hidden_units", 0, "Add a hidden ReLU layer of this size (0: retrain.py's "
-           "single softmax layer).")
-    define("float", "dropout", 0.0, "Dropout rate before the final layer during training.")
-    define("float", "label_smoothing", 0.0, "Label smoothing of the cross-entropy loss.")
+           "training image. Each: time shift, time/frequency masks, mixing within a class.",
+           group="augmentation")
+    define("integer", "random_seed", None, lower_bound=0, help_text="Seed for the head's "
+           "initialisation, batches and augmentation; the same seed repeats a run exactly. "
+           "Default: drawn and printed.", group="head")
+    define("integer", "hidden_units", 0, "Add a hidden ReLU layer of this size; 0: "
+           "retrain.py's single softmax layer.", group="head")
+    define("float", "dropout", 0.0, "Dropout rate before the final layer during training.",
+           group="head")
+    define("float", "label_smoothing", 0.0, "Label smoothing of the cross-entropy loss.",
+           group="head")
     define("enum", "optimizer", "sgd", "sgd (retrain.py's gradient descent) or adam "
-           "(try --learning_rate=0.001).", enum_values=list(OPTIMIZERS))
-    define("float", "l2", 0.0, "L2 weight penalty.")
-    define("boolean", "balanced_batches", False, "Draw every class equally often in a batch.")
+           "(try --learning_rate=0.001).", enum_values=list(OPTIMIZERS), group="head")
+    define("float", "l2", 0.0, "L2 weight penalty.", group="head")
+    define("boolean", "balanced_batches", False, "Draw every class equally often in a batch.",
+           group="head")
     define("string", "module_cache_dir", None, "Cache folder for converted and downloaded "
-           "modules (default: $XDG_CACHE_HOME/soundretrain, TF Hub's own cache).")
-    define("string", "output_tflite", "", "Also save a TFLite flatbuffer here; empty: none.")
+           "modules. Default: $XDG_CACHE_HOME/soundretrain, and TF Hub's own cache.", group="run")
+    define("string", "output_tflite", "", "Also save a TFLite flatbuffer here; empty: none.",
+           group="export")
     define("enum", "tflite_quantization", "none", "TFLite quantization.",
-           enum_values=["none", "float16", "dynamic"])
-    define("integer", "bottleneck_batch_size", 32, "Images per forward pass of the module.")
+           enum_values=["none", "float16", "dynamic"], group="export")
+    define("integer", "bottleneck_batch_size", 32, "Images per forward pass of the module.",
+           group="run")
     define("string", "run_tag", "", "Short tag in the TensorBoard run folder's name "
-           "(default: module and split).")
-    define("boolean", "progress", True, "Show progress bars.")
+           "(default: module and split).", group="run")
+    define("boolean", "progress", True, "Show progress bars.", group="run")
     return fv
 
 
@@ -209,14 +242,14 @@ def cross_validation_warnings(fv: flags.FlagValues) -> list[str]:
             "--test_folds=N to export one"]
 
 
-def _usage(fv: flags.FlagValues) -> str:
+def _usage(fv: flags.FlagValues, full: bool = False) -> str:
     return (
         f"usage: {PROG} --image_dir=DIR [--tfhub_module=efficientnet_lite0] [flags]\n"
         f"       {PROG} --flagfile=configs/retrain_urbansound8k.cfg --image_dir=DIR "
         "[--test_folds=10 | --cross_validate]\n\n"
         "Trains a new classification head on spectrogram images with a frozen pretrained\n"
         "module, after TensorFlow's retrain.py, and exports graph + labels.\n\n"
-        + fv.get_help(include_special_flags=False)
+        + HELP_GROUPS.help(fv, full=full)
     )
 
 
@@ -224,7 +257,7 @@ def main(argv: Sequence[str]) -> int:
     """Run the stage; returns the exit status (0 ok, 1 failure, 2 bad flags)."""
     fv = make_flags()
     try:
-        parse_flags(fv, argv, PROG, lambda: _usage(fv))
+        parse_flags(fv, argv, PROG, lambda: _usage(fv), full_usage=lambda: _usage(fv, full=True))
     except CommandLineExit as done:
         return done.code
     if not fv.image_dir:

@@ -1,0 +1,3 @@
+from label.cli import run
+
+run()
