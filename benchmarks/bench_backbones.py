@@ -23,6 +23,8 @@ from typing import Callable, Dict, List
 
 import numpy as np
 
+from soundretrain import atomic_files
+
 RESULTS = Path(__file__).resolve().parent / "results" / "bench_backbones.json"
 
 
@@ -150,10 +152,7 @@ def main(argv: List[str] | None = None) -> int:
     print(f"\nBackbone throughput on {cores} CPU cores")
     print(_table(rows))
 
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    tmp = args.output.with_name(args.output.name + ".tmp")
-    tmp.write_text(json.dumps(results, indent=2))
-    os.replace(tmp, args.output)
+    atomic_files.write_text(args.output, json.dumps(results, indent=2) + "\n")
     print(f"wrote {args.output}")
     return 0
 

@@ -14,9 +14,9 @@ from __future__ import annotations
 
 import collections
 import hashlib
+import io
 import os
 import re
-import tempfile
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -26,6 +26,7 @@ import numpy as np
 
 from retrain.errors import RetrainError
 from retrain.images import ImageRecord
+from soundretrain import atomic_files
 from soundretrain.backbones.registry import Backbone, ConcatBackbone
 
 DEFAULT_BATCH_SIZE = 32
@@ -150,18 +151,10 @@ class BottleneckStore:
         return vec
 
     def put(self, key: str, vec: np.ndarray) -> None:
-        path = self.path(key)
-        folder = os.path.dirname(path)
-        os.makedirs(folder, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".npy", dir=folder)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                np.save(f, np.asarray(vec, dtype=np.float32))
-            os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
+        buf = io.BytesIO()
+        np.save(buf, np.asarray(vec, dtype=np.float32))
+        # Thousands of small entries: no fsync each; a torn entry fails to load and is recomputed.
+        atomic_files.write_bytes(self.path(key), buf.getvalue(), durable=False)
 
 
 # ----------------------------------------------------------------------------- jobs

@@ -304,12 +304,9 @@ def check_output_targets(settings: RetrainSettings) -> None:
 
 
 def _write_text(path: str, text: str) -> None:
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-    os.replace(tmp, path)
+    from soundretrain import atomic_files
+
+    atomic_files.write_text(path, text)
 
 
 def save_checkpoint(path: str, head: ClassificationHead) -> None:

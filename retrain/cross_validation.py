@@ -22,6 +22,7 @@ from retrain.core import (RetrainSettings, _default_tag, draw_seed, prepare, spl
 from retrain.errors import RetrainError
 from retrain.splits import cross_validation_splits
 from retrain.summaries import make_run_dir
+from soundretrain import atomic_files
 
 
 @dataclass
@@ -103,7 +104,4 @@ def cross_validate(settings: RetrainSettings, seed: Optional[int] = None,
 
 
 def _atomic_write(path: str, text: str) -> None:
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-    os.replace(tmp, path)
+    atomic_files.write_text(path, text)

@@ -18,6 +18,8 @@ from typing import Optional, Sequence
 import numpy as np
 import tensorflow as tf
 
+from soundretrain import atomic_files
+
 
 def make_run_dir(summaries_dir: str, tag: str) -> str:
     """A fresh ``<summaries_dir>/<time>-<tag>`` folder (a suffix keeps it unique)."""
@@ -117,8 +119,7 @@ class RunSummaries:
         """Confusion matrix image and per-class precision/recall; returns the table text."""
         precision, recall = precision_recall(cm)
         png = confusion_matrix_png(cm, labels, f"test accuracy {test_accuracy * 100:.1f}%")
-        with open(os.path.join(self.run_dir, "confusion_matrix.png"), "wb") as f:
-            f.write(png)
+        atomic_files.write_bytes(os.path.join(self.run_dir, "confusion_matrix.png"), png)
         rows = ["| class | precision | recall | support |", "|---|---|---|---|"]
         for k, label in enumerate(labels):
             rows.append(f"| {label} | {precision[k]:.3f} | {recall[k]:.3f} | {int(cm[k].sum())} |")

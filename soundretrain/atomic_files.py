@@ -1,33 +1,42 @@
-"""Atomic writes: a reader never sees a half-written artifact.
+"""Atomic writes: a reader never sees a half-written artifact, and a crash leaves the old
+version or the new one, never a mix. Every stage writes its files through this module.
 
-Files are written under a temporary name in the same folder and moved into place with
-``os.replace`` (atomic on POSIX). A folder (a SavedModel) is written to a temporary
-sibling folder and swapped in with two renames; between them the old folder stays
-complete under a backup name, so a crash leaves either the old or the new one.
+* A file is written under a temporary name in the target's own folder (so the rename is
+  atomic: same filesystem), flushed and fsynced, then moved over the target with
+  ``os.replace``; the folder is fsynced too, so the rename itself survives a power cut.
+  ``durable=False`` skips both fsyncs for bulk writes of many small files (spectrogram
+  images, bottleneck entries): the rename is still atomic for every process, and those
+  files are checked on reading (the manifest records each image's size and hash).
+* A folder (a SavedModel) is built in a temporary sibling and swapped in with two renames;
+  between them the old folder stays complete under a backup name.
+* Temporary entries are hidden and named ``.<name>.<random>.tmp``, so listings of images
+  skip them and :func:`remove_temp_files` can clear those a killed process left.
+* Permissions are those a plain ``open()``/``mkdir()`` would give: entries are created with
+  mode 0666/0777 and the umask applies; replacing an existing file keeps its mode.
 """
 from __future__ import annotations
 
 import contextlib
 import errno
 import os
+import re
+import secrets
 import shutil
-import tempfile
-from typing import Iterator
+import stat
+from typing import Iterator, Optional
 
 # What a SavedModel folder holds; a folder without any of these is not replaced.
 SAVED_MODEL_MARKERS = ("saved_model.pb", "saved_model.pbtxt", "soundretrain.json")
 
+# ".<name>.<8 random chars>.tmp" (this module, and tempfile's mkstemp/mkdtemp before it), and
+# "<name>.tmp-<pid>", the older writers' pattern, so their leftovers are cleaned too.
+_TEMP_NAME = re.compile(r"^\..+\.[A-Za-z0-9_]{8}\.(tmp|old)$|\.tmp-\d+$")
+_MAX_NAME_BYTES = 200  # of the target's name kept in a temp name (file names stop at 255)
 
-def _umask() -> int:
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
 
-
-def _as_if_created(path: str, mode: int) -> None:
-    """``mkstemp``/``mkdtemp`` create private (0600/0700) entries; give the artifact the
-    permissions a plain ``open()``/``mkdir()`` would (``mode`` minus the umask)."""
-    os.chmod(path, mode & ~_umask())
+def is_temp_name(name: str) -> bool:
+    """True for the name of a temporary entry this module (or an older writer) made."""
+    return bool(_TEMP_NAME.search(name))
 
 
 def check_file_target(path: str) -> None:
@@ -50,57 +59,198 @@ def check_folder_target(path: str) -> None:
                               "it (choose a new or empty folder)", path)
 
 
-def write_bytes(path: str, data: bytes) -> None:
-    """Write ``data`` to ``path`` atomically."""
-    check_file_target(path)
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=folder)
+def _temp_name(target_name: str, suffix: str = "tmp") -> str:
+    name = target_name
+    while len(name.encode("utf-8", "surrogateescape")) > _MAX_NAME_BYTES:
+        name = name[:-1]
+    return f".{name}.{secrets.token_hex(4)}.{suffix}"
+
+
+def _create_temp_file(folder: str, target_name: str) -> tuple[str, int]:
+    """A new, empty temp file in ``folder``: ``(path, fd open for writing)``."""
+    while True:
+        tmp = os.path.join(folder, _temp_name(target_name))
+        try:  # 0o666 and the umask: what open(path, "w") creates
+            return tmp, os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
+        except FileExistsError:
+            continue
+
+
+def _keep_mode(tmp: str, path: str) -> None:
+    """Replacing an existing file keeps its permissions, as writing into it would."""
     try:
-        _as_if_created(tmp, 0o666)
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
+        st = os.stat(path)
+    except OSError:
+        return
+    if stat.S_ISREG(st.st_mode):
         with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+            os.chmod(tmp, stat.S_IMODE(st.st_mode))
 
 
-def write_text(path: str, text: str) -> None:
-    """Write ``text`` (UTF-8) to ``path`` atomically."""
-    write_bytes(path, text.encode("utf-8"))
+def fsync_folder(folder: str) -> None:
+    """Make a rename or creation inside ``folder`` durable (a no-op where folders cannot be
+    opened or synced, e.g. Windows and some network filesystems)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _fsync_path(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _unlink_quietly(path: str) -> None:
+    with contextlib.suppress(OSError):
+        os.unlink(path)
 
 
 @contextlib.contextmanager
-def replacing_folder(path: str) -> Iterator[str]:
+def replacing_file(path: str | os.PathLike, *, durable: bool = True) -> Iterator[str]:
+    """Yield the path of a new, empty temp file beside ``path`` for a writer that takes a
+    path (``soundfile.write``, ``savefig``, ...). When the block ends normally the temp
+    file replaces ``path``; on an exception it is removed and ``path`` is left untouched.
+    Give writers an explicit format: the temp name ends in ``.tmp``."""
+    path = os.fspath(path)
+    check_file_target(path)
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    tmp, fd = _create_temp_file(folder, os.path.basename(path))
+    os.close(fd)
+    try:
+        _keep_mode(tmp, path)
+        yield tmp
+        if durable:
+            _fsync_path(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        _unlink_quietly(tmp)
+        raise
+    if durable:
+        fsync_folder(folder)
+
+
+def write_bytes(path: str | os.PathLike, data: bytes, *, durable: bool = True) -> None:
+    """Write ``data`` to ``path`` atomically (``durable``: fsync the file and its folder)."""
+    path = os.fspath(path)
+    check_file_target(path)
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    tmp, fd = _create_temp_file(folder, os.path.basename(path))
+    try:
+        _keep_mode(tmp, path)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            if durable:
+                os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        _unlink_quietly(tmp)
+        raise
+    if durable:
+        fsync_folder(folder)
+
+
+def write_text(path: str | os.PathLike, text: str, *, durable: bool = True) -> None:
+    """Write ``text`` (UTF-8, newlines as given) to ``path`` atomically."""
+    write_bytes(path, text.encode("utf-8"), durable=durable)
+
+
+def fsync_tree(root: str) -> None:
+    """fsync every file and folder under ``root`` (before renaming it into place)."""
+    for folder, _, files in os.walk(root):
+        for name in files:
+            with contextlib.suppress(OSError):
+                _fsync_path(os.path.join(folder, name))
+        fsync_folder(folder)
+
+
+def new_temp_folder(target: str | os.PathLike, suffix: str = "tmp") -> str:
+    """A new, empty hidden temp folder beside ``target`` (``.<name>.<random>.<suffix>``), for
+    building something to rename into place; the umask applies, as for a plain mkdir()."""
+    target = os.path.abspath(os.fspath(target))
+    return _make_temp_folder(os.path.dirname(target), os.path.basename(target), suffix)
+
+
+def _make_temp_folder(parent: str, target_name: str, suffix: str = "tmp") -> str:
+    while True:
+        tmp = os.path.join(parent, _temp_name(target_name, suffix))
+        try:
+            os.mkdir(tmp, 0o777)  # the umask applies, as for a plain mkdir()
+            return tmp
+        except FileExistsError:
+            continue
+
+
+@contextlib.contextmanager
+def replacing_folder(path: str | os.PathLike, *, durable: bool = True) -> Iterator[str]:
     """Yield a fresh temporary folder beside ``path``; on success it replaces ``path``.
 
     On an exception the temporary folder is removed and ``path`` is left untouched.
     Only a missing path, an empty folder or a SavedModel folder is replaced
     (:func:`check_folder_target`).
     """
-    path = os.path.abspath(path)
+    path = os.path.abspath(os.fspath(path))
     check_folder_target(path)
     parent = os.path.dirname(path)
     os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=parent)
+    tmp = _make_temp_folder(parent, os.path.basename(path))
     try:
-        _as_if_created(tmp, 0o777)
         yield tmp
+        if durable:
+            fsync_tree(tmp)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     if os.path.lexists(path):
-        backup = tempfile.mkdtemp(prefix=f".{os.path.basename(path)}.", suffix=".old", dir=parent)
-        os.rmdir(backup)
+        backup = os.path.join(parent, _temp_name(os.path.basename(path), "old"))
         os.replace(path, backup)
         os.replace(tmp, path)
         if os.path.isdir(backup) and not os.path.islink(backup):
             shutil.rmtree(backup, ignore_errors=True)
         else:
-            os.unlink(backup)
+            _unlink_quietly(backup)
     else:
         os.replace(tmp, path)
+    if durable:
+        fsync_folder(parent)
+
+
+def remove_temp_files(folder: str, older_than_s: Optional[float] = None) -> int:
+    """Remove the temp files and folders writers killed mid-write left in ``folder`` (never
+    complete artifacts: they were not renamed into place); return how many. Only call it
+    while no other process writes there (hold the folder's lock), or pass ``older_than_s``
+    to spare entries younger than that."""
+    import time
+
+    removed = 0
+    try:
+        names = os.listdir(folder)
+    except OSError:
+        return 0
+    for name in names:
+        if not is_temp_name(name):
+            continue
+        full = os.path.join(folder, name)
+        try:
+            if older_than_s is not None and time.time() - os.lstat(full).st_mtime < older_than_s:
+                continue
+            if os.path.isdir(full) and not os.path.islink(full):
+                shutil.rmtree(full)
+            else:
+                os.unlink(full)
+            removed += 1
+        except OSError:
+            pass
+    return removed

@@ -19,6 +19,8 @@ import os
 from dataclasses import dataclass
 from typing import Iterable, Optional
 
+from soundretrain import atomic_files
+
 MANIFEST_FILENAME = "manifest.csv"
 FIELDS = ("image", "label", "fold", "group", "source", "start", "duration", "silent")
 
@@ -99,9 +101,4 @@ def format_rows(rows: Iterable[ManifestRow], header: bool = True) -> str:
 
 def write_manifest(path: str | os.PathLike, rows: Iterable[ManifestRow]) -> None:
     """Write ``rows`` sorted by image path, atomically (temp name, then rename)."""
-    path = os.fspath(path)
-    rows = sorted(rows, key=lambda r: r.image)
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w", newline="", encoding="utf-8") as f:
-        f.write(format_rows(rows))
-    os.replace(tmp, path)
+    atomic_files.write_text(path, format_rows(sorted(rows, key=lambda r: r.image)))

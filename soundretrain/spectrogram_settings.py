@@ -11,6 +11,8 @@ import os
 from dataclasses import dataclass
 from typing import Any, Mapping, Optional
 
+from soundretrain import atomic_files
+
 CONFIG_FILENAME = "spectrogram_config.json"
 
 PAD_MODES = ("repeat", "zero")
@@ -112,12 +114,7 @@ class SpectrogramSettings:
 
     def save_json(self, path: str | os.PathLike) -> None:
         """Write the settings as JSON, atomically (temp name, then rename)."""
-        path = os.fspath(path)
-        tmp = f"{path}.tmp-{os.getpid()}"
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(self.to_dict(), f, indent=2, sort_keys=True)
-            f.write("\n")
-        os.replace(tmp, path)
+        atomic_files.write_text(path, json.dumps(self.to_dict(), indent=2, sort_keys=True, allow_nan=False) + "\n")
 
     @classmethod
     def load_json(cls, path: str | os.PathLike) -> "SpectrogramSettings":

@@ -24,6 +24,8 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from soundretrain import atomic_files
+
 CLASSES = ("siren", "engine", "bird", "rain", "alarm")
 CLIPS_PER_RECORDING = 4
 
@@ -140,9 +142,8 @@ def write_example(output_dir: str, clips_per_class: int = 20, sr: int = 22050, s
             recording, clip = divmod(i, CLIPS_PER_RECORDING)
             y = synthesize(cls, recording, clip, sr, seed)
             path = os.path.join(folder, f"{cls}{recording:03d}_nohash_{clip}.wav")
-            tmp = f"{path}.tmp-{os.getpid()}"
-            sf.write(tmp, y, sr, format="WAV", subtype="PCM_16")
-            os.replace(tmp, path)
+            with atomic_files.replacing_file(path, durable=False) as tmp:  # many small files
+                sf.write(tmp, y, sr, format="WAV", subtype="PCM_16")
             paths.append(path)
     return paths
 

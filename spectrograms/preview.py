@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 from typing import Sequence
 
+from soundretrain import atomic_files
 from soundretrain.manifest import ManifestRow
 
 PREVIEW_FILENAME = "preview.png"
@@ -65,8 +66,9 @@ def write_preview(output_dir: str, rows: Sequence[ManifestRow], per_class: int) 
                  f"{chr(10) if narrow else ' '}(time ->, low frequencies at the bottom)", fontsize=10)
     fig.tight_layout()
     path = os.path.join(output_dir, PREVIEW_FILENAME)
-    tmp = f"{path}.tmp-{os.getpid()}"
-    fig.savefig(tmp, format="png", dpi=80)
-    plt.close(fig)
-    os.replace(tmp, path)
+    try:
+        with atomic_files.replacing_file(path) as tmp:
+            fig.savefig(tmp, format="png", dpi=80)
+    finally:
+        plt.close(fig)
     return path

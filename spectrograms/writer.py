@@ -27,6 +27,7 @@ from typing import Callable, Iterator, Optional, Sequence
 
 import numpy as np
 
+from soundretrain import atomic_files
 from spectrograms.datasets import Clip, DatasetListing
 from soundretrain.manifest import (
     FIELDS,
@@ -42,7 +43,6 @@ from soundretrain.render import colormap_lut, render_clip_indices
 from soundretrain.spectrogram_settings import CONFIG_FILENAME, SpectrogramSettings
 
 JOURNAL_FILENAME = ".manifest-journal.csv"
-_TEMP_PATTERN = re.compile(r"\.tmp-\d+$")
 
 
 class OutputError(Exception):
@@ -128,19 +128,6 @@ def encode_image(indices: np.ndarray, settings: SpectrogramSettings) -> bytes:
     return buf.getvalue()
 
 
-def write_atomically(path: str, data: bytes) -> None:
-    """Write to a temp name in the same folder, then rename: never a half-written file."""
-    tmp = f"{path}.tmp-{os.getpid()}"
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-
-
 def render_source(clip: Clip, output_dir: str, settings: SpectrogramSettings) -> SourceResult:
     """Decode one clip, write its image(s), return its manifest rows (never raises
     for bad audio: the reason comes back in ``error``)."""
@@ -162,7 +149,9 @@ def render_source(clip: Clip, output_dir: str, settings: SpectrogramSettings) ->
         for image, start, window in named:
             real = min(settings.num_samples, y.shape[0] - int(round(start * sr))) / sr
             data = encode_image(render_clip_indices(window, sr, settings), settings)
-            write_atomically(os.path.join(output_dir, image), data)
+            # No fsync per image (it would double the time per clip); the manifest, written
+            # durably, records each image's size and hash, so a torn image is redone.
+            atomic_files.write_bytes(os.path.join(output_dir, image), data, durable=False)
             result.rows.append(
                 ManifestRow(image, clip.label, clip.fold, clip.group, clip.source, start, real, is_silent(window))
             )
@@ -233,20 +222,8 @@ def _is_up_to_date(clip: Clip, rows: Sequence[ManifestRow], output_dir: str, set
 
 def _remove_stray_temp_files(output_dir: str, labels: set[str]) -> int:
     """Temp files left by a killed run (never complete images: they were not renamed)."""
-    removed = 0
-    for folder in [output_dir] + [os.path.join(output_dir, label) for label in labels]:
-        try:
-            names = os.listdir(folder)
-        except OSError:
-            continue
-        for name in names:
-            if _TEMP_PATTERN.search(name):
-                try:
-                    os.remove(os.path.join(folder, name))
-                    removed += 1
-                except OSError:
-                    pass
-    return removed
+    return sum(atomic_files.remove_temp_files(folder)
+               for folder in [output_dir] + [os.path.join(output_dir, label) for label in labels])
 
 
 def _remove_replaced_images(output_dir: str, old: Sequence[ManifestRow], keep: set[str]) -> None:

@@ -13,6 +13,7 @@ from retrain.bottlenecks import (BottleneckStore, compute_augmented_bottlenecks,
                                  compute_bottlenecks, image_to_input, read_image)
 from retrain.errors import RetrainError
 from retrain.images import list_images
+from soundretrain.atomic_files import is_temp_name
 from soundretrain.backbones.registry import load_module
 from tiny_models import (make_colour_image_folders, make_tiny_image_module,
                          make_tiny_waveform_module, make_tone_spectrogram_dir,
@@ -41,7 +42,7 @@ def test_batched_equals_one_at_a_time_and_reuses_cache(backbone, images, tmp_pat
     assert computed == 0
     np.testing.assert_array_equal(again, feats)
     files = list(Path(cache).rglob("*.npy"))
-    assert len(files) == 20 and not list(Path(cache).rglob(".tmp-*"))
+    assert len(files) == 20 and not [p for p in Path(cache).rglob("*") if is_temp_name(p.name)]
 
 
 def test_changed_image_and_corrupt_files_are_recomputed(backbone, images, tmp_path):

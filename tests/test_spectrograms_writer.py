@@ -13,6 +13,7 @@ import pytest
 import soundfile as sf
 from PIL import Image
 
+from soundretrain import atomic_files
 from spectrograms.datasets import list_dataset
 from soundretrain.manifest import read_manifest
 from soundretrain.audio import load_audio
@@ -154,7 +155,7 @@ def test_a_killed_or_interrupted_run_loses_nothing(tmp_path, sig):
     assert len(rows) == 60
     for row in rows:  # every image listed is whole
         assert rgb(out / row.image).shape == (32, 32, 3)
-    assert not list(out.glob("*/*.tmp-*"))
+    assert not [p for p in out.glob("*/*") if atomic_files.is_temp_name(p.name)]
 
 
 def read_mani(out: Path):

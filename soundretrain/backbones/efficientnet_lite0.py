@@ -17,13 +17,13 @@ import json
 import os
 import shutil
 import sys
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Dict, List, Mapping, Optional
 
 import numpy as np
 
+from soundretrain import atomic_files
 from soundretrain.backbones import cache_root
 from soundretrain.backbones.torch_checkpoint import CheckpointError, read_legacy_checkpoint
 from soundretrain.backbones.registry import Backbone, InputSpec, ModuleError
@@ -243,25 +243,27 @@ def convert_checkpoint(target: Path) -> None:
         raise ModuleError(f"cannot read EfficientNet-Lite0 weights: {err}") from None
     module = _build_module(convert_state_dict(state))
     _remove_abandoned_temp_folders(target)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    tmp = Path(atomic_files.new_temp_folder(target))
     try:
         tf.saved_model.save(module, str(tmp), signatures={"serving_default": module.__call__})
         marker = {"name": NAME, "cache_format": CACHE_FORMAT, "source": str(source),
                   "source_bytes": source.stat().st_size, "license": LICENSE,
                   "input": "float32 [N,224,224,3] in [0,1]", "feature_size": FEATURE_SIZE}
         (tmp / MARKER_FILE).write_text(json.dumps(marker, indent=2))
+        atomic_files.fsync_tree(str(tmp))
         now = _inode(target)
         if now is not None and now != found and _is_valid_cache(target):
             return  # another process converted it while we did: keep theirs (it may be in use)
         if target.exists():  # corrupt or stale: move it aside, then swap ours in
-            trash = Path(tempfile.mkdtemp(prefix=f".{target.name}.old.", dir=target.parent))
-            os.replace(target, trash / "old")
+            trash = atomic_files.new_temp_folder(target, "old")
+            os.replace(target, os.path.join(trash, "old"))
             shutil.rmtree(trash, ignore_errors=True)
         try:
             os.replace(tmp, target)
         except OSError:
             if not _is_valid_cache(target):  # another process did not win the race either
                 raise
+        atomic_files.fsync_folder(str(target.parent))
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
