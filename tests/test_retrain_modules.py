@@ -100,32 +100,38 @@ def test_unreachable_url_is_one_line(http_root, tmp_path):
     assert "\n" not in msg and "missing.tar.gz" in msg and "404" in msg
 
 
-def test_tensorflow_hub_imports_without_its_pkg_resources_warning():
-    # The warning fires when pkg_resources is first imported (by tensorflow_hub), and
-    # used to print two lines above retrain's one-line module error. Import both afresh.
+def test_tensorflow_hub_imports_without_its_pkg_resources_warning(tmp_path, monkeypatch):
+    # tensorflow_hub imports pkg_resources, which newer setuptools deprecate with a warning
+    # that used to print two lines above retrain's one-line module error. Whether it warns
+    # depends on the setuptools installed (a new venv's 65.5 does not), so the warning is
+    # made here: a stand-in tensorflow_hub that emits it, imported afresh.
+    import importlib
     import sys
     import warnings
 
     from soundretrain.backbones.registry import _import_hub
 
-    def fresh() -> dict:
-        return {k: sys.modules.pop(k) for k in list(sys.modules)
-                if k in ("pkg_resources", "tensorflow_hub") or k.startswith("pkg_resources.")}
-
-    saved = fresh()
-    try:
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            assert _import_hub().resolve
-        assert not [w for w in caught if "pkg_resources" in str(w.message)]
-        fresh()
-        with warnings.catch_warnings(record=True) as caught:  # the import alone does warn
-            warnings.simplefilter("always")
-            import tensorflow_hub  # noqa: F401
-        assert [w for w in caught if "pkg_resources" in str(w.message)]
-    finally:
-        fresh()
-        sys.modules.update(saved)
+    (tmp_path / "tensorflow_hub.py").write_text(
+        "import warnings\n"
+        "warnings.warn('pkg_resources is deprecated as an API. See "
+        "https://setuptools.pypa.io/en/latest/pkg_resources.html', UserWarning, stacklevel=2)\n"
+        "def resolve(handle):\n    return handle\n")
+    monkeypatch.setattr(sys, "dont_write_bytecode", True)  # the stand-in is rewritten below
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "tensorflow_hub", raising=False)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        hub = _import_hub()
+    assert hub.__file__ == str(tmp_path / "tensorflow_hub.py")  # the stand-in did run
+    assert not [w for w in caught if "pkg_resources" in str(w.message)]
+    # Other warnings still reach the user.
+    monkeypatch.delitem(sys.modules, "tensorflow_hub")
+    (tmp_path / "tensorflow_hub.py").write_text("import warnings\nwarnings.warn('something else')\n")
+    importlib.invalidate_caches()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        _import_hub()
+    assert [str(w.message) for w in caught] == ["something else"]
 
 
 @pytest.mark.parametrize("handle, words", [
