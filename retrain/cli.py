@@ -2,8 +2,8 @@
 ``retrain.py`` (same flag names and defaults where they still make sense).
 
     retrain --image_dir=spec --output_graph=/tmp/sounds.pb --output_labels=/tmp/sounds.txt
-    retrain --flagfile=configs/retrain_urbansound8k.cfg --image_dir=spec --test_folds=10
-    retrain --flagfile=configs/retrain_urbansound8k.cfg --image_dir=spec --cross_validate
+    retrain --preset=urbansound8k --image_dir=spec --test_folds=10
+    retrain --preset=urbansound8k --image_dir=spec --cross_validate
 
 Flags become a :class:`retrain.core.RetrainSettings`; the work is done in
 :mod:`retrain.core` and :mod:`retrain.cross_validation`.
@@ -24,6 +24,7 @@ from retrain.augment import AugmentSettings
 from soundretrain.command_line import (CommandLineExit, FlagGroup, FlagGroups, error,
                                        import_tensorflow_quietly, parse_flags)
 from retrain.errors import RetrainError
+from soundretrain.presets import define_preset_flag
 from soundretrain.backbones.registry import ModuleError, registry_names
 from retrain.settings import OPTIMIZERS, SPLITS, HeadSettings, RetrainSettings
 
@@ -32,6 +33,7 @@ VERBOSITIES = ("DEBUG", "INFO", "WARN", "ERROR", "FATAL")
 
 
 HELP_GROUPS = FlagGroups(
+    FlagGroup("presets", "Presets: a data set's flag file by name"),
     FlagGroup("retrain.py", "retrain.py's flags (same names, meanings and defaults)"),
     FlagGroup("splits", "Splits: which recordings train, validate and test"),
     FlagGroup("head", "The head: what is trained on the bottlenecks"),
@@ -48,6 +50,8 @@ def make_flags() -> flags.FlagValues:
     fv = flags.FlagValues()
     define = HELP_GROUPS.definer(fv)
 
+    define_preset_flag(fv, PROG)  # configs/retrain_<name>.cfg by name
+    HELP_GROUPS.assign(fv, "presets", "preset")
     # retrain.py's flags: same names and defaults.
     define("string", "image_dir", "", "Folder of images to train on. What spectrograms wrote "
            "(with manifest.csv), or retrain.py-style <label>/<image> class folders.",
@@ -245,7 +249,7 @@ def cross_validation_warnings(fv: flags.FlagValues) -> list[str]:
 def _usage(fv: flags.FlagValues, full: bool = False) -> str:
     return (
         f"usage: {PROG} --image_dir=DIR [--tfhub_module=efficientnet_lite0] [flags]\n"
-        f"       {PROG} --flagfile=configs/retrain_urbansound8k.cfg --image_dir=DIR "
+        f"       {PROG} --preset=urbansound8k|esc50 --image_dir=DIR "
         "[--test_folds=10 | --cross_validate]\n\n"
         "Trains a new classification head on spectrogram images with a frozen pretrained\n"
         "module, after TensorFlow's retrain.py, and exports graph + labels.\n\n"
@@ -257,7 +261,8 @@ def main(argv: Sequence[str]) -> int:
     """Run the stage; returns the exit status (0 ok, 1 failure, 2 bad flags)."""
     fv = make_flags()
     try:
-        parse_flags(fv, argv, PROG, lambda: _usage(fv), full_usage=lambda: _usage(fv, full=True))
+        parse_flags(fv, argv, PROG, lambda: _usage(fv), full_usage=lambda: _usage(fv, full=True),
+                    presets=PROG)
     except CommandLineExit as done:
         return done.code
     if not fv.image_dir:

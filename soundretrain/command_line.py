@@ -184,10 +184,13 @@ def error(prog: str, message: object) -> None:
 
 def parse_flags(fv: flags.FlagValues, argv: Sequence[str], prog: str,
                 usage: Callable[[], str], positional: bool = False,
-                full_usage: Optional[Callable[[], str]] = None) -> list[str]:
+                full_usage: Optional[Callable[[], str]] = None,
+                presets: Optional[str] = None) -> list[str]:
     """Parse ``argv`` into ``fv`` (``--flagfile`` works) and return what is left.
 
-    ``--help`` prints ``usage()``; ``--helpfull`` prints ``full_usage()`` when given. Raises
+    ``--help`` prints ``usage()``; ``--helpfull`` prints ``full_usage()`` when given.
+    ``presets``: the stage whose ``--preset NAME`` flag files are read in place
+    (:mod:`soundretrain.presets`; define the flag with ``define_preset_flag``). Raises
     :class:`CommandLineExit` after printing help, or one line for bad flags or, unless
     ``positional``, stray arguments.
     """
@@ -197,6 +200,15 @@ def parse_flags(fv: flags.FlagValues, argv: Sequence[str], prog: str,
         full = full_usage is not None and any(a in FULL_HELP_ARGS for a in asked)
         print(full_usage() if full else usage())
         raise CommandLineExit(0)
+    expanded: list[str] = []
+    if presets:
+        from soundretrain.presets import PresetError, expand_presets
+
+        try:
+            argv, expanded = expand_presets(argv, presets)
+        except PresetError as e:
+            error(prog, e)
+            raise CommandLineExit(2) from None
     try:
         rest = fv(argv)
     except flags.Error as e:
@@ -205,6 +217,14 @@ def parse_flags(fv: flags.FlagValues, argv: Sequence[str], prog: str,
         message = re.sub(r"^\s*ERROR:*\s*", "", str(e).splitlines()[0] if str(e) else type(e).__name__)
         error(prog, f"{message} (see --help)")
         raise CommandLineExit(2) from None
+    if presets:
+        from soundretrain.presets import FLAG, PresetError, check_presets_expanded
+
+        try:
+            check_presets_expanded(fv[FLAG].value, expanded)
+        except PresetError as e:
+            error(prog, e)
+            raise CommandLineExit(2) from None
     if not positional and len(rest) > 1:
         error(prog, f"unexpected argument(s): {' '.join(rest[1:])} (flags look like --name=value)")
         raise CommandLineExit(2)

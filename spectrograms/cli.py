@@ -1,6 +1,6 @@
 """``spectrograms``: labelled audio in, per-class spectrogram images + manifest.csv out.
 
-    spectrograms --flagfile=configs/urbansound8k.cfg --data_dir=UrbanSound8K --output_dir=spec
+    spectrograms --preset=urbansound8k --data_dir=UrbanSound8K --output_dir=spec
     spectrograms --dataset=folders --data_dir=my_sounds --output_dir=spec --preview=4
 
 Flags are parsed into a :class:`SpectrogramSettings` and plain arguments; the work is
@@ -15,6 +15,7 @@ from typing import Optional, Sequence
 from absl import flags
 
 from soundretrain.command_line import CommandLineExit, error, parse_flags
+from soundretrain.presets import define_preset_flag
 from spectrograms.datasets import LAYOUTS, DatasetError, list_dataset
 from soundretrain.manifest import MANIFEST_FILENAME, read_manifest
 from soundretrain.spectrogram_settings import IMAGE_FORMATS, LONG_CLIP_MODES, PAD_MODES, SpectrogramSettings
@@ -37,6 +38,7 @@ def make_flags() -> flags.FlagValues:
            enum_values=["auto", *LAYOUTS])
     define("string", "data_dir", None, "Dataset folder (UrbanSound8K, ESC-50, or <class>/<audio file> folders).")
     define("string", "output_dir", None, "Where <label>/<name>.png, manifest.csv and spectrogram_config.json go.")
+    define_preset_flag(fv, PROG)
     define("bool", "esc10", False, "ESC-50 only: keep the ESC-10 subset.")
     define("list", "classes", None, "Comma-separated class names to keep (default: all).")
     define("list", "folds", None, "Comma-separated folds to keep (UrbanSound8K, ESC-50; default: all).")
@@ -90,7 +92,7 @@ def _note(message: str) -> None:
 def _usage(fv: flags.FlagValues) -> str:
     return (
         f"usage: {PROG} --data_dir=DIR --output_dir=DIR [--dataset=auto|{'|'.join(LAYOUTS)}] [flags]\n"
-        f"       {PROG} --flagfile=configs/urbansound8k.cfg --data_dir=DIR --output_dir=DIR\n\n"
+        f"       {PROG} --preset=urbansound8k|esc50 --data_dir=DIR --output_dir=DIR\n\n"
         "Turns labelled audio into <output_dir>/<label>/<name>.png log-mel spectrogram images,\n"
         "manifest.csv and spectrogram_config.json.\n\n"
         + fv.get_help(include_special_flags=False)
@@ -110,7 +112,7 @@ def main(argv: Sequence[str]) -> int:
     """Run the stage; returns the exit status (0 ok, 1 nothing written / failure, 2 bad flags)."""
     fv = make_flags()
     try:
-        parse_flags(fv, argv, PROG, lambda: _usage(fv))
+        parse_flags(fv, argv, PROG, lambda: _usage(fv), presets=PROG)
     except CommandLineExit as done:
         return done.code
     for name in ("data_dir", "output_dir"):
