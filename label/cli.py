@@ -9,6 +9,7 @@ model's sidecar, so usually ``label_image --graph model.pb --audio clip.wav`` is
 from __future__ import annotations
 
 import json
+import math
 import os
 import sys
 
@@ -21,8 +22,8 @@ from typing import Optional, Sequence  # noqa: E402
 
 from absl import flags
 
-from soundretrain.command_line import (CommandLineExit, FlagGroup, FlagGroups, import_tensorflow_quietly,
-                                       parse_flags)
+from soundretrain.command_line import (CommandLineExit, FlagGroup, FlagGroups, InterruptWatch,
+                                       import_tensorflow_quietly, non_finite_float_flags, parse_flags)
 from soundretrain.command_line import error as print_error
 
 PROG = "label_image"
@@ -48,8 +49,10 @@ def define_flags(fv: flags.FlagValues) -> None:
     define = HELP_GROUPS.definer(fv)
     define("string", "graph", None, "Model to use: a frozen .pb, a SavedModel folder or a .tflite file.", group="model")
     define("string", "labels", None, "Labels file, one per line (default: the labels in the model's sidecar).", group="model")
-    define("multi_string", "image", None, "Image file(s) to label; comma separated or repeated.", group="inputs")
-    define("multi_string", "audio", None, "Audio file(s) to label; comma separated or repeated.", group="inputs")
+    define("multi_string", "image", None, "Image file(s) to label; comma separated or repeated. A value that names "
+           "an existing file is that file, commas and all.", group="inputs")
+    define("multi_string", "audio", None, "Audio file(s) to label; comma separated or repeated. A value that names "
+           "an existing file is that file, commas and all.", group="inputs")
     define("string", "image_dir", None, "Label every image under this folder (recursively).", group="inputs")
     define("string", "audio_dir", None, "Label every audio file under this folder (recursively).", group="inputs")
     define("string", "output_csv", None, "With --image_dir/--audio_dir: write one CSV row per file here.", group="output")
@@ -70,6 +73,8 @@ def define_flags(fv: flags.FlagValues) -> None:
     define("float", "record_seconds", 3.0, "Seconds recorded after a sound event starts.", group="microphone")
     define("float", "trigger_db", 12.0, "An event starts when a 50 ms block is this many dB above the noise floor.", group="microphone")
     define("integer", "num_threads", None, "Threads for the TFLite interpreter (default: its own choice).", group="model")
+    define("boolean", "keep_going", True, "Go on after an input that cannot be labelled (each is reported, and the "
+           "exit status is 1 if any failed); --nokeep_going stops at the first.", group="inputs")
 
 
 @dataclass(frozen=True)
@@ -100,6 +105,7 @@ class LabelSettings:
     record_seconds: float = 3.0
     trigger_db: float = 12.0
     num_threads: Optional[int] = None
+    keep_going: bool = True
 
     @property
     def mode(self) -> str:
@@ -116,6 +122,10 @@ class LabelSettings:
             p.append("nothing to label: pass --image, --audio, --image_dir, --audio_dir or --mic")
         elif sum(chosen) > 1 or (self.image_dir and self.audio_dir):
             p.append("choose one of: --image/--audio files, --image_dir, --audio_dir, --mic")
+        for name in ("input_mean", "input_std", "hop_seconds", "record_seconds", "trigger_db"):
+            value = getattr(self, name)
+            if value is not None and not math.isfinite(value):
+                p.append(f"--{name} must be a finite number, not {value}")
         if self.hop_seconds is not None and not self.hop_seconds > 0:
             p.append(f"--hop_seconds must be positive, not {self.hop_seconds}")
         if self.input_std == 0:
@@ -130,7 +140,15 @@ class LabelSettings:
 
 
 def _split(values: Optional[Sequence[str]]) -> tuple:
-    return tuple(v.strip() for value in (values or ()) for v in value.split(",") if v.strip())
+    """``--audio a.wav,b.wav`` is two files; a value naming an existing file is that file,
+    so ``--audio "rain, heavy.wav"`` works."""
+    out = []
+    for value in values or ():
+        if os.path.exists(value):
+            out.append(value)
+        else:
+            out.extend(v.strip() for v in value.split(",") if v.strip())
+    return tuple(out)
 
 
 def settings_from_flags(fv: flags.FlagValues, extra: Sequence[str]) -> LabelSettings:
@@ -151,12 +169,29 @@ def settings_from_flags(fv: flags.FlagValues, extra: Sequence[str]) -> LabelSett
         top_k=fv.top_k, json=fv.json, hop_seconds=fv.hop_seconds, batch_size=fv.batch_size,
         mic=fv.mic, mic_device=fv.mic_device, mic_file=fv.mic_file, mic_realtime=fv.mic_realtime,
         record_seconds=fv.record_seconds, trigger_db=fv.trigger_db, num_threads=fv.num_threads,
+        keep_going=fv.keep_going,
     )
 
 
 def _error(message: object, code: int = 1) -> int:
     print_error(PROG, message)
     return code
+
+
+def _finite(value):
+    """``value`` with every NaN or infinite float replaced by None (JSON has no NaN)."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
+
+
+def json_text(document, **kwargs) -> str:
+    """Strict JSON (never ``NaN``/``Infinity``, which JSON parsers reject)."""
+    return json.dumps(_finite(document), allow_nan=False, **kwargs)
 
 
 def main(argv: Sequence[str]) -> int:
@@ -171,7 +206,7 @@ def main(argv: Sequence[str]) -> int:
         return done.code
     except flags.Error as e:
         return _error(str(e).splitlines()[0], 2)
-    problems = settings.problems()
+    problems = non_finite_float_flags(fv) + settings.problems()
     if problems:
         return _error(problems[0], 2)
     return run_settings(settings)
@@ -250,7 +285,7 @@ def _run_files(settings: LabelSettings, labeler) -> int:
     jobs = [("image", list(settings.images)), ("audio", list(settings.audio))]
     results, failures = [], []
     for kind, paths in jobs:
-        if not paths:
+        if not paths or (failures and not settings.keep_going):
             continue
         for path, result, error in label_files(
             labeler, paths, kind, image_input=image_input, audio_input=audio_input, batch_size=settings.batch_size
@@ -258,15 +293,27 @@ def _run_files(settings: LabelSettings, labeler) -> int:
             if error:
                 failures.append(error)
                 print(f"{PROG}: error: {error}", file=sys.stderr)
+                if not settings.keep_going:
+                    break
             else:
                 results.append(result)
                 if not settings.json:
                     _print_result(result, labeler, settings, header=len(settings.images) + len(settings.audio) > 1)
     if settings.json:
-        print(json.dumps({"model": settings.graph, "format": labeler.format,
-                          "results": [result_dict(r, labeler.labels, settings.top_k) for r in results],
-                          "errors": failures}, indent=2))
-    return 1 if failures else 0
+        print(json_text({"model": settings.graph, "format": labeler.format,
+                         "results": [result_dict(r, labeler.labels, settings.top_k) for r in results],
+                         "errors": failures}, indent=2))
+    return _exit_status(settings, failures, len(settings.images) + len(settings.audio), "inputs")
+
+
+def _exit_status(settings: LabelSettings, failures: list, total: int, what: str) -> int:
+    """One rule for files and folders: 1 when any input could not be labelled, else 0."""
+    if not failures:
+        return 0
+    if total > 1:
+        stopped = "" if settings.keep_going else " (stopped at the first: --nokeep_going)"
+        print(f"{PROG}: {len(failures)} of {total} {what} could not be labelled{stopped}", file=sys.stderr)
+    return 1
 
 
 def _run_dir(settings: LabelSettings, labeler) -> int:
@@ -290,7 +337,9 @@ def _run_dir(settings: LabelSettings, labeler) -> int:
     ):
         if error:
             errors.append(error)
-            print(f"{PROG}: warning: skipped {error}", file=sys.stderr)
+            print(f"{PROG}: error: {error}", file=sys.stderr)
+            if not settings.keep_going:
+                break
             continue
         results.append(result)
         if not settings.json and not settings.output_csv:
@@ -300,12 +349,10 @@ def _run_dir(settings: LabelSettings, labeler) -> int:
         write_csv(settings.output_csv, results, labeler.labels)
         print(f"wrote {len(results)} rows to {settings.output_csv}", file=sys.stderr)
     if settings.json:
-        print(json.dumps({"model": settings.graph, "format": labeler.format,
-                          "results": [result_dict(r, labeler.labels, settings.top_k) for r in results],
-                          "errors": errors}, indent=2))
-    if errors:
-        print(f"{PROG}: {len(errors)} of {len(paths)} files could not be labelled", file=sys.stderr)
-    return 0 if results else 1
+        print(json_text({"model": settings.graph, "format": labeler.format,
+                         "results": [result_dict(r, labeler.labels, settings.top_k) for r in results],
+                         "errors": errors}, indent=2))
+    return _exit_status(settings, errors, len(paths), "files")
 
 
 def _run_mic(settings: LabelSettings) -> int:
@@ -316,43 +363,53 @@ def _run_mic(settings: LabelSettings) -> int:
     problems = trigger.problems()
     if problems:
         return _error(problems[0], 2)
-    try:
-        if settings.mic_file:
-            source = FileSource(settings.mic_file, realtime=settings.mic_realtime)
-        else:
-            device = settings.mic_device
-            if device is not None and device.isdigit():
-                device = int(device)
-            source = SoundDeviceSource(device)  # fail before the slow model load
-        labeler = _load(settings)
-        _, audio_input = _inputs(settings, labeler)
-        if isinstance(source, SoundDeviceSource):
-            source.prefer_sample_rate(audio_input.settings.sample_rate)
-        where = settings.mic_file or f"input device {getattr(source, 'name', '')!r}"
-        print(f"listening to {where} at {source.sample_rate} Hz; Ctrl-C stops", file=sys.stderr)
-        count = 0
-        for event in detect_events(source, trigger):
-            result = label_waveform(labeler, event.y, event.sr, audio_input, source=f"t={event.start_seconds:.2f}s")
-            best = top_k(result.probabilities, labeler.labels, settings.top_k)
-            stamp = event.wall_time.isoformat(timespec="milliseconds")
-            count += 1
-            if settings.json:
-                print(json.dumps({"time": stamp, "start": round(event.start_seconds, 3),
-                                  "level_db": round(event.level_db, 1), "floor_db": round(event.floor_db, 1),
-                                  "top": [{"label": n, "score": round(s, 6)} for n, s in best]}), flush=True)
+    # Ctrl-C stops the loop even when Python lost its KeyboardInterrupt in a finalizer
+    # (the model's objects have many): the watch's flag is checked after loading and per block.
+    with InterruptWatch() as watch:
+        try:
+            if settings.mic_file:
+                source = FileSource(settings.mic_file, realtime=settings.mic_realtime)
             else:
-                text = "  ".join(f"{n} {s:.3f}" for n, s in best)
-                print(f"{stamp} t={event.start_seconds:.2f}s  {text}", flush=True)
-        print(f"end of {where}: {count} event(s)", file=sys.stderr)
-        return 0
-    except KeyboardInterrupt:
-        print("stopped", file=sys.stderr)
-        return 0
+                device = settings.mic_device
+                if device is not None and device.isdigit():
+                    device = int(device)
+                source = SoundDeviceSource(device)  # fail before the slow model load
+            labeler = _load(settings)
+            _, audio_input = _inputs(settings, labeler)
+            watch.check()
+            if isinstance(source, SoundDeviceSource):
+                source.prefer_sample_rate(audio_input.settings.sample_rate)
+            where = settings.mic_file or f"input device {getattr(source, 'name', '')!r}"
+            print(f"listening to {where} at {source.sample_rate} Hz; Ctrl-C stops", file=sys.stderr, flush=True)
+            count = 0
+            for event in detect_events(source, trigger, stop=watch.check):
+                result = label_waveform(labeler, event.y, event.sr, audio_input, source=f"t={event.start_seconds:.2f}s")
+                best = top_k(result.probabilities, labeler.labels, settings.top_k)
+                stamp = event.wall_time.isoformat(timespec="milliseconds")
+                count += 1
+                if settings.json:
+                    print(json_text({"time": stamp, "start": round(event.start_seconds, 3),
+                                     "level_db": round(event.level_db, 1), "floor_db": round(event.floor_db, 1),
+                                     "top": [{"label": n, "score": round(s, 6)} for n, s in best]}), flush=True)
+                else:
+                    text = "  ".join(f"{n} {s:.3f}" for n, s in best)
+                    print(f"{stamp} t={event.start_seconds:.2f}s  {text}", flush=True)
+            watch.check()
+            print(f"end of {where}: {count} event(s)", file=sys.stderr)
+            return 0
+        except KeyboardInterrupt:
+            print("stopped", file=sys.stderr)
+            return 0
 
 
 def run() -> None:
     """Console-script entry point."""
-    sys.exit(main(sys.argv))
+    try:
+        code = main(sys.argv)
+    except KeyboardInterrupt:  # Ctrl-C outside the microphone loop: no traceback
+        print(f"\n{PROG}: interrupted", file=sys.stderr)
+        code = 130
+    sys.exit(code)
 
 
 if __name__ == "__main__":

@@ -309,7 +309,8 @@ def label_files(
         pending, inputs = [], []
 
     queued = 0
-    for path in tqdm(paths, desc=f"labelling {kind}", unit="file", disable=not progress, leave=False):
+    for path in tqdm(paths, desc=f"labelling {kind}", unit="file", disable=None if progress else True,
+                     leave=False):  # None: no bar when stderr is not a terminal
         try:
             if kind == "image":
                 batch = prepare_image(load_image(path), image_input)[None]

@@ -22,7 +22,7 @@ import os
 import time
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Iterator, Optional
+from typing import Callable, Iterator, Optional
 
 import numpy as np
 
@@ -34,20 +34,36 @@ class NoInputDeviceError(RuntimeError):
 
 
 class FileSource:
-    """Streams an audio file in blocks, as a microphone would (optionally in real time)."""
+    """Streams an audio file in blocks, as a microphone would (optionally in real time).
+
+    The file is checked as ``--audio`` checks one (``soundretrain.audio``): a truncated
+    file or NaN/infinite samples are refused before listening starts, in one streamed pass.
+    """
 
     def __init__(self, path: str, realtime: bool = False) -> None:
         import soundfile as sf
+
+        from soundretrain.audio import AudioReadError, refuse_truncated
 
         if not os.path.isfile(path):  # libsndfile says only "System error"
             raise NoInputDeviceError(f"cannot open {path} as an input: "
                                      f"{'it is a folder' if os.path.isdir(path) else 'no such file'}")
         try:
-            info = sf.info(path)
+            with sf.SoundFile(path) as f:
+                refuse_truncated(f)
+                self.sample_rate = int(f.samplerate)
+                frames = 0
+                for block in f.blocks(blocksize=1 << 16, dtype="float32", always_2d=True):
+                    frames += len(block)
+                    if not np.all(np.isfinite(block)):
+                        raise AudioReadError(path, "audio contains NaN or infinite samples")
+        except AudioReadError as e:
+            raise NoInputDeviceError(f"cannot use {path} as an input: {e.reason}") from None
         except Exception as e:  # soundfile raises LibsndfileError / RuntimeError
             raise NoInputDeviceError(f"cannot open {path} as an input: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+        if frames == 0:
+            raise NoInputDeviceError(f"cannot use {path} as an input: no audio samples (zero-length clip)")
         self.path = path
-        self.sample_rate = int(info.samplerate)
         self.realtime = realtime
 
     def blocks(self, frames: int) -> Iterator[np.ndarray]:
@@ -168,11 +184,13 @@ class SoundEvent:
     floor_db: float  # noise floor when it triggered
 
 
-def detect_events(source, settings: TriggerSettings) -> Iterator[SoundEvent]:
+def detect_events(source, settings: TriggerSettings,
+                  stop: Optional[Callable[[], None]] = None) -> Iterator[SoundEvent]:
     """Yield one :class:`SoundEvent` per triggered recording until the source ends.
 
     A recording cut short by the end of the source is still yielded (labelling pads
-    it to the training duration).
+    it to the training duration). ``stop()`` is called before each block; it raises to
+    end the loop (Ctrl-C's flag, see ``soundretrain.command_line.InterruptWatch``).
     """
     sr = int(source.sample_rate)
     frames = max(1, int(round(settings.block_seconds * sr)))
@@ -185,6 +203,8 @@ def detect_events(source, settings: TriggerSettings) -> Iterator[SoundEvent]:
     recorded = 0
     position = 0  # samples read so far
     for block in source.blocks(frames):
+        if stop is not None:
+            stop()
         level = level_db(block)
         if recording is not None:
             recording.append(block)

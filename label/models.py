@@ -20,7 +20,7 @@ from typing import Optional
 
 import numpy as np
 
-from soundretrain.sidecar import SidecarError, labels_sha256, read_labels, read_sidecar
+from soundretrain.sidecar import SidecarError, file_sha256, labels_sha256, read_labels, read_sidecar
 
 RETRAIN_INPUT_LAYER = "Placeholder"  # retrain.py's input node
 RETRAIN_OUTPUT_LAYER = "final_result"  # retrain.py's --final_tensor_name default
@@ -94,9 +94,20 @@ class FrozenGraphModel:
                 tf.compat.v1.import_graph_def(graph_def, name="")
         except Exception as e:
             raise ModelLoadError(f"cannot import graph {path}: {_one_line(e)}") from None
+        try:
+            self.input = self.graph.get_tensor_by_name(_tensor_name(input_layer))
+            self.output = self.graph.get_tensor_by_name(_tensor_name(output_layer))
+        except (KeyError, ValueError) as e:
+            raise ModelLoadError(f"graph {path}: {_one_line(e)} (check --input_layer/--output_layer)") from None
+        if self.output.name == self.input.name:
+            raise ModelLoadError(f"--output_layer {output_layer!r} is the graph's input, not its output "
+                                 f"(retrain's graphs output {RETRAIN_OUTPUT_LAYER!r})")
+        if self.output.shape.rank is not None and self.output.shape.rank != 2:
+            raise ModelLoadError(
+                f"node {output_layer!r} of {path} is not a [batch, classes] output (its shape is "
+                f"{self.output.shape}); pass the graph's output node with --output_layer "
+                f"(retrain's graphs: {RETRAIN_OUTPUT_LAYER!r})")
         self.session = tf.compat.v1.Session(graph=self.graph)
-        self.input = self.graph.get_tensor_by_name(_tensor_name(input_layer))
-        self.output = self.graph.get_tensor_by_name(_tensor_name(output_layer))
         self.input_shape = tuple(self.input.shape.as_list()) if self.input.shape.rank is not None else None
         self.num_outputs = self.output.shape[-1] if self.output.shape.rank else None
 
@@ -282,11 +293,19 @@ class Labeler:
             shown = tuple(-1 if w is None else w for w in want)
             raise ModelRunError(f"{self.path} failed on input of shape {tuple(batch.shape)}: it takes {shown}")
         try:
-            return self.model.predict(batch)
+            out = self.model.predict(batch)
         except Exception as e:  # TF and TFLite raise many types for a bad feed
             raise ModelRunError(
                 f"{self.path} failed on input of shape {tuple(batch.shape)}: {_one_line(e)}"
             ) from None
+        if out.shape != (batch.shape[0], len(self.labels)):
+            raise ModelRunError(f"{self.path} gave outputs of shape {tuple(out.shape)} for {batch.shape[0]} "
+                                f"input(s), not [{batch.shape[0]}, {len(self.labels)}] scores: is "
+                                "--output_layer the model's output?")
+        if not np.all(np.isfinite(out)):
+            raise ModelRunError(f"{self.path} gave non-finite scores (NaN or infinite): the model is broken "
+                                "(a diverged training run?) or --input_mean/--input_std are wrong")
+        return out
 
 
 def detect_format(path: str) -> str:
@@ -329,6 +348,7 @@ def load_labeler(
     except SidecarError as e:
         raise ModelLoadError(str(e)) from None
     side = sidecar or {}
+    _check_artifact(path, side)
     kind = detect_format(path)
     if kind == "frozen_graph":
         model = FrozenGraphModel(
@@ -360,10 +380,29 @@ def load_labeler(
         )
     expected = side.get("labels_sha256")
     if labels_path and expected and labels_sha256(labels) != expected:
-        print(f"warning: {labels_path} differs from the labels {path} was trained with", file=sys.stderr)
+        # A model and the labels of another training run (an export killed half-way, a
+        # copied file): same count, wrong names. The sidecar knows the right ones.
+        raise ModelLoadError(
+            f"{labels_path} is not the labels file {path} was trained with (its checksum differs from "
+            "the sidecar's); drop --labels to use the labels recorded with the model, or re-export")
     if side.get("model_input") == "features" and backbone is None:
         backbone = _load_backbone(side)
     return Labeler(path=path, model=model, labels=labels, sidecar=sidecar, backbone=backbone)
+
+
+def _check_artifact(path: str, side: dict) -> None:
+    """The sidecar must describe this very file: an export killed between writing a model
+    and its sidecar leaves one run's model beside another run's sidecar (wrong labels)."""
+    expected = side.get("artifact_sha256")
+    if not expected or os.path.isdir(path):  # a SavedModel's sidecar is swapped in with it
+        return
+    try:
+        actual = file_sha256(path)
+    except OSError as e:
+        raise ModelLoadError(f"cannot read {path}: {e.strerror or e}") from None
+    if actual != expected:
+        raise ModelLoadError(f"{path} does not match its sidecar {path}.json (written by another export, "
+                             "perhaps one that was interrupted); export the model again")
 
 
 def _resolve_labels(path: str, labels_path: Optional[str], side: dict) -> list[str]:

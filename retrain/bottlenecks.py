@@ -193,7 +193,7 @@ def run_jobs(backbone: Backbone, store: BottleneckStore, jobs: Sequence[Job],
         return np.stack(list(decoders.map(lambda i: jobs[i].make(), batch)))
 
     with decoders, ThreadPoolExecutor(max_workers=1) as pool, \
-            tqdm(total=len(missing), desc=desc, unit="input", disable=not progress,
+            tqdm(total=len(missing), desc=desc, unit="input", disable=None if progress else True,
                  leave=False) as bar:
         pending = pool.submit(build, batches[0])
         for b, batch in enumerate(batches):

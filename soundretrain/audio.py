@@ -171,6 +171,12 @@ def _refuse_truncated(f) -> None:
                                  f"only {present} are there")
 
 
+def refuse_truncated(f) -> None:
+    """Raise :class:`AudioReadError` when the open ``soundfile.SoundFile`` ``f`` is a WAV
+    whose header announces more audio than the file holds (what ``load_audio`` refuses)."""
+    _refuse_truncated(f)
+
+
 def to_sample_rate(y: np.ndarray, sr: int, target_sr: int) -> np.ndarray:
     """``y`` resampled from ``sr`` to ``target_sr`` exactly as ``librosa.resample`` with
     ``res_type="soxr_hq"`` does (soxr, then the length fixed to ``ceil(n * ratio)``)."""

@@ -12,9 +12,11 @@ defines a flag, so a new flag lands in the right place of the help by saying so:
 """
 from __future__ import annotations
 
+import math
 import os
 import re
 import shutil
+import signal
 import sys
 import textwrap
 from dataclasses import dataclass
@@ -229,6 +231,69 @@ def parse_flags(fv: flags.FlagValues, argv: Sequence[str], prog: str,
         error(prog, f"unexpected argument(s): {' '.join(rest[1:])} (flags look like --name=value)")
         raise CommandLineExit(2)
     return rest
+
+
+def non_finite_float_flags(fv: flags.FlagValues) -> list[str]:
+    """One problem per float flag set to NaN or an infinity (absl accepts ``nan`` and
+    ``inf``; no knob of this toolkit means anything with them)."""
+    problems = []
+    for name in fv:
+        value = fv[name].value
+        if isinstance(value, float) and not math.isfinite(value):
+            problems.append(f"--{name} must be a finite number, not {value}")
+    return list(dict.fromkeys(problems))
+
+
+class InterruptWatch:
+    """Ctrl-C that always stops: SIGINT raises KeyboardInterrupt as usual and also sets
+    :attr:`interrupted`, which long loops check (:meth:`check`).
+
+    Python delivers a signal's KeyboardInterrupt in whatever code runs at that moment; when
+    that is a finalizer (``__del__``, a weakref callback: TensorFlow and TFLite objects are
+    full of them, and the garbage collector runs them at any allocation) the exception is
+    only printed as "Exception ignored" and the interrupt is lost. The flag survives that.
+    Works in the main thread; elsewhere (no signal handlers there) it changes nothing.
+    """
+
+    def __init__(self) -> None:
+        self.interrupted = False
+        self._previous = None
+        self._installed = False
+        self._unraisable = None
+
+    def __enter__(self) -> "InterruptWatch":
+        try:
+            previous = signal.getsignal(signal.SIGINT)
+            if previous is not signal.SIG_IGN:  # started with Ctrl-C ignored (nohup, &): keep it
+                self._previous = signal.signal(signal.SIGINT, self._handle)
+                self._installed = True
+        except ValueError:  # not the main thread
+            pass
+        if self._installed:
+            self._unraisable = sys.unraisablehook
+            sys.unraisablehook = self._hide_swallowed_interrupt
+        return self
+
+    def _handle(self, signum, frame) -> None:
+        self.interrupted = True
+        raise KeyboardInterrupt
+
+    def _hide_swallowed_interrupt(self, unraisable) -> None:
+        # The lost KeyboardInterrupt is handled through the flag: no "Exception ignored" trace.
+        if issubclass(unraisable.exc_type, KeyboardInterrupt) and self.interrupted:
+            return
+        self._unraisable(unraisable)
+
+    def check(self) -> None:
+        """Raise KeyboardInterrupt if Ctrl-C was pressed (even if its exception was lost)."""
+        if self.interrupted:
+            raise KeyboardInterrupt
+
+    def __exit__(self, *exc) -> None:
+        if self._installed:
+            signal.signal(signal.SIGINT, self._previous)
+            if sys.unraisablehook == self._hide_swallowed_interrupt:
+                sys.unraisablehook = self._unraisable
 
 
 def import_tensorflow_quietly() -> None:

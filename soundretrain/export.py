@@ -9,7 +9,9 @@ containers, all built from the same frozen function so they agree:
   ``Placeholder``, output node ``final_result``).
 * ``output_labels``: one label per line in class-index order.
 * ``saved_model_dir``: a TF2 SavedModel with a ``serving_default`` signature
-  (input key = the input tensor name, output key = the final tensor name).
+  (input key = the input tensor name, output key = the final tensor name), and the same
+  model under retrain.py's names as signature ``retrain_py`` (``image`` -> ``prediction``),
+  for TF Serving clients written for retrain.py's SavedModels.
 * ``output_tflite``: a TFLite flatbuffer with the same signature, optionally
   ``float16`` or ``dynamic``-range quantised.
 
@@ -18,13 +20,18 @@ a TFLite interpreter, such as BirdNET) is exported head-only (features in); the
 sidecar names the backbone and labelling runs backbone then head. A frozen ``.pb``
 cannot hold such a model and is refused.
 
-Every artifact gets a JSON sidecar (see :mod:`soundretrain.sidecar`), and everything is
-written atomically: re-exporting over an old artifact never leaves a broken one.
+Every artifact gets a JSON sidecar (see :mod:`soundretrain.sidecar`); a file artifact's
+sidecar records the file's SHA-256, so a model and a sidecar of two different exports (one
+killed between the two renames) are refused when loaded, as are labels files of another run
+(``labels_sha256``). Everything is written atomically: re-exporting over an old artifact
+never leaves a broken one.
 """
 from __future__ import annotations
 
 import copy
+import hashlib
 import os
+import re
 import tempfile
 from typing import Any, Optional, Sequence
 
@@ -32,6 +39,22 @@ from soundretrain import atomic_files
 from soundretrain.sidecar import SIDECAR_FORMAT, labels_sha256, labels_text, write_sidecar, SAVED_MODEL_SIDECAR
 
 TFLITE_QUANTIZATIONS = ("none", "float16", "dynamic")
+#: retrain.py's SavedModel names (``simple_save(inputs={'image': ...}, outputs={'prediction': ...})``),
+#: offered as a second signature beside ``serving_default``.
+RETRAIN_PY_SIGNATURE, RETRAIN_PY_INPUT, RETRAIN_PY_OUTPUT = "retrain_py", "image", "prediction"
+#: A GraphDef node name (what --final_tensor_name may be).
+NODE_NAME = re.compile(r"^[A-Za-z0-9.][A-Za-z0-9_.\-/]*$")
+
+
+def tensor_name_problem(final_tensor_name: str, input_tensor_name: str = "Placeholder") -> Optional[str]:
+    """Why ``final_tensor_name`` cannot name the exported output node, or None."""
+    if not NODE_NAME.match(final_tensor_name or ""):
+        return (f"--final_tensor_name {final_tensor_name!r} is not a graph node name (letters, digits, "
+                "'_', '.', '-', '/'; no ':')")
+    if final_tensor_name == input_tensor_name:
+        return (f"--final_tensor_name {final_tensor_name!r} is the name of the graph's input node; "
+                "choose another (retrain.py's is final_result)")
+    return None
 
 
 class ExportError(ValueError):
@@ -62,6 +85,9 @@ def export_model(
     ``output_tflite`` and ``<key>_sidecar`` for the sidecars.
     """
     labels = [str(label) for label in labels]
+    problem = tensor_name_problem(final_tensor_name, input_tensor_name)
+    if problem:
+        raise ExportError(problem)
     if not labels:
         raise ExportError("cannot export a model without labels")
     if any(("\n" in label or not label.strip()) for label in labels):
@@ -99,29 +125,40 @@ def export_model(
             raise ExportError(f"the head has {int(num_outputs)} outputs but there are {len(labels)} labels")
 
         if output_graph:
-            atomic_files.write_bytes(output_graph, graph_def.SerializeToString())
+            data = graph_def.SerializeToString()
+            atomic_files.write_bytes(output_graph, data)
             written["output_graph"] = output_graph
-            written["output_graph_sidecar"] = write_sidecar(output_graph, dict(full_sidecar, artifact="frozen_graph"))
+            written["output_graph_sidecar"] = write_sidecar(output_graph, dict(
+                full_sidecar, artifact="frozen_graph", artifact_sha256=hashlib.sha256(data).hexdigest()))
 
-        if saved_model_dir or output_tflite:
-            with tempfile.TemporaryDirectory(prefix="soundretrain-export-") as scratch:
-                if saved_model_dir:
-                    with atomic_files.replacing_folder(saved_model_dir) as tmp_dir:
-                        _save_serving_model(tf, frozen, tmp_dir, input_shape, input_tensor_name, final_tensor_name)
-                        write_sidecar(tmp_dir, dict(full_sidecar, artifact="saved_model"))
-                    written["saved_model_dir"] = saved_model_dir
-                    written["saved_model_dir_sidecar"] = os.path.join(saved_model_dir, SAVED_MODEL_SIDECAR)
-                    source_dir = saved_model_dir
-                else:
+        if saved_model_dir:
+            with atomic_files.replacing_folder(saved_model_dir) as tmp_dir:
+                _save_serving_model(tf, frozen, tmp_dir, input_shape, input_tensor_name, final_tensor_name,
+                                    retrain_py_signature=not head_only)
+                write_sidecar(tmp_dir, dict(full_sidecar, artifact="saved_model"))
+            written["saved_model_dir"] = saved_model_dir
+            written["saved_model_dir_sidecar"] = os.path.join(saved_model_dir, SAVED_MODEL_SIDECAR)
+
+        if output_tflite:
+            if saved_model_dir:
+                flatbuffer = _convert_tflite(tf, saved_model_dir, quantization)
+            else:
+                # The converter reads a SavedModel: a scratch one beside the TFLite file under a
+                # hidden temp name (not in /tmp), so one left by a killed run is where the next
+                # export to this path removes it.
+                folder = os.path.dirname(os.path.abspath(output_tflite))
+                os.makedirs(folder, exist_ok=True)
+                with tempfile.TemporaryDirectory(prefix=f".{os.path.basename(output_tflite)}.", suffix=".tmp",
+                                                 dir=folder) as scratch:
                     source_dir = os.path.join(scratch, "saved_model")
-                    _save_serving_model(tf, frozen, source_dir, input_shape, input_tensor_name, final_tensor_name)
-                if output_tflite:
+                    _save_serving_model(tf, frozen, source_dir, input_shape, input_tensor_name, final_tensor_name,
+                                        retrain_py_signature=False)
                     flatbuffer = _convert_tflite(tf, source_dir, quantization)
-                    atomic_files.write_bytes(output_tflite, flatbuffer)
-                    written["output_tflite"] = output_tflite
-                    written["output_tflite_sidecar"] = write_sidecar(
-                        output_tflite, dict(full_sidecar, artifact="tflite", tflite_quantization=quantization)
-                    )
+            atomic_files.write_bytes(output_tflite, flatbuffer)
+            written["output_tflite"] = output_tflite
+            written["output_tflite_sidecar"] = write_sidecar(
+                output_tflite, dict(full_sidecar, artifact="tflite", tflite_quantization=quantization,
+                                    artifact_sha256=hashlib.sha256(flatbuffer).hexdigest()))
 
     if output_labels:
         atomic_files.write_text(output_labels, labels_text(labels))
@@ -174,13 +211,17 @@ def _freeze(tf, backbone_fn, head, input_shape, input_name: str, final_name: str
     """
     from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
 
+    traced_names = []
+
     @tf.function(input_signature=[tf.TensorSpec(input_shape, tf.float32, name=input_name)])
     def serve(x):
         features = backbone_fn(x) if backbone_fn is not None else x
         probabilities = head(features)
         if isinstance(probabilities, dict):  # a head that returns a dict of outputs
             probabilities = next(iter(probabilities.values()))
-        return tf.identity(probabilities, name=final_name)
+        out = tf.identity(probabilities, name=final_name)
+        traced_names.append(out.op.name)  # TF renames a node whose name is taken ("mul" -> "mul_1")
+        return out
 
     try:
         concrete = serve.get_concrete_function()
@@ -191,13 +232,19 @@ def _freeze(tf, backbone_fn, head, input_shape, input_name: str, final_name: str
     nodes = {node.name: node for node in graph_def.node}
     if input_name not in nodes or nodes[input_name].op != "Placeholder":
         raise ExportError(f"frozen graph has no input placeholder named {input_name!r}")
+    if traced_names and traced_names[-1] != final_name:
+        raise ExportError(f"--final_tensor_name {final_name!r} is already the name of a node inside the "
+                          "network; choose another name (retrain.py's is final_result)")
     if final_name not in nodes:
         raise ExportError(f"frozen graph has no output node named {final_name!r}")
     return frozen, graph_def
 
 
-def _save_serving_model(tf, frozen, folder: str, input_shape, input_name: str, final_name: str) -> None:
-    """A SavedModel whose ``serving_default`` maps ``{input_name: x}`` to ``{final_name: p}``."""
+def _save_serving_model(tf, frozen, folder: str, input_shape, input_name: str, final_name: str,
+                        retrain_py_signature: bool = True) -> None:
+    """A SavedModel whose ``serving_default`` maps ``{input_name: x}`` to ``{final_name: p}``
+    and, with ``retrain_py_signature``, whose ``retrain_py`` signature maps retrain.py's
+    ``{"image": x}`` to ``{"prediction": p}`` (the same frozen function)."""
     module = tf.Module()
     module.frozen = frozen  # keep it reachable from the saved object
 
@@ -206,7 +253,15 @@ def _save_serving_model(tf, frozen, folder: str, input_shape, input_name: str, f
         return {final_name: tf.nest.flatten(frozen(x))[0]}
 
     module.serving_default = serving_default
-    tf.saved_model.save(module, folder, signatures={"serving_default": serving_default})
+    signatures = {"serving_default": serving_default}
+    if retrain_py_signature:
+        @tf.function(input_signature=[tf.TensorSpec(input_shape, tf.float32, name=RETRAIN_PY_INPUT)])
+        def retrain_py(image):
+            return {RETRAIN_PY_OUTPUT: tf.nest.flatten(frozen(image))[0]}
+
+        module.retrain_py = retrain_py
+        signatures[RETRAIN_PY_SIGNATURE] = retrain_py
+    tf.saved_model.save(module, folder, signatures=signatures)
 
 
 def _convert_tflite(tf, saved_model_dir: str, quantization: str) -> bytes:

@@ -217,8 +217,12 @@ def test_folders_in_batches_to_csv(tiny, tmp_path, capsys):
     csv_path = tmp_path / "out" / "labels.csv"
     code, out, err = run(capsys, "--graph", tiny.paths["output_tflite"], "--audio_dir", str(audio_dir),
                          "--output_csv", str(csv_path), "--batch_size", "4")
-    assert code == 0, err
-    assert "broken.wav" in err and "1 of 10 files could not be labelled" in err
+    # One rule in file and folder mode: every file that could be labelled is, each failure
+    # is one error line, and the exit status is 1 when any failed.
+    assert code == 1, err
+    assert "label_image: error: " in err and "broken.wav" in err
+    assert "1 of 10 files could not be labelled" in err
+    assert "labelling audio" not in err  # no progress bar when stderr is not a terminal
     import csv
 
     rows = list(csv.DictReader(open(csv_path)))
@@ -230,8 +234,16 @@ def test_folders_in_batches_to_csv(tiny, tmp_path, capsys):
     # --json on a folder lists the skipped files, as it does for --audio files.
     code, out, _ = run(capsys, "--graph", tiny.paths["output_tflite"], "--audio_dir", str(audio_dir), "--json")
     doc = json.loads(out)
-    assert code == 0 and len(doc["results"]) == 9
+    assert code == 1 and len(doc["results"]) == 9
     assert len(doc["errors"]) == 1 and "broken.wav" in doc["errors"][0]
+    # --nokeep_going stops at the first failure (files are labelled in sorted order).
+    code, out, err = run(capsys, "--graph", tiny.paths["output_tflite"], "--audio_dir", str(audio_dir), "--json",
+                         "--nokeep_going", "--batch_size", "1")
+    doc = json.loads(out)
+    assert code == 1 and len(doc["errors"]) == 1
+    assert [os.path.basename(r["source"]) for r in doc["results"]] == [
+        "00_tone.wav", "02_chirp.wav", "04_noise.wav", "06_tone.wav", "08_chirp.wav"]
+    assert "stopped at the first" in err
 
     image_dir = tmp_path / "images"
     image_dir.mkdir()

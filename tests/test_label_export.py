@@ -122,6 +122,42 @@ def test_saved_model_serving_signature(tiny, images):
     np.testing.assert_allclose(out["final_result"].numpy(), tiny.in_memory(images), atol=1e-4)
 
 
+def test_saved_model_offers_retrain_py_names_for_tf_serving(tiny, images):
+    """TF Serving clients written for retrain.py send {"image": ...} and read "prediction"
+    (retrain.py's simple_save); a second signature serves them, serving_default is unchanged."""
+    import tensorflow as tf
+    from tensorflow.core.protobuf import saved_model_pb2
+
+    folder = tiny.paths["saved_model_dir"]
+    proto = saved_model_pb2.SavedModel()
+    proto.ParseFromString(open(os.path.join(folder, "saved_model.pb"), "rb").read())
+    signatures = proto.meta_graphs[0].signature_def
+    assert set(signatures) >= {"serving_default", "retrain_py"}
+    for key, inputs, outputs in (("serving_default", ["Placeholder"], ["final_result"]),
+                                 ("retrain_py", ["image"], ["prediction"])):
+        sig = signatures[key]
+        assert sig.method_name == "tensorflow/serving/predict"  # what TF Serving's Predict API needs
+        assert list(sig.inputs) == inputs and list(sig.outputs) == outputs
+        assert [d.size for d in sig.inputs[inputs[0]].tensor_shape.dim] == [-1, 32, 32, 3]
+    # A Predict call as TF Serving makes it: signature by name, inputs by key.
+    loaded = tf.saved_model.load(folder)
+    request = {"image": tf.constant(images)}
+    response = loaded.signatures["retrain_py"](**request)
+    np.testing.assert_allclose(response["prediction"].numpy(), tiny.in_memory(images), atol=1e-4)
+
+
+@pytest.mark.parametrize("name,words", [("Placeholder", "is the name of the graph's input node"),
+                                        ("final:0", "is not a graph node name"),
+                                        ("StatefulPartitionedCall", "already the name of a node inside")])
+def test_clashing_final_tensor_names_are_refused(tiny, tmp_path, name, words):
+    from soundretrain.export import ExportError, export_model
+
+    path = tmp_path / "g.pb"
+    with pytest.raises(ExportError, match=words):
+        export_model(tiny.backbone, tiny.head, LABELS, {}, output_graph=str(path), final_tensor_name=name)
+    assert not path.exists()
+
+
 def test_label_count_must_match_the_head(tiny, tmp_path):
     from soundretrain.export import ExportError, export_model
 
