@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Optional
 
 from retrain.errors import RetrainError
+from soundretrain.manifest import dataset_recording_id
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
 MANIFEST_FILENAME = "manifest.csv"
@@ -32,6 +33,7 @@ class ImageRecord:
     start: float = 0.0
     duration: Optional[float] = None
     silent: bool = False
+    sha256: Optional[str] = None  # the image file's SHA-256 from the manifest (checked on listing)
 
 
 @dataclass(frozen=True)
@@ -59,7 +61,13 @@ class ImageSet:
 
 def group_from_filename(file_name: str) -> str:
     """retrain.py's rule: everything from ``_nohash_`` on is ignored, so
-    ``bark_nohash_1.png`` and ``bark_nohash_2.png`` form one group ``bark``."""
+    ``bark_nohash_1.png`` and ``bark_nohash_2.png`` form one group ``bark``. UrbanSound8K and
+    ESC-50 names group by the recording id they carry (``162540-1-0-0.png`` -> ``162540``),
+    so slices of one recording never straddle a split."""
+    if "_nohash_" not in file_name:
+        recording = dataset_recording_id(os.path.splitext(file_name)[0])
+        if recording is not None:
+            return recording
     return _NOHASH.sub("", file_name)
 
 
@@ -102,7 +110,7 @@ def _from_folders(image_dir: str) -> list[ImageRecord]:
 
 
 def _from_manifest(image_dir: str, manifest: str) -> list[ImageRecord]:
-    from soundretrain.manifest import ManifestError, read_manifest
+    from soundretrain.manifest import ManifestError, image_problem, read_manifest
 
     try:
         rows = read_manifest(manifest)
@@ -110,18 +118,27 @@ def _from_manifest(image_dir: str, manifest: str) -> list[ImageRecord]:
         raise RetrainError(str(err).splitlines()[0]) from None
     except (OSError, UnicodeDecodeError) as err:
         raise RetrainError(f"cannot read {manifest!r}: {err}") from None
-    records, missing = [], []
+    records, missing, damaged = [], [], []
     for row in rows:
         path = os.path.normpath(os.path.join(image_dir, row.image))
         if not os.path.isfile(path):
             missing.append(row.image)
             continue
+        # The same test spectrograms applies: an image it would redo is not trained on.
+        problem = image_problem(image_dir, row)
+        if problem is not None:
+            damaged.append(f"{row.image!r}: {problem}")
+            continue
         records.append(ImageRecord(
             path=path, relpath=row.image.replace(os.sep, "/"), label=row.label,
             group=row.group or group_from_filename(os.path.basename(row.image)),
             fold=row.fold, source=row.source or None, start=row.start,
-            duration=row.duration, silent=row.silent))
+            duration=row.duration, silent=row.silent, sha256=row.sha256))
     if missing:
         raise RetrainError(f"manifest {manifest!r} lists {len(missing)} image(s) that do not exist "
                            f"(first: {missing[0]!r}); re-run spectrograms or fix the manifest")
+    if damaged:
+        raise RetrainError(f"{len(damaged)} image(s) in {image_dir!r} are not the ones spectrograms "
+                           f"wrote (first: {damaged[0]}); re-run spectrograms with the same flags: "
+                           "it renders them again")
     return records

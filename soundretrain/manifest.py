@@ -1,6 +1,6 @@
 """``manifest.csv``: one row per spectrogram image, with its label, fold and source.
 
-Header: ``image,label,fold,group,source,start,duration,silent``
+Header: ``image,label,fold,group,source,start,duration,silent,bytes,sha256``
 
 * ``image``: path relative to the output folder (``<label>/<name>.png``)
 * ``fold``: the dataset's fold (int) or empty when the layout has none
@@ -10,19 +10,41 @@ Header: ``image,label,fold,group,source,start,duration,silent``
 * ``start``: window start in seconds within the source
 * ``duration``: seconds of real audio in the window, before padding
 * ``silent``: 1 when the window is all silence (rendered as the colormap's minimum)
+* ``bytes``, ``sha256``: the image file's size and SHA-256, so a truncated or changed image
+  is found (:func:`image_problem`). Manifests written before these columns existed leave
+  them empty and are still read.
 """
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import os
+import re
 from dataclasses import dataclass
 from typing import Iterable, Optional
 
 from soundretrain import atomic_files
 
 MANIFEST_FILENAME = "manifest.csv"
-FIELDS = ("image", "label", "fold", "group", "source", "start", "duration", "silent")
+FIELDS = ("image", "label", "fold", "group", "source", "start", "duration", "silent", "bytes", "sha256")
+REQUIRED_FIELDS = FIELDS[:8]  # what every manifest has had; bytes and sha256 came later
+
+# The data sets' own file names carry the recording: UrbanSound8K slices are
+# <fsID>-<classID>-<occurrence>-<slice>, ESC-50 clips <fold>-<Freesound clip id>-<take>-<target>
+# (both ids are Freesound ids). An optional _w<k> is a spectrograms window of such a clip.
+_US8K_NAME = re.compile(r"(\d+)-\d-\d+-\d+(?:_w\d+)?")
+_ESC50_NAME = re.compile(r"[1-5]-(\d+)-[A-Z]-\d{1,2}(?:_w\d+)?")
+
+
+def dataset_recording_id(stem: str) -> Optional[str]:
+    """The recording id in an UrbanSound8K or ESC-50 file name (without extension):
+    ``162540-1-0-0`` -> ``162540``, ``1-100032-A-0`` -> ``100032``; None for other names."""
+    for pattern in (_ESC50_NAME, _US8K_NAME):
+        m = pattern.fullmatch(stem)
+        if m:
+            return m.group(1)
+    return None
 
 
 class ManifestError(ValueError):
@@ -39,6 +61,8 @@ class ManifestRow:
     start: float
     duration: float
     silent: bool
+    bytes: Optional[int] = None  # the image file's size; None in older manifests
+    sha256: Optional[str] = None  # the image file's SHA-256 (hex); None in older manifests
 
     def to_csv(self) -> list[str]:
         return [
@@ -50,11 +74,17 @@ class ManifestRow:
             _number(self.start),
             _number(self.duration),
             "1" if self.silent else "0",
+            "" if self.bytes is None else str(self.bytes),
+            self.sha256 or "",
         ]
 
     @classmethod
     def from_csv(cls, record: dict[str, str]) -> "ManifestRow":
         fold = (record["fold"] or "").strip()
+        size = (record.get("bytes") or "").strip()
+        digest = (record.get("sha256") or "").strip().lower()
+        if digest and not re.fullmatch(r"[0-9a-f]{64}", digest):
+            raise ValueError(f"sha256 {digest!r} is not 64 hex digits")
         return cls(
             image=record["image"],
             label=record["label"],
@@ -64,6 +94,8 @@ class ManifestRow:
             start=float(record["start"]),
             duration=float(record["duration"]),
             silent=record["silent"].strip() in ("1", "true", "True"),
+            bytes=int(size) if size else None,
+            sha256=digest or None,
         )
 
 
@@ -76,14 +108,14 @@ def read_manifest(path: str | os.PathLike) -> list[ManifestRow]:
     path = os.fspath(path)
     with open(path, newline="", encoding="utf-8") as f:
         reader = csv.DictReader(f)
-        missing = [c for c in FIELDS if c not in (reader.fieldnames or [])]
+        missing = [c for c in REQUIRED_FIELDS if c not in (reader.fieldnames or [])]
         if missing:
             raise ManifestError(f"{path}: not a spectrogram manifest (missing columns: {', '.join(missing)})")
         rows = []
         for line_no, record in enumerate(reader, start=2):
             try:
                 rows.append(ManifestRow.from_csv(record))
-            except (KeyError, TypeError, ValueError) as e:
+            except (KeyError, TypeError, ValueError, AttributeError) as e:
                 raise ManifestError(f"{path}: line {line_no} is malformed ({e})") from None
         return rows
 
@@ -100,5 +132,35 @@ def format_rows(rows: Iterable[ManifestRow], header: bool = True) -> str:
 
 
 def write_manifest(path: str | os.PathLike, rows: Iterable[ManifestRow]) -> None:
-    """Write ``rows`` sorted by image path, atomically (temp name, then rename)."""
+    """Write ``rows`` sorted by image path, atomically and durably (temp name, fsync, rename)."""
     atomic_files.write_text(path, format_rows(sorted(rows, key=lambda r: r.image)))
+
+
+def file_digest(data: bytes) -> tuple[int, str]:
+    """``(size, SHA-256 hex)`` of an image's bytes, as the manifest records them."""
+    return len(data), hashlib.sha256(data).hexdigest()
+
+
+def image_problem(image_dir: str | os.PathLike, row: ManifestRow) -> Optional[str]:
+    """Why the image ``row`` names is not the one ``spectrograms`` wrote (missing, truncated,
+    changed), in a few words; None when it is intact. Rows of older manifests, without a
+    size and hash, are checked for existence only. ``spectrograms`` (to decide what to redo)
+    and ``retrain`` (to refuse damaged images) use this same test."""
+    path = os.path.join(os.fspath(image_dir), row.image)
+    try:
+        size = os.stat(path).st_size
+    except FileNotFoundError:
+        return "missing"
+    except OSError as e:
+        return f"unreadable ({e.strerror or e})"
+    if row.bytes is not None and size != row.bytes:
+        return f"{size} bytes where the manifest says {row.bytes} (truncated or changed)"
+    if row.sha256 is not None:
+        try:
+            with open(path, "rb") as f:
+                data = f.read()
+        except OSError as e:
+            return f"unreadable ({e.strerror or e})"
+        if file_digest(data)[1] != row.sha256:
+            return "its content differs from the manifest's sha256 (damaged or changed)"
+    return None

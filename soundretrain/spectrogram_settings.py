@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
+import numbers
 import os
 from dataclasses import dataclass
 from typing import Any, Mapping, Optional
@@ -19,6 +21,31 @@ PAD_MODES = ("repeat", "zero")
 LONG_CLIP_MODES = ("cut", "split")
 IMAGE_FORMATS = ("png", "jpg")
 MAX_IMAGE_SIZE = 4096  # pixels per side; the resize works on float32 [size, size]
+# Limits that keep one clip's rendering within a laptop's memory (each worker renders one).
+MAX_SAMPLE_RATE = 384_000  # Hz, the highest rate audio interfaces record at
+MAX_DURATION = 600.0  # seconds per image; longer recordings: long_clips=split
+MAX_N_FFT = 65_536  # samples per FFT window (and per hop)
+MAX_N_MELS = 1024
+MAX_TOP_DB = 200.0  # float32 power spans less than this
+MAX_CLIP_BYTES = 2**30  # one clip's STFT
+
+_FIELD_KINDS = {
+    "sample_rate": int, "duration": float, "pad_mode": str, "long_clips": str, "window_hop": float,
+    "n_mels": int, "n_fft": int, "hop_length": int, "fmin": float, "fmax": float, "top_db": float,
+    "image_size": int, "colormap": str, "image_format": str,
+}
+_OPTIONAL = {"window_hop", "fmax"}
+_KIND_WORDS = {int: "a whole number", float: "a number", str: "a string"}
+
+
+def _is_kind(value: Any, kind: type) -> bool:
+    if isinstance(value, bool):  # True is an int to Python, never a setting
+        return False
+    if kind is int:
+        return isinstance(value, numbers.Integral)
+    if kind is float:
+        return isinstance(value, numbers.Real)
+    return isinstance(value, kind)
 
 
 @dataclass(frozen=True)
@@ -55,34 +82,48 @@ class SpectrogramSettings:
             raise ValueError("; ".join(problems))
 
     def problems(self) -> list[str]:
-        """One short sentence per invalid field (empty when all is well)."""
+        """One short sentence per invalid field (empty when all is well). Every number must be
+        finite and within limits that keep one clip's rendering within memory: ``inf`` and
+        ``nan`` would otherwise overflow, allocate hundreds of GiB or draw flat images."""
         p = []
-        if self.sample_rate <= 0:
-            p.append(f"sample_rate must be positive, not {self.sample_rate}")
-        if not self.duration > 0:
-            p.append(f"duration must be positive, not {self.duration}")
+        for f in dataclasses.fields(self):
+            kind = _FIELD_KINDS.get(f.name)
+            value = getattr(self, f.name)
+            if kind is None or (value is None and f.name in _OPTIONAL):
+                continue
+            if not _is_kind(value, kind):
+                p.append(f"{f.name} must be {_KIND_WORDS[kind]}, not {value!r}")
+            elif kind is not str and not math.isfinite(value):
+                p.append(f"{f.name} must be a finite number, not {value}")
+        if p:  # the checks below compare numbers
+            return p
+        if not 0 < self.sample_rate <= MAX_SAMPLE_RATE:
+            p.append(f"sample_rate must be between 1 and {MAX_SAMPLE_RATE} Hz, not {self.sample_rate}")
+        if not 0 < self.duration <= MAX_DURATION:
+            p.append(f"duration must be above 0 and at most {MAX_DURATION:g} s (split longer "
+                     f"recordings with long_clips=split), not {self.duration:g}")
         if self.pad_mode not in PAD_MODES:
             p.append(f"pad_mode must be one of {', '.join(PAD_MODES)}, not {self.pad_mode!r}")
         if self.long_clips not in LONG_CLIP_MODES:
             p.append(f"long_clips must be one of {', '.join(LONG_CLIP_MODES)}, not {self.long_clips!r}")
-        if self.window_hop is not None and not self.window_hop > 0:
-            p.append(f"window_hop must be positive, not {self.window_hop}")
-        if self.n_mels <= 0:
-            p.append(f"n_mels must be positive, not {self.n_mels}")
-        if self.n_fft <= 0:
-            p.append(f"n_fft must be positive, not {self.n_fft}")
-        if self.hop_length <= 0:
-            p.append(f"hop_length must be positive, not {self.hop_length}")
+        if self.window_hop is not None and not 0 < self.window_hop <= MAX_DURATION:
+            p.append(f"window_hop must be above 0 and at most {MAX_DURATION:g} s, not {self.window_hop:g}")
+        if not 0 < self.n_mels <= MAX_N_MELS:
+            p.append(f"n_mels must be between 1 and {MAX_N_MELS}, not {self.n_mels}")
+        if not 0 < self.n_fft <= MAX_N_FFT:
+            p.append(f"n_fft must be between 1 and {MAX_N_FFT}, not {self.n_fft}")
+        if not 0 < self.hop_length <= MAX_N_FFT:
+            p.append(f"hop_length must be between 1 and {MAX_N_FFT}, not {self.hop_length}")
         if self.fmin < 0:
-            p.append(f"fmin must be >= 0, not {self.fmin}")
+            p.append(f"fmin must be >= 0, not {self.fmin:g}")
         nyquist = self.sample_rate / 2
         fmax = nyquist if self.fmax is None else self.fmax
         if self.fmax is not None and self.fmax > nyquist:
-            p.append(f"fmax {self.fmax} is above the Nyquist frequency {nyquist:g} of sample_rate {self.sample_rate}")
+            p.append(f"fmax {self.fmax:g} is above the Nyquist frequency {nyquist:g} of sample_rate {self.sample_rate}")
         if fmax <= self.fmin:
             p.append(f"fmax ({fmax:g}) must be above fmin ({self.fmin:g})")
-        if not self.top_db > 0:
-            p.append(f"top_db must be positive, not {self.top_db}")
+        if not 0 < self.top_db <= MAX_TOP_DB:
+            p.append(f"top_db must be above 0 and at most {MAX_TOP_DB:g}, not {self.top_db:g}")
         if self.image_size < 8:
             p.append(f"image_size must be at least 8, not {self.image_size}")
         elif self.image_size > MAX_IMAGE_SIZE:  # 100000 px asked for 40 GB and got the run OOM-killed
@@ -91,7 +132,22 @@ class SpectrogramSettings:
             p.append("colormap must not be empty")
         if self.image_format not in IMAGE_FORMATS:
             p.append(f"image_format must be one of {', '.join(IMAGE_FORMATS)}, not {self.image_format!r}")
+        if not p and self.clip_bytes > MAX_CLIP_BYTES:
+            p.append(f"one clip's spectrogram would need {self.clip_bytes / 2**30:.1f} GiB of memory "
+                     f"({self.frames} frames of n_fft {self.n_fft}); at most {MAX_CLIP_BYTES / 2**30:g} GiB: "
+                     "raise hop_length or lower n_fft or duration")
         return p
+
+    @property
+    def frames(self) -> int:
+        """STFT frames of one rendered clip (centred frames, as librosa)."""
+        return 1 + self.num_samples // self.hop_length
+
+    @property
+    def clip_bytes(self) -> int:
+        """Peak memory of one clip's STFT, roughly: the windowed frames (float32) and their
+        spectrum (complex64)."""
+        return self.frames * (4 * max(self.n_fft, 1) + 8 * (self.n_fft // 2 + 1))
 
     @property
     def num_samples(self) -> int:

@@ -4,15 +4,20 @@ Every reader returns :class:`Clip` records (source path, label, fold, group, out
 name). Labels are normalised the way TensorFlow's ``retrain.py`` turns a folder name
 into a label (lowercase, runs of non-alphanumerics -> one space), for every layout,
 so the output folder name, the manifest's label and the label ``retrain`` derives
-from the folder all agree: UrbanSound8K's ``dog_bark`` becomes ``dog bark``.
+from the folder all agree: UrbanSound8K's ``dog_bark`` becomes ``dog bark``. Letters of
+every script count as alphanumerics (``Bär`` -> ``bär``), and two class names that would
+make one label are refused, never merged.
 """
 from __future__ import annotations
 
 import csv
 import os
 import re
+import unicodedata
 from dataclasses import dataclass, field
 from typing import Iterable, Optional, Sequence
+
+from soundretrain.manifest import dataset_recording_id
 
 LAYOUTS = ("urbansound8k", "esc50", "folders")
 AUDIO_EXTENSIONS = (
@@ -48,19 +53,26 @@ class DatasetListing:
     clips: list[Clip]
     missing: list[str] = field(default_factory=list)  # listed in metadata, absent on disk
     notes: list[str] = field(default_factory=list)  # other one-line remarks (ignored files, ...)
+    rejected: list[tuple[str, str]] = field(default_factory=list)  # (source, reason): not rendered
 
 
 def normalise_label(name: str) -> str:
-    """retrain.py's label rule: lowercase, non-alphanumeric runs -> one space (trimmed)."""
-    return re.sub(r"[^a-z0-9]+", " ", name.lower()).strip()
+    """retrain.py's label rule: lowercase, non-alphanumeric runs -> one space (trimmed).
+
+    Letters and digits of every script are kept (``Bär`` -> ``bär``, not ``b r``); names are
+    NFC-normalised first, so a folder name macOS stores decomposed gives the same label."""
+    return re.sub(r"[\W_]+", " ", unicodedata.normalize("NFC", name).lower()).strip()
 
 
 def group_of(file_name: str) -> str:
-    """retrain.py's grouping: the part of the name before ``_nohash_``, else the stem."""
-    stem = os.path.splitext(os.path.basename(file_name))[0]
-    if "_nohash_" in file_name:
-        return re.sub(r"_nohash_.*$", "", os.path.basename(file_name))
-    return stem
+    """The recording a file in a class folder comes from: retrain.py's rule (the part of
+    the name before ``_nohash_``), then UrbanSound8K's and ESC-50's own file names
+    (``162540-1-0-0.wav`` -> ``162540``, ``1-100032-A-0.wav`` -> ``100032``), else the stem."""
+    base = os.path.basename(file_name)
+    if "_nohash_" in base:
+        return re.sub(r"_nohash_.*$", "", base)
+    stem = os.path.splitext(base)[0]
+    return dataset_recording_id(stem) or stem
 
 
 def is_audio_file(name: str) -> bool:
@@ -160,15 +172,53 @@ def resolve_audio(path: str) -> Optional[str]:
     return None
 
 
-def _metadata_clips(rows: Iterable[tuple[str, str, int, str]]) -> tuple[list[Clip], list[Clip]]:
-    """(listed path, raw label, fold, group) -> clips present on disk, clips missing from it."""
-    clips, missing = [], []
-    for listed, label, fold, group in rows:
+@dataclass
+class MetadataClips:
+    clips: list[Clip]  # present on disk
+    missing: list[Clip]  # listed, absent from disk
+    rejected: list[tuple[list[Clip], str]]  # (its entries, reason): listed under two classes, ...
+    notes: list[str]
+
+
+def _metadata_clips(rows: Iterable[tuple[str, str, int, str, int]], path: str) -> MetadataClips:
+    """(listed path, label, fold, group, line) -> the clips of ``path``'s rows.
+
+    A file listed twice with the same class, fold and recording is kept once; a file listed
+    under two classes (or folds, or recordings) is rejected with a reason: one of the rows is
+    wrong, and rendering it under both labels would teach the head a contradiction."""
+    by_source: dict[str, list[tuple[Clip, bool, int]]] = {}
+    for listed, label, fold, group, line in rows:
         found = resolve_audio(listed)
         name = os.path.splitext(os.path.basename(listed))[0]
-        clip = Clip(os.path.abspath(found or listed), normalise_label(label), fold, group, name)
-        (clips if found else missing).append(clip)
-    return clips, missing
+        clip = Clip(os.path.abspath(found or listed), label, fold, group, name)
+        by_source.setdefault(clip.source, []).append((clip, found is not None, line))
+    out = MetadataClips([], [], [], [])
+    duplicates = 0
+    for source, listed in by_source.items():
+        kinds = {(c.label, c.fold, c.group) for c, _, _ in listed}
+        if len(kinds) > 1:
+            what = "; ".join(f"line {line}: class {c.label!r}, fold {c.fold}, recording {c.group}"
+                             for c, _, line in listed)
+            out.rejected.append(([c for c, _, _ in listed], f"listed {len(listed)} times in {path} with "
+                                                            f"different entries ({what}); fix the metadata"))
+            continue
+        duplicates += len(listed) - 1
+        clip, present, _ = listed[0]
+        (out.clips if present else out.missing).append(clip)
+    if duplicates:
+        out.notes.append(f"{path} lists {duplicates} file(s) twice with the same entries; each is rendered once")
+    return out
+
+
+def _check_labels(raw_labels: dict[str, tuple[str, int]], column: str, path: str, line: int, value: str) -> str:
+    """The label of a metadata row; two different class names that make one label are refused."""
+    label = _label(value, column, path, line)
+    first = raw_labels.setdefault(label, (value, line))
+    if first[0] != value:
+        raise DatasetError(f"{path}: {column} {first[0]!r} (line {first[1]}) and {value!r} (line {line}) "
+                           f"both make the label {label!r} (labels ignore case and punctuation); "
+                           "use one spelling")
+    return label
 
 
 def _label(value: str, column: str, path: str, line: int) -> str:
@@ -180,28 +230,30 @@ def _label(value: str, column: str, path: str, line: int) -> str:
     return label
 
 
-def read_urbansound8k(root: str) -> tuple[list[Clip], list[Clip]]:
+def read_urbansound8k(root: str) -> MetadataClips:
     """``metadata/UrbanSound8K.csv`` + ``audio/fold<N>/<slice_file_name>``; group = fsID."""
     path = os.path.join(root, US8K_CSV)
     rows = []
+    labels: dict[str, tuple[str, int]] = {}
     for line, r in enumerate(_read_csv(path, US8K_COLUMNS), start=2):
         fold = _int(r["fold"], "fold", path, line)
         audio = os.path.join(root, "audio", f"fold{fold}", r["slice_file_name"])
-        rows.append((audio, _label(r["class"], "class", path, line), fold, r["fsID"].strip()))
-    return _metadata_clips(rows)
+        rows.append((audio, _check_labels(labels, "class", path, line, r["class"]), fold, r["fsID"].strip(), line))
+    return _metadata_clips(rows, path)
 
 
-def read_esc50(root: str, esc10: bool = False) -> tuple[list[Clip], list[Clip]]:
+def read_esc50(root: str, esc10: bool = False) -> MetadataClips:
     """``meta/esc50.csv`` + ``audio/<filename>``; group = src_file; ``esc10`` keeps ESC-10."""
     path = os.path.join(root, ESC50_CSV)
     rows = []
+    labels: dict[str, tuple[str, int]] = {}
     for line, r in enumerate(_read_csv(path, ESC50_COLUMNS), start=2):
         if esc10 and r["esc10"].strip().lower() not in ("true", "1"):
             continue
         fold = _int(r["fold"], "fold", path, line)
-        rows.append((os.path.join(root, "audio", r["filename"]), _label(r["category"], "category", path, line),
-                     fold, r["src_file"].strip()))
-    return _metadata_clips(rows)
+        rows.append((os.path.join(root, "audio", r["filename"]),
+                     _check_labels(labels, "category", path, line, r["category"]), fold, r["src_file"].strip(), line))
+    return _metadata_clips(rows, path)
 
 
 def read_folders(root: str) -> tuple[list[Clip], list[str]]:
@@ -211,11 +263,17 @@ def read_folders(root: str) -> tuple[list[Clip], list[str]]:
     notes: list[str] = []
     ignored = 0
     nested: list[str] = []
+    folder_of: dict[str, str] = {}
+    by_pattern = 0
     for d in _class_dirs(root):
         label = normalise_label(d)
         if not label:
             notes.append(f"skipped folder {d!r}: no letters or digits to make a label from")
             continue
+        if label in folder_of:  # merging them would silently mix two classes
+            raise DatasetError(f"class folders {folder_of[label]!r} and {d!r} in {root} both make the "
+                               f"label {label!r} (labels ignore case and punctuation); rename one of them")
+        folder_of[label] = d
         folder = os.path.join(root, d)
         for f in sorted(os.listdir(folder)):
             full = os.path.join(folder, f)
@@ -226,7 +284,14 @@ def read_folders(root: str) -> tuple[list[Clip], list[str]]:
             if not is_audio_file(f):
                 ignored += 1
                 continue
-            clips.append(Clip(os.path.abspath(full), label, None, group_of(f), os.path.splitext(f)[0]))
+            group = group_of(f)
+            if "_nohash_" not in f and group != os.path.splitext(f)[0]:
+                by_pattern += 1
+            clips.append(Clip(os.path.abspath(full), label, None, group, os.path.splitext(f)[0]))
+    if by_pattern:  # say so: it decides which clips stay together in every split
+        notes.append(f"grouped {by_pattern} file(s) by the recording id in their UrbanSound8K or ESC-50 "
+                     "name (162540-1-0-0.wav -> 162540, 1-100032-A-0.wav -> 100032), so slices of one "
+                     "recording stay on one side of every split")
     if ignored:
         notes.append(f"ignored {ignored} file(s) without an audio extension ({', '.join(AUDIO_EXTENSIONS)})")
     if nested:  # their audio would otherwise vanish without a word
@@ -265,21 +330,21 @@ def list_dataset(
     """Every clip of ``data_dir`` (optionally only ``classes`` / ``folds``), sorted by label and name."""
     layout, root, how = detect_layout(data_dir, dataset)
     notes: list[str] = []
+    rejected: list[tuple[list[Clip], str]] = []
     if esc10 and layout != "esc50":
         raise DatasetError(f"--esc10 applies to ESC-50 only, but {root} is {layout}")
-    if layout == "urbansound8k":
-        clips, missing = read_urbansound8k(root)
-    elif layout == "esc50":
-        clips, missing = read_esc50(root, esc10=esc10)
+    if layout in ("urbansound8k", "esc50"):
+        listed = read_urbansound8k(root) if layout == "urbansound8k" else read_esc50(root, esc10=esc10)
+        clips, missing, rejected, notes = listed.clips, listed.missing, listed.rejected, listed.notes
     else:
         clips, notes = read_folders(root)
         missing = []
         if folds:
             raise DatasetError("the folders layout has no folds: drop --folds")
-    all_folds = sorted({c.fold for c in clips + missing if c.fold is not None})
+    all_folds = sorted({c.fold for c in clips + missing + [c for e, _ in rejected for c in e] if c.fold is not None})
     if classes:
         wanted = {normalise_label(c) for c in classes}
-        present = {c.label for c in clips + missing}
+        present = {c.label for c in clips + missing} | {c.label for entries, _ in rejected for c in entries}
         unknown = sorted(wanted - present)
         if unknown:
             raise DatasetError(
@@ -287,6 +352,7 @@ def list_dataset(
             )
         clips = [c for c in clips if c.label in wanted]
         missing = [c for c in missing if c.label in wanted]
+        rejected = [(e, why) for e, why in rejected if any(c.label in wanted for c in e)]
     if folds:
         absent = sorted(set(folds) - set(all_folds))
         if absent:
@@ -296,5 +362,7 @@ def list_dataset(
             )
         clips = [c for c in clips if c.fold in set(folds)]
         missing = [c for c in missing if c.fold in set(folds)]
+        rejected = [(e, why) for e, why in rejected if any(c.fold in set(folds) for c in e)]
     clips = _unique_names(sorted(clips, key=lambda c: (c.label, c.name, c.source)))
-    return DatasetListing(layout, root, how, clips, [c.source for c in missing], notes)
+    return DatasetListing(layout, root, how, clips, [c.source for c in missing], notes,
+                          sorted((entries[0].source, why) for entries, why in rejected))

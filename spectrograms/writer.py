@@ -6,12 +6,16 @@ Parallel over processes, resumable and safe to kill at any moment:
 * each finished clip's manifest rows are appended to a journal as they arrive, and
   ``manifest.csv`` is rewritten atomically at the end (a killed run loses nothing it
   finished: the next run folds the journal back in);
-* an image is redone only when missing, older than its audio, or ``overwrite`` is set;
+* an image is redone only when missing, damaged (its size or SHA-256 differs from the
+  manifest's), older than its audio, or ``overwrite`` is set;
 * ``spectrogram_config.json`` pins the settings: a run with other settings into the
-  same folder is refused unless ``overwrite`` is set.
+  same folder is refused unless ``overwrite`` is set;
+* one run at a time: the output folder is locked for the run, and a second run into it is
+  refused with one line naming the first.
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 import io
 import multiprocessing
@@ -29,12 +33,15 @@ import numpy as np
 
 from soundretrain import atomic_files
 from spectrograms.datasets import Clip, DatasetListing
+from soundretrain.folder_lock import FolderBusy, folder_lock
 from soundretrain.manifest import (
     FIELDS,
     MANIFEST_FILENAME,
     ManifestError,
     ManifestRow,
+    file_digest,
     format_rows,
+    image_problem,
     read_manifest,
     write_manifest,
 )
@@ -152,9 +159,9 @@ def render_source(clip: Clip, output_dir: str, settings: SpectrogramSettings) ->
             # No fsync per image (it would double the time per clip); the manifest, written
             # durably, records each image's size and hash, so a torn image is redone.
             atomic_files.write_bytes(os.path.join(output_dir, image), data, durable=False)
-            result.rows.append(
-                ManifestRow(image, clip.label, clip.fold, clip.group, clip.source, start, real, is_silent(window))
-            )
+            size, sha256 = file_digest(data)
+            result.rows.append(ManifestRow(image, clip.label, clip.fold, clip.group, clip.source, start, real,
+                                           is_silent(window), size, sha256))
     except Exception as e:  # a full disk or an odd file must not end the run
         result.error = f"cannot render: {type(e).__name__}: {' '.join(str(e).split())}"
         result.rows = []
@@ -200,24 +207,54 @@ def _previous_rows(output_dir: str, notes: list[str]) -> dict[str, list[Manifest
     return by_source
 
 
-def _is_up_to_date(clip: Clip, rows: Sequence[ManifestRow], output_dir: str, settings: SpectrogramSettings) -> bool:
+def _up_to_date_rows(clip: Clip, rows: Sequence[ManifestRow], output_dir: str,
+                     settings: SpectrogramSettings) -> Optional[list[ManifestRow]]:
+    """The clip's rows when its images are complete, intact and newer than its audio (rows of
+    older manifests get their size and hash filled in); None when it must be redone."""
     if not rows:
-        return False
+        return None
     if settings.long_clips == "cut":
         expected = [image_name(clip, settings)]
         if [r.image for r in rows] != expected:
-            return False
+            return None
     else:
         pattern = re.compile(re.escape(f"{clip.label}/{clip.name}_w") + r"\d+" + re.escape(f".{settings.image_format}"))
         if not all(pattern.fullmatch(r.image) for r in rows):
-            return False
+            return None
     if any(r.label != clip.label or r.fold != clip.fold or r.group != clip.group for r in rows):
-        return False
+        return None
     try:
         source_mtime = os.stat(clip.source).st_mtime
-        return all(os.stat(os.path.join(output_dir, r.image)).st_mtime >= source_mtime for r in rows)
+        if not all(os.stat(os.path.join(output_dir, r.image)).st_mtime >= source_mtime for r in rows):
+            return None
     except OSError:
-        return False
+        return None
+    verified = []
+    for r in rows:
+        if image_problem(output_dir, r) is not None:  # truncated or changed: redo it
+            return None
+        if r.sha256 is None:
+            r = _adopt_unhashed(output_dir, r)
+            if r is None:
+                return None
+        verified.append(r)
+    return verified
+
+
+def _adopt_unhashed(output_dir: str, row: ManifestRow) -> Optional[ManifestRow]:
+    """A row of a manifest written before images were hashed: keep it when its image decodes
+    whole (a truncated PNG does not), now with its size and hash; None when it is damaged."""
+    from PIL import Image
+
+    try:
+        with open(os.path.join(output_dir, row.image), "rb") as f:
+            data = f.read()
+        with Image.open(io.BytesIO(data)) as img:
+            img.load()
+    except Exception:  # noqa: BLE001 - PIL raises OSError, SyntaxError, ValueError...
+        return None
+    size, sha256 = file_digest(data)
+    return dataclasses.replace(row, bytes=size, sha256=sha256)
 
 
 def _remove_stray_temp_files(output_dir: str, labels: set[str]) -> int:
@@ -389,19 +426,36 @@ def write_spectrograms(
     """Render every clip of ``listing`` that is not up to date; return the summary.
 
     ``log`` receives one-line remarks, without the ``spectrograms:`` prefix (default: print
-    them with it on stderr).
+    them with it on stderr). The output folder is locked for the run: raises
+    :class:`OutputError` at once when another run holds it.
     """
-    from tqdm import tqdm
-
     log = log or (lambda line: print(f"spectrograms: {line}", file=sys.stderr))
     t0 = time.perf_counter()
-    summary = WriteSummary(clips=len(listing.clips), missing=list(listing.missing))
     try:
         os.makedirs(output_dir, exist_ok=True)
     except OSError as e:
         raise OutputError(f"cannot create --output_dir {output_dir}: {e.strerror or e}") from None
     if not os.access(output_dir, os.W_OK):
         raise OutputError(f"--output_dir {output_dir} is not writable")
+    try:
+        with folder_lock(output_dir, "spectrograms run"):
+            summary = _write_locked(listing, output_dir, settings, options, log)
+    except FolderBusy as e:
+        # Two runs into one folder would each rewrite manifest.csv from their own view (the
+        # other's classes vanish) and delete each other's in-flight temp files.
+        raise OutputError(f"{e}: runs into one --output_dir go one at a time (their manifests "
+                          "would overwrite each other)") from None
+    summary.seconds = time.perf_counter() - t0
+    return summary
+
+
+def _write_locked(listing: DatasetListing, output_dir: str, settings: SpectrogramSettings,
+                  options: WriteOptions, log: Callable[[str], None]) -> WriteSummary:
+    """:func:`write_spectrograms` with the output folder locked."""
+    from tqdm import tqdm
+
+    summary = WriteSummary(clips=len(listing.clips), missing=list(listing.missing),
+                           failed=list(listing.rejected))
     same_settings = check_config(output_dir, settings, options.overwrite)
     notes: list[str] = []
     previous = _previous_rows(output_dir, notes) if same_settings else {}
@@ -432,16 +486,26 @@ def write_spectrograms(
     todo, kept = [], {}
     for clip in listing.clips:
         rows = previous.pop(clip.source, [])
-        if not options.overwrite and _is_up_to_date(clip, rows, output_dir, settings):
-            kept[clip.source] = rows
+        verified = None if options.overwrite else _up_to_date_rows(clip, rows, output_dir, settings)
+        if verified is not None:
+            kept[clip.source] = verified
             summary.up_to_date += 1
         else:
             todo.append(clip)
+    # Files the listing rejects (listed under two classes): their earlier images go, so no
+    # class folder keeps an image the manifest does not list.
+    dropped = [r for source, _ in listing.rejected for r in previous.pop(source, [])]
     # Rows of clips outside this listing (another --folds run into the same folder) stay
-    # as long as their images do.
+    # as long as their images are intact.
+    damaged = 0
     for source, rows in previous.items():
-        if all(os.path.exists(os.path.join(output_dir, r.image)) for r in rows):
+        if all(image_problem(output_dir, r) is None for r in rows):
             kept[source] = rows
+        else:
+            damaged += 1
+    if damaged:
+        log(f"dropped {damaged} clip(s) outside this run from the manifest: their images are missing or "
+            "damaged (a run that includes them renders them again)")
 
     journal_path = os.path.join(output_dir, JOURNAL_FILENAME)
     done: dict[str, list[ManifestRow]] = dict(kept)
@@ -471,12 +535,11 @@ def write_spectrograms(
         write_manifest(os.path.join(output_dir, MANIFEST_FILENAME), rows)
         listed_images = {r.image for r in rows}
         _remove_replaced_images(output_dir, [r for source in done if source not in kept
-                                             for r in earlier.get(source, ())], listed_images)
+                                             for r in earlier.get(source, ())] + dropped, listed_images)
         if not summary.interrupted and os.path.exists(journal_path):
             os.remove(journal_path)
     listed = {c.source for c in listing.clips}
     summary.silent = sum(r.silent for r in rows if r.source in listed)
     summary.images = len(rows)
     summary.failed.sort()
-    summary.seconds = time.perf_counter() - t0
     return summary

@@ -27,6 +27,10 @@ def test_class_folders_jpg_jpeg_png_sorted_labels(tmp_path):
 def test_group_rule():
     assert group_from_filename("dog_nohash_3.png") == "dog"
     assert group_from_filename("dog.png") == "dog.png"
+    # UrbanSound8K / ESC-50 images in class folders: one group per recording (slices of
+    # 162540 straddled train and test before).
+    assert group_from_filename("162540-1-0-0.png") == group_from_filename("162540-1-0-3.jpg") == "162540"
+    assert group_from_filename("1-100032-A-0.png") == group_from_filename("3-100032-B-0.png") == "100032"
 
 
 def test_manifest_is_preferred_and_carries_folds_and_sources(tmp_path):

@@ -96,6 +96,11 @@ def test_a_run_writes_images_manifest_config_and_preview(tmp_path, capsys):
         (["--data_dir=/tmp", "--output_dir=/tmp/x", "--window_hop=1"], 2, "--window_hop applies only with"),
         # 100000 px asked for 40 GB per image and got the run OOM-killed
         (["--data_dir=/tmp", "--output_dir=/tmp/x", "--image_size=100000"], 2, "image_size must be at most 4096"),
+        # inf overflowed (and was saved as Infinity), 1e9 asked for 238 GiB, nan drew flat images
+        (["--data_dir=/tmp", "--output_dir=/tmp/x", "--duration=inf"], 2, "duration must be a finite number, not inf"),
+        (["--data_dir=/tmp", "--output_dir=/tmp/x", "--n_fft=1000000000"], 2, "n_fft must be between 1 and 65536"),
+        (["--data_dir=/tmp", "--output_dir=/tmp/x", "--fmin=nan"], 2, "fmin must be a finite number, not nan"),
+        (["--data_dir=/tmp", "--output_dir=/tmp/x", "--fmax=nan"], 2, "fmax must be a finite number, not nan"),
     ],
 )
 def test_bad_flags_and_paths_are_one_line(argv, code, message, capsys):

@@ -58,7 +58,7 @@ def make_folders(root):
     _wav(os.path.join(root, "Dog Bark!", "rec1_nohash_0.wav"))
     _wav(os.path.join(root, "Dog Bark!", "rec1_nohash_1.wav"))
     _wav(os.path.join(root, "Dog Bark!", "solo.flac"))
-    _wav(os.path.join(root, "dog_bark", "solo.wav"))  # same label, same stem: renamed
+    _wav(os.path.join(root, "Dog Bark!", "solo.wav"))  # same stem, another format: renamed
     _wav(os.path.join(root, "rain", "r.wav"))
     with open(os.path.join(root, "rain", "notes.txt"), "w") as f:
         f.write("not audio")
@@ -195,3 +195,77 @@ def test_audio_in_sub_folders_of_a_class_is_named_not_silently_dropped(tmp_path)
     listing = list_dataset(root)
     assert not any("day2" in c.source for c in listing.clips)
     assert any("ignored 1 sub-folder(s) of class folders, e.g. rain/day2" in n for n in listing.notes)
+
+
+def test_class_folders_keep_letters_of_every_script_and_never_merge(tmp_path):
+    # "Bär" and "Bör" both became "b r": two classes silently merged into one label.
+    root = tmp_path / "mine"
+    for folder in ("Bär", "Bör", "Ba\u0308r_night"):  # the last is decomposed, as macOS stores names
+        _wav(str(root / folder / "a.wav"))
+    listing = list_dataset(str(root))
+    assert sorted({c.label for c in listing.clips}) == ["bär", "bär night", "bör"]
+    assert normalise_label("Ba\u0308r") == normalise_label("B\u00e4r") == "bär"
+    assert normalise_label("Собака_лает") == "собака лает"
+    assert normalise_label("犬") == "犬"
+    _wav(str(root / "BÄR" / "b.wav"))  # another spelling of an existing class
+    with pytest.raises(DatasetError, match="class folders 'BÄR' and 'Bär' .* both make the label 'bär'") as info:
+        list_dataset(str(root))
+    assert "\n" not in str(info.value) and "rename one" in str(info.value)
+
+
+def test_metadata_classes_that_make_one_label_are_refused(tmp_path):
+    root = make_us8k(str(tmp_path / "us8k"))
+    path = os.path.join(root, "metadata", "UrbanSound8K.csv")
+    with open(path) as f:
+        text = f.read()
+    with open(path, "w") as f:
+        f.write(text.replace("100-3-0-1.wav,100,0,0.2,1,1,3,dog_bark", "100-3-0-1.wav,100,0,0.2,1,1,3,Dog Bark"))
+    with pytest.raises(DatasetError, match=r"class 'dog_bark' \(line 2\) and 'Dog Bark' \(line 3\) both make"):
+        list_dataset(root)
+
+
+@pytest.mark.parametrize("name, group", [
+    ("162540-1-0-0.wav", "162540"),  # UrbanSound8K: fsID-classID-occurrence-slice
+    ("162540-1-0-12.flac", "162540"),
+    ("7383-3-0-0_w2.png", "7383"),  # a spectrograms window of such a slice
+    ("1-100032-A-0.wav", "100032"),  # ESC-50: fold-clip id-take-target
+    ("5-9032-B-49.ogg", "9032"),
+    ("bird001_nohash_3.wav", "bird001"),  # retrain.py's rule comes first
+    ("162540-1-0-0_nohash_1.wav", "162540-1-0-0"),
+    ("dog-1.wav", "dog-1"),  # other names: the stem
+    ("2024-05-01-1200.wav", "2024-05-01-1200"),  # a date is not a slice name
+    ("6-100032-A-0.wav", "6-100032-A-0"),  # ESC-50 has folds 1-5 only
+])
+def test_dataset_file_names_in_class_folders_group_by_recording(name, group):
+    assert group_of(name) == group
+
+
+def test_urbansound8k_slices_in_class_folders_stay_together(tmp_path):
+    # Grouped by stem, slices of one recording landed in train and test with --split hash.
+    root = tmp_path / "flat"
+    for name in ("162540-1-0-0.wav", "162540-1-0-1.wav", "162540-1-0-2.wav", "99-1-0-0.wav"):
+        _wav(str(root / "car_horn" / name))
+    for name in ("1-100032-A-0.wav", "2-100032-B-0.wav", "own recording.wav"):
+        _wav(str(root / "dog" / name))
+    listing = list_dataset(str(root))
+    assert [(c.name, c.group) for c in listing.clips] == [
+        ("162540-1-0-0", "162540"), ("162540-1-0-1", "162540"), ("162540-1-0-2", "162540"), ("99-1-0-0", "99"),
+        ("1-100032-A-0", "100032"), ("2-100032-B-0", "100032"), ("own recording", "own recording"),
+    ]
+    assert any("grouped 6 file(s) by the recording id" in n for n in listing.notes)
+
+
+def test_a_file_listed_under_two_classes_is_rejected_with_its_lines(tmp_path):
+    root = make_us8k(str(tmp_path / "us8k"))
+    path = os.path.join(root, "metadata", "UrbanSound8K.csv")
+    with open(path, "a") as f:
+        f.write("200-8-0-0.wav,200,0,0.2,1,2,1,car_horn\n")  # also listed as siren
+        f.write("100-3-0-0.wav,100,0,0.2,1,1,3,dog_bark\n")  # the same entry twice
+    listing = list_dataset(root)
+    assert [os.path.basename(c.source) for c in listing.clips] == ["300-1-0-0.wav", "100-3-0-0.wav", "100-3-0-1.wav"]
+    [(source, reason)] = listing.rejected
+    assert source.endswith("200-8-0-0.wav")
+    assert "listed 2 times" in reason and "line 4: class 'siren'" in reason and "line 7: class 'car horn'" in reason
+    assert any("lists 1 file(s) twice with the same entries" in n for n in listing.notes)
+    assert list_dataset(root, classes=["dog_bark"]).rejected == []  # not part of that selection
+    assert len(list_dataset(root, folds=[2]).rejected) == 1

@@ -46,11 +46,53 @@ def test_json_round_trip_and_unknown_keys(tmp_path):
         ({"top_db": -1.0}, "top_db"),
         ({"window_hop": 0.0}, "window_hop"),
         ({"image_format": "gif"}, "image_format"),
+        # Extremes: inf overflowed, 1e9 asked for 238 GiB, nan gave flat images with exit 0.
+        ({"duration": float("inf")}, "duration must be a finite number, not inf"),
+        ({"duration": float("nan")}, "duration must be a finite number, not nan"),
+        ({"duration": 3601.0}, "duration must be above 0 and at most 600 s"),
+        ({"n_fft": 1_000_000_000}, "n_fft must be between 1 and 65536"),
+        ({"hop_length": 10**9}, "hop_length must be between 1 and 65536"),
+        ({"n_mels": 100_000}, "n_mels must be between 1 and 1024"),
+        ({"sample_rate": 10**9}, "sample_rate must be between 1 and 384000"),
+        ({"fmin": float("nan")}, "fmin must be a finite number, not nan"),
+        ({"fmax": float("nan")}, "fmax must be a finite number, not nan"),
+        ({"fmax": float("inf")}, "fmax must be a finite number"),
+        ({"top_db": float("inf")}, "top_db must be a finite number"),
+        ({"top_db": 1e6}, "top_db must be above 0 and at most 200"),
+        ({"window_hop": float("inf")}, "window_hop must be a finite number"),
+        ({"hop_length": 1, "duration": 60.0}, r"one clip's spectrogram would need \d+\.\d GiB"),
+        ({"n_fft": "2048"}, "n_fft must be a whole number, not '2048'"),
+        ({"n_mels": True}, "n_mels must be a whole number, not True"),
+        ({"duration": None}, "duration must be a number, not None"),
     ],
 )
 def test_invalid_settings_are_refused_with_a_reason(kwargs, words):
     with pytest.raises(ValueError, match=words):
         SpectrogramSettings(**kwargs)
+
+
+def test_limits_leave_every_sensible_setting_alone():
+    SpectrogramSettings(sample_rate=48000, duration=600.0, n_fft=65536, hop_length=16384, n_mels=1024,
+                        fmin=20.0, fmax=20000.0, top_db=120.0, image_size=4096)
+    SpectrogramSettings(sample_rate=8000, duration=0.01, n_fft=1, hop_length=1, n_mels=1)
+    assert SpectrogramSettings(duration=4).duration == 4  # an int is a number
+
+
+def test_a_config_holding_infinity_or_nan_is_refused_and_never_written(tmp_path):
+    path = tmp_path / CONFIG_FILENAME
+    SpectrogramSettings().save_json(path)
+    d = json.loads(path.read_text())
+    for key, bad in (("duration", "Infinity"), ("fmax", "NaN"), ("n_fft", "1e9")):
+        path.write_text(json.dumps(d).replace(f'"{key}": {json.dumps(d[key])}', f'"{key}": {bad}'))
+        with pytest.raises(ValueError, match=key):
+            SpectrogramSettings.load_json(path)
+    # Even a settings object forced past validation is never saved as Infinity.
+    forced = SpectrogramSettings()
+    object.__setattr__(forced, "duration", float("inf"))
+    path.write_text("{}")
+    with pytest.raises(ValueError):
+        forced.save_json(path)
+    assert path.read_text() == "{}"
 
 
 def _rows():
@@ -64,10 +106,22 @@ def test_manifest_round_trip(tmp_path):
     path = tmp_path / "manifest.csv"
     write_manifest(path, _rows())
     lines = path.read_text().splitlines()
-    assert lines[0] == ",".join(FIELDS) == "image,label,fold,group,source,start,duration,silent"
-    assert lines[1] == 'dog bark/a_w1.png,dog bark,,a,"/data/a, with comma.wav",4,1.25,1'  # sorted by image
+    assert lines[0] == ",".join(FIELDS) == "image,label,fold,group,source,start,duration,silent,bytes,sha256"
+    assert lines[1] == 'dog bark/a_w1.png,dog bark,,a,"/data/a, with comma.wav",4,1.25,1,,'  # sorted by image
     assert read_manifest(path) == sorted(_rows(), key=lambda r: r.image)
     assert [p.name for p in tmp_path.iterdir()] == ["manifest.csv"]
+
+
+def test_manifest_sizes_and_hashes_round_trip_and_are_checked(tmp_path):
+    path = tmp_path / "manifest.csv"
+    digest = "ab" * 32
+    row = ManifestRow("siren/b.png", "siren", 2, "77", "/data/b.wav", 0.0, 4.0, False, 51234, digest)
+    write_manifest(path, [row])
+    assert path.read_text().splitlines()[1].endswith(f",51234,{digest}")
+    assert read_manifest(path) == [row]
+    path.write_text(path.read_text().replace(digest, "xyz"))
+    with pytest.raises(ManifestError, match="line 2 is malformed .*sha256 'xyz'"):
+        read_manifest(path)
 
 
 def test_malformed_manifest_is_one_clear_error(tmp_path):

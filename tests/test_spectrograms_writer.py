@@ -1,6 +1,7 @@
 """writer.py: images + manifest, resuming, refusing other settings, bad inputs, windows, processes."""
 from __future__ import annotations
 
+import hashlib
 import os
 import signal
 import subprocess
@@ -397,3 +398,138 @@ def test_cut_image_of_a_long_clip_equals_rendering_the_whole_file(tmp_path):
     whole = load_audio(data / "long" / "l.wav", SR)
     assert np.array_equal(rgb(out / "long" / "l.png"), render_clip(whole, SR, FAST))
     assert read_mani(out)[0].duration == FAST.duration
+
+
+def _hold_lock(folder: Path) -> subprocess.Popen:
+    """Another process holding ``folder``'s lock, as a second spectrograms run would."""
+    code = ("import sys; from soundretrain.folder_lock import folder_lock\n"
+            f"with folder_lock({str(folder)!r}, 'spectrograms run'):\n"
+            "    print('locked', flush=True); sys.stdin.readline()\n")
+    proc = subprocess.Popen([sys.executable, "-c", code], cwd=REPO, stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "locked"
+    return proc
+
+
+def test_a_second_run_into_a_busy_output_folder_is_refused_and_loses_nothing(tmp_path):
+    # Two runs at once (--classes beep, --classes buzz) both exited 0 and the manifest lost
+    # one run's class; one run's cleanup deleted the other's in-flight temp files.
+    data = make_folders(tmp_path / "data")
+    out = tmp_path / "out"
+    write(data, out, classes=["beep"])
+    before = (out / "manifest.csv").read_text()
+    holder = _hold_lock(out)
+    try:
+        in_flight = out / "beep" / ".b0_nohash_0.png.0123abcd.tmp"  # the other run's, mid-write
+        in_flight.write_bytes(b"half")
+        with pytest.raises(OutputError) as info:
+            write(data, out, classes=["buzz"])
+        message = str(info.value)
+        assert "\n" not in message and f"{out} is in use by another spectrograms run (pid {holder.pid}" in message
+        assert "one at a time" in message
+        assert in_flight.exists() and (out / "manifest.csv").read_text() == before
+        assert not (out / "buzz").exists()
+    finally:
+        holder.communicate("\n", timeout=30)
+    in_flight.unlink()
+    write(data, out, classes=["buzz"])  # the lock is gone with its holder
+    assert sorted({r.label for r in read_mani(out)}) == ["beep", "buzz"]
+    assert not (out / ".soundretrain.lock").exists()
+
+
+def test_a_killed_holder_leaves_no_lock(tmp_path):
+    data = make_folders(tmp_path / "data")
+    out = tmp_path / "out"
+    out.mkdir()
+    holder = _hold_lock(out)
+    holder.kill()
+    holder.wait(timeout=30)
+    assert (out / ".soundretrain.lock").exists()  # its file stays; the kernel dropped the lock
+    assert write(data, out).written == 4
+
+
+def test_the_cli_says_the_folder_is_busy_in_one_line(tmp_path):
+    data = make_folders(tmp_path / "data")
+    out = tmp_path / "out"
+    out.mkdir()
+    holder = _hold_lock(out)
+    try:
+        done = subprocess.run([sys.executable, "-m", "spectrograms", f"--data_dir={data}", f"--output_dir={out}",
+                               "--sample_rate=8000", "--duration=0.5", "--n_fft=256", "--hop_length=64",
+                               "--n_mels=32", "--image_size=32", "--jobs=1"],
+                              cwd=REPO, capture_output=True, text=True, timeout=120)
+    finally:
+        holder.communicate("\n", timeout=30)
+    errors = [line for line in done.stderr.splitlines() if "error" in line]
+    assert done.returncode == 1 and len(errors) == 1
+    assert errors[0].startswith("spectrograms: error: ") and "in use by another spectrograms run" in errors[0]
+
+
+def test_a_truncated_image_is_not_up_to_date_and_retrain_agrees(tmp_path):
+    # A PNG cut short counted as up to date (it exists and is newer than its audio), while
+    # retrain refused to read it: both now test it against the manifest's size and hash.
+    from retrain.errors import RetrainError
+    from retrain.images import list_images
+
+    data = make_folders(tmp_path / "data")
+    out = tmp_path / "out"
+    write(data, out)
+    rows = {r.image: r for r in read_mani(out)}
+    image = out / "beep" / "b0_nohash_0.png"
+    whole = image.read_bytes()
+    assert rows["beep/b0_nohash_0.png"].bytes == len(whole)
+    assert rows["beep/b0_nohash_0.png"].sha256 == hashlib.sha256(whole).hexdigest()
+    image.write_bytes(whole[: len(whole) // 2])
+    with pytest.raises(RetrainError, match=r"b0_nohash_0.png'.*truncated or changed.*re-run spectrograms"):
+        list_images(str(out))
+    # Same size, other content (a bit flipped on disk).
+    other = out / "buzz" / "z1.png"
+    flipped = bytearray(other.read_bytes())
+    flipped[-20] ^= 0xFF
+    other.write_bytes(bytes(flipped))
+    again = write(data, out)
+    assert (again.written, again.up_to_date) == (2, 2)
+    assert image.read_bytes() == whole and rgb(other).shape == (32, 32, 3)
+    assert len(list_images(str(out)).records) == 4
+
+
+def test_a_manifest_without_sizes_and_hashes_is_still_read_and_upgraded(tmp_path):
+    from retrain.images import list_images
+
+    data = make_folders(tmp_path / "data")
+    out = tmp_path / "out"
+    write(data, out)
+    lines = (out / "manifest.csv").read_text().splitlines()
+    old = [line.rsplit(",", 2)[0] for line in lines]  # drop the bytes and sha256 columns
+    assert old[0] == "image,label,fold,group,source,start,duration,silent"
+    (out / "manifest.csv").write_text("\n".join(old) + "\n")  # as spectrograms wrote it before
+    assert all(r.sha256 is None for r in read_mani(out))
+    assert len(list_images(str(out)).records) == 4  # retrain reads it
+    (out / "buzz" / "z0.png").write_bytes((out / "buzz" / "z0.png").read_bytes()[:300])  # truncated
+    again = write(data, out)
+    assert (again.written, again.up_to_date) == (1, 3)  # whole images kept, the cut one redone
+    assert all(r.sha256 and r.bytes for r in read_mani(out))
+
+
+def test_a_file_listed_under_two_classes_leaves_no_row_and_no_image(tmp_path):
+    # It used to render both, keep one row and leave the other image behind, listed nowhere.
+    from spectrograms.datasets import US8K_CSV
+
+    root = tmp_path / "us8k"
+    (root / "metadata").mkdir(parents=True)
+    rows = ["slice_file_name,fsID,start,end,salience,fold,classID,class",
+            "1-3-0-0.wav,1,0,1,1,1,3,dog_bark", "2-8-0-0.wav,2,0,1,1,1,8,siren", "3-8-0-0.wav,3,0,1,1,1,8,siren"]
+    for k in (1, 2, 3):
+        _wav(root / "audio" / "fold1" / f"{k}-{3 if k == 1 else 8}-0-0.wav", freq=300 * k)
+    (root / US8K_CSV).write_text("\n".join(rows) + "\n")
+    out = tmp_path / "out"
+    assert write(root, out).written == 3
+    (root / US8K_CSV).write_text("\n".join(rows + ["3-8-0-0.wav,3,0,1,1,1,3,dog_bark"]) + "\n")
+    summary = write(root, out)
+    [(source, reason)] = summary.failed
+    assert source.endswith("3-8-0-0.wav") and "listed 2 times" in reason
+    assert summary.exit_code() == 0 and summary.exit_code(strict=True) == 1
+    listed = sorted(r.image for r in read_mani(out))
+    assert listed == ["dog bark/1-3-0-0.png", "siren/2-8-0-0.png"]
+    on_disk = sorted(str(p.relative_to(out)) for p in out.glob("*/*.png"))
+    assert on_disk == listed  # no orphan image
