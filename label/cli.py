@@ -8,6 +8,7 @@ model's sidecar, so usually ``label_image --graph model.pb --audio clip.wav`` is
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -33,6 +34,7 @@ USAGE = f"""{PROG}: label images, audio or the microphone with an exported model
   {PROG} --graph model.tflite --audio_dir recordings/ --output_csv labels.csv
   {PROG} --graph saved_model/ --mic                         # Ctrl-C stops
   {PROG} --graph retrained_graph.pb --labels retrained_labels.txt --image x.jpg
+  {PROG} --graph model.tflite --serve                       # web page + HTTP API on 127.0.0.1:8000
 """
 
 
@@ -41,6 +43,7 @@ HELP_GROUPS = FlagGroups(
     FlagGroup("model", "Model (label_image's flags; defaults from the model's sidecar)"),
     FlagGroup("microphone", "Microphone"),
     FlagGroup("output", "Output"),
+    FlagGroup("serve", "Web page and HTTP API (--serve; the microphone's trigger flags apply to its page)"),
 )
 
 
@@ -75,6 +78,11 @@ def define_flags(fv: flags.FlagValues) -> None:
     define("integer", "num_threads", None, "Threads for the TFLite interpreter (default: its own choice).", group="model")
     define("boolean", "keep_going", True, "Go on after an input that cannot be labelled (each is reported, and the "
            "exit status is 1 if any failed); --nokeep_going stops at the first.", group="inputs")
+    define("boolean", "serve", False, "Serve a web page and HTTP API (POST /v1/label, GET /v1/model) for the model; Ctrl-C stops.", group="serve")
+    define("string", "host", "127.0.0.1", "Address to listen on; anything but loopback lets other machines use the model.", group="serve")
+    define("integer", "port", 8000, "TCP port (0: any free port).", group="serve")
+    define("float", "max_upload_mb", 25.0, "Largest upload accepted, in MB.", group="serve")
+    define("float", "max_seconds", 300.0, "Longest audio accepted, in seconds.", group="serve")
 
 
 @dataclass(frozen=True)
@@ -106,9 +114,16 @@ class LabelSettings:
     trigger_db: float = 12.0
     num_threads: Optional[int] = None
     keep_going: bool = True
+    serve: bool = False
+    host: str = "127.0.0.1"
+    port: int = 8000
+    max_upload_mb: float = 25.0
+    max_seconds: float = 300.0
 
     @property
     def mode(self) -> str:
+        if self.serve:
+            return "serve"
         if self.mic or self.mic_file:
             return "mic"
         if self.image_dir or self.audio_dir:
@@ -117,12 +132,14 @@ class LabelSettings:
 
     def problems(self) -> list[str]:
         p = []
-        chosen = [bool(self.images or self.audio), bool(self.image_dir or self.audio_dir), bool(self.mic or self.mic_file)]
+        chosen = [bool(self.images or self.audio), bool(self.image_dir or self.audio_dir), bool(self.mic or self.mic_file),
+                  self.serve]
         if not any(chosen):
-            p.append("nothing to label: pass --image, --audio, --image_dir, --audio_dir or --mic")
+            p.append("nothing to label: pass --image, --audio, --image_dir, --audio_dir, --mic or --serve")
         elif sum(chosen) > 1 or (self.image_dir and self.audio_dir):
-            p.append("choose one of: --image/--audio files, --image_dir, --audio_dir, --mic")
-        for name in ("input_mean", "input_std", "hop_seconds", "record_seconds", "trigger_db"):
+            p.append("choose one of: --image/--audio files, --image_dir, --audio_dir, --mic, --serve")
+        for name in ("input_mean", "input_std", "hop_seconds", "record_seconds", "trigger_db",
+                     "max_upload_mb", "max_seconds"):
             value = getattr(self, name)
             if value is not None and not math.isfinite(value):
                 p.append(f"--{name} must be a finite number, not {value}")
@@ -170,6 +187,7 @@ def settings_from_flags(fv: flags.FlagValues, extra: Sequence[str]) -> LabelSett
         mic=fv.mic, mic_device=fv.mic_device, mic_file=fv.mic_file, mic_realtime=fv.mic_realtime,
         record_seconds=fv.record_seconds, trigger_db=fv.trigger_db, num_threads=fv.num_threads,
         keep_going=fv.keep_going,
+        serve=fv.serve, host=fv.host, port=fv.port, max_upload_mb=fv.max_upload_mb, max_seconds=fv.max_seconds,
     )
 
 
@@ -221,6 +239,8 @@ def run_settings(settings: LabelSettings) -> int:
     try:
         if settings.mode == "mic":
             return _run_mic(settings)
+        if settings.mode == "serve":
+            return _run_serve(settings)
         labeler = _load(settings)
         if settings.mode == "dir":
             return _run_dir(settings, labeler)
@@ -252,7 +272,7 @@ def _inputs(settings: LabelSettings, labeler):
             labeler, settings.input_height, settings.input_width, settings.input_mean, settings.input_std
         )
     audio_input = AudioInput(spectrogram_settings_for(labeler), settings.hop_seconds, image_input)
-    wants_audio = settings.audio or settings.audio_dir or settings.mode == "mic"
+    wants_audio = settings.audio or settings.audio_dir or settings.mode in ("mic", "serve")
     if wants_audio and not (labeler.sidecar or {}).get("spectrogram"):
         print(f"{PROG}: warning: {settings.graph} records no spectrogram settings; rendering audio with the "
               "defaults (pass the model's sidecar to render as in training)", file=sys.stderr)
@@ -400,6 +420,41 @@ def _run_mic(settings: LabelSettings) -> int:
         except KeyboardInterrupt:
             print("stopped", file=sys.stderr)
             return 0
+
+
+def _run_serve(settings: LabelSettings) -> int:
+    from label.mic import TriggerSettings
+
+    try:
+        from label import serve
+    except ImportError as e:  # fastapi, uvicorn: the `serve` extra
+        return _error(f"--serve needs the web server packages ({e.name or e}): pip install 'soundretrain[serve]'")
+    options = serve.ServeSettings(
+        host=settings.host, port=settings.port, max_upload_bytes=int(settings.max_upload_mb * 2**20),
+        max_seconds=settings.max_seconds, top_k=settings.top_k, batch_size=settings.batch_size,
+        trigger=TriggerSettings(record_seconds=settings.record_seconds, trigger_db=settings.trigger_db),
+    )
+    problems = options.problems()
+    if problems:
+        return _error(problems[0], 2)
+    sock = serve.bind_socket(settings.host, settings.port)  # fail before the slow model load
+    try:
+        labeler = _load(settings)
+        _, audio_input = _inputs(settings, labeler)
+        options = dataclasses.replace(options, top_k=min(settings.top_k, len(labeler.labels)))
+        service = serve.LabelService(labeler, audio_input, options)
+        service.warm_up()
+        if not serve.is_loopback(settings.host):
+            print(f"{PROG}: warning: listening on {settings.host}: anyone who can reach this machine can use "
+                  "the model (and the page's microphone needs https or localhost)", file=sys.stderr)
+        print(f"serving {settings.graph} at {serve.url_for(sock, settings.host)} (Ctrl-C stops)", file=sys.stderr, flush=True)
+        serve.serve(service, sock)
+    except KeyboardInterrupt:  # during the model load; uvicorn handles it once serving
+        pass
+    finally:
+        sock.close()
+    print("stopped", file=sys.stderr)
+    return 0
 
 
 def run() -> None:

@@ -27,6 +27,8 @@ from typing import Callable, Iterator, Optional
 import numpy as np
 
 SILENCE_DB = -120.0  # level reported for digital silence
+SILENCE_RMS = 1e-6  # an RMS below this is digital silence
+LOUD_SLOWDOWN = 10.0  # the noise floor moves this much slower during an event
 
 
 class NoInputDeviceError(RuntimeError):
@@ -126,7 +128,7 @@ class SoundDeviceSource:
 def level_db(block: np.ndarray) -> float:
     """RMS level of ``block`` in dBFS (``SILENCE_DB`` for digital silence)."""
     rms = math.sqrt(float(np.mean(np.square(block, dtype=np.float64)))) if block.size else 0.0
-    return 20.0 * math.log10(rms) if rms > 1e-6 else SILENCE_DB
+    return 20.0 * math.log10(rms) if rms > SILENCE_RMS else SILENCE_DB
 
 
 @dataclass(frozen=True)
@@ -145,6 +147,15 @@ class TriggerSettings:
         if not self.trigger_db > 0:
             p.append(f"--trigger_db must be positive, not {self.trigger_db}")
         return p
+
+
+def trigger_parameters(settings: TriggerSettings) -> dict:
+    """Every number the trigger uses, for a re-implementation to follow (the web page's
+    ``label/web/trigger.js`` reads them from ``GET /v1/model``)."""
+    from dataclasses import asdict
+
+    return {**asdict(settings), "silence_db": SILENCE_DB, "silence_rms": SILENCE_RMS,
+            "loud_slowdown": LOUD_SLOWDOWN}
 
 
 class EnergyTrigger:
@@ -168,7 +179,7 @@ class EnergyTrigger:
         if self.floor_db is None:
             self.floor_db = max(level, self.settings.min_floor_db)
             return
-        alpha = self._alpha / 10.0 if self.is_loud(level) else self._alpha
+        alpha = self._alpha / LOUD_SLOWDOWN if self.is_loud(level) else self._alpha
         self.floor_db = max(self.settings.min_floor_db, self.floor_db + alpha * (level - self.floor_db))
 
 

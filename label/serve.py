@@ -1,0 +1,471 @@
+"""``label_image --serve``: a local web page and HTTP API for a trained model.
+
+The page (``label/web/``, plain HTML/CSS/JS served from here, nothing from a CDN)
+records from the microphone, takes uploads, or listens continuously with the energy
+trigger of :mod:`label.mic`; it shows what the model says about each clip. It uses
+the same HTTP API a script would:
+
+* ``POST /v1/label``: the body is an audio file's bytes (or a multipart form with one
+  file); the answer is ``label_image --json``'s result for it (``top``, ``windows``),
+  plus the clip's duration and, with ``?display=1``, what the page draws: each
+  window's spectrogram as the model saw it (``render_clip``) and a waveform envelope.
+* ``GET /v1/model``: labels, sample rate, window length, test accuracy, the limits and
+  the trigger's parameters.
+
+Labelling goes through :mod:`label.labeling` (``decode_audio`` then ``label_windows``),
+exactly as ``label_image --audio`` does. Model calls are serialised by one lock: a TFLite
+interpreter must not run on two threads at once, and on a laptop's few cores parallel
+calls would not be faster anyway. Decoding and rendering run outside the lock.
+
+Safe by default: loopback only unless ``--host`` says otherwise (and then a warning),
+``Host`` headers checked on loopback (so a web page elsewhere cannot reach the server
+through DNS rebinding), upload size and duration limits, and a bounded queue. Every
+bad upload is a 4xx JSON ``{"error": "..."}``.
+"""
+# No `from __future__ import annotations`: FastAPI reads the endpoints' annotations,
+# and Request is imported inside create_app (fastapi loads only when serving).
+import asyncio
+import base64
+import io
+import ipaddress
+import logging
+import os
+import socket
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Optional
+
+import numpy as np
+
+from label.labeling import (AUDIO_EXTENSIONS, AudioInput, LabelInputError, audio_rates, audio_windows,
+                            decode_audio, label_windows, result_dict)
+from label.mic import TriggerSettings, trigger_parameters
+from label.models import Labeler, ModelRunError
+
+WEB_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "web")
+LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")
+WAVEFORM_POINTS = 1000  # min/max pairs sent for drawing the waveform
+MAX_DISPLAY_WINDOWS = 500  # spectrograms sent with ?display=1; later windows get none
+
+log = logging.getLogger("label.serve")
+
+
+@dataclass(frozen=True)
+class ServeSettings:
+    """How the server listens and what it accepts."""
+
+    host: str = "127.0.0.1"
+    port: int = 8000
+    max_upload_bytes: int = 25 * 2**20
+    max_seconds: float = 300.0  # longest clip accepted
+    top_k: int = 5
+    batch_size: int = 32
+    max_waiting: int = 32  # requests waiting for the model before 503
+    trigger: TriggerSettings = field(default_factory=TriggerSettings)
+
+    def problems(self) -> list[str]:
+        p = []
+        if not 0 <= self.port <= 65535:
+            p.append(f"--port must be between 0 and 65535, not {self.port}")
+        if not self.max_upload_bytes > 0:
+            p.append("--max_upload_mb must be positive")
+        if not self.max_seconds > 0:
+            p.append(f"--max_seconds must be positive, not {self.max_seconds}")
+        return p + self.trigger.problems()
+
+
+class UploadError(Exception):
+    """A request we refuse: ``status`` (4xx) and a one-line ``message``."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+def is_loopback(host: str) -> bool:
+    """True for ``localhost`` and loopback addresses (127.0.0.0/8, ::1)."""
+    if host.lower() in ("localhost", "localhost."):
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def _host_name(header: str) -> str:
+    """``Host`` header -> host name without the port (``[::1]:8000`` -> ``::1``)."""
+    header = header.strip().lower()
+    if header.startswith("["):
+        return header[1:].split("]", 1)[0]
+    return header.rsplit(":", 1)[0] if header.count(":") == 1 else header
+
+
+def _display_name(filename: Optional[str]) -> str:
+    name = os.path.basename((filename or "").replace("\\", "/")).strip()
+    return "".join(c for c in name if c.isprintable())[:200] or "upload"
+
+
+def _png_data_url(indices: np.ndarray, palette: np.ndarray) -> str:
+    """A palette PNG (``render_clip_indices`` + the colormap): decodes to exactly
+    ``render_clip``'s RGB pixels, at a third of an RGB PNG's size."""
+    from PIL import Image
+
+    image = Image.fromarray(indices, mode="P")
+    image.putpalette(palette.astype(np.uint8).ravel().tolist())
+    buf = io.BytesIO()
+    image.save(buf, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def waveform_envelope(y: np.ndarray, points: int = WAVEFORM_POINTS) -> dict:
+    """``{"min": [...], "max": [...]}``: ``points`` buckets of ``y`` (fewer for a short clip)."""
+    n = int(y.shape[0])
+    points = max(1, min(points, n))
+    edges = np.linspace(0, n, points + 1).astype(np.int64)
+    lo = np.minimum.reduceat(y, edges[:-1])
+    hi = np.maximum.reduceat(y, edges[:-1])
+    return {"min": [round(float(v), 4) for v in lo], "max": [round(float(v), 4) for v in hi]}
+
+
+class LabelService:
+    """One loaded model behind a lock, labelling uploaded audio bytes."""
+
+    def __init__(self, labeler: Labeler, audio_input: AudioInput, settings: ServeSettings) -> None:
+        self.labeler = labeler
+        self.audio_input = audio_input
+        self.settings = settings
+        self.rates = audio_rates(labeler, audio_input)
+        self.lock = threading.Lock()  # one model call at a time (TFLite is not thread-safe)
+        self.waiting = 0  # requests admitted and not yet answered (event-loop thread only)
+        self.served = 0
+
+    def warm_up(self) -> None:
+        """Label one window of quiet noise, so the first visitor does not wait for the
+        lazy imports and the interpreter's first call (seconds on a laptop)."""
+        from soundretrain.audio import to_sample_rate
+
+        seconds = self.audio_input.settings.duration
+        y = (0.01 * np.random.default_rng(0).standard_normal(int(self.rates[0] * seconds))).astype(np.float32)
+        ys = {rate: to_sample_rate(y, self.rates[0], rate) for rate in self.rates}
+        with self.lock:
+            label_windows(self.labeler, ys, self.audio_input, self.settings.batch_size)
+        self._add_display({"windows": [{}]}, ys)
+
+    def model_info(self) -> dict:
+        """What ``GET /v1/model`` answers."""
+        side = self.labeler.sidecar or {}
+        spectrogram = self.audio_input.settings
+        hop = self.audio_input.hop_seconds
+        module = side.get("module") or {}
+        return {
+            "model": os.path.basename(os.path.normpath(self.labeler.path)),
+            "format": self.labeler.format,
+            "labels": list(self.labeler.labels),
+            "sample_rate": int(spectrogram.sample_rate),
+            "sample_rates": list(self.rates),
+            "window_seconds": float(spectrogram.duration),
+            "hop_seconds": float(hop if hop is not None else spectrogram.hop_seconds),
+            "test_accuracy": side.get("test_accuracy"),
+            "module": module.get("name"),
+            "input_kind": self.labeler.input_kind,
+            "image_size": int(spectrogram.image_size),
+            "top_k": self.settings.top_k,
+            "limits": {"max_upload_bytes": self.settings.max_upload_bytes,
+                       "max_seconds": self.settings.max_seconds},
+            "trigger": trigger_parameters(self.settings.trigger),
+        }
+
+    def label_bytes(self, data: bytes, filename: Optional[str] = None, top_k: Optional[int] = None,
+                    display: bool = False) -> dict:
+        """Label one uploaded file; raises :class:`UploadError` for anything we refuse."""
+        started = time.perf_counter()
+        name = _display_name(filename)
+        if not data:
+            raise UploadError(400, "empty upload: send the audio file's bytes as the request body")
+        if len(data) > self.settings.max_upload_bytes:
+            raise UploadError(413, self._too_big())
+        k = self.settings.top_k if top_k is None else top_k
+        if k < 1:
+            raise UploadError(400, f"top_k must be at least 1, not {k}")
+        k = min(k, len(self.labeler.labels))
+        ys = self._decode(data, name)
+        with self.lock:
+            result = label_windows(self.labeler, ys, self.audio_input, self.settings.batch_size, source=name)
+        answer = result_dict(result, self.labeler.labels, k)
+        best = answer["top"][0]
+        reference = ys[self.rates[0]]
+        answer.update(label=best["label"], score=best["score"],
+                      duration=round(reference.shape[0] / self.rates[0], 3),
+                      window_seconds=float(self.audio_input.settings.duration))
+        for w in answer["windows"]:
+            w["end"] = round(min(w["start"] + answer["window_seconds"], max(answer["duration"], answer["window_seconds"])), 3)
+        if display:
+            self._add_display(answer, ys)
+        answer["elapsed_ms"] = round((time.perf_counter() - started) * 1000, 1)
+        return answer
+
+    def _too_big(self) -> str:
+        return f"upload too large: the limit is {self.settings.max_upload_bytes / 2**20:g} MB (--max_upload_mb)"
+
+    def _decode(self, data: bytes, name: str) -> dict:
+        ext = os.path.splitext(name)[1].lower()
+        suffix = ext if ext in AUDIO_EXTENSIONS else ""
+        with tempfile.TemporaryDirectory(prefix="soundretrain-serve-") as tmp:
+            path = os.path.join(tmp, "upload" + suffix)
+            with open(path, "wb") as f:
+                f.write(data)
+            self._check_duration(path, name)
+            try:
+                ys = decode_audio(path, self.rates)
+            except LabelInputError as e:
+                raise UploadError(422, str(e).replace(path, name)) from None
+        seconds = ys[self.rates[0]].shape[0] / self.rates[0]
+        if seconds > self.settings.max_seconds:  # a format we could not measure before decoding
+            raise UploadError(413, self._too_long(name, seconds))
+        return ys
+
+    def _too_long(self, name: str, seconds: float) -> str:
+        return (f"{name}: {seconds:.1f} s of audio is longer than the limit of "
+                f"{self.settings.max_seconds:g} s (--max_seconds)")
+
+    def _check_duration(self, path: str, name: str) -> None:
+        """Refuse a long recording before decoding it whole, when libsndfile can say."""
+        import soundfile as sf
+
+        try:
+            info = sf.info(path)
+            seconds = info.frames / info.samplerate if info.samplerate > 0 else 0.0
+        except Exception:  # not readable by libsndfile: decode_audio gives the reason
+            return
+        if seconds > self.settings.max_seconds:
+            raise UploadError(413, self._too_long(name, seconds))
+
+    def _add_display(self, answer: dict, ys: dict) -> None:
+        """Each window's spectrogram as the model saw it, and the waveform envelope."""
+        from soundretrain.render import colormap_lut, render_clip_indices
+
+        settings = self.audio_input.settings
+        rate = int(settings.sample_rate)
+        if rate not in ys:  # a waveform model: render the display at the spectrogram rate
+            from soundretrain.audio import to_sample_rate
+
+            ys = {rate: to_sample_rate(ys[self.rates[0]], self.rates[0], rate), **ys}
+        _, _, windows = audio_windows({rate: ys[rate]}, self.audio_input)
+        palette = colormap_lut(settings.colormap)
+        for entry, (_, y) in zip(answer["windows"][:MAX_DISPLAY_WINDOWS], windows[rate]):
+            entry["spectrogram"] = _png_data_url(render_clip_indices(y, rate, settings), palette)
+        answer["spectrogram_as_model_input"] = self.labeler.input_kind == "image"
+        answer["waveform"] = waveform_envelope(ys[self.rates[0]])
+
+
+# --- the web application ----------------------------------------------------------
+
+
+def create_app(service: LabelService, loopback_only: bool = True):
+    """The FastAPI application: the page, ``/static``, ``/v1/model`` and ``/v1/label``."""
+    from fastapi import FastAPI, Request
+    from fastapi.exceptions import RequestValidationError
+    from fastapi.responses import FileResponse, JSONResponse
+    from fastapi.staticfiles import StaticFiles
+    from starlette.concurrency import run_in_threadpool
+    from starlette.exceptions import HTTPException as StarletteHTTPException
+
+    app = FastAPI(title="soundretrain label_image --serve", docs_url=None, redoc_url=None, openapi_url=None)
+    app.state.service = service
+
+    def error(status: int, message: str, headers: Optional[dict] = None) -> JSONResponse:
+        return JSONResponse({"error": message}, status_code=status, headers=headers)
+
+    @app.middleware("http")
+    async def check_host(request: Request, call_next):
+        # DNS rebinding: a page on evil.example resolving to 127.0.0.1 sends Host: evil.example.
+        if loopback_only and not is_loopback(_host_name(request.headers.get("host", "localhost"))):
+            return error(400, "this server answers only to localhost addresses (start it with --host to serve others)")
+        return await call_next(request)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException):
+        message = exc.detail if isinstance(exc.detail, str) else "request refused"
+        if exc.status_code == 404:
+            message = f"not found: {request.url.path}"
+        elif exc.status_code == 405:
+            message = f"method {request.method} not allowed on {request.url.path}"
+        return error(exc.status_code, message)
+
+    @app.exception_handler(RequestValidationError)
+    async def bad_parameters(request: Request, exc: RequestValidationError):
+        first = exc.errors()[0] if exc.errors() else {}
+        where = ".".join(str(p) for p in first.get("loc", ()) if p not in ("query", "body"))
+        return error(400, f"bad parameter {where}: {first.get('msg', 'invalid')}".strip())
+
+    @app.exception_handler(Exception)
+    async def server_error(request: Request, exc: Exception):
+        log.exception("error while answering %s %s", request.method, request.url.path)
+        return error(500, f"internal error: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
+
+    @app.get("/", include_in_schema=False)
+    async def index():
+        return FileResponse(os.path.join(WEB_DIR, "index.html"), headers={"Cache-Control": "no-cache"})
+
+    @app.get("/favicon.ico", include_in_schema=False)
+    async def favicon():
+        return FileResponse(os.path.join(WEB_DIR, "favicon.svg"), media_type="image/svg+xml")
+
+    app.mount("/static", StaticFiles(directory=WEB_DIR), name="static")
+
+    @app.get("/v1/model")
+    async def model():
+        return service.model_info()
+
+    @app.post("/v1/label")
+    async def label(request: Request, filename: Optional[str] = None, top_k: Optional[int] = None,
+                    display: bool = False):
+        if service.waiting >= service.settings.max_waiting:
+            return error(503, f"busy: {service.waiting} requests are waiting for the model; retry shortly",
+                         {"Retry-After": "1"})
+        service.waiting += 1
+        try:
+            data, form_name = await _read_upload(request, service.settings.max_upload_bytes, service._too_big())
+            answer = await run_in_threadpool(service.label_bytes, data, filename or form_name, top_k, display)
+            service.served += 1
+            return answer
+        except UploadError as e:
+            return error(e.status, e.message)
+        except ModelRunError as e:
+            log.error("model failed: %s", e)
+            return error(500, f"the model failed on this input: {e}")
+        finally:
+            service.waiting -= 1
+
+    return app
+
+
+async def _read_body(request, limit: int, too_big: str) -> bytes:
+    """The request body, refused (413) as soon as it passes ``limit`` bytes."""
+    length = request.headers.get("content-length")
+    if length is not None:
+        try:
+            if int(length) > limit:
+                raise UploadError(413, too_big)
+        except ValueError:
+            raise UploadError(400, f"bad Content-Length: {length[:40]!r}") from None
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise UploadError(413, too_big)
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def _read_upload(request, limit: int, too_big: str) -> tuple[bytes, Optional[str]]:
+    """Audio bytes from a raw body, or from the one file of a multipart form
+    (``curl -F file=@clip.wav``); with the file name the form gave."""
+    from starlette.requests import Request
+
+    if request.headers.get("content-type", "").lower().startswith("application/x-www-form-urlencoded"):
+        raise UploadError(415, "a url-encoded form carries no file: send the audio bytes as the body "
+                               "(curl --data-binary @clip.wav) or a multipart form (curl -F file=@clip.wav)")
+    body = await _read_body(request, limit + 64 * 1024 if _is_form(request) else limit, too_big)
+    if not _is_form(request):
+        return body, None
+    replayed = False
+
+    async def receive():  # feed the bytes already read to Starlette's form parser
+        nonlocal replayed
+        if replayed:
+            return {"type": "http.disconnect"}
+        replayed = True
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    try:
+        form = await Request(request.scope, receive).form(max_files=1, max_fields=16, max_part_size=limit)
+    except Exception as e:  # MultiPartException, malformed boundaries, too many files
+        raise UploadError(400, f"cannot read the multipart form: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+    try:
+        files = [v for v in form.values() if hasattr(v, "read") and hasattr(v, "filename")]
+        if not files:
+            raise UploadError(400, "the form has no file: send one with -F file=@clip.wav (or the raw bytes)")
+        data = await files[0].read()
+        if len(data) > limit:
+            raise UploadError(413, too_big)
+        return data, files[0].filename
+    finally:
+        await form.close()
+
+
+def _is_form(request) -> bool:
+    return request.headers.get("content-type", "").lower().startswith("multipart/form-data")
+
+
+def bind_socket(host: str, port: int) -> socket.socket:
+    """A listening socket on ``host:port`` (``port`` 0: any free port); ``OSError`` with a
+    clear message when it cannot be had (port in use, unknown host)."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as e:
+        raise OSError(f"cannot listen on {host}:{port}: unknown host ({e.strerror})") from None
+    family, _, _, _, address = infos[0]
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(address)
+        sock.listen(128)
+    except OSError as e:
+        sock.close()
+        hint = " (pass another --port)" if e.errno in (98, 48) else ""
+        raise OSError(f"cannot listen on {host}:{port}: {e.strerror or e}{hint}") from None
+    sock.set_inheritable(True)
+    return sock
+
+
+def url_for(sock: socket.socket, host: str) -> str:
+    port = sock.getsockname()[1]
+    shown = "127.0.0.1" if host in ("0.0.0.0", "") else host
+    shown = f"[{shown}]" if ":" in shown and not shown.startswith("[") else shown
+    return f"http://{shown}:{port}/"
+
+
+def serve(service: LabelService, sock: socket.socket, access_log: bool = True) -> None:
+    """Run the server on ``sock`` until Ctrl-C (uvicorn handles the signal)."""
+    import uvicorn
+
+    app = create_app(service, loopback_only=is_loopback(service.settings.host))
+    config = uvicorn.Config(app, log_level="info" if access_log else "warning", access_log=access_log,
+                            timeout_keep_alive=5, limit_concurrency=max(64, 2 * service.settings.max_waiting),
+                            server_header=False)
+    server = uvicorn.Server(config)
+    asyncio.run(server.serve(sockets=[sock]))
+
+
+class BackgroundServer:
+    """The server on a thread of this process, for tests and benchmarks:
+    ``with BackgroundServer(service) as url: ...``; stops on exit."""
+
+    def __init__(self, service: LabelService, host: str = "127.0.0.1", port: int = 0) -> None:
+        import uvicorn
+
+        self.sock = bind_socket(host, port)
+        self.url = url_for(self.sock, host)
+        app = create_app(service, loopback_only=is_loopback(host))
+        self.server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False,
+                                                    timeout_keep_alive=5, server_header=False))
+        self.thread = threading.Thread(target=lambda: asyncio.run(self.server.serve(sockets=[self.sock])),
+                                       name="label-serve", daemon=True)
+
+    def __enter__(self) -> str:
+        self.thread.start()
+        deadline = time.monotonic() + 30
+        while not self.server.started:
+            if not self.thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError("the server did not start")
+            time.sleep(0.02)
+        return self.url
+
+    def __exit__(self, *exc) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=10)
+        self.sock.close()

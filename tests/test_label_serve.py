@@ -1,0 +1,381 @@
+"""label_image --serve: the HTTP API on a real server (uvicorn on 127.0.0.1), a tiny real
+model trained on generated sirens and other sounds, and every bad upload we can think of."""
+from __future__ import annotations
+
+import base64
+import io
+import json
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+pytest.importorskip("fastapi", reason="the serve extra is not installed (pip install '.[serve]')")
+httpx = pytest.importorskip("httpx", reason="httpx is not installed (the test extra)")
+
+from serve_models import SR, build_siren_model, example_clip  # noqa: E402
+
+from label.cli import main  # noqa: E402
+from label.labeling import AudioInput, label_files, resolve_image_input, result_dict, spectrogram_settings_for  # noqa: E402
+from label.mic import TriggerSettings, trigger_parameters  # noqa: E402
+from label.models import load_labeler  # noqa: E402
+from label.serve import (BackgroundServer, LabelService, ServeSettings, _host_name, bind_socket,  # noqa: E402
+                         is_loopback)
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def sirens(tmp_path_factory):
+    return build_siren_model(str(tmp_path_factory.getbasetemp() / "siren_model"))
+
+
+def make_service(model_path: str, **settings) -> LabelService:
+    labeler = load_labeler(model_path)
+    audio_input = AudioInput(spectrogram_settings_for(labeler), None, resolve_image_input(labeler))
+    return LabelService(labeler, audio_input, ServeSettings(**settings))
+
+
+@pytest.fixture(scope="module")
+def server(sirens):
+    """(url, service) of a server with small limits: 1 MB, 20 s."""
+    service = make_service(sirens.tflite, max_upload_bytes=2**20, max_seconds=20.0,
+                           trigger=TriggerSettings(record_seconds=2.0))
+    service.warm_up()
+    with BackgroundServer(service) as url:
+        yield url, service
+
+
+@pytest.fixture
+def client(server):
+    with httpx.Client(base_url=server[0], timeout=30) as c:
+        yield c
+
+
+def wav_bytes(y: np.ndarray, sr: int = SR, subtype: str = "PCM_16", fmt: str = "WAV") -> bytes:
+    buf = io.BytesIO()
+    sf.write(buf, y, sr, format=fmt, subtype=subtype)
+    return buf.getvalue()
+
+
+def assert_error(response, status: int, *words: str) -> None:
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"].startswith("application/json")
+    message = response.json()["error"]
+    assert isinstance(message, str) and "\n" not in message and "Traceback" not in message
+    for word in words:
+        assert word in message, message
+
+
+# --- the API ------------------------------------------------------------------------
+
+
+def test_model_description(client, sirens):
+    d = client.get("/v1/model").json()
+    assert d["labels"] == sirens.labels
+    assert d["sample_rate"] == SR and d["window_seconds"] == 1.0 and d["format"] == "tflite"
+    assert d["test_accuracy"] == pytest.approx(sirens.test_accuracy)
+    assert d["limits"] == {"max_upload_bytes": 2**20, "max_seconds": 20.0}
+    # the page's trigger follows label/mic.py's numbers, whatever they are
+    assert d["trigger"] == json.loads(json.dumps(trigger_parameters(TriggerSettings(record_seconds=2.0))))
+
+
+def test_a_siren_is_labelled_as_label_image_labels_it(client, sirens, tmp_path):
+    """Same answer as `label_image --json --audio` (one labelling path), for raw bytes and a form."""
+    path = tmp_path / "siren.wav"
+    sf.write(path, example_clip("siren", 1, 0), SR, subtype="PCM_16")
+    labeler = load_labeler(sirens.tflite)
+    audio_input = AudioInput(spectrogram_settings_for(labeler), None, resolve_image_input(labeler))
+    ((_, expected, error),) = list(label_files(labeler, [str(path)], "audio", audio_input=audio_input))
+    assert error is None
+    expected = result_dict(expected, labeler.labels, 5)
+
+    raw = client.post("/v1/label", content=path.read_bytes(), params={"filename": "siren.wav"},
+                      headers={"Content-Type": "audio/wav"})
+    form = client.post("/v1/label", files={"file": ("siren.wav", path.read_bytes(), "audio/wav")})
+    for response in (raw, form):
+        assert response.status_code == 200, response.text
+        got = response.json()
+        assert got["source"] == "siren.wav"
+        assert got["label"] == "siren" == got["top"][0]["label"]
+        assert [t["label"] for t in got["top"]] == [t["label"] for t in expected["top"]]
+        np.testing.assert_allclose([t["score"] for t in got["top"]], [t["score"] for t in expected["top"]], atol=1e-6)
+        assert [w["start"] for w in got["windows"]] == [w["start"] for w in expected["windows"]]
+        assert got["duration"] == pytest.approx(sf.info(path).duration, abs=1e-3)
+        assert "spectrogram" not in got["windows"][0]  # only with ?display=1
+
+
+def test_long_recording_gives_time_stamped_windows(client):
+    y = np.concatenate([example_clip("siren", 2, 0)[: 3 * SR], example_clip("engine", 2, 0)[: 3 * SR]])
+    got = client.post("/v1/label", content=wav_bytes(y), params={"top_k": 2}).json()
+    starts = [w["start"] for w in got["windows"]]
+    assert starts == [0.0, 1.0, 2.0, 3.0, 4.0, 5.0]
+    assert [w["end"] for w in got["windows"]] == [1.0, 2.0, 3.0, 4.0, 5.0, 6.0]
+    assert all(len(w["top"]) == 2 for w in got["windows"]) and len(got["top"]) == 2
+    assert [w["top"][0]["label"] for w in got["windows"][:3]] == ["siren"] * 3
+    assert [w["top"][0]["label"] for w in got["windows"][3:]] == ["engine"] * 3
+
+
+def test_display_sends_the_spectrogram_the_model_saw(client, sirens):
+    """?display=1: each window's image decodes to render_clip's pixels, exactly."""
+    from PIL import Image
+
+    from soundretrain.audio import split_windows
+    from soundretrain.render import render_clip
+    from soundretrain.spectrogram_settings import SpectrogramSettings
+
+    y = example_clip("siren", 3, 1)[: int(2.5 * SR)]
+    got = client.post("/v1/label", content=wav_bytes(y, subtype="FLOAT"), params={"display": 1}).json()
+    settings = SpectrogramSettings.from_dict(json.loads(Path(sirens.tflite + ".json").read_text())["spectrogram"])
+    windows = split_windows(y, SR, settings.duration, None, settings.pad_mode)
+    assert len(got["windows"]) == len(windows) == 3
+    for entry, (start, w) in zip(got["windows"], windows):
+        assert entry["start"] == start
+        prefix = "data:image/png;base64,"
+        assert entry["spectrogram"].startswith(prefix)
+        png = Image.open(io.BytesIO(base64.b64decode(entry["spectrogram"][len(prefix):])))
+        np.testing.assert_array_equal(np.asarray(png.convert("RGB")), render_clip(w, SR, settings))
+    assert got["spectrogram_as_model_input"] is True
+    envelope = got["waveform"]
+    assert len(envelope["min"]) == len(envelope["max"]) == 1000
+    assert max(envelope["max"]) == pytest.approx(float(y.max()), abs=1e-3)
+    assert min(envelope["min"]) == pytest.approx(float(y.min()), abs=1e-3)
+
+
+def test_other_formats_and_rates(client):
+    y = example_clip("siren", 4, 0)
+    for data in (wav_bytes(y, fmt="FLAC", subtype="PCM_16"), wav_bytes(y, fmt="OGG", subtype="VORBIS")):
+        got = client.post("/v1/label", content=data)
+        assert got.status_code == 200 and got.json()["label"] == "siren"
+    import soxr
+
+    stereo44 = np.stack([soxr.resample(y, SR, 44100)] * 2, axis=1)
+    got = client.post("/v1/label", content=wav_bytes(stereo44, sr=44100))
+    assert got.status_code == 200 and got.json()["label"] == "siren"
+
+
+# --- bad input: always a clear 4xx JSON error, and the server goes on ------------------
+
+
+def _truncated_wav() -> bytes:
+    data = wav_bytes(example_clip("siren", 0, 0))
+    return data[: len(data) // 3]
+
+
+def _nan_wav() -> bytes:
+    y = example_clip("rain", 0, 0)
+    y[100] = np.nan
+    return wav_bytes(y, subtype="FLOAT")
+
+
+def _png() -> bytes:
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("RGB", (8, 8)).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+BAD_UPLOADS = {
+    "empty": (b"", 400, "empty upload"),
+    "text": (b"hello, I am not a sound\n" * 20, 422, "cannot decode audio"),
+    "random bytes": (np.random.default_rng(0).bytes(5000), 422, "cannot decode audio"),
+    "image": (_png(), 422, "cannot decode audio"),
+    "truncated wav": (_truncated_wav(), 422, "truncated"),
+    "wav header only": (wav_bytes(np.zeros(0, np.float32)), 422, ""),
+    "silent wav": (wav_bytes(np.zeros(SR, np.float32)), 422, "silent"),
+    "nan samples": (_nan_wav(), 422, "NaN"),
+    "json": (b'{"audio": [0.1, 0.2]}', 422, "cannot decode audio"),
+    "riff garbage": (b"RIFF\xff\xff\xff\xffWAVEfmt " + b"\x00" * 64, 422, ""),
+}
+
+
+@pytest.mark.parametrize("name", list(BAD_UPLOADS))
+def test_bad_upload_is_a_clear_4xx(client, name):
+    data, status, words = BAD_UPLOADS[name]
+    response = client.post("/v1/label", content=data, params={"filename": f"{name}.wav"})
+    assert_error(response, status, words)
+    if status == 422:
+        assert response.json()["error"].startswith(f"{name}.wav: ")  # the name given, not a temp path
+        assert "/tmp" not in response.json()["error"]
+
+
+def test_too_large_and_too_long(client):
+    too_big = np.random.default_rng(1).bytes(2**20 + 1)
+    assert_error(client.post("/v1/label", content=too_big), 413, "too large", "1 MB")
+    # a lying Content-Length does not help: the body is counted as it arrives
+    def chunks():
+        for _ in range(40):
+            yield b"\0" * 65536
+    assert_error(client.post("/v1/label", content=chunks()), 413, "too large")
+    assert_error(client.post("/v1/label", files={"file": ("big.wav", too_big, "audio/wav")}), 413, "too large")
+    long_quiet = (0.01 * np.random.default_rng(2).standard_normal(25 * 8000)).astype(np.float32)
+    assert_error(client.post("/v1/label", content=wav_bytes(long_quiet, sr=8000), params={"filename": "long.wav"}),
+                 413, "long.wav: 25.0 s", "20 s")
+
+
+def test_bad_requests(client):
+    assert_error(client.post("/v1/label", content=b"x", params={"top_k": "many"}), 400, "top_k")
+    assert_error(client.post("/v1/label", content=wav_bytes(example_clip("bird")), params={"top_k": 0}), 400, "top_k")
+    assert_error(client.post("/v1/label", content=b"--xyz\r\nnonsense",
+                             headers={"Content-Type": "multipart/form-data; boundary=xyz"}), 400)
+    assert_error(client.post("/v1/label", data={"note": "no file here"}), 415, "--data-binary")
+    no_file = b'--xyz\r\nContent-Disposition: form-data; name="note"\r\n\r\nhello\r\n--xyz--\r\n'
+    assert_error(client.post("/v1/label", content=no_file,
+                             headers={"Content-Type": "multipart/form-data; boundary=xyz"}), 400, "no file")
+    assert_error(client.get("/v1/label"), 405, "GET")
+    assert_error(client.get("/v1/nothing"), 404, "/v1/nothing")
+    assert_error(client.get("/static/../serve.py"), 404)
+    assert client.get("/v1/model").status_code == 200  # still serving
+
+
+def test_only_localhost_names_are_answered_on_loopback(server):
+    url = server[0]
+    assert_error(httpx.get(url + "v1/model", headers={"Host": "evil.example"}), 400, "localhost")
+    assert httpx.get(url + "v1/model", headers={"Host": "localhost:1234"}).status_code == 200
+    assert _host_name("[::1]:8000") == "::1" and _host_name("127.0.0.1:80") == "127.0.0.1"
+    assert is_loopback("127.0.0.2") and is_loopback("::1") and is_loopback("localhost")
+    assert not is_loopback("0.0.0.0") and not is_loopback("192.168.1.4") and not is_loopback("example.org")
+
+
+def test_page_and_assets_are_local(client):
+    page = client.get("/")
+    assert page.status_code == 200 and "text/html" in page.headers["content-type"]
+    for name in ("app.js", "trigger.js", "wav.js", "capture-worklet.js", "style.css", "favicon.svg"):
+        asset = client.get(f"/static/{name}")
+        assert asset.status_code == 200, name
+    assert client.get("/static/app.js").headers["content-type"].startswith("text/javascript")
+    web = ROOT / "label" / "web"
+    for path in web.iterdir():  # nothing from a CDN or anywhere else: the page works offline
+        text = path.read_text()
+        for needle in ("http://", "https://", "//cdn", "@import url"):
+            assert needle not in text.replace("http://www.w3.org/2000/svg", ""), f"{path.name} loads {needle}"
+
+
+# --- concurrency ---------------------------------------------------------------------
+
+
+def test_load_200_requests_from_4_clients(server):
+    """Bounded load test: 200 requests, 4 clients, 120 s at most; no error, same answers."""
+    url, service = server
+    clips = [wav_bytes(example_clip(cls, 5, 0)[: int(1.5 * SR)]) for cls in ("siren", "engine", "bird", "rain")]
+    expected = [httpx.post(url + "v1/label", content=c, timeout=30).json()["top"] for c in clips]
+    deadline = time.monotonic() + 120
+    latencies, failures = [], []
+
+    def client_loop(k: int) -> None:
+        with httpx.Client(base_url=url, timeout=30) as c:
+            for i in range(50):
+                if time.monotonic() > deadline:
+                    failures.append("deadline")
+                    return
+                which = (k + i) % len(clips)
+                t = time.perf_counter()
+                r = c.post("/v1/label", content=clips[which])
+                latencies.append(time.perf_counter() - t)
+                if r.status_code != 200 or r.json()["top"] != expected[which]:
+                    failures.append(f"{r.status_code}: {r.text[:200]}")
+
+    with ThreadPoolExecutor(4) as pool:
+        list(pool.map(client_loop, range(4)))
+    assert failures == []
+    assert len(latencies) == 200
+    q = statistics.quantiles(latencies, n=20)
+    print(f"\n200 requests, 4 clients: p50 {statistics.median(latencies) * 1000:.0f} ms, p95 {q[18] * 1000:.0f} ms")
+    assert service.waiting == 0
+
+
+def test_a_full_queue_answers_503_and_recovers(sirens):
+    service = make_service(sirens.tflite, max_waiting=2)
+    data = wav_bytes(example_clip("alarm", 0, 0))
+    with BackgroundServer(service) as url:
+        service.lock.acquire()  # the model is busy
+        try:
+            with ThreadPoolExecutor(2) as pool:
+                waiting = [pool.submit(httpx.post, url + "v1/label", content=data, timeout=30) for _ in range(2)]
+                deadline = time.monotonic() + 20
+                while service.waiting < 2 and time.monotonic() < deadline:
+                    time.sleep(0.01)
+                busy = httpx.post(url + "v1/label", content=data, timeout=30)
+                assert_error(busy, 503, "busy")
+                assert busy.headers["retry-after"] == "1"
+                assert httpx.get(url + "v1/model").status_code == 200  # the page still loads
+                service.lock.release()
+                assert [f.result().status_code for f in waiting] == [200, 200]
+        finally:
+            if service.lock.locked():
+                service.lock.release()
+        assert httpx.post(url + "v1/label", content=data, timeout=30).status_code == 200
+
+
+# --- the command line ----------------------------------------------------------------
+
+
+def test_serve_flags_are_checked(sirens, capsys):
+    assert main(["label_image", "--serve", "--graph", sirens.tflite, "--audio", "x.wav"]) == 2
+    assert "choose one of" in capsys.readouterr().err
+    assert main(["label_image", "--serve"]) == 2
+    assert "--graph" in capsys.readouterr().err
+    assert main(["label_image", "--serve", "--graph", sirens.tflite, "--port", "70000"]) == 2
+    assert "--port" in capsys.readouterr().err
+    assert main(["label_image", "--serve", "--graph", sirens.tflite, "--max_seconds", "0"]) == 2
+    assert "--max_seconds" in capsys.readouterr().err
+    assert main(["label_image", "--serve", "--graph", sirens.tflite, "--max_upload_mb", "-1"]) == 2
+    assert "--max_upload_mb" in capsys.readouterr().err
+
+
+def test_serve_port_in_use_and_missing_model(sirens, tmp_path, capsys):
+    taken = bind_socket("127.0.0.1", 0)
+    try:
+        port = taken.getsockname()[1]
+        assert main(["label_image", "--serve", "--graph", sirens.tflite, "--port", str(port)]) == 1
+        err = capsys.readouterr().err
+        assert f"cannot listen on 127.0.0.1:{port}" in err and "--port" in err
+    finally:
+        taken.close()
+    assert main(["label_image", "--serve", "--graph", str(tmp_path / "none.tflite"), "--port", "0"]) == 1
+    assert "model not found" in capsys.readouterr().err
+
+
+def test_label_image_serve_runs_until_ctrl_c(sirens):
+    """The real command in a new process: it prints its URL, answers, and stops on SIGINT."""
+    env = dict(os.environ, PYTHONPATH=str(ROOT), TF_CPP_MIN_LOG_LEVEL="2")
+    proc = subprocess.Popen([sys.executable, "-m", "label.cli", "--serve", "--graph", sirens.tflite, "--port", "0"],
+                            cwd=ROOT, env=env, stderr=subprocess.PIPE, text=True)
+    try:
+        url = None
+        deadline = time.monotonic() + 90
+        lines = []
+        while url is None and time.monotonic() < deadline:
+            line = proc.stderr.readline()
+            if not line:
+                break
+            lines.append(line)
+            if line.startswith("serving "):
+                url = line.split(" at ")[1].split()[0]
+        assert url and url.startswith("http://127.0.0.1:"), "".join(lines)
+        assert httpx.get(url + "v1/model").json()["labels"] == sirens.labels
+        got = httpx.post(url + "v1/label", content=wav_bytes(example_clip("siren", 6, 0)), timeout=30).json()
+        assert got["label"] == "siren"
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=30) == 0
+        assert "stopped" in proc.stderr.read()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def test_trigger_parameters_cover_the_trigger():
+    p = trigger_parameters(TriggerSettings(record_seconds=1.5, trigger_db=9.0))
+    assert p["record_seconds"] == 1.5 and p["trigger_db"] == 9.0
+    assert {"block_seconds", "preroll_seconds", "adapt_seconds", "min_floor_db", "silence_db", "silence_rms",
+            "loud_slowdown"} <= set(p)
