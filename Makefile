@@ -38,6 +38,8 @@ demo: $(VENV)/.installed-demo
 	    --audio_dir $(DEMO_DIR)/audio --output_csv $(DEMO_DIR)/labels.csv
 	@echo "Demo finished: spectrograms, preview.png, model and labels.csv are in $(DEMO_DIR)/;"
 	@echo "watch training with: $(BIN)/tensorboard --logdir $(DEMO_DIR)/training_summaries"
+	@echo "label sounds in your browser (record, upload, listen), then open http://127.0.0.1:8000/ :"
+	@echo "    $(BIN)/label_image --serve --graph $(DEMO_DIR)/model/model.tflite"
 
 test: $(VENV)/.installed-$(EXTRAS)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

