@@ -123,6 +123,8 @@ def test_the_wheel_runs_the_readme_urbansound8k_commands_with_presets_by_name(in
     for doc in ("LICENSE", "NOTICE"):
         assert any(n.endswith(f"/{doc}") for n in dist_info), doc
     assert not [n for n in names if n.startswith(("tests/", "benchmarks/"))]
+    for asset in ("index.html", "app.js", "trigger.js", "wav.js", "capture-worklet.js", "style.css"):
+        assert f"label/web/{asset}" in names  # label_image --serve's page
 
     # An empty folder, nothing of the repository on the path.
     work = tmp_path / "work"
