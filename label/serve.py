@@ -257,7 +257,9 @@ class LabelService:
         palette = colormap_lut(settings.colormap)
         for entry, (_, y) in zip(answer["windows"][:MAX_DISPLAY_WINDOWS], windows[rate]):
             entry["spectrogram"] = _png_data_url(render_clip_indices(y, rate, settings), palette)
-        answer["spectrogram_as_model_input"] = self.labeler.input_kind == "image"
+        # An audio-in model renders inside, with render_clip's TensorFlow twin: the same picture.
+        answer["spectrogram_as_model_input"] = self.labeler.input_kind == "image" or bool(
+            getattr(self.labeler, "audio_in", False))
         answer["waveform"] = waveform_envelope(ys[self.rates[0]])
 
 
