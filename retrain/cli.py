@@ -24,7 +24,7 @@ from retrain.augment import AugmentSettings
 from soundretrain.command_line import (CommandLineExit, FlagGroup, FlagGroups, error,
                                        import_tensorflow_quietly, parse_flags)
 from retrain.errors import RetrainError
-from soundretrain.presets import define_preset_flag
+from soundretrain.presets import define_preset_flag, set_by_preset
 from soundretrain.backbones.registry import ModuleError, registry_names
 from retrain.settings import OPTIMIZERS, SPLITS, HeadSettings, RetrainSettings
 
@@ -235,10 +235,12 @@ EXPORT_FLAGS = ("output_graph", "output_labels", "saved_model_dir", "output_tfli
 
 def cross_validation_warnings(fv: flags.FlagValues) -> list[str]:
     """--cross_validate trains one head per fold and exports none of them: say so when
-    export flags were given (on the command line or in a flag file)."""
+    export flags were given (on the command line or in a flag file; a --preset's own export
+    paths are its defaults, not the user's request)."""
     if not fv.cross_validate:
         return []
-    given = [f"--{name}" for name in EXPORT_FLAGS if fv[name].present and fv[name].value]
+    given = [f"--{name}" for name in EXPORT_FLAGS if fv[name].present and fv[name].value
+             and not set_by_preset(fv, PROG, name)]
     if not given:
         return []
     return [f"--cross_validate exports no model, so {', '.join(given)} "

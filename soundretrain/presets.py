@@ -87,6 +87,31 @@ def expand_presets(argv: Sequence[str], stage: str) -> tuple[list[str], list[str
     return out, names
 
 
+def preset_values(stage: str, name: str) -> dict[str, str]:
+    """The flags preset ``name`` of ``stage`` sets: ``{flag name: value text}``."""
+    values = {}
+    with open(preset_path(stage, name), encoding="utf-8") as f:
+        for line in f:
+            line = line.strip()
+            if line.startswith("--") and "=" in line:
+                flag, _, value = line[2:].partition("=")
+                values[flag] = value
+    return values
+
+
+def set_by_preset(fv, stage: str, flag: str) -> bool:
+    """True when ``flag`` has the value the last ``--preset`` gave it (the user did not
+    override it), so warnings about flags the user gave can leave it out."""
+    name = fv[FLAG].value if FLAG in fv else None
+    if not name:
+        return False
+    try:
+        raw = preset_values(stage, name).get(flag)
+    except (PresetError, OSError):
+        return False
+    return raw is not None and fv[flag].parser.parse(raw) == fv[flag].value
+
+
 def define_preset_flag(fv, stage: str) -> None:
     """Define ``--preset`` on ``fv`` (its help lists the presets); :func:`expand_presets`
     does the work before absl parses."""

@@ -105,3 +105,16 @@ def test_spectrograms_with_a_preset_from_another_folder(tmp_path, monkeypatch):
     assert code == 0
     config = json.loads((work / "spec" / "spectrogram_config.json").read_text())
     assert config["duration"] == 5 and config["image_size"] == 32 and config["n_mels"] == 128
+
+
+def test_cross_validation_does_not_warn_about_the_presets_own_export_paths():
+    # The README's `retrain --preset urbansound8k --image_dir=... --cross_validate` warned that
+    # the preset's --output_graph, --output_labels and --saved_model_dir would be ignored.
+    from retrain.cli import cross_validation_warnings
+
+    assert cross_validation_warnings(_parse("retrain", "--preset=urbansound8k", "--cross_validate")) == []
+    fv = _parse("retrain", "--preset=urbansound8k", "--cross_validate", "--output_graph=mine.pb")
+    [warning] = cross_validation_warnings(fv)
+    assert "--output_graph is ignored" in warning
+    fv = _parse("retrain", f"--flagfile={presets.preset_path('retrain', 'esc50')}", "--cross_validate")
+    assert "--output_graph" in cross_validation_warnings(fv)[0]  # a flag file is the user's own
