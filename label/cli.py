@@ -83,6 +83,9 @@ def define_flags(fv: flags.FlagValues) -> None:
     define("integer", "port", 8000, "TCP port (0: any free port).", group="serve")
     define("float", "max_upload_mb", 25.0, "Largest upload accepted, in MB.", group="serve")
     define("float", "max_seconds", 300.0, "Longest audio accepted, in seconds.", group="serve")
+    define("string", "ssl_certfile", None, "Serve https with this PEM certificate (a phone's browser allows the "
+           "microphone only over https or on localhost).", group="serve")
+    define("string", "ssl_keyfile", None, "The certificate's private key (PEM), unless --ssl_certfile holds it.", group="serve")
 
 
 @dataclass(frozen=True)
@@ -119,6 +122,8 @@ class LabelSettings:
     port: int = 8000
     max_upload_mb: float = 25.0
     max_seconds: float = 300.0
+    ssl_certfile: Optional[str] = None
+    ssl_keyfile: Optional[str] = None
 
     @property
     def mode(self) -> str:
@@ -188,6 +193,7 @@ def settings_from_flags(fv: flags.FlagValues, extra: Sequence[str]) -> LabelSett
         record_seconds=fv.record_seconds, trigger_db=fv.trigger_db, num_threads=fv.num_threads,
         keep_going=fv.keep_going,
         serve=fv.serve, host=fv.host, port=fv.port, max_upload_mb=fv.max_upload_mb, max_seconds=fv.max_seconds,
+        ssl_certfile=fv.ssl_certfile, ssl_keyfile=fv.ssl_keyfile,
     )
 
 
@@ -433,11 +439,13 @@ def _run_serve(settings: LabelSettings) -> int:
         host=settings.host, port=settings.port, max_upload_bytes=int(settings.max_upload_mb * 2**20),
         max_seconds=settings.max_seconds, top_k=settings.top_k, batch_size=settings.batch_size,
         trigger=TriggerSettings(record_seconds=settings.record_seconds, trigger_db=settings.trigger_db),
+        ssl_certfile=settings.ssl_certfile, ssl_keyfile=settings.ssl_keyfile,
     )
     problems = options.problems()
     if problems:
         return _error(problems[0], 2)
-    sock = serve.bind_socket(settings.host, settings.port)  # fail before the slow model load
+    options.check_certificate()  # fail before the slow model load
+    sock = serve.bind_socket(settings.host, settings.port)
     try:
         labeler = _load(settings)
         _, audio_input = _inputs(settings, labeler)
@@ -445,9 +453,11 @@ def _run_serve(settings: LabelSettings) -> int:
         service = serve.LabelService(labeler, audio_input, options)
         service.warm_up()
         if not serve.is_loopback(settings.host):
+            mic = "" if settings.ssl_certfile else " (and the page's microphone needs https: --ssl_certfile)"
             print(f"{PROG}: warning: listening on {settings.host}: anyone who can reach this machine can use "
-                  "the model (and the page's microphone needs https or localhost)", file=sys.stderr)
-        print(f"serving {settings.graph} at {serve.url_for(sock, settings.host)} (Ctrl-C stops)", file=sys.stderr, flush=True)
+                  f"the model{mic}", file=sys.stderr)
+        url = serve.url_for(sock, settings.host, options.scheme)
+        print(f"serving {settings.graph} at {url} (Ctrl-C stops)", file=sys.stderr, flush=True)
         serve.serve(service, sock)
     except KeyboardInterrupt:  # during the model load; uvicorn handles it once serving
         pass

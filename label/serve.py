@@ -64,6 +64,12 @@ class ServeSettings:
     batch_size: int = 32
     max_waiting: int = 32  # requests waiting for the model before 503
     trigger: TriggerSettings = field(default_factory=TriggerSettings)
+    ssl_certfile: Optional[str] = None  # https: browsers allow the microphone off localhost
+    ssl_keyfile: Optional[str] = None
+
+    @property
+    def scheme(self) -> str:
+        return "https" if self.ssl_certfile else "http"
 
     def problems(self) -> list[str]:
         p = []
@@ -73,7 +79,26 @@ class ServeSettings:
             p.append("--max_upload_mb must be positive")
         if not self.max_seconds > 0:
             p.append(f"--max_seconds must be positive, not {self.max_seconds}")
+        if self.ssl_keyfile and not self.ssl_certfile:
+            p.append("--ssl_keyfile goes with --ssl_certfile")
         return p + self.trigger.problems()
+
+    def check_certificate(self) -> None:
+        """Load the certificate and key once, so a bad file is one line before the
+        model loads (uvicorn would fail later with a traceback)."""
+        if not self.ssl_certfile:
+            return
+        import ssl
+
+        try:
+            ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(self.ssl_certfile, self.ssl_keyfile)
+        except FileNotFoundError as e:
+            raise OSError(f"cannot use the certificate: {e.filename or self.ssl_certfile}: no such file") from None
+        except (ssl.SSLError, OSError) as e:
+            reason = getattr(e, "reason", None) or getattr(e, "strerror", None) or str(e).splitlines()[0]
+            raise OSError(f"cannot use --ssl_certfile {self.ssl_certfile}"
+                          f"{' / --ssl_keyfile ' + self.ssl_keyfile if self.ssl_keyfile else ''}: {reason} "
+                          "(a PEM certificate and its private key)") from None
 
 
 class UploadError(Exception):
@@ -426,22 +451,27 @@ def bind_socket(host: str, port: int) -> socket.socket:
     return sock
 
 
-def url_for(sock: socket.socket, host: str) -> str:
+def url_for(sock: socket.socket, host: str, scheme: str = "http") -> str:
     port = sock.getsockname()[1]
     shown = "127.0.0.1" if host in ("0.0.0.0", "") else host
     shown = f"[{shown}]" if ":" in shown and not shown.startswith("[") else shown
-    return f"http://{shown}:{port}/"
+    return f"{scheme}://{shown}:{port}/"
+
+
+def _server(service: LabelService, host: str, access_log: bool):
+    import uvicorn
+
+    settings = service.settings
+    app = create_app(service, loopback_only=is_loopback(host))
+    config = uvicorn.Config(app, log_level="info" if access_log else "warning", access_log=access_log,
+                            timeout_keep_alive=5, limit_concurrency=max(64, 2 * settings.max_waiting),
+                            server_header=False, ssl_certfile=settings.ssl_certfile, ssl_keyfile=settings.ssl_keyfile)
+    return uvicorn.Server(config)
 
 
 def serve(service: LabelService, sock: socket.socket, access_log: bool = True) -> None:
     """Run the server on ``sock`` until Ctrl-C (uvicorn handles the signal)."""
-    import uvicorn
-
-    app = create_app(service, loopback_only=is_loopback(service.settings.host))
-    config = uvicorn.Config(app, log_level="info" if access_log else "warning", access_log=access_log,
-                            timeout_keep_alive=5, limit_concurrency=max(64, 2 * service.settings.max_waiting),
-                            server_header=False)
-    server = uvicorn.Server(config)
+    server = _server(service, service.settings.host, access_log)
     asyncio.run(server.serve(sockets=[sock]))
 
 
@@ -450,13 +480,9 @@ class BackgroundServer:
     ``with BackgroundServer(service) as url: ...``; stops on exit."""
 
     def __init__(self, service: LabelService, host: str = "127.0.0.1", port: int = 0) -> None:
-        import uvicorn
-
         self.sock = bind_socket(host, port)
-        self.url = url_for(self.sock, host)
-        app = create_app(service, loopback_only=is_loopback(host))
-        self.server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False,
-                                                    timeout_keep_alive=5, server_header=False))
+        self.url = url_for(self.sock, host, service.settings.scheme)
+        self.server = _server(service, host, access_log=False)
         self.thread = threading.Thread(target=lambda: asyncio.run(self.server.serve(sockets=[self.sock])),
                                        name="label-serve", daemon=True)
 

@@ -389,6 +389,48 @@ def test_label_image_serve_runs_until_ctrl_c(sirens):
             proc.wait()
 
 
+@pytest.fixture(scope="module")
+def certificate(tmp_path_factory) -> tuple[str, str]:
+    """A self-signed certificate for 127.0.0.1 (openssl, as the docs tell users to make one)."""
+    import shutil
+
+    if not shutil.which("openssl"):
+        pytest.skip("openssl is not installed (apt-get install openssl)")
+    folder = tmp_path_factory.mktemp("tls")
+    cert, key = str(folder / "cert.pem"), str(folder / "key.pem")
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1",
+                    "-keyout", key, "-out", cert], check=True, capture_output=True, timeout=60)
+    return cert, key
+
+
+def test_https_with_a_certificate(sirens, certificate):
+    cert, key = certificate
+    service = make_service(sirens.tflite, ssl_certfile=cert, ssl_keyfile=key)
+    with BackgroundServer(service) as url:
+        assert url.startswith("https://127.0.0.1:")
+        with httpx.Client(base_url=url, verify=False, timeout=30) as c:  # self-signed
+            assert c.get("/v1/model").json()["labels"] == sirens.labels
+            assert c.post("/v1/label", content=wav_bytes(example_clip("siren", 1, 1))).json()["label"] == "siren"
+        with pytest.raises(httpx.TransportError):  # plain http is not answered
+            httpx.get(url.replace("https:", "http:") + "v1/model", timeout=10)
+
+
+def test_a_bad_certificate_is_one_line_before_the_model_loads(sirens, certificate, tmp_path, capsys):
+    cert, key = certificate
+    not_pem = tmp_path / "cert.pem"
+    not_pem.write_text("not a certificate\n")
+    for args, words in (
+        (["--ssl_certfile", str(not_pem), "--ssl_keyfile", key], "cannot use --ssl_certfile"),
+        (["--ssl_certfile", cert], "cannot use --ssl_certfile"),  # the key is not in it
+        (["--ssl_certfile", str(tmp_path / "none.pem")], "no such file"),
+    ):
+        assert main(["label_image", "--serve", "--graph", sirens.tflite, "--port", "0", *args]) == 1
+        err = capsys.readouterr().err
+        assert words in err and len(err.strip().splitlines()) == 1, err
+    assert main(["label_image", "--serve", "--graph", sirens.tflite, "--ssl_keyfile", key]) == 2
+    assert "--ssl_keyfile goes with --ssl_certfile" in capsys.readouterr().err
+
+
 def test_trigger_parameters_cover_the_trigger():
     p = trigger_parameters(TriggerSettings(record_seconds=1.5, trigger_db=9.0))
     assert p["record_seconds"] == 1.5 and p["trigger_db"] == 9.0
