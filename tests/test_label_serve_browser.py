@@ -111,7 +111,7 @@ def browser(requirements, mic_wav, downloads, tmp_path_factory):
     options = webdriver.ChromeOptions()
     options.binary_location = shutil.which("chromium")
     for argument in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                     "--disable-component-update", "--no-first-run", "--disable-default-apps",
+                     "--disable-component-update", "--no-first-run", "--disable-default-apps", "--disable-dev-shm-usage",
                      f"--user-data-dir={tmp_path_factory.mktemp('chromium-profile')}",
                      "--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream",
                      f"--use-file-for-fake-audio-capture={mic_wav}", "--window-size=1100,1500"):
