@@ -22,7 +22,7 @@ from absl import flags
 
 from retrain.augment import AugmentSettings
 from soundretrain.command_line import (CommandLineExit, FlagGroup, FlagGroups, error,
-                                       import_tensorflow_quietly, parse_flags)
+                                       import_tensorflow_quietly, non_finite_float_flags, parse_flags)
 from retrain.errors import RetrainError
 from soundretrain.presets import define_preset_flag, set_by_preset
 from soundretrain.backbones.registry import ModuleError, registry_names
@@ -109,8 +109,11 @@ def make_flags() -> flags.FlagValues:
            group="export")
     define("enum", "logging_verbosity", "INFO", "How much to print.",
            enum_values=list(VERBOSITIES), group="retrain.py")
-    define("string", "checkpoint_path", "/tmp/_retrain_checkpoint",
-           "Where to save the head's checkpoint; empty: none.", group="export")
+    define("string", "checkpoint_path", None,
+           "Where to save the head's checkpoint (a tf.train.Checkpoint prefix); empty: none. "
+           "Default: checkpoint/head in the run's TensorBoard folder, so every run has its own "
+           "(retrain.py's shared /tmp/_retrain_checkpoint let concurrent runs clash). Runs given "
+           "the same path write it one after another.", group="export")
     # New flags.
     define("enum", "split", "hash", "hash: retrain.py's stable SHA-1 split computed per "
            "recording (group); folds: the manifest's folds (--test_folds, --validation_folds).",
@@ -191,7 +194,7 @@ def settings_from_flags(fv: flags.FlagValues) -> RetrainSettings:
         intermediate_output_graphs_dir=_blank(fv.intermediate_output_graphs_dir),
         intermediate_store_frequency=fv.intermediate_store_frequency,
         final_tensor_name=fv.final_tensor_name or "final_result",
-        checkpoint_path=_blank(fv.checkpoint_path),
+        checkpoint_path=_blank(fv.checkpoint_path), checkpoint_in_run_dir=fv.checkpoint_path is None,
         print_misclassified_test_images=fv.print_misclassified_test_images,
         progress=fv.progress, flags_text=_flags_text(fv))
 
@@ -276,8 +279,8 @@ def main(argv: Sequence[str]) -> int:
     except RetrainError as err:
         fail(err, PROG)
         return 2
-    problems = [p for p in settings.problems()
-                if not (fv.cross_validate and "--test_folds" in p)]
+    problems = non_finite_float_flags(fv) + [p for p in settings.problems()
+                                             if not (fv.cross_validate and "--test_folds" in p)]
     if problems:
         fail(problems[0], PROG)
         return 2
@@ -304,8 +307,8 @@ def main(argv: Sequence[str]) -> int:
     except OSError as err:
         fail(f"{err.filename or ''}: {err.strerror or err}" if err.filename else err, PROG)
         return 1
-    except KeyboardInterrupt:
-        fail("interrupted; bottlenecks computed so far are cached, run again to resume", PROG)
+    except KeyboardInterrupt as err:  # RetrainInterrupted says what the interrupted step left
+        fail(str(err) or "interrupted; bottlenecks computed so far are cached, run again to resume", PROG)
         return 130
     return 0
 

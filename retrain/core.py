@@ -13,6 +13,7 @@ import datetime
 import errno
 import os
 import random
+import shutil
 from dataclasses import dataclass
 from typing import Callable, Optional, Sequence
 
@@ -20,11 +21,11 @@ import numpy as np
 
 from retrain.augment import plan_copies
 from retrain.bottlenecks import compute_augmented_bottlenecks, compute_bottlenecks
-from retrain.errors import RetrainError
+from retrain.errors import RetrainError, RetrainInterrupted
 from retrain.head import ClassificationHead, HeadTrainer, accuracy_and_xent
 from retrain.images import ImageSet, list_images
 from soundretrain.backbones.registry import Backbone, ModuleError, load_module
-from retrain.splits import Split, fold_split, hash_split
+from retrain.splits import Split, fold_split, hash_split, missing_classes
 
 from retrain.settings import SPLITS, RetrainSettings  # noqa: F401 - re-exported
 
@@ -70,6 +71,7 @@ def prepare(settings: RetrainSettings, log: Callable[[str], None] = print,
     images = list_images(settings.image_dir)
     log(f"Found {len(images.records)} images in {len(images.labels)} classes in "
         f"{images.image_dir} ({'manifest.csv' if images.from_manifest else 'class folders'})")
+    check_labels(images.labels)
     if check is not None:
         check(images)
     spectrogram_settings = load_spectrogram_settings(images)
@@ -85,6 +87,15 @@ def prepare(settings: RetrainSettings, log: Callable[[str], None] = print,
                     np.asarray(images.class_ids(), np.int32))
 
 
+def check_labels(labels: Sequence[str]) -> None:
+    """Labels become lines of the labels file: a class name that cannot be one line would
+    fail the export after all the training; refuse it before any work."""
+    for label in labels:
+        if not label.strip() or any(c in label for c in "\n\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029"):
+            raise RetrainError(f"class {label!r}: a class name must be one non-empty line (it becomes a "
+                               "line of the labels file); rename its folder")
+
+
 def _parts(backbone: Backbone) -> int:
     return len(getattr(backbone, "parts", [backbone]))
 
@@ -94,6 +105,18 @@ def make_split(settings: RetrainSettings, images: ImageSet) -> Split:
         return fold_split(images.records, settings.test_folds, settings.validation_folds,
                           settings.validation_percentage)
     return hash_split(images.records, settings.validation_percentage, settings.testing_percentage)
+
+
+def checked_split(settings: RetrainSettings, images: ImageSet) -> Split:
+    """:func:`make_split`, refused when a class has no training or no test images."""
+    split = make_split(settings, images)
+    if settings.split == "folds":
+        where = f"this split (test folds {list(settings.test_folds)})"
+    else:
+        where = (f"this split (--split hash, --testing_percentage {settings.testing_percentage:g}, "
+                 f"--validation_percentage {settings.validation_percentage:g})")
+    missing_classes(split, images.class_ids(), images.labels, where)
+    return split
 
 
 def split_partition(settings: RetrainSettings, prepared: Prepared) -> Callable[[int], object]:
@@ -140,6 +163,20 @@ def _stamp() -> str:
     return str(datetime.datetime.now())
 
 
+def stop_if_diverged(step: int, cross_entropy: float, head: ClassificationHead,
+                     settings: RetrainSettings) -> None:
+    """A NaN or infinite loss (or weights) means training diverged: every later step and the
+    exported model would be NaN too. Stop with one line, before anything is exported."""
+    finite = np.isfinite(cross_entropy) and all(
+        np.all(np.isfinite(v.numpy())) for v in head.trainable_variables)
+    if not finite:
+        h = settings.head
+        raise RetrainError(
+            f"training diverged at step {step}: the cross entropy is {cross_entropy} and the head's "
+            f"weights are no longer finite (--learning_rate {h.learning_rate:g} with --optimizer "
+            f"{h.optimizer} is too high for these features?); nothing was exported")
+
+
 def event_steps(total: int, eval_interval: int, store_frequency: int) -> list[int]:
     """retrain.py's 0-based step indices after which something happens: evaluations
     (every ``eval_interval`` and the last) and intermediate graphs."""
@@ -183,6 +220,7 @@ def train_and_evaluate(settings: RetrainSettings, prepared: Prepared, split: Spl
         for i in event_steps(total, settings.eval_step_interval, settings.intermediate_store_frequency):
             train_acc, xent = trainer.train(i + 1 - done)
             done = i + 1
+            stop_if_diverged(i, xent, head, settings)
             is_eval = i % settings.eval_step_interval == 0 or i == total - 1
             if is_eval:
                 log(f"{_stamp()}: Step {i}: Train accuracy = {train_acc * 100:.1f}%")
@@ -211,11 +249,11 @@ def train_and_evaluate(settings: RetrainSettings, prepared: Prepared, split: Spl
         if test_idx:
             probs = head.predict(prepared.features[test_idx])
             predictions = np.argmax(probs, 1)
-            test_acc, _ = accuracy_and_xent(probs, prepared.class_ids[test_idx])
+            test_acc, test_xent = accuracy_and_xent(probs, prepared.class_ids[test_idx])
             log(f"{_stamp()}: Final test accuracy = {test_acc * 100:.1f}% (N={len(test_idx)})")
             if summaries:
                 cm = confusion_matrix(prepared.class_ids[test_idx], predictions, len(labels))
-                summaries.final(total - 1, cm, labels, test_acc)
+                summaries.final(total - 1, cm, labels, test_acc, test_xent)
         else:
             predictions, test_acc = np.zeros(0, int), float("nan")
             log("No test images: final test accuracy not measured")
@@ -301,6 +339,22 @@ def check_output_targets(settings: RetrainSettings) -> None:
             if not os.path.isdir(parent):
                 raise NotADirectoryError(errno.ENOTDIR, "is a file, so nothing can be written "
                                          f"under it ({path})", parent)
+            check_writable(parent, path)
+
+
+def check_writable(folder: str, target: str) -> None:
+    """Create and remove a temp file in ``folder``: a read-only folder or filesystem fails
+    here, in a second, not after the training."""
+    import tempfile
+
+    try:
+        fd, probe = tempfile.mkstemp(prefix=f".{os.path.basename(target) or 'probe'}.", suffix=".tmp",
+                                     dir=folder)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as err:
+        raise OSError(err.errno, f"{err.strerror}: cannot write {target} there (checked before "
+                      "training)", folder) from None
 
 
 def _write_text(path: str, text: str) -> None:
@@ -310,11 +364,29 @@ def _write_text(path: str, text: str) -> None:
 
 
 def save_checkpoint(path: str, head: ClassificationHead) -> None:
+    """Write the head's ``tf.train.Checkpoint`` at ``path`` (a prefix). Runs sharing one path
+    write one after another (a lock on its folder): TF's writer stages both into the same
+    ``<path>_temp`` folder, so two at once failed in ``MergeV2Checkpoints``."""
     import tensorflow as tf
+
+    from retrain.summaries import os_error_of
+    from soundretrain import atomic_files
 
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
-    tf.train.Checkpoint(head=head).write(path)
+    with atomic_files.exclusive_folders(folder):
+        staging = os.path.abspath(path) + "_temp"  # a killed writer's leftover
+        if os.path.isdir(staging):
+            shutil.rmtree(staging, ignore_errors=True)
+        try:
+            tf.train.Checkpoint(head=head).write(path)
+        except tf.errors.OpError as err:
+            shutil.rmtree(staging, ignore_errors=True)
+            os_error = os_error_of(err)
+            if os_error is None:
+                raise
+            raise OSError(os_error.errno, f"{os_error.strerror} (writing the checkpoint)",
+                          os_error.filename or path) from None
 
 
 def can_freeze(backbone: Backbone) -> bool:
@@ -344,6 +416,17 @@ class RetrainResult:
     seed: int
 
 
+INTERRUPTED = {
+    "bottlenecks": "interrupted; bottlenecks computed so far are cached, run again to resume",
+    "training": "interrupted during training; nothing was exported (the bottlenecks are cached, "
+                "so a new run starts training at once)",
+    "export": "interrupted during the export: each artifact is either the old or the new one, "
+              "never half-written, but the set may mix two runs (label_image refuses such a "
+              "mix); run again to export a consistent set",
+    "checkpoint": "interrupted while writing the checkpoint; the model was exported",
+}
+
+
 def retrain(settings: RetrainSettings, seed: Optional[int] = None,
             log: Callable[[str], None] = print) -> RetrainResult:
     """One training run: the linear story of this module's docstring."""
@@ -357,40 +440,62 @@ def retrain(settings: RetrainSettings, seed: Optional[int] = None,
     # One seed for everything random, the augmented copies included (as for the head,
     # which takes ``seed`` below), so the printed seed repeats the run exactly.
     settings = dataclasses.replace(settings, augment=dataclasses.replace(settings.augment, seed=seed))
-    prepared = prepare(settings, log, check=lambda images: make_split(settings, images))
-    if settings.output_graph and not can_freeze(prepared.backbone):
-        if settings.output_graph_explicit:
-            raise RetrainError(f"module {prepared.backbone.name} cannot be frozen into one graph "
-                               "(--output_graph); use --saved_model_dir or --output_tflite")
-        log(f"Note: no frozen graph for module {prepared.backbone.name} (it is not an image "
-            "network in TensorFlow); export with --saved_model_dir or --output_tflite")
-        settings = dataclasses.replace(settings, output_graph=None)
-    if settings.intermediate_store_frequency > 0 and not can_freeze(prepared.backbone):
-        raise RetrainError(f"module {prepared.backbone.name} cannot be frozen into one graph, so "
-                           "--intermediate_store_frequency has nothing to write; drop it")
-    split = make_split(settings, prepared.images)
-    log(f"Split ({settings.split}): {split.describe()}")
-    tag = settings.run_tag or _default_tag(settings, prepared)
+    phase = "bottlenecks"
+    try:
+        prepared = prepare(settings, log, check=lambda images: checked_split(settings, images))
+        if settings.output_graph and not can_freeze(prepared.backbone):
+            if settings.output_graph_explicit:
+                raise RetrainError(f"module {prepared.backbone.name} cannot be frozen into one graph "
+                                   "(--output_graph); use --saved_model_dir or --output_tflite")
+            log(f"Note: no frozen graph for module {prepared.backbone.name} (it is not an image "
+                "network in TensorFlow); export with --saved_model_dir or --output_tflite")
+            settings = dataclasses.replace(settings, output_graph=None)
+        if settings.intermediate_store_frequency > 0 and not can_freeze(prepared.backbone):
+            raise RetrainError(f"module {prepared.backbone.name} cannot be frozen into one graph, so "
+                               "--intermediate_store_frequency has nothing to write; drop it")
+        split = make_split(settings, prepared.images)
+        log(f"Split ({settings.split}): {split.describe()}")
+        tag = settings.run_tag or _default_tag(settings, prepared)
 
-    def store_intermediate(step: int, head: ClassificationHead) -> None:
-        folder = settings.intermediate_output_graphs_dir or "/tmp/intermediate_graph/"
-        path = os.path.join(folder, f"intermediate_{step}.pb")
-        log(f"Save intermediate result to : {path}")
-        export(settings, prepared, head, float("nan"), output_graph=path, with_other_outputs=False)
+        def store_intermediate(step: int, head: ClassificationHead) -> None:
+            folder = settings.intermediate_output_graphs_dir or "/tmp/intermediate_graph/"
+            path = os.path.join(folder, f"intermediate_{step}.pb")
+            log(f"Save intermediate result to : {path}")
+            export(settings, prepared, head, float("nan"), output_graph=path, with_other_outputs=False)
 
-    outcome = train_and_evaluate(settings, prepared, split, seed, tag,
-                                 split_partition(settings, prepared), log,
-                                 store_intermediate if settings.intermediate_store_frequency > 0 else None)
-    if settings.checkpoint_path:
-        save_checkpoint(settings.checkpoint_path, outcome.head)
-    written = export(settings, prepared, outcome.head, outcome.test_accuracy,
-                     output_graph=settings.output_graph)
-    for key, path in written.items():
-        if not key.endswith("_sidecar"):
-            log(f"Wrote {key}: {path}")
-    log(node_names_line(prepared, settings.final_tensor_name))
+        phase = "training"
+        outcome = train_and_evaluate(settings, prepared, split, seed, tag,
+                                     split_partition(settings, prepared), log,
+                                     store_intermediate if settings.intermediate_store_frequency > 0 else None)
+        phase = "export"
+        written = export(settings, prepared, outcome.head, outcome.test_accuracy,
+                         output_graph=settings.output_graph)
+        for key, path in written.items():
+            if not key.endswith("_sidecar"):
+                log(f"Wrote {key}: {path}")
+        log(node_names_line(prepared, settings.final_tensor_name))
+        phase = "checkpoint"
+        checkpoint = checkpoint_path(settings, outcome.run_dir)
+        if checkpoint:  # after the export: a checkpoint that cannot be written costs no model
+            save_checkpoint(checkpoint, outcome.head)
+            log(f"Wrote checkpoint: {checkpoint}")
+    except KeyboardInterrupt as err:
+        if isinstance(err, RetrainInterrupted):
+            raise
+        raise RetrainInterrupted(INTERRUPTED[phase]) from None
     return RetrainResult(outcome.test_accuracy, outcome.test_count, outcome.run_dir, written,
                          prepared.images.labels, seed)
+
+
+def checkpoint_path(settings: RetrainSettings, run_dir: Optional[str]) -> Optional[str]:
+    """The explicit --checkpoint_path, else (by default) ``checkpoint/head`` in this run's
+    TensorBoard folder: retrain.py's shared /tmp/_retrain_checkpoint made concurrent runs
+    overwrite each other's checkpoint."""
+    if settings.checkpoint_path:
+        return settings.checkpoint_path
+    if settings.checkpoint_in_run_dir and run_dir:
+        return os.path.join(run_dir, "checkpoint", "head")
+    return None
 
 
 def _default_tag(settings: RetrainSettings, prepared: Prepared) -> str:

@@ -2,6 +2,9 @@
 CLI parses flags and reports bad ones in a fraction of a second."""
 from __future__ import annotations
 
+import dataclasses
+import math
+import os
 from dataclasses import dataclass, field
 from typing import Optional
 
@@ -76,6 +79,7 @@ class RetrainSettings:
     intermediate_store_frequency: int = 0
     final_tensor_name: str = "final_result"
     checkpoint_path: Optional[str] = None
+    checkpoint_in_run_dir: bool = False  # no explicit path: checkpoint/head in the run's folder
     print_misclassified_test_images: bool = False
     progress: bool = True
     flags_text: str = ""
@@ -110,4 +114,51 @@ class RetrainSettings:
             value = getattr(self, name)
             if value == 0 or value < -1:
                 p.append(f"--{name} must be positive, or -1 for the whole set; not {value}")
+        if self.intermediate_store_frequency < 0:
+            p.append(f"--intermediate_store_frequency must be >= 0 (0: none), not "
+                     f"{self.intermediate_store_frequency}")
+        from soundretrain.export import tensor_name_problem  # no TensorFlow import
+
+        name_problem = tensor_name_problem(self.final_tensor_name)
+        if name_problem:
+            p.append(name_problem)
+        p += self.artifact_path_problems()
+        # NaN slips through every "<= 0" check above; no knob means anything with NaN or inf.
+        for owner in (self, self.head, self.augment):
+            for f in dataclasses.fields(owner):
+                value = getattr(owner, f.name)
+                if isinstance(value, float) and not math.isfinite(value):
+                    p.insert(0, f"--{f.name} must be a finite number, not {value}")
         return p
+
+    def artifact_paths(self) -> dict[str, str]:
+        """Every file or folder the export writes, by the flag that names it (sidecars too)."""
+        out = {}
+        for flag, path in (("--output_graph", self.output_graph), ("--output_labels", self.output_labels),
+                           ("--output_tflite", self.output_tflite), ("--saved_model_dir", self.saved_model_dir),
+                           ("--checkpoint_path", self.checkpoint_path)):
+            if path:
+                out[flag] = os.path.abspath(os.path.expanduser(path))
+        for flag in ("--output_graph", "--output_tflite"):
+            if flag in out:
+                out[f"{flag}'s sidecar"] = out[flag] + ".json"
+        if "--checkpoint_path" in out:  # tf.train.Checkpoint writes <prefix>.index and .data-*
+            out["--checkpoint_path's index"] = out.pop("--checkpoint_path") + ".index"
+        return out
+
+    def artifact_path_problems(self) -> list[str]:
+        """Two artifacts at one path would leave only the last one written (it printed
+        "Wrote" for each); an artifact inside --saved_model_dir is deleted by its swap."""
+        paths = self.artifact_paths()
+        seen: dict[str, str] = {}
+        for flag, path in paths.items():
+            if path in seen:
+                return [f"{seen[path]} and {flag} are the same path ({path}); give each artifact its own"]
+            seen[path] = flag
+        folder = paths.get("--saved_model_dir")
+        if folder:
+            for flag, path in paths.items():
+                if flag != "--saved_model_dir" and path.startswith(folder + os.sep):
+                    return [f"{flag} {path} is inside --saved_model_dir {folder}, which is replaced as a "
+                            "whole; put it elsewhere"]
+        return []

@@ -110,6 +110,22 @@ def fold_split(records: Sequence[ImageRecord], test_folds: Sequence[int],
     return Split(tuple(train), tuple(validation), tuple(test))
 
 
+def missing_classes(split: Split, class_ids: Sequence[int], labels: Sequence[str],
+                    where: str) -> None:
+    """retrain.py stopped when a class had no training or no testing images; so does this,
+    in one line naming the class and the split (it trained anyway, reported 0 % for the
+    class and exported a model that had never seen it)."""
+    for part, indices in (("training", split.train), ("test", split.test)):
+        if part == "test" and not indices:
+            continue  # no test set at all (--testing_percentage 0): nothing to measure
+        present = {class_ids[i] for i in indices}
+        missing = [labels[k] for k in range(len(labels)) if k not in present]
+        if missing:
+            names = ", ".join(repr(m) for m in missing[:5]) + (" ..." if len(missing) > 5 else "")
+            raise RetrainError(f"class {names} has no {part} images in {where}; add recordings of it "
+                               "or choose other percentages/folds")
+
+
 def _check_groups(records: Sequence[ImageRecord], parts: Sequence[Sequence[int]]) -> None:
     """A group in two folds of the manifest would straddle the split: refuse it."""
     owner: dict[str, int] = {}

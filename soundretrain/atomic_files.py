@@ -7,7 +7,9 @@ version or the new one, never a mix. Every stage writes its files through this m
   ``durable=False`` skips both fsyncs for bulk writes of many small files (spectrogram
   images, bottleneck entries): the rename is still atomic for every process, and those
   files are checked on reading (the manifest records each image's size and hash).
-* A folder (a SavedModel) is built in a temporary sibling and swapped in with two renames;
+* A folder (a SavedModel) is built in a temporary sibling and swapped in with one atomic
+  exchange (Linux ``renameat2(RENAME_EXCHANGE)``), so a kill at any moment leaves the old or
+  the new folder at the path, never none. Where the system cannot exchange, two renames;
   between them the old folder stays complete under a backup name.
 * Temporary entries are hidden and named ``.<name>.<random>.tmp``, so listings of images
   skip them and :func:`remove_temp_files` can clear those a killed process left.
@@ -17,8 +19,10 @@ version or the new one, never a mix. Every stage writes its files through this m
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import errno
 import os
+import sys
 import re
 import secrets
 import shutil
@@ -155,8 +159,11 @@ def write_bytes(path: str | os.PathLike, data: bytes, *, durable: bool = True) -
             if durable:
                 os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as err:
         _unlink_quietly(tmp)
+        if isinstance(err, OSError) and err.filename is None and err.errno:
+            # A full disk says only "No space left on device": name the file it was for.
+            raise OSError(err.errno, err.strerror, path) from None
         raise
     if durable:
         fsync_folder(folder)
@@ -214,9 +221,12 @@ def replacing_folder(path: str | os.PathLike, *, durable: bool = True) -> Iterat
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     if os.path.lexists(path):
-        backup = os.path.join(parent, _temp_name(os.path.basename(path), "old"))
-        os.replace(path, backup)
-        os.replace(tmp, path)
+        if exchange_paths(tmp, path):  # one atomic step: ``tmp`` now holds the old folder
+            backup = tmp
+        else:
+            backup = os.path.join(parent, _temp_name(os.path.basename(path), "old"))
+            os.replace(path, backup)
+            os.replace(tmp, path)
         if os.path.isdir(backup) and not os.path.islink(backup):
             shutil.rmtree(backup, ignore_errors=True)
         else:
@@ -246,6 +256,79 @@ def remove_temp_files(folder: str, older_than_s: Optional[float] = None) -> int:
         try:
             if older_than_s is not None and time.time() - os.lstat(full).st_mtime < older_than_s:
                 continue
+            if os.path.isdir(full) and not os.path.islink(full):
+                shutil.rmtree(full)
+            else:
+                os.unlink(full)
+            removed += 1
+        except OSError:
+            pass
+    return removed
+
+
+_RENAME_EXCHANGE = 2  # linux/fs.h
+_AT_FDCWD = -100
+
+
+def exchange_paths(a: str, b: str) -> bool:
+    """Swap two existing paths in one atomic step (Linux ``renameat2`` with
+    ``RENAME_EXCHANGE``): every process sees either both old or both new names. Returns
+    False, changing nothing, where the system or the filesystem cannot."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
+    except (OSError, AttributeError):  # glibc < 2.28, musl without it
+        return False
+    renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    if renameat2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0:
+        return True
+    code = ctypes.get_errno()
+    if code in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.EXDEV, errno.EPERM):
+        return False  # not supported here: the caller falls back on two renames
+    raise OSError(code, os.strerror(code), b)
+
+
+@contextlib.contextmanager
+def exclusive_folders(*folders: str) -> Iterator[None]:
+    """Hold an exclusive lock on each folder (``flock`` on the folder itself: no lock file),
+    waiting for other holders; the kernel releases it when the process ends, however it ends.
+    Writers of one set of artifacts hold it, so one can clean another's leftovers safely and
+    two never interleave. Where ``fcntl`` does not exist, no lock is taken."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows
+        yield
+        return
+    fds = []
+    try:
+        for folder in sorted({os.path.abspath(f) for f in folders}):  # one order: no deadlock
+            os.makedirs(folder, exist_ok=True)
+            fd = os.open(folder, os.O_RDONLY)
+            fds.append(fd)
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        for fd in fds:
+            os.close(fd)  # releases the lock
+
+
+def remove_leftovers_of(target: str) -> int:
+    """Remove the temp files and folders that writers of ``target`` (and of its ``.json``
+    sidecar) killed mid-write left beside it; return how many. Hold
+    :func:`exclusive_folders` on its folder while calling it."""
+    folder, name = os.path.split(os.path.abspath(target))
+    pattern = re.compile(rf"^\.{re.escape(name)}(\.json)?\.[A-Za-z0-9_]{{8}}\.(tmp|old)$")
+    removed = 0
+    try:
+        names = os.listdir(folder)
+    except OSError:
+        return 0
+    for entry in names:
+        if not pattern.match(entry):
+            continue
+        full = os.path.join(folder, entry)
+        try:
             if os.path.isdir(full) and not os.path.islink(full):
                 shutil.rmtree(full)
             else:

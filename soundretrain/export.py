@@ -32,7 +32,7 @@ import copy
 import hashlib
 import os
 import re
-import tempfile
+import shutil
 from typing import Any, Optional, Sequence
 
 from soundretrain import atomic_files
@@ -110,6 +110,24 @@ def export_model(
         sidecar, backbone, labels, head_only=head_only,
         input_tensor_name=input_tensor_name, final_tensor_name=final_tensor_name,
     )
+    targets = [p for p in (output_graph, output_labels, saved_model_dir, output_tflite) if p]
+    # One export into a folder at a time; under that lock the temp files of killed exports
+    # (a .pb part, a SavedModel half-built or swapped out) are removed before writing anew.
+    with atomic_files.exclusive_folders(*(os.path.dirname(os.path.abspath(p)) for p in targets)):
+        for path in targets:
+            atomic_files.remove_leftovers_of(path)
+        return _write_artifacts(
+            backbone, head, labels, full_sidecar, head_only, output_graph=output_graph,
+            output_labels=output_labels, saved_model_dir=saved_model_dir, output_tflite=output_tflite,
+            quantization=quantization, input_tensor_name=input_tensor_name,
+            final_tensor_name=final_tensor_name)
+
+
+def _write_artifacts(backbone, head, labels, full_sidecar, head_only, *, output_graph, output_labels,
+                     saved_model_dir, output_tflite, quantization, input_tensor_name,
+                     final_tensor_name) -> dict[str, str]:
+    spec = backbone.input_spec
+    backbone_fn = backbone.tf_callable() if spec.kind == "image" else None
     written: dict[str, str] = {}
     wants_model = bool(output_graph or saved_model_dir or output_tflite)
     if wants_model:
@@ -146,14 +164,15 @@ def export_model(
                 # The converter reads a SavedModel: a scratch one beside the TFLite file under a
                 # hidden temp name (not in /tmp), so one left by a killed run is where the next
                 # export to this path removes it.
-                folder = os.path.dirname(os.path.abspath(output_tflite))
-                os.makedirs(folder, exist_ok=True)
-                with tempfile.TemporaryDirectory(prefix=f".{os.path.basename(output_tflite)}.", suffix=".tmp",
-                                                 dir=folder) as scratch:
+                os.makedirs(os.path.dirname(os.path.abspath(output_tflite)), exist_ok=True)
+                scratch = atomic_files.new_temp_folder(output_tflite)
+                try:
                     source_dir = os.path.join(scratch, "saved_model")
                     _save_serving_model(tf, frozen, source_dir, input_shape, input_tensor_name, final_tensor_name,
                                         retrain_py_signature=False)
                     flatbuffer = _convert_tflite(tf, source_dir, quantization)
+                finally:
+                    shutil.rmtree(scratch, ignore_errors=True)
             atomic_files.write_bytes(output_tflite, flatbuffer)
             written["output_tflite"] = output_tflite
             written["output_tflite_sidecar"] = write_sidecar(

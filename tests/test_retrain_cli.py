@@ -102,12 +102,24 @@ def test_tensorboard_run_folder_holds_the_summaries(tmp_path, tiny, image_dir):
     assert any(t.startswith("biases/") for t in train)
     assert any(t.startswith("activations/") for t in train)
     assert [s for s, _ in val["accuracy"]] == [0, 20, 40, 59]
-    assert "test/confusion_matrix" in val and "test/per_class_precision_recall" in val
-    assert any(t.startswith("test_recall/") for t in val)
+    # The test set is its own run beside train and validation: its accuracy, the confusion
+    # matrix and the per-class table; no one-point per-class charts.
+    test = read_scalars(runs[0], "test")
+    assert set(test) == {"accuracy", "cross_entropy", "confusion_matrix", "per_class_precision_recall"}
+    assert not any(t.startswith("test") for t in val)
     from tensorboard.util import tensor_util
     flags_text = tensor_util.make_ndarray(train["flags"][0][1]).item().decode()
     assert "--random_seed=7" in flags_text
-    assert (runs[0] / "confusion_matrix.png").stat().st_size > 0
+    table = tensor_util.make_ndarray(test["per_class_precision_recall"][0][1]).item().decode()
+    assert table.splitlines()[0] == "| class | precision | recall | support |"
+    from PIL import Image
+    image = Image.open(runs[0] / "confusion_matrix.png")
+    assert min(image.size) >= 600  # readable in the Images tab
+    # Each run has its own checkpoint by default (retrain.py's was shared by every run).
+    assert main([a for a in base_args(tmp_path, tiny, image_dir) if not a.startswith("--checkpoint_path")]
+                + ["--run_tag=own"]) == 0
+    own = next(r for r in (tmp_path / "ts").iterdir() if r.name.endswith("-own"))
+    assert (own / "checkpoint" / "head.index").is_file()
 
 
 def test_flagfile_and_retrain_py_distortion_flags(tmp_path, tiny, image_dir, capsys):
