@@ -209,6 +209,30 @@ def test_upload_a_long_file_shows_its_windows(page, tmp_path):
     screenshot(page, tmp_path, "serve-windows")
 
 
+def test_drop_a_file_on_the_page(page):
+    """A drag-and-drop: a DragEvent carrying a File, dropped on the drop zone, labelled once."""
+    before = len(history_rows(page))
+    siren = example_clip("siren", 3, 0)[: 2 * SR]
+    page.execute_async_script("""
+        const [samples, sr, done] = arguments;
+        import('/static/wav.js').then(m => {
+            const file = new File([m.encodeWav(Float32Array.from(samples), sr)], 'dropped.wav', {type: 'audio/wav'});
+            const data = new DataTransfer();
+            data.items.add(file);
+            const zone = document.getElementById('dropzone');
+            zone.dispatchEvent(new DragEvent('dragover', {dataTransfer: data, bubbles: true, cancelable: true}));
+            zone.dispatchEvent(new DragEvent('drop', {dataTransfer: data, bubbles: true, cancelable: true}));
+            done();
+        });
+    """, siren.tolist(), SR)
+    wait_for(page, lambda d: text(d, "#result-source").startswith("dropped.wav"), "the dropped file was not labelled")
+    assert text(page, "#result-label") == "siren"
+    time.sleep(1.0)  # a second (duplicate) answer would arrive by now
+    rows = history_rows(page)
+    assert len(rows) == before + 1 and rows[0][1] == "dropped.wav"
+    assert "over" not in page.execute_script("return document.getElementById('dropzone').className")
+
+
 def test_a_bad_file_shows_the_servers_error(page, tmp_path):
     from selenium.webdriver.common.by import By
 

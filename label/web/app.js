@@ -366,17 +366,16 @@ function sendFiles(files) {
   for (const file of files) send(file, file.name);
 }
 
+// A file dropped anywhere on the page is labelled (once: one listener, on the document).
 function setUpDropzone() {
   const zone = $("dropzone");
-  const over = (on) => (e) => { e.preventDefault(); zone.classList.toggle("over", on); };
-  for (const target of [zone, document.body]) {
-    target.addEventListener("dragover", over(true));
-    target.addEventListener("dragleave", over(false));
-    target.addEventListener("drop", (e) => {
-      over(false)(e);
-      if (e.dataTransfer && e.dataTransfer.files.length) sendFiles(e.dataTransfer.files);
-    });
-  }
+  const highlight = (on) => (e) => { e.preventDefault(); zone.classList.toggle("over", on); };
+  document.addEventListener("dragover", highlight(true));
+  document.addEventListener("dragleave", highlight(false));
+  document.addEventListener("drop", (e) => {
+    highlight(false)(e);
+    if (e.dataTransfer && e.dataTransfer.files.length) sendFiles(e.dataTransfer.files);
+  });
 }
 
 function clock(date) {
