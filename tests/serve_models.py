@@ -26,6 +26,9 @@ class SirenModel:
     tflite: str
     labels: list
     test_accuracy: float
+    backbone: object = None  # for exporting the same model in other forms
+    head: object = None
+    sidecar: dict = None
 
 
 _CACHE: dict = {}
@@ -75,8 +78,8 @@ def build_siren_model(folder: str) -> SirenModel:
     head = ClassificationHead(backbone.feature_size, len(CLASSES), seed=0)
     HeadTrainer(head, x, y, HeadSettings(learning_rate=0.05, optimizer="adam", train_batch_size=100)).train(500)
     accuracy = float(np.mean(head.predict(x_test).argmax(1) == y_test))
-    paths = export_model(backbone, head, list(CLASSES), {"spectrogram": settings.to_dict(), "test_accuracy": accuracy},
-                         output_tflite=os.path.join(folder, "sirens.tflite"))
-    model = SirenModel(folder, paths["output_tflite"], list(CLASSES), accuracy)
+    sidecar = {"spectrogram": settings.to_dict(), "test_accuracy": accuracy}
+    paths = export_model(backbone, head, list(CLASSES), sidecar, output_tflite=os.path.join(folder, "sirens.tflite"))
+    model = SirenModel(folder, paths["output_tflite"], list(CLASSES), accuracy, backbone, head, sidecar)
     _CACHE[folder] = model
     return model

@@ -150,6 +150,31 @@ def test_display_sends_the_spectrogram_the_model_saw(client, sirens):
     assert min(envelope["min"]) == pytest.approx(float(y.min()), abs=1e-3)
 
 
+def test_an_audio_in_model_is_served(sirens, tmp_path):
+    """A model that takes sound (the spectrogram front-end inside): same labels as the
+    image model, and its spectrogram shown as the model computes it."""
+    pytest.importorskip("soundretrain.audio_export", reason="audio-in export (issue 10) is not on this branch")
+    from soundretrain.export import export_model
+
+    path = export_model(sirens.backbone, sirens.head, sirens.labels, dict(sirens.sidecar),
+                        output_audio_tflite=str(tmp_path / "sirens_audio.tflite"))["output_audio_tflite"]
+    data = wav_bytes(np.concatenate([example_clip("siren", 2, 1)[: 2 * SR], example_clip("rain", 2, 1)[: 2 * SR]]))
+    answers = {}
+    for name, model in (("image", sirens.tflite), ("audio", path)):
+        service = make_service(model)
+        with BackgroundServer(service) as url:
+            info = httpx.get(url + "v1/model").json()
+            answers[name] = httpx.post(url + "v1/label", content=data, params={"display": 1}, timeout=30).json()
+        assert info["labels"] == sirens.labels and info["sample_rate"] == SR
+    image, audio = answers["image"], answers["audio"]
+    assert service.labeler.input_kind == "waveform"
+    assert [w["top"][0]["label"] for w in audio["windows"]] == [w["top"][0]["label"] for w in image["windows"]]
+    assert audio["windows"][0]["top"][0]["label"] == "siren" and audio["windows"][-1]["top"][0]["label"] == "rain"
+    np.testing.assert_allclose([t["score"] for t in audio["top"]], [t["score"] for t in image["top"]], atol=1e-3)
+    assert audio["spectrogram_as_model_input"] is True
+    assert [w["spectrogram"] for w in audio["windows"]] == [w["spectrogram"] for w in image["windows"]]
+
+
 def test_other_formats_and_rates(client):
     y = example_clip("siren", 4, 0)
     for data in (wav_bytes(y, fmt="FLAC", subtype="PCM_16"), wav_bytes(y, fmt="OGG", subtype="VORBIS")):
