@@ -165,7 +165,6 @@ class LabelService:
         self.rates = audio_rates(labeler, audio_input)
         self.lock = threading.Lock()  # one model call at a time (TFLite is not thread-safe)
         self.waiting = 0  # requests admitted and not yet answered (event-loop thread only)
-        self.served = 0
 
     def warm_up(self) -> None:
         """Label one window of quiet noise, so the first visitor does not wait for the
@@ -357,7 +356,6 @@ def create_app(service: LabelService, loopback_only: bool = True):
         try:
             data, form_name = await _read_upload(request, service.settings.max_upload_bytes, service._too_big())
             answer = await run_in_threadpool(service.label_bytes, data, filename or form_name, top_k, display)
-            service.served += 1
             return answer
         except UploadError as e:
             return error(e.status, e.message)
