@@ -276,6 +276,7 @@ def test_history_downloads_as_csv(page, downloads):
     with open(files[0], newline="") as f:
         rows = list(csv.DictReader(f))
     assert [r["clip"] for r in rows] == [row[1] for row in shown]
+    assert {r["model"] for r in rows} == {"sirens.tflite"}
     assert [r["label"] for r in rows] == [row[3] for row in shown]
     assert rows[0]["label_5"] and float(rows[0]["score"]) >= float(rows[0]["score_2"])
 

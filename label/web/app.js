@@ -309,7 +309,7 @@ function saveHistory() {
 
 function addHistory(answer) {
   state.history.unshift({
-    time: new Date().toISOString(), clip: answer.source, duration: answer.duration,
+    time: new Date().toISOString(), model: state.model.model, clip: answer.source, duration: answer.duration,
     windows: answer.windows.length, top: answer.top.map(({ label, score }) => ({ label, score })),
   });
   state.history.length = Math.min(state.history.length, HISTORY_MAX);
@@ -340,11 +340,11 @@ function csvCell(value) {
 
 export function historyCsv(history) {
   const k = Math.max(1, ...history.map((h) => h.top.length));
-  const header = ["time", "clip", "duration_s", "windows", "label", "score"];
+  const header = ["time", "model", "clip", "duration_s", "windows", "label", "score"];
   for (let i = 2; i <= k; i++) header.push(`label_${i}`, `score_${i}`);
   const lines = [header.join(",")];
   for (const h of history) {
-    const row = [h.time, h.clip, h.duration, h.windows];
+    const row = [h.time, h.model || "", h.clip, h.duration, h.windows];
     for (let i = 0; i < k; i++) row.push(h.top[i] ? h.top[i].label : "", h.top[i] ? h.top[i].score : "");
     lines.push(row.map(csvCell).join(","));
   }
