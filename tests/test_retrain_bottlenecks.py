@@ -10,7 +10,7 @@ import pytest
 
 from retrain.augment import AugmentSettings, augment_image, plan_copies
 from retrain.bottlenecks import (BottleneckStore, compute_augmented_bottlenecks,
-                                 compute_bottlenecks, image_to_input, read_image)
+                                 compute_bottlenecks, file_sha1, image_to_input, read_image)
 from retrain.errors import RetrainError
 from retrain.images import list_images
 from soundretrain.atomic_files import is_temp_name
@@ -64,6 +64,63 @@ def test_changed_image_and_corrupt_files_are_recomputed(backbone, images, tmp_pa
     assert computed == 3
     np.testing.assert_allclose(feats3, feats2, rtol=1e-5, atol=1e-6)
     assert store.get("0" * 40) is None
+
+
+def test_well_formed_but_wrong_entries_are_recomputed(backbone, images, tmp_path, capsys):
+    """Zeroed or swapped entries used to be trusted (accuracy 85.7 % -> 21.4 %, exit 0)."""
+    cache = str(tmp_path / "bn")
+    feats, _ = compute_bottlenecks(backbone, images.records, cache, progress=False)
+    store = BottleneckStore(cache, backbone.name, backbone.feature_size)
+    paths = [Path(store.path(file_sha1(r.path))) for r in images.records[:3]]
+    # An entry is a plain .npy record: the vector with its key and checksum.
+    entry = np.load(paths[0], allow_pickle=False)
+    np.testing.assert_array_equal(entry["vector"], feats[0])
+    assert entry["key"].item() == file_sha1(images.records[0].path).encode() and len(entry["sha256"].item()) == 64
+    # Zero the vector inside an entry (the file stays well-formed), swap two others.
+    raw = bytearray(paths[0].read_bytes())
+    raw[-4 * backbone.feature_size:] = bytes(4 * backbone.feature_size)
+    paths[0].write_bytes(bytes(raw))
+    first, second = paths[1].read_bytes(), paths[2].read_bytes()
+    paths[1].write_bytes(second)
+    paths[2].write_bytes(first)
+    capsys.readouterr()
+    again, computed = compute_bottlenecks(backbone, images.records, cache, progress=False)
+    assert computed == 3
+    np.testing.assert_array_equal(again, feats)
+    assert "3 cached bottleneck(s)" in capsys.readouterr().err
+    # An older toolkit's entry (a bare vector) is recomputed without a warning.
+    np.save(paths[0], feats[0])
+    again, computed = compute_bottlenecks(backbone, images.records, cache, progress=False)
+    assert computed == 1 and "failed their check" not in capsys.readouterr().err
+    np.testing.assert_array_equal(again, feats)
+
+
+class _RecordsBatches:
+    """A backbone whose features of a lone input differ in the sixth decimal, as oneDNN's
+    batch-of-one kernels make EfficientNet-Lite0's (measured: up to 1.4e-6); records the
+    batch sizes it is given."""
+
+    def __init__(self, backbone):
+        self.b, self.sizes = backbone, []
+        self.name, self.input_spec, self.feature_size = backbone.name, backbone.input_spec, backbone.feature_size
+
+    def compute(self, x):
+        self.sizes.append(len(x))
+        out = self.b.compute(x)
+        return out + np.float32(1.4e-6) if len(x) == 1 else out
+
+
+def test_a_resumed_run_is_bit_identical(backbone, images, tmp_path):
+    """However the images fall into batches (a run killed and resumed with one image left),
+    every vector is the one an uninterrupted run computes."""
+    whole, _ = compute_bottlenecks(_RecordsBatches(backbone), images.records, str(tmp_path / "a"),
+                                   batch_size=8, progress=False)
+    recording = _RecordsBatches(backbone)
+    compute_bottlenecks(recording, images.records[:19], str(tmp_path / "b"), batch_size=8, progress=False)
+    resumed, computed = compute_bottlenecks(recording, images.records, str(tmp_path / "b"), batch_size=8,
+                                            progress=False)
+    assert computed == 1 and 1 not in recording.sizes
+    np.testing.assert_array_equal(resumed, whole)
 
 
 class _DiesAfter:
