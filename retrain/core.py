@@ -316,6 +316,17 @@ def export(settings: RetrainSettings, prepared: Prepared, head: ClassificationHe
             final_tensor_name=settings.final_tensor_name)
     except ExportError as err:
         raise RetrainError(str(err)) from None
+    except Exception as err:  # noqa: BLE001 - TensorFlow reports a full disk as an OpError
+        from retrain.summaries import os_error_of
+
+        os_error = None if isinstance(err, OSError) else os_error_of(err)
+        if os_error is None:
+            raise
+        # TF names its staging file (".sm.1a2b3c4d.tmp/variables/..."): name the artifact.
+        failing = os_error.filename or ""
+        targets = [output_graph, settings.saved_model_dir, settings.output_tflite, settings.output_labels]
+        target = next((t for t in targets if t and f"{os.sep}.{os.path.basename(t)}." in failing), failing)
+        raise OSError(os_error.errno, f"{os_error.strerror} (exporting the model)", target) from None
 
 
 def check_output_targets(settings: RetrainSettings) -> None:

@@ -20,7 +20,7 @@ import numpy as np
 from retrain.core import (RetrainSettings, _default_tag, draw_seed, prepare, split_partition,
                           train_and_evaluate)
 from retrain.errors import RetrainError
-from retrain.splits import cross_validation_splits
+from retrain.splits import cross_validation_splits, missing_classes
 from retrain.summaries import make_run_dir
 from soundretrain import atomic_files
 
@@ -52,8 +52,7 @@ def cross_validate(settings: RetrainSettings, seed: Optional[int] = None,
     # One seed for everything random, the augmented copies included (as for the head,
     # which takes ``seed`` below), so the printed seed repeats the run exactly.
     settings = dataclasses.replace(settings, augment=dataclasses.replace(settings.augment, seed=seed))
-    prepared = prepare(settings, log, check=lambda images: cross_validation_splits(
-        images.records, settings.validation_percentage, folds))
+    prepared = prepare(settings, log, check=lambda images: _check_folds(settings, images, folds))
     runs = cross_validation_splits(prepared.images.records, settings.validation_percentage, folds)
     partition = split_partition(settings, prepared)
     base_tag = settings.run_tag or _default_tag(dataclasses.replace(settings, split="hash"),
@@ -98,9 +97,28 @@ def cross_validate(settings: RetrainSettings, seed: Optional[int] = None,
             "std_accuracy": std,
             "settings": settings.flags_text,
         }
-        _atomic_write(json_path, json.dumps(report, indent=2) + "\n")
+        _atomic_write(json_path, json.dumps(_finite(report), indent=2, allow_nan=False) + "\n")
         log(f"Cross-validation report: {csv_path}, {json_path}")
     return CrossValidationResult(fold_ids, accuracies, counts, mean, std, csv_path, json_path, seed)
+
+
+def _check_folds(settings: RetrainSettings, images, folds: Optional[Sequence[int]]) -> None:
+    """Before any bottleneck: every class must have training images in every fold's split
+    (a head that never saw a class scores 0 % on it, and the mean hides why)."""
+    for fold, split in cross_validation_splits(images.records, settings.validation_percentage, folds):
+        missing_classes(dataclasses.replace(split, test=()), images.class_ids(), images.labels,
+                        f"the split with test fold {fold}")
+
+
+def _finite(value):
+    """The report with NaN (a fold without test images) as null: strict JSON."""
+    if isinstance(value, float):
+        return value if np.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_finite(v) for v in value]
+    return value
 
 
 def _atomic_write(path: str, text: str) -> None:

@@ -197,6 +197,21 @@ def test_cross_validation_report(tmp_path, tiny, capsys):
            "--checkpoint_path are ignored" in err
 
 
+def test_cross_validation_needs_every_class_in_every_training_split(tmp_path, tiny, capsys):
+    from soundretrain.manifest import read_manifest, write_manifest
+
+    images = make_manifest_images(tmp_path / "spec")
+    rows = list(read_manifest(images / "manifest.csv"))
+    for row in [r for r in rows if r.label == "red"]:  # red only in fold 1
+        if row.fold != 1:
+            rows.remove(row)
+    write_manifest(images / "manifest.csv", rows)
+    line = run_bad(tmp_path, tiny, images, capsys, ["--cross_validate", "--output_graph=", "--output_labels=",
+                                                     "--checkpoint_path="])
+    assert "class 'red' has no training images in the split with test fold 1" in line
+    assert not (tmp_path / "bn").exists()
+
+
 def run_bad(tmp_path, tiny, image_dir, capsys, extra=(), code=1):
     args = base_args(tmp_path, tiny, image_dir) + list(extra)
     assert main(args) == code

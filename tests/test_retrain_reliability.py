@@ -213,6 +213,17 @@ def test_checkpoint_on_a_full_disk_is_one_line_and_the_model_is_exported(tmp_pat
     assert (tmp_path / "out" / "graph.pb").is_file()
 
 
+@pytest.mark.parametrize("flag", ["--saved_model_dir", "--output_tflite"])
+def test_export_on_a_full_disk_is_one_line_naming_the_artifact(tmp_path, tiny, image_dir, capsys, flag):
+    with small_tmpfs(tmp_path / "full", "256k") as full:
+        target = full / ("sm" if flag == "--saved_model_dir" else "m.tflite")
+        args = args_for(tmp_path, tiny, image_dir, f"{flag}={target}")
+        fill(full)
+        line = one_error(capsys, 1, args)
+        assert sorted(os.listdir(full)) == ["filler"]  # no half-written artifact, no temp files
+    assert f"{target}: No space left on device" in line
+
+
 # --- finding 8: runs sharing a checkpoint path ------------------------------------------
 
 
