@@ -11,8 +11,8 @@ import argparse
 import subprocess
 import sys
 
-BENCHMARKS = ["bench_spectrograms", "bench_backbones", "bench_bottlenecks", "bench_batch_determinism",
-              "bench_label", "bench_serve", "bench_accuracy"]
+BENCHMARKS = ["bench_spectrograms", "bench_manifest_checks", "bench_backbones", "bench_bottlenecks",
+              "bench_batch_determinism", "bench_label", "bench_serve", "bench_accuracy"]
 
 
 def main(argv: list[str] | None = None) -> int:
