@@ -3,7 +3,9 @@
 :func:`render_clip` is THE function that renders a clip: the spectrogram writer, the
 bottleneck stage, labelling and the tests all call it, so training and inference images
 agree pixel for pixel. No matplotlib figure is drawn: the colormap is a 256-entry lookup
-table taken once from matplotlib, and resizing is one Pillow call on the float spectrogram.
+table taken once from matplotlib, and the float spectrogram is resized with Pillow's
+bilinear weights in float32. :mod:`soundretrain.render_tf` is the TensorFlow twin of every
+step after decoding, which exported audio-in models carry inside their graph.
 """
 from __future__ import annotations
 
@@ -14,6 +16,7 @@ from typing import Optional
 import numpy as np
 
 from soundretrain.audio import fit_duration, is_silent, to_sample_rate
+from soundretrain.image_resize import resize_float32
 from soundretrain.spectrogram_settings import SpectrogramSettings
 
 
@@ -109,11 +112,11 @@ def spectrogram_indices(S_db: np.ndarray, settings: SpectrogramSettings) -> np.n
     """``S_db`` -> uint8 colormap indices ``[image_size, image_size]``, low frequencies at the bottom.
 
     ``-top_db`` maps to index 0 and 0 dB to 255; the normalised float spectrogram is
-    resized bilinearly (Pillow mode ``"F"``) before quantising, so no detail is lost
-    to 8-bit steps before interpolation.
+    resized bilinearly before quantising, so no detail is lost to 8-bit steps before
+    interpolation. The resize is :func:`soundretrain.image_resize.resize_float32`:
+    Pillow's bilinear weights summed in float32, the same taps the TensorFlow twin
+    (:mod:`soundretrain.render_tf`) runs inside exported audio-in models.
     """
-    from PIL import Image
-
     top_db = float(settings.top_db)
     # Scale to [0, 255] first: bilinear weights are convex, so the resized values stay
     # in range and +0.5 then truncation rounds them (half up) without another clip.
@@ -121,8 +124,7 @@ def spectrogram_indices(S_db: np.ndarray, settings: SpectrogramSettings) -> np.n
     v *= np.float32(255.0 / top_db)
     v += np.float32(255.5)
     size = settings.image_size
-    resized = np.asarray(Image.fromarray(v).resize((size, size), Image.Resampling.BILINEAR))
-    return resized.astype(np.uint8)
+    return resize_float32(v, size, size).astype(np.uint8)
 
 
 def spectrogram_image(S_db: np.ndarray, settings: SpectrogramSettings) -> np.ndarray:

@@ -1,0 +1,233 @@
+"""The TensorFlow twin of :func:`soundretrain.render.render_clip`, for models that take sound.
+
+An audio-in model (:mod:`soundretrain.audio_export`) carries the spectrogram front-end
+inside its graph: a batch of waveform windows ``[N, num_samples]`` at the training
+sample rate becomes the very images the model was trained on. Each step mirrors
+:mod:`soundretrain.render`:
+
+==========================  ==================================================================
+render.py (numpy)           here (TensorFlow ops, all TFLite builtins)
+==========================  ==================================================================
+``power_stft``              centred zero padding, ``tf.signal.frame``, periodic Hann, ``rfft``
+``_mel_basis`` product      the same filterbank as per-bin segment sums (no matmul: below)
+``power_to_db`` ref = max   ``10 log10(max(mel, 1e-10))`` minus the window's maximum, ``top_db``
+silent clip (``is_silent``) peak below ``SILENCE_PEAK``: every pixel ``-top_db``
+``spectrogram_indices``     flip, scale to [0.5, 255.5], :func:`image_resize.taps` resize, truncate
+``colormap_lut``            the same 256-entry table, gathered
+==========================  ==================================================================
+
+plus, for a backbone whose input size differs from the rendered image, Pillow's 8-bit
+bilinear resize in exact integer arithmetic (:func:`soundretrain.image_resize.resize_uint8`),
+and the input scaling ``(pixel - input_mean) / input_std``.
+
+Why no dense matrix products: TFLite's dynamic-range quantisation turns every large
+constant matmul weight into int8 *and* quantises the matmul's input on the fly. The
+power spectrum spans 100 dB, so an int8 input would erase everything quiet. Gathers,
+multiplies and (segment) sums are left in float32 by the quantiser, so the front-end stays exact
+in every TFLite variant and only the network is quantised.
+
+The resize is the same float32 tap-by-tap sum as :func:`image_resize.resize_float32`, so
+given the same spectrogram both paths give the same bits; the STFT and logarithm differ
+from numpy's by float rounding only (a colour index at a rounding boundary may move by
+one step in a few pixels per image).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+import numpy as np
+
+from soundretrain.audio import SILENCE_PEAK
+from soundretrain.image_resize import fixed_point_taps, taps, PRECISION_BITS
+from soundretrain.render import _mel_basis, colormap_lut
+from soundretrain.spectrogram_settings import SpectrogramSettings
+
+
+@dataclass(frozen=True)
+class MelLayer:
+    """One layer of the mel filterbank seen from the FFT bins: bin ``k`` adds
+    ``weight[k] * power[k]`` to band ``band[k]`` (``n_mels``, one past the last band, for
+    bins this layer does not use)."""
+
+    band: np.ndarray  # int32 [1 + n_fft // 2]
+    weight: np.ndarray  # float32 [1 + n_fft // 2]
+
+
+def mel_layers(settings: SpectrogramSettings) -> list[MelLayer]:
+    """The mel filterbank of ``settings`` as per-bin layers for segment sums.
+
+    Triangular mel filters overlap pairwise, so every FFT bin feeds at most two bands:
+    the filterbank product is two multiplies and two segment sums (about 1 ms for the
+    defaults in TFLite, against 7 ms for gathered taps), in float32 under every
+    quantisation.
+    """
+    basis = _mel_basis(settings.sample_rate, settings.n_fft, settings.n_mels, float(settings.fmin), settings.fmax)
+    by_bin = basis.tocsc()
+    n_bins, n_mels = by_bin.shape[1], by_bin.shape[0]
+    per_bin = np.diff(by_bin.indptr)
+    layers = []
+    for j in range(int(per_bin.max()) if n_bins else 0):
+        band = np.full(n_bins, n_mels, np.int32)
+        weight = np.zeros(n_bins, np.float32)
+        has = per_bin > j
+        band[has] = by_bin.indices[by_bin.indptr[:-1][has] + j]
+        weight[has] = by_bin.data[by_bin.indptr[:-1][has] + j]
+        layers.append(MelLayer(band, weight))
+    return layers
+
+
+class SpectrogramFrontEnd:
+    """``render_clip`` as TensorFlow ops for windows of exactly ``settings.num_samples``.
+
+    ``indices(y)`` gives the colormap indices (int32 ``[N, size, size]``), ``rgb(y)`` the
+    pixels as float32 0..255, ``images(y, height, width, input_mean, input_std)`` what an
+    image backbone takes. Resampling and cutting to length stay outside (the model's input
+    is already one window at ``settings.sample_rate``).
+    """
+
+    def __init__(self, settings: SpectrogramSettings) -> None:
+        self.settings = settings
+        self.num_samples = int(settings.num_samples)
+        n_fft, hop = int(settings.n_fft), int(settings.hop_length)
+        padded = self.num_samples + 2 * (n_fft // 2)
+        self._extra_pad = max(0, n_fft - padded)  # shorter than one frame: librosa pads to one
+        self.frames = 1 + (padded + self._extra_pad - n_fft) // hop
+        self.window = np.asarray(_hann(n_fft), np.float32)
+        self.mel_layers = mel_layers(settings)
+        size = int(settings.image_size)
+        self.time_taps = tuple(np.asarray(t, np.float32) if t.dtype.kind == "f" else t for t in taps(self.frames, size))
+        self.mel_taps = tuple(np.asarray(t, np.float32) if t.dtype.kind == "f" else t for t in taps(int(settings.n_mels), size))
+        self.lut = colormap_lut(settings.colormap).astype(np.float32)
+
+    # --- the steps -------------------------------------------------------------------
+
+    def power_stft(self, y):
+        """``|STFT|**2`` ``[N, frames, 1 + n_fft // 2]``, framed as ``render.power_stft``."""
+        import tensorflow as tf
+
+        n_fft, hop = int(self.settings.n_fft), int(self.settings.hop_length)
+        y = tf.pad(y, [[0, 0], [n_fft // 2, n_fft // 2 + self._extra_pad]])
+        frames = tf.signal.frame(y, n_fft, hop, axis=-1) * self.window
+        spectrum = tf.signal.rfft(frames, fft_length=[n_fft]) if _power_of_two(n_fft) else _rdft(frames, n_fft)
+        if isinstance(spectrum, tuple):
+            real, imag = spectrum
+        else:
+            real, imag = tf.math.real(spectrum), tf.math.imag(spectrum)
+        return real * real + imag * imag
+
+    def log_mel(self, y):
+        """``S_db`` ``[N, n_mels, frames]`` in ``[-top_db, 0]``, as ``render.log_mel``."""
+        import tensorflow as tf
+
+        power = tf.transpose(self.power_stft(y), [2, 0, 1])  # [F, N, T]: segments on axis 0
+        n_mels = int(self.settings.n_mels)
+        mel = None
+        for layer in self.mel_layers:
+            part = tf.math.unsorted_segment_sum(power * layer.weight[:, None, None], layer.band, n_mels + 1)
+            mel = part if mel is None else mel + part
+        if mel is None:  # no bin in any band (refused by the settings' checks in practice)
+            mel = tf.zeros([n_mels + 1, tf.shape(y)[0], self.frames], tf.float32)
+        mel = tf.transpose(mel[:n_mels], [1, 2, 0])  # [N, T, M]
+        top_db = float(self.settings.top_db)
+        s_db = tf.math.log(tf.maximum(mel, 1e-10)) * np.float32(10.0 / math.log(10.0))
+        s_db = s_db - tf.reduce_max(s_db, axis=[1, 2], keepdims=True)
+        s_db = tf.maximum(s_db, -top_db)
+        silent = tf.reduce_max(tf.abs(y), axis=-1) < SILENCE_PEAK
+        s_db = tf.where(silent[:, None, None], tf.fill(tf.shape(s_db), np.float32(-top_db)), s_db)
+        return tf.transpose(s_db, [0, 2, 1])
+
+    def indices(self, y):
+        """Colormap indices int32 ``[N, size, size]``, low frequencies at the bottom."""
+        import tensorflow as tf
+
+        top_db = float(self.settings.top_db)
+        v = tf.clip_by_value(tf.reverse(self.log_mel(y), axis=[1]), -top_db, 0.0)
+        v = v * np.float32(255.0 / top_db) + np.float32(255.5)
+        size = int(self.settings.image_size)
+        if self.frames != size:  # width (time) first, then height, as image_resize.resize_float32
+            v = _resize_axis(v, 2, *self.time_taps)
+        if int(self.settings.n_mels) != size:
+            v = _resize_axis(v, 1, *self.mel_taps)
+        return tf.clip_by_value(tf.cast(v, tf.int32), 0, 255)
+
+    def rgb(self, y):
+        """Pixels float32 ``[N, size, size, 3]`` with values 0..255 (``render_clip``'s)."""
+        import tensorflow as tf
+
+        return tf.gather(self.lut, self.indices(y))
+
+    def images(self, y, height: int, width: int, input_mean: float = 0.0, input_std: float = 255.0):
+        """What an image backbone of ``height`` x ``width`` takes: ``render_clip``, Pillow's
+        bilinear resize when the size differs, then ``(pixel - input_mean) / input_std``."""
+        pixels = resize_pixels(self.rgb(y), height, width)
+        return (pixels - np.float32(input_mean)) / np.float32(input_std)
+
+
+def resize_pixels(pixels, height: int, width: int):
+    """Pillow's 8-bit bilinear resize of float32 pixels ``[N, H, W, C]`` holding whole
+    values 0..255, in exact integer arithmetic (:func:`image_resize.resize_uint8`)."""
+    import tensorflow as tf
+
+    h, w = int(pixels.shape[1]), int(pixels.shape[2])
+    if (h, w) == (height, width):
+        return pixels
+    x = tf.cast(pixels, tf.int32)
+    for axis, (size_in, size_out) in ((2, (w, width)), (1, (h, height))):
+        if size_in == size_out:
+            continue
+        index, weight = fixed_point_taps(size_in, size_out)
+        acc = _resize_axis(x, axis, index, weight, dtype=np.int32) + (1 << (PRECISION_BITS - 1))
+        x = tf.clip_by_value(tf.math.floordiv(acc, 1 << PRECISION_BITS), 0, 255)
+    return tf.cast(x, tf.float32)
+
+
+def _resize_axis(x, axis: int, index: np.ndarray, weight: np.ndarray, dtype=np.float32):
+    """``sum_k weight[:, k] * x[..., index[:, k], ...]`` along ``axis``, tap by tap in the
+    order of :func:`image_resize._apply`, so float32 results are bit-identical."""
+    import tensorflow as tf
+
+    shape = [1] * len(x.shape)
+    shape[axis] = -1
+    out = None
+    for k in range(index.shape[1]):
+        term = tf.gather(x, index[:, k], axis=axis) * np.asarray(weight[:, k], dtype).reshape(shape)
+        out = term if out is None else out + term
+    return out
+
+
+def _hann(n: int) -> np.ndarray:
+    from soundretrain.render import _window
+
+    return _window(n)
+
+
+def _power_of_two(n: int) -> bool:
+    return n > 0 and n & (n - 1) == 0
+
+
+def _rdft(frames, n_fft: int):
+    """Real DFT for an ``n_fft`` that is not a power of two (TFLite's FFT needs one):
+    cosine and sine sums as per-bin gathers are impractical, so this is a matmul; such
+    models are exact in float32 and float16, and the front-end loses precision under
+    dynamic-range quantisation (documented)."""
+    import tensorflow as tf
+
+    k = np.arange(n_fft // 2 + 1)[None, :]
+    t = np.arange(n_fft)[:, None]
+    angle = 2.0 * np.pi * ((t * k) % n_fft) / n_fft
+    real = tf.linalg.matmul(frames, np.cos(angle).astype(np.float32))
+    imag = tf.linalg.matmul(frames, -np.sin(angle).astype(np.float32))
+    return real, imag
+
+
+def render_clips_tf(y: np.ndarray, settings: SpectrogramSettings) -> np.ndarray:
+    """Eager helper: uint8 RGB ``[N, size, size, 3]`` for windows ``y`` ``[N, num_samples]``
+    (tests and benchmarks compare it with :func:`render.render_clip`)."""
+    import tensorflow as tf
+
+    front = SpectrogramFrontEnd(settings)
+    y = np.atleast_2d(np.asarray(y, np.float32))
+    return tf.cast(front.rgb(tf.constant(y)), tf.uint8).numpy()
+
+
+__all__ = ["MelLayer", "SpectrogramFrontEnd", "mel_layers", "render_clips_tf", "resize_pixels"]
