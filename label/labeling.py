@@ -141,6 +141,8 @@ def audio_rates(labeler: Labeler, audio_input: AudioInput) -> list[int]:
     """The sample rates audio is needed at: the spectrogram's for image models (and
     image parts of a backbone), each waveform module's own rate. The first one is the
     reference for windows and silence."""
+    if labeler.audio_in:
+        return [int(labeler.sample_rate)]
     rates = []
     for part in labeler.backbone_parts or [None]:
         if part is not None and part.input_spec.kind == "waveform":
@@ -180,6 +182,9 @@ def window_model_inputs(windows: dict, labeler: Labeler, audio_input: AudioInput
         wins = windows[sr][first:stop]  # rounding may give one window more at another rate
         return np.stack([prepare_image(render_clip(w, sr, settings), image_input) for _, w in wins])
 
+    if labeler.audio_in:  # the model renders the spectrogram itself
+        wins = windows[int(labeler.sample_rate)][first:stop]
+        return np.stack([w for _, w in wins]).astype(np.float32)
     if not labeler.head_only:
         return images(int(settings.sample_rate), audio_input.image_input)
     features = []

@@ -12,6 +12,7 @@ model runs on ``ai-edge-litert`` when it is installed, which keeps a cold start
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import sys
 import warnings
@@ -22,6 +23,7 @@ import numpy as np
 
 from soundretrain.sidecar import SidecarError, file_sha256, labels_sha256, read_labels, read_sidecar
 
+METADATA_SIGNATURE = "metadata"  # audio-in models describe themselves (soundretrain.audio_export)
 RETRAIN_INPUT_LAYER = "Placeholder"  # retrain.py's input node
 RETRAIN_OUTPUT_LAYER = "final_result"  # retrain.py's --final_tensor_name default
 TFLITE_MAGIC = b"TFL3"
@@ -140,6 +142,9 @@ class SavedModelModel:
         shape = outputs[self.output_key].shape
         self.num_outputs = shape[-1] if shape.rank else None
         self._tf = tf
+        self.embedded_sidecar = None
+        if METADATA_SIGNATURE in signatures and "serving_default" in signatures:
+            self.embedded_sidecar = _embedded_sidecar(path, lambda: signatures[METADATA_SIGNATURE]())
 
     def predict(self, batch: np.ndarray) -> np.ndarray:
         result = self.signature(**{self.input_key: self._tf.constant(batch, dtype=self._tf.float32)})
@@ -157,6 +162,21 @@ def _pick(named: dict, wanted: Optional[str], what: str, path: str) -> str:
     if wanted:
         raise ModelLoadError(f"{path} has no {what} named {wanted!r} (it has {', '.join(sorted(named))})")
     raise ModelLoadError(f"{path} has several {what}s ({', '.join(sorted(named))}): choose one with --{what}_layer")
+
+
+def _embedded_sidecar(path: str, call) -> Optional[dict]:
+    """The sidecar an audio-in model carries in its ``metadata`` signature
+    (:mod:`soundretrain.audio_export`), or None when it has none."""
+    try:
+        raw = call()["sidecar_json"]
+        raw = raw.numpy() if hasattr(raw, "numpy") else raw
+        raw = raw.item() if hasattr(raw, "item") else raw
+        data = json.loads(raw.decode("utf-8") if isinstance(raw, bytes) else raw)
+    except KeyError:
+        return None
+    except Exception as e:  # a broken metadata signature: say which model
+        raise ModelLoadError(f"cannot read the metadata of {path}: {_one_line(e)}") from None
+    return data if isinstance(data, dict) else None
 
 
 def _tflite_interpreter(path: str, num_threads: Optional[int]):
@@ -184,6 +204,11 @@ class TFLiteModel:
             raise ModelLoadError(f"cannot load TFLite model {path}: {_one_line(e)}") from None
         signatures = self.interpreter.get_signature_list()
         self.runner = None
+        self.embedded_sidecar = None
+        if METADATA_SIGNATURE in signatures and "serving_default" in signatures:
+            runner = self.interpreter.get_signature_runner(METADATA_SIGNATURE)
+            self.embedded_sidecar = _embedded_sidecar(
+                path, lambda: runner(**{name: np.int32(0) for name in runner.get_input_details()}))
         if signatures:
             key = "serving_default" if "serving_default" in signatures else next(iter(signatures))
             self.runner = self.interpreter.get_signature_runner(key)
@@ -255,9 +280,17 @@ class Labeler:
         return list(getattr(self.backbone, "parts", None) or [self.backbone])
 
     @property
+    def audio_in(self) -> bool:
+        """The model takes sound: waveform windows at :attr:`sample_rate`, the spectrogram
+        front-end inside (an ``--output_audio_tflite`` / ``--audio_saved_model_dir`` export)."""
+        return self.backbone is None and (self.sidecar or {}).get("model_input") == "waveform"
+
+    @property
     def input_kind(self) -> str:
         """``"image"`` or ``"waveform"``: what :meth:`predict` takes; ``"audio"`` for a
         backbone mixing image and waveform modules (only audio can feed both)."""
+        if self.audio_in:
+            return "waveform"
         if self.backbone is None:
             return "image"
         kinds = {p.input_spec.kind for p in self.backbone_parts}
@@ -273,6 +306,8 @@ class Labeler:
 
     @property
     def sample_rate(self) -> Optional[int]:
+        if self.audio_in:
+            return int(self.sidecar["input"]["sample_rate"])
         return self.backbone.input_spec.sample_rate if self.backbone is not None else None
 
     def predict(self, batch: np.ndarray) -> np.ndarray:
@@ -362,6 +397,9 @@ def load_labeler(
     else:
         model = TFLiteModel(path, input_layer or side.get("input_tensor_name"),
                             output_layer or side.get("final_tensor_name"), num_threads=num_threads)
+    if sidecar is None:  # an audio-in model describes itself (its metadata signature)
+        sidecar = getattr(model, "embedded_sidecar", None)
+        side = sidecar or {}
 
     for flag, wanted, key in (("--input_layer", input_layer, "input_key"),
                               ("--output_layer", output_layer, "output_key")):

@@ -148,8 +148,13 @@ def make_flags() -> flags.FlagValues:
            "modules. Default: $XDG_CACHE_HOME/soundretrain, and TF Hub's own cache.", group="run")
     define("string", "output_tflite", "", "Also save a TFLite flatbuffer here; empty: none.",
            group="export")
-    define("enum", "tflite_quantization", "none", "TFLite quantization.",
-           enum_values=["none", "float16", "dynamic"], group="export")
+    define("enum", "tflite_quantization", "none", "TFLite quantization (--output_tflite and "
+           "--output_audio_tflite).", enum_values=["none", "float16", "dynamic"], group="export")
+    define("string", "audio_saved_model_dir", "", "Also save a SavedModel that takes sound: "
+           "signature waveform (mono float32 windows at the training rate) -> probabilities, "
+           "the spectrogram front-end inside. Empty: none.", group="export")
+    define("string", "output_audio_tflite", "", "Also save a TFLite model that takes sound "
+           "(as --audio_saved_model_dir). Empty: none.", group="export")
     define("integer", "bottleneck_batch_size", 32, "Images per forward pass of the module.",
            group="run")
     define("string", "run_tag", "", "Short tag in the TensorBoard run folder's name "
@@ -191,6 +196,8 @@ def settings_from_flags(fv: flags.FlagValues) -> RetrainSettings:
         output_labels=_blank(fv.output_labels),
         saved_model_dir=_blank(fv.saved_model_dir), output_tflite=_blank(fv.output_tflite),
         tflite_quantization=fv.tflite_quantization,
+        audio_saved_model_dir=_blank(fv.audio_saved_model_dir),
+        output_audio_tflite=_blank(fv.output_audio_tflite),
         intermediate_output_graphs_dir=_blank(fv.intermediate_output_graphs_dir),
         intermediate_store_frequency=fv.intermediate_store_frequency,
         final_tensor_name=fv.final_tensor_name or "final_result",
@@ -233,6 +240,7 @@ def compatibility_warnings(fv: flags.FlagValues) -> list[str]:
 
 
 EXPORT_FLAGS = ("output_graph", "output_labels", "saved_model_dir", "output_tflite",
+                "audio_saved_model_dir", "output_audio_tflite",
                 "intermediate_store_frequency", "checkpoint_path")
 
 

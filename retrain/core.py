@@ -300,7 +300,8 @@ def export(settings: RetrainSettings, prepared: Prepared, head: ClassificationHe
             return {"output_labels": settings.output_labels}
         raise RetrainError(f"cannot export the model: soundretrain.export is unavailable ({err})") from None
     for path in (output_graph, settings.output_labels if with_other_outputs else None,
-                 settings.output_tflite if with_other_outputs else None):
+                 settings.output_tflite if with_other_outputs else None,
+                 settings.output_audio_tflite if with_other_outputs else None):
         if path and os.path.dirname(path):
             os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     try:
@@ -312,6 +313,8 @@ def export(settings: RetrainSettings, prepared: Prepared, head: ClassificationHe
             saved_model_dir=settings.saved_model_dir if with_other_outputs else None,
             output_tflite=settings.output_tflite if with_other_outputs else None,
             tflite_quantization=settings.tflite_quantization,
+            audio_saved_model_dir=settings.audio_saved_model_dir if with_other_outputs else None,
+            output_audio_tflite=settings.output_audio_tflite if with_other_outputs else None,
             input_tensor_name=INPUT_TENSOR_NAME,
             final_tensor_name=settings.final_tensor_name)
     except ExportError as err:
@@ -336,13 +339,16 @@ def check_output_targets(settings: RetrainSettings) -> None:
         from soundretrain.atomic_files import check_file_target, check_folder_target
     except ImportError:
         return
-    for path in (settings.output_graph, settings.output_labels, settings.output_tflite):
+    for path in (settings.output_graph, settings.output_labels, settings.output_tflite,
+                 settings.output_audio_tflite):
         if path:
             check_file_target(path)
-    if settings.saved_model_dir:
-        check_folder_target(settings.saved_model_dir)
+    for folder in (settings.saved_model_dir, settings.audio_saved_model_dir):
+        if folder:
+            check_folder_target(folder)
     for path in (settings.output_graph, settings.output_labels, settings.output_tflite,
-                 settings.saved_model_dir, settings.checkpoint_path):
+                 settings.saved_model_dir, settings.checkpoint_path,
+                 settings.output_audio_tflite, settings.audio_saved_model_dir):
         if path:  # the nearest existing folder above it must be a folder, not a file
             parent = os.path.dirname(os.path.abspath(path))
             while not os.path.lexists(parent):
@@ -398,6 +404,19 @@ def save_checkpoint(path: str, head: ClassificationHead) -> None:
                 raise
             raise OSError(os_error.errno, f"{os_error.strerror} (writing the checkpoint)",
                           os_error.filename or path) from None
+
+
+def check_audio_export_possible(settings: RetrainSettings, prepared: Prepared) -> None:
+    """Refuse --audio_saved_model_dir / --output_audio_tflite for a module that cannot
+    take sound inside one graph, before the head is trained."""
+    from soundretrain.audio_export import AudioExportError, check_audio_export
+
+    quantization = settings.tflite_quantization if settings.output_audio_tflite else "none"
+    try:
+        check_audio_export(prepared.backbone, sidecar_for(prepared, float("nan"), settings.final_tensor_name),
+                           quantization or "none")
+    except AudioExportError as err:
+        raise RetrainError(str(err)) from None
 
 
 def can_freeze(backbone: Backbone) -> bool:
@@ -461,6 +480,8 @@ def retrain(settings: RetrainSettings, seed: Optional[int] = None,
             log(f"Note: no frozen graph for module {prepared.backbone.name} (it is not an image "
                 "network in TensorFlow); export with --saved_model_dir or --output_tflite")
             settings = dataclasses.replace(settings, output_graph=None)
+        if settings.audio_saved_model_dir or settings.output_audio_tflite:  # before training, not after
+            check_audio_export_possible(settings, prepared)
         if settings.intermediate_store_frequency > 0 and not can_freeze(prepared.backbone):
             raise RetrainError(f"module {prepared.backbone.name} cannot be frozen into one graph, so "
                                "--intermediate_store_frequency has nothing to write; drop it")

@@ -75,6 +75,8 @@ class RetrainSettings:
     saved_model_dir: Optional[str] = None
     output_tflite: Optional[str] = None
     tflite_quantization: Optional[str] = None
+    audio_saved_model_dir: Optional[str] = None  # audio-in models (soundretrain.audio_export)
+    output_audio_tflite: Optional[str] = None
     intermediate_output_graphs_dir: Optional[str] = None
     intermediate_store_frequency: int = 0
     final_tensor_name: str = "final_result"
@@ -107,9 +109,10 @@ class RetrainSettings:
         if set(self.test_folds) & set(self.validation_folds):
             p.append(f"folds {sorted(set(self.test_folds) & set(self.validation_folds))} are given "
                      "as both --test_folds and --validation_folds")
-        if self.tflite_quantization not in (None, "none") and not self.output_tflite:
+        if self.tflite_quantization not in (None, "none") and not (self.output_tflite
+                                                                   or self.output_audio_tflite):
             p.append(f"--tflite_quantization={self.tflite_quantization} goes with --output_tflite "
-                     "(no TFLite file is written without it)")
+                     "or --output_audio_tflite (no TFLite file is written without one)")
         for name in ("validation_batch_size", "test_batch_size"):
             value = getattr(self, name)
             if value == 0 or value < -1:

@@ -87,6 +87,27 @@ def audio_model_spec(backbone, settings: SpectrogramSettings) -> AudioModelSpec:
     return AudioModelSpec(rate, num_samples, hop_samples)
 
 
+def check_audio_export(backbone, sidecar: Optional[dict], quantization: str = "none"
+                       ) -> tuple[SpectrogramSettings, AudioModelSpec]:
+    """Raise :class:`AudioExportError` (one line) when ``backbone`` cannot be exported
+    audio-in, before anything is trained or written; else return the spectrogram
+    settings and the model's input."""
+    try:
+        settings = SpectrogramSettings.from_dict((sidecar or {}).get("spectrogram") or {})
+    except (TypeError, ValueError) as e:
+        raise AudioExportError(f"invalid spectrogram settings for the audio-in model: {e}") from None
+    if (quantization or "none").lower() not in TFLITE_QUANTIZATIONS:
+        raise AudioExportError(f"unknown TFLite quantization {quantization!r} "
+                               f"(use one of {', '.join(TFLITE_QUANTIZATIONS)})")
+    spec = audio_model_spec(backbone, settings)
+    for part in _parts(backbone):
+        if part.tf_callable() is None:
+            raise AudioExportError(
+                f"cannot export module {part.name!r} audio-in: it cannot be traced into a TensorFlow graph "
+                "(export --saved_model_dir/--output_tflite instead; label_image runs the module, then the head)")
+    return settings, spec
+
+
 def audio_features_fn(backbone, settings: SpectrogramSettings, spec: AudioModelSpec):
     """``waveform [N, num_samples] -> features [N, feature_size]`` as TensorFlow ops:
     the front-end and each part's ``tf_callable``, features concatenated in order."""
@@ -111,9 +132,9 @@ def audio_features_fn(backbone, settings: SpectrogramSettings, spec: AudioModelS
         for part, fn in zip(parts, fns):
             s = part.input_spec
             if s.kind == "image":
-                from soundretrain.render_tf import resize_pixels
+                from soundretrain.render_tf import resize_pixels, scale_pixels
 
-                x = resize_pixels(rgb, int(s.height), int(s.width)) / 255.0
+                x = scale_pixels(resize_pixels(rgb, int(s.height), int(s.width)), 0.0, 255.0)
             else:
                 x = y
             out.append(tf.cast(fn(x), tf.float32))
@@ -171,13 +192,7 @@ def export_audio_model(
                                f"(use one of {', '.join(TFLITE_QUANTIZATIONS)})")
     if not (audio_saved_model_dir or output_audio_tflite):
         return {}
-    settings = SpectrogramSettings.from_dict((sidecar or {}).get("spectrogram") or {})
-    spec = audio_model_spec(backbone, settings)
-    if output_audio_tflite and quantization == "dynamic" and not _power_of_two(settings.n_fft) \
-            and any(p.input_spec.kind == "image" for p in _parts(backbone)):
-        raise AudioExportError(
-            f"--tflite_quantization=dynamic would quantise the spectrogram front-end: n_fft={settings.n_fft} is not "
-            "a power of two, so its Fourier transform is a matrix product; use float16, none, or a power-of-two n_fft")
+    settings, spec = check_audio_export(backbone, sidecar, quantization if output_audio_tflite else "none")
     full_sidecar = audio_sidecar(sidecar, backbone, labels, settings, spec)
 
     import tensorflow as tf
@@ -202,10 +217,6 @@ def export_audio_model(
         written["output_audio_tflite"] = output_audio_tflite
         written["output_audio_tflite_sidecar"] = write_sidecar(output_audio_tflite, tflite_sidecar)
     return written
-
-
-def _power_of_two(n: int) -> bool:
-    return n > 0 and n & (n - 1) == 0
 
 
 def _serving_function(tf, features_fn, head, spec: AudioModelSpec):

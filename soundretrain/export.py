@@ -72,6 +72,8 @@ def export_model(
     saved_model_dir: Optional[str] = None,
     output_tflite: Optional[str] = None,
     tflite_quantization: Optional[str] = None,
+    audio_saved_model_dir: Optional[str] = None,
+    output_audio_tflite: Optional[str] = None,
     input_tensor_name: str = "Placeholder",
     final_tensor_name: str = "final_result",
 ) -> dict[str, str]:
@@ -83,6 +85,8 @@ def export_model(
     the input size and scaling and the tensor names, and written beside every artifact.
     Keys of the result: ``output_graph``, ``output_labels``, ``saved_model_dir``,
     ``output_tflite`` and ``<key>_sidecar`` for the sidecars.
+    ``audio_saved_model_dir`` / ``output_audio_tflite``: models that take sound, the
+    spectrogram front-end inside (:mod:`soundretrain.audio_export`; keys of the same names).
     """
     labels = [str(label) for label in labels]
     problem = tensor_name_problem(final_tensor_name, input_tensor_name)
@@ -98,6 +102,13 @@ def export_model(
             f"unknown TFLite quantization {tflite_quantization!r} (use one of {', '.join(TFLITE_QUANTIZATIONS)})"
         )
 
+    if audio_saved_model_dir or output_audio_tflite:  # refuse before writing anything
+        from soundretrain.audio_export import AudioExportError, check_audio_export
+
+        try:
+            check_audio_export(backbone, sidecar, quantization if output_audio_tflite else "none")
+        except AudioExportError as e:
+            raise ExportError(str(e)) from None
     spec = backbone.input_spec
     backbone_fn = backbone.tf_callable() if spec.kind == "image" else None
     head_only = backbone_fn is None
@@ -182,6 +193,15 @@ def _write_artifacts(backbone, head, labels, full_sidecar, head_only, *, output_
     if output_labels:
         atomic_files.write_text(output_labels, labels_text(labels))
         written["output_labels"] = output_labels
+    if audio_saved_model_dir or output_audio_tflite:
+        from soundretrain.audio_export import AudioExportError, export_audio_model
+
+        try:
+            written.update(export_audio_model(
+                backbone, head, labels, sidecar, audio_saved_model_dir=audio_saved_model_dir,
+                output_audio_tflite=output_audio_tflite, tflite_quantization=quantization))
+        except AudioExportError as e:
+            raise ExportError(str(e)) from None
     return written
 
 

@@ -20,11 +20,12 @@ plus, for a backbone whose input size differs from the rendered image, Pillow's 
 bilinear resize in exact integer arithmetic (:func:`soundretrain.image_resize.resize_uint8`),
 and the input scaling ``(pixel - input_mean) / input_std``.
 
-Why no dense matrix products: TFLite's dynamic-range quantisation turns every large
-constant matmul weight into int8 *and* quantises the matmul's input on the fly. The
-power spectrum spans 100 dB, so an int8 input would erase everything quiet. Gathers,
-multiplies and (segment) sums are left in float32 by the quantiser, so the front-end stays exact
-in every TFLite variant and only the network is quantised.
+Quantised TFLite variants must not touch the front-end: the power spectrum spans 100 dB,
+and ``float16`` constants or int8 matmul inputs (dynamic-range quantisation) would move
+quiet bins, thresholds and colour steps. So the filterbank is gathers, multiplies and
+segment sums rather than a matrix product, and every float constant is stored as its
+int32 bits, reinterpreted at run time (:func:`exact`): both quantisers leave it alone, and
+only the network's weights are quantised.
 
 The resize is the same float32 tap-by-tap sum as :func:`image_resize.resize_float32`, so
 given the same spectrogram both paths give the same bits; the STFT and logarithm differ
@@ -107,7 +108,7 @@ class SpectrogramFrontEnd:
 
         n_fft, hop = int(self.settings.n_fft), int(self.settings.hop_length)
         y = tf.pad(y, [[0, 0], [n_fft // 2, n_fft // 2 + self._extra_pad]])
-        frames = tf.signal.frame(y, n_fft, hop, axis=-1) * self.window
+        frames = tf.signal.frame(y, n_fft, hop, axis=-1) * exact(self.window, y)
         spectrum = tf.signal.rfft(frames, fft_length=[n_fft]) if _power_of_two(n_fft) else _rdft(frames, n_fft)
         if isinstance(spectrum, tuple):
             real, imag = spectrum
@@ -123,17 +124,18 @@ class SpectrogramFrontEnd:
         n_mels = int(self.settings.n_mels)
         mel = None
         for layer in self.mel_layers:
-            part = tf.math.unsorted_segment_sum(power * layer.weight[:, None, None], layer.band, n_mels + 1)
+            part = tf.math.unsorted_segment_sum(power * exact(layer.weight[:, None, None], y), layer.band, n_mels + 1)
             mel = part if mel is None else mel + part
         if mel is None:  # no bin in any band (refused by the settings' checks in practice)
             mel = tf.zeros([n_mels + 1, tf.shape(y)[0], self.frames], tf.float32)
         mel = tf.transpose(mel[:n_mels], [1, 2, 0])  # [N, T, M]
         top_db = float(self.settings.top_db)
-        s_db = tf.math.log(tf.maximum(mel, 1e-10)) * np.float32(10.0 / math.log(10.0))
+        floor = exact(-top_db, y)
+        s_db = tf.math.log(tf.maximum(mel, exact(1e-10, y))) * exact(10.0 / math.log(10.0), y)
         s_db = s_db - tf.reduce_max(s_db, axis=[1, 2], keepdims=True)
-        s_db = tf.maximum(s_db, -top_db)
-        silent = tf.reduce_max(tf.abs(y), axis=-1) < SILENCE_PEAK
-        s_db = tf.where(silent[:, None, None], tf.fill(tf.shape(s_db), np.float32(-top_db)), s_db)
+        s_db = tf.maximum(s_db, floor)
+        silent = tf.reduce_max(tf.abs(y), axis=-1) < exact(SILENCE_PEAK, y)
+        s_db = tf.where(silent[:, None, None], tf.zeros_like(s_db) + floor, s_db)
         return tf.transpose(s_db, [0, 2, 1])
 
     def indices(self, y):
@@ -141,8 +143,8 @@ class SpectrogramFrontEnd:
         import tensorflow as tf
 
         top_db = float(self.settings.top_db)
-        v = tf.clip_by_value(tf.reverse(self.log_mel(y), axis=[1]), -top_db, 0.0)
-        v = v * np.float32(255.0 / top_db) + np.float32(255.5)
+        v = tf.clip_by_value(tf.reverse(self.log_mel(y), axis=[1]), exact(-top_db, y), exact(0.0, y))
+        v = v * exact(255.0 / top_db, y) + exact(255.5, y)
         size = int(self.settings.image_size)
         if self.frames != size:  # width (time) first, then height, as image_resize.resize_float32
             v = _resize_axis(v, 2, *self.time_taps)
@@ -154,13 +156,31 @@ class SpectrogramFrontEnd:
         """Pixels float32 ``[N, size, size, 3]`` with values 0..255 (``render_clip``'s)."""
         import tensorflow as tf
 
-        return tf.gather(self.lut, self.indices(y))
+        return tf.gather(exact(self.lut, y), self.indices(y))
 
     def images(self, y, height: int, width: int, input_mean: float = 0.0, input_std: float = 255.0):
         """What an image backbone of ``height`` x ``width`` takes: ``render_clip``, Pillow's
         bilinear resize when the size differs, then ``(pixel - input_mean) / input_std``."""
-        pixels = resize_pixels(self.rgb(y), height, width)
-        return (pixels - np.float32(input_mean)) / np.float32(input_std)
+        return scale_pixels(resize_pixels(self.rgb(y), height, width), input_mean, input_std)
+
+
+def scale_pixels(pixels, input_mean: float = 0.0, input_std: float = 255.0):
+    """label_image's ``(pixel - input_mean) / input_std`` in float32."""
+    return (pixels - exact(input_mean, pixels)) / exact(input_std, pixels)
+
+
+def exact(value, like):
+    """A float32 constant that TFLite's quantisers cannot round: its bits are stored as
+    int32 and reinterpreted at run time (``BITCAST``). ``like`` is any tensor with a
+    dynamic batch dimension: adding zero derived from its shape keeps TensorFlow's
+    constant folding from turning the bitcast back into a float constant before
+    conversion (TFLite itself folds the ``+ 0`` but never the bitcast). The front-end's
+    weights and thresholds stay exact in every variant; only the network is quantised."""
+    import tensorflow as tf
+
+    bits = np.ascontiguousarray(np.asarray(value, np.float32)).view(np.int32)
+    zero = tf.shape(like)[0] * 0
+    return tf.bitcast(tf.constant(bits) + zero, tf.float32)
 
 
 def resize_pixels(pixels, height: int, width: int):
@@ -190,7 +210,8 @@ def _resize_axis(x, axis: int, index: np.ndarray, weight: np.ndarray, dtype=np.f
     shape[axis] = -1
     out = None
     for k in range(index.shape[1]):
-        term = tf.gather(x, index[:, k], axis=axis) * np.asarray(weight[:, k], dtype).reshape(shape)
+        w = np.asarray(weight[:, k], dtype).reshape(shape)
+        term = tf.gather(x, index[:, k], axis=axis) * (exact(w, x) if dtype == np.float32 else w)
         out = term if out is None else out + term
     return out
 
@@ -206,17 +227,16 @@ def _power_of_two(n: int) -> bool:
 
 
 def _rdft(frames, n_fft: int):
-    """Real DFT for an ``n_fft`` that is not a power of two (TFLite's FFT needs one):
-    cosine and sine sums as per-bin gathers are impractical, so this is a matmul; such
-    models are exact in float32 and float16, and the front-end loses precision under
-    dynamic-range quantisation (documented)."""
+    """Real DFT for an ``n_fft`` that is not a power of two (TFLite's FFT needs one): a
+    product with cosine and sine tables (``n_fft * (n_fft // 2 + 1)`` floats each, and
+    slower than an FFT), kept exact under quantisation like every front-end constant."""
     import tensorflow as tf
 
     k = np.arange(n_fft // 2 + 1)[None, :]
     t = np.arange(n_fft)[:, None]
     angle = 2.0 * np.pi * ((t * k) % n_fft) / n_fft
-    real = tf.linalg.matmul(frames, np.cos(angle).astype(np.float32))
-    imag = tf.linalg.matmul(frames, -np.sin(angle).astype(np.float32))
+    real = tf.linalg.matmul(frames, exact(np.cos(angle), frames))
+    imag = tf.linalg.matmul(frames, exact(-np.sin(angle), frames))
     return real, imag
 
 
