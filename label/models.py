@@ -21,7 +21,8 @@ from typing import Optional
 
 import numpy as np
 
-from soundretrain.sidecar import SidecarError, file_sha256, labels_sha256, read_labels, read_sidecar
+from soundretrain.sidecar import (SidecarError, file_sha256, labels_sha256, read_labels, read_sidecar,
+                                  sidecar_problem)
 
 METADATA_SIGNATURE = "metadata"  # audio-in models describe themselves (soundretrain.audio_export)
 RETRAIN_INPUT_LAYER = "Placeholder"  # retrain.py's input node
@@ -176,7 +177,12 @@ def _embedded_sidecar(path: str, call) -> Optional[dict]:
         return None
     except Exception as e:  # a broken metadata signature: say which model
         raise ModelLoadError(f"cannot read the metadata of {path}: {_one_line(e)}") from None
-    return data if isinstance(data, dict) else None
+    if not isinstance(data, dict):
+        raise ModelLoadError(f"cannot read the metadata of {path}: not a JSON object")
+    problem = sidecar_problem(data)
+    if problem:
+        raise ModelLoadError(f"invalid metadata in {path}: {problem}")
+    return data
 
 
 def _tflite_interpreter(path: str, num_threads: Optional[int]):

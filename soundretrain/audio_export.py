@@ -27,6 +27,7 @@ TensorFlow graph is refused with one line.
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 import os
 from dataclasses import dataclass
@@ -213,9 +214,12 @@ def export_audio_model(
     if output_audio_tflite:
         tflite_sidecar = dict(full_sidecar, artifact="audio_tflite", tflite_quantization=quantization)
         metadata = _metadata_function(tf, tflite_sidecar, spec, dummy_input=True)
-        atomic_files.write_bytes(output_audio_tflite, _convert_tflite(tf, serve, metadata, quantization))
+        flatbuffer = _convert_tflite(tf, serve, metadata, quantization)
+        atomic_files.write_bytes(output_audio_tflite, flatbuffer)
         written["output_audio_tflite"] = output_audio_tflite
-        written["output_audio_tflite_sidecar"] = write_sidecar(output_audio_tflite, tflite_sidecar)
+        # The file's sidecar also names the file (the embedded copy cannot hold its own hash).
+        written["output_audio_tflite_sidecar"] = write_sidecar(
+            output_audio_tflite, dict(tflite_sidecar, artifact_sha256=hashlib.sha256(flatbuffer).hexdigest()))
     return written
 
 

@@ -108,7 +108,7 @@ _TOP_LEVEL = {
     "test_accuracy": (lambda v: v is None or (_is_number(v) and 0 <= v <= 1), "a number in [0, 1] or null"),
     "input_tensor_name": (_is_text, "a non-empty string"),
     "final_tensor_name": (_is_text, "a non-empty string"),
-    "model_input": (lambda v: v in ("image", "features"), '"image" or "features"'),
+    "model_input": (lambda v: v in ("image", "features", "waveform"), '"image", "features" or "waveform"'),
     "artifact": (lambda v: isinstance(v, str), "a string"),
     "tflite_quantization": (lambda v: isinstance(v, str), "a string"),
 }
@@ -121,6 +121,8 @@ _INPUT = {
     "sample_rate": (lambda v: v is None or _is_count(v), "a positive whole number"),
     "num_samples": (lambda v: v is None or _is_count(v), "a positive whole number"),
     "feature_size": (_is_count, "a positive whole number"),
+    "hop_samples": (_is_count, "a positive whole number"),
+    "window_seconds": (lambda v: _is_number(v) and v > 0, "a positive number"),
 }
 _MODULE = {
     "name": (_is_text, "a non-empty string"),

@@ -8,6 +8,7 @@ ai-edge-litert example runs in a process that can import nothing but numpy and L
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -103,7 +104,9 @@ def test_signature_metadata_and_sidecar(audio_models):
         "serving_default": {"inputs": ["waveform"], "outputs": ["probabilities"]}}
     meta = interpreter.get_signature_runner("metadata")(unused=np.int32(0))
     tflite_sidecar = json.loads(meta["sidecar_json"].item())
-    assert tflite_sidecar == json.load(open(path + ".json"))
+    beside = json.load(open(path + ".json"))
+    assert beside.pop("artifact_sha256") == hashlib.sha256(open(path, "rb").read()).hexdigest()
+    assert tflite_sidecar == beside
     assert tflite_sidecar["artifact"] == "audio_tflite" and tflite_sidecar["tflite_quantization"] == "none"
 
 
