@@ -28,6 +28,7 @@ from soundretrain.command_line import (CommandLineExit, FlagGroup, FlagGroups, I
 from soundretrain.command_line import error as print_error
 
 PROG = "label_image"
+DETECTION_FORMATS = ("csv", "audacity", "raven")  # label.detections.FORMATS, without importing it here
 USAGE = f"""{PROG}: label images, audio or the microphone with an exported model.
 
   {PROG} --graph output_graph.pb --audio clip.wav           # settings from the sidecar
@@ -44,6 +45,7 @@ HELP_GROUPS = FlagGroups(
     FlagGroup("microphone", "Microphone"),
     FlagGroup("output", "Output"),
     FlagGroup("serve", "Web page and HTTP API (--serve; the microphone's trigger flags apply to its page)"),
+    FlagGroup("detections", "Detections over long recordings (time-stamped tables)"),
 )
 
 
@@ -86,6 +88,16 @@ def define_flags(fv: flags.FlagValues) -> None:
     define("string", "ssl_certfile", None, "Serve https with this PEM certificate (a phone's browser allows the "
            "microphone only over https or on localhost).", group="serve")
     define("string", "ssl_keyfile", None, "The certificate's private key (PEM), unless --ssl_certfile holds it.", group="serve")
+    define("float", "min_confidence", None, "Detect: every class at or above this probability in a window becomes "
+           "a time-stamped detection (audio only).", group="detections")
+    define("boolean", "merge_consecutive", False, "Join detections of one class in overlapping or touching "
+           "windows into one (highest confidence kept).", group="detections")
+    define("string", "detections_dir", None, "Write the detection tables here (default: print them).",
+           group="detections")
+    define("list", "detections_format", list(DETECTION_FORMATS), "Tables to write: csv, audacity (label "
+           "track), raven (selection table).", group="detections")
+    define("boolean", "combine_detections", False, "One CSV and one Raven table for all recordings instead of "
+           "one per recording (Audacity label tracks stay per recording).", group="detections")
 
 
 @dataclass(frozen=True)
@@ -124,6 +136,15 @@ class LabelSettings:
     max_seconds: float = 300.0
     ssl_certfile: Optional[str] = None
     ssl_keyfile: Optional[str] = None
+    min_confidence: Optional[float] = None
+    merge_consecutive: bool = False
+    detections_dir: Optional[str] = None
+    detections_format: tuple = DETECTION_FORMATS
+    combine_detections: bool = False
+
+    @property
+    def detecting(self) -> bool:
+        return self.min_confidence is not None
 
     @property
     def mode(self) -> str:
@@ -158,6 +179,28 @@ class LabelSettings:
             p.append(f"--output_csv {self.output_csv} is a folder; give a file name (labels.csv)")
         if not self.graph and any(chosen):
             p.append("no model given: pass --graph (a .pb, a SavedModel folder or a .tflite file)")
+        p += self._detection_problems()
+        return p
+
+    def _detection_problems(self) -> list[str]:
+        if not self.detecting:
+            given = [flag for flag, on in (("--merge_consecutive", self.merge_consecutive),
+                                           ("--detections_dir", self.detections_dir),
+                                           ("--combine_detections", self.combine_detections)) if on]
+            return [f"{given[0]} goes with --min_confidence (which turns detections on)"] if given else []
+        p = []
+        if not 0.0 < self.min_confidence <= 1.0:
+            p.append(f"--min_confidence must be in (0, 1], not {self.min_confidence:g}")
+        if self.images or self.image_dir or self.mode == "mic":
+            p.append("--min_confidence detects sounds in recordings: use it with --audio or --audio_dir")
+        unknown = [f for f in self.detections_format if f not in DETECTION_FORMATS]
+        if unknown or not self.detections_format:
+            p.append(f"--detections_format takes {', '.join(DETECTION_FORMATS)}, not {','.join(unknown) or 'nothing'}")
+        if self.detections_dir and os.path.exists(self.detections_dir) and not os.path.isdir(self.detections_dir):
+            p.append(f"--detections_dir {self.detections_dir} is a file; give a folder")
+        if self.output_csv and self.detections_dir and self.combine_detections and "csv" in self.detections_format \
+                and os.path.abspath(self.output_csv) == os.path.abspath(os.path.join(self.detections_dir, "detections.csv")):
+            p.append("--output_csv would overwrite the combined detections.csv; choose another name")
         return p
 
 
@@ -194,6 +237,9 @@ def settings_from_flags(fv: flags.FlagValues, extra: Sequence[str]) -> LabelSett
         keep_going=fv.keep_going,
         serve=fv.serve, host=fv.host, port=fv.port, max_upload_mb=fv.max_upload_mb, max_seconds=fv.max_seconds,
         ssl_certfile=fv.ssl_certfile, ssl_keyfile=fv.ssl_keyfile,
+        min_confidence=fv.min_confidence, merge_consecutive=fv.merge_consecutive,
+        detections_dir=fv.detections_dir, combine_detections=fv.combine_detections,
+        detections_format=tuple(f.strip().lower() for f in (fv.detections_format or ()) if f.strip()),
     )
 
 
@@ -302,14 +348,58 @@ def _print_result(result, labeler, settings: LabelSettings, header: bool) -> Non
             print(f"#   window {w.start:7.2f} s: {best} {score:.5f}{' (silent)' if w.silent else ''}")
 
 
+def _detections(settings: LabelSettings, labeler, audio_input, root: str):
+    """A :class:`label.detections.DetectionRun` when --min_confidence asks for detections."""
+    if not settings.detecting:
+        return None
+    from label.detections import DetectionRun, DetectionSettings, DetectionWriter
+
+    spectrogram = audio_input.settings
+    writer = None
+    if settings.detections_dir:
+        nyquist = (labeler.sample_rate or spectrogram.sample_rate) / 2
+        high = spectrogram.fmax if spectrogram.fmax and not labeler.sample_rate else nyquist
+        writer = DetectionWriter(settings.detections_dir, settings.detections_format, settings.combine_detections,
+                                 os.path.abspath(root), float(spectrogram.fmin), float(high))
+    return DetectionRun(labeler.labels, spectrogram.duration,
+                        DetectionSettings(settings.min_confidence, settings.merge_consecutive), writer)
+
+
+def _report_detections(run, settings: LabelSettings) -> None:
+    written = run.finish()
+    where = f" in {len(written)} file(s) under {settings.detections_dir}" if written else ""
+    print(f"{run.count} detection(s) at --min_confidence {settings.min_confidence:g}{where}", file=sys.stderr)
+
+
+def _show(result, labeler, settings: LabelSettings, detections, header: bool):
+    """Print a result (text mode) and return its JSON view (its detections included)."""
+    from label.detections import detection_dict, detection_line
+    from label.labeling import result_dict
+
+    found = detections.add(result) if detections is not None else None
+    if not settings.json:
+        if found is None:
+            _print_result(result, labeler, settings, header=header)
+        elif not settings.detections_dir:
+            for d in found:
+                print(detection_line(d))
+        return None
+    d = result_dict(result, labeler.labels, settings.top_k)
+    if found is not None:
+        d["detections"] = [detection_dict(x) for x in found]
+    return d
+
+
 def _run_files(settings: LabelSettings, labeler) -> int:
-    from label.labeling import LabelInputError, label_files, result_dict
+    from label.labeling import LabelInputError, label_files
 
     image_input, audio_input = _inputs(settings, labeler)
     if settings.images and labeler.input_kind != "image":
         raise LabelInputError(f"{settings.graph} labels audio (its module takes waveforms): use --audio")
+    folders = [os.path.dirname(os.path.abspath(p)) for p in settings.audio]
+    detections = _detections(settings, labeler, audio_input, os.path.commonpath(folders) if folders else ".")
     jobs = [("image", list(settings.images)), ("audio", list(settings.audio))]
-    results, failures = [], []
+    shown, failures = [], []
     for kind, paths in jobs:
         if not paths or (failures and not settings.keep_going):
             continue
@@ -322,12 +412,12 @@ def _run_files(settings: LabelSettings, labeler) -> int:
                 if not settings.keep_going:
                     break
             else:
-                results.append(result)
-                if not settings.json:
-                    _print_result(result, labeler, settings, header=len(settings.images) + len(settings.audio) > 1)
+                shown.append(_show(result, labeler, settings, detections,
+                                   header=len(settings.images) + len(settings.audio) > 1))
+    if detections is not None:
+        _report_detections(detections, settings)
     if settings.json:
-        print(json_text({"model": settings.graph, "format": labeler.format,
-                         "results": [result_dict(r, labeler.labels, settings.top_k) for r in results],
+        print(json_text({"model": settings.graph, "format": labeler.format, "results": shown,
                          "errors": failures}, indent=2))
     return _exit_status(settings, failures, len(settings.images) + len(settings.audio), "inputs")
 
@@ -344,7 +434,7 @@ def _exit_status(settings: LabelSettings, failures: list, total: int, what: str)
 
 def _run_dir(settings: LabelSettings, labeler) -> int:
     from label.labeling import (AUDIO_EXTENSIONS, IMAGE_EXTENSIONS, LabelInputError, find_files, label_files,
-                                result_dict, write_csv)
+                                write_csv)
 
     kind = "image" if settings.image_dir else "audio"
     folder = settings.image_dir or settings.audio_dir
@@ -356,7 +446,8 @@ def _run_dir(settings: LabelSettings, labeler) -> int:
     if not paths:
         raise LabelInputError(f"no {kind} files under {folder}")
     image_input, audio_input = _inputs(settings, labeler)
-    results, errors = [], []
+    detections = _detections(settings, labeler, audio_input, folder)
+    results, shown, errors = [], [], []
     for path, result, error in label_files(
         labeler, paths, kind, image_input=image_input, audio_input=audio_input,
         batch_size=settings.batch_size, progress=True,
@@ -368,15 +459,18 @@ def _run_dir(settings: LabelSettings, labeler) -> int:
                 break
             continue
         results.append(result)
-        if not settings.json and not settings.output_csv:
+        if detections is not None or settings.json:
+            shown.append(_show(result, labeler, settings, detections, header=True))
+        elif not settings.output_csv:
             best = int(result.probabilities.argmax())
             print(f"{path} {labeler.labels[best]} {result.probabilities[best]:.5f}")
+    if detections is not None:
+        _report_detections(detections, settings)
     if settings.output_csv:
         write_csv(settings.output_csv, results, labeler.labels)
         print(f"wrote {len(results)} rows to {settings.output_csv}", file=sys.stderr)
     if settings.json:
-        print(json_text({"model": settings.graph, "format": labeler.format,
-                         "results": [result_dict(r, labeler.labels, settings.top_k) for r in results],
+        print(json_text({"model": settings.graph, "format": labeler.format, "results": shown,
                          "errors": errors}, indent=2))
     return _exit_status(settings, errors, len(paths), "files")
 

@@ -126,6 +126,7 @@ class LabelResult:
     kind: str  # "image" | "audio"
     probabilities: np.ndarray
     windows: list = field(default_factory=list)
+    duration: Optional[float] = None  # seconds of audio (audio inputs)
 
 
 @dataclass(frozen=True)
@@ -221,7 +222,75 @@ def label_windows(labeler: Labeler, ys: dict, audio_input: AudioInput, batch_siz
     probs = [predict_inputs(labeler, window_model_inputs(windows, labeler, audio_input, i, i + batch_size))
              for i in range(0, len(starts), batch_size)]
     summary, results = summarise(starts, silent, np.concatenate(probs))
-    return LabelResult(source, "audio", summary, results)
+    first = next(iter(ys))
+    return LabelResult(source, "audio", summary, results, len(ys[first]) / first)
+
+
+#: Recordings longer than this are decoded block by block (:func:`label_long_recording`).
+STREAM_SECONDS = 120.0
+
+
+def recording_seconds(path: str) -> Optional[float]:
+    """The length of an audio file from its header, or None when libsndfile cannot tell."""
+    try:
+        import soundfile as sf
+
+        info = sf.info(path)
+    except Exception:  # not for libsndfile: decoded whole, as always
+        return None
+    return info.frames / info.samplerate if info.samplerate > 0 and info.frames > 0 else None
+
+
+def label_long_recording(labeler: Labeler, path: str, audio_input: AudioInput, batch_size: int = 32,
+                         progress: Optional[bool] = None) -> LabelResult:
+    """:func:`label_windows` of a file, decoded and labelled block by block: memory holds a
+    block, a batch of windows and the per-window probabilities, never the recording
+    (an hour at 48 kHz would be 690 MB). Same windows and probabilities as decoding whole.
+    ``progress``: a bar in seconds of audio (None: only on a terminal)."""
+    from tqdm import tqdm
+
+    from soundretrain.audio import AudioReadError, is_silent
+    from soundretrain.audio_stream import AudioStream, stream_windows
+
+    settings = audio_input.settings
+    hop = audio_input.hop_seconds if audio_input.hop_seconds is not None else settings.hop_seconds
+    rates = audio_rates(labeler, audio_input)
+    try:
+        streams = {sr: AudioStream(path, sr) for sr in rates}
+        reference = streams[rates[0]]
+        starts, silent, probs = [], [], []
+        batch: dict = {sr: [] for sr in rates}
+
+        def flush():
+            if batch[rates[0]]:
+                probs.append(predict_inputs(labeler, window_model_inputs(batch, labeler, audio_input)))
+                for sr in rates:
+                    batch[sr] = []
+
+        name = os.path.basename(path)
+        disable = None if progress is None else not progress  # None: only on a terminal
+        with tqdm(total=round(reference.duration, 1), unit="s", desc=name[:30], disable=disable, leave=False,
+                  bar_format="{desc}: {percentage:3.0f}%|{bar}| {n:.0f}/{total:.0f} s [{elapsed}<{remaining}]") as bar:
+            windows = zip(*(stream_windows(streams[sr], settings.duration, hop, settings.pad_mode) for sr in rates))
+            for per_rate in windows:
+                start, y = per_rate[0]
+                starts.append(float(start))
+                silent.append(bool(is_silent(y)))
+                for sr, item in zip(rates, per_rate):
+                    batch[sr].append(item)
+                if len(batch[rates[0]]) >= batch_size:
+                    flush()
+                    bar.update(min(bar.total, start + settings.duration) - bar.n)
+            flush()
+            bar.update(bar.total - bar.n)
+    except AudioReadError as e:
+        raise LabelInputError(f"{e.path}: {e.reason}") from None
+    if not starts:
+        raise LabelInputError(f"{path}: no audio samples (zero-length clip)")
+    if all(silent):
+        raise LabelInputError(f"{path}: the audio is silent (nothing to label)")
+    summary, results = summarise(starts, silent, np.concatenate(probs))
+    return LabelResult(path, "audio", summary, results, reference.duration)
 
 
 def predict_inputs(labeler: Labeler, batch: np.ndarray) -> np.ndarray:
@@ -275,6 +344,7 @@ class _Pending:
     starts: list
     silent: list
     count: int
+    duration: Optional[float] = None
 
 
 def label_files(
@@ -286,6 +356,7 @@ def label_files(
     audio_input: Optional[AudioInput] = None,
     batch_size: int = 32,
     progress: bool = False,
+    stream_seconds: float = STREAM_SECONDS,
 ) -> Iterator[tuple[str, Optional[LabelResult], Optional[str]]]:
     """Label ``paths`` (all ``"image"`` or all ``"audio"``), ``batch_size`` model inputs
     per call. Yields ``(path, result, None)`` or ``(path, None, error_line)`` in order."""
@@ -310,7 +381,7 @@ def label_files(
                 yield item.source, LabelResult(item.source, "image", p[0]), None
             else:
                 summary, windows = summarise(item.starts, item.silent, p)
-                yield item.source, LabelResult(item.source, "audio", summary, windows), None
+                yield item.source, LabelResult(item.source, "audio", summary, windows, item.duration), None
         pending, inputs = [], []
 
     queued = 0
@@ -321,6 +392,13 @@ def label_files(
                 batch = prepare_image(load_image(path), image_input)[None]
                 pending.append(_Pending(path, "image", [0.0], [False], 1))
             else:
+                seconds = recording_seconds(path)
+                if seconds is not None and seconds > stream_seconds:  # bounded memory, on its own
+                    yield from flush()
+                    queued = 0
+                    yield path, label_long_recording(labeler, path, audio_input, batch_size,
+                                                     True if progress else None), None
+                    continue
                 ys = decode_audio(path, rates)
                 starts, silent, windows = audio_windows(ys, audio_input)
                 if len(starts) > batch_size:  # a long recording: on its own, in chunks
@@ -329,7 +407,8 @@ def label_files(
                     yield path, label_windows(labeler, ys, audio_input, batch_size, path), None
                     continue
                 batch = window_model_inputs(windows, labeler, audio_input)
-                pending.append(_Pending(path, "audio", starts, silent, len(starts)))
+                first = next(iter(ys))
+                pending.append(_Pending(path, "audio", starts, silent, len(starts), len(ys[first]) / first))
             inputs.append(batch)
             queued += len(batch)
         except LabelInputError as e:

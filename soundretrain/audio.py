@@ -101,10 +101,16 @@ def split_windows(
     total = int(y.shape[0])
     if total <= n:
         return [(0.0, fit_duration(y, sr, duration, pad_mode))]
+    return [(s / sr, np.asarray(y[s : s + n], dtype=np.float32)) for s in window_starts(total, n, hop)]
+
+
+def window_starts(total: int, n: int, hop: int) -> list[int]:
+    """Start samples of :func:`split_windows`'s windows of ``n`` samples every ``hop`` in
+    ``total`` samples (``total > n``), plus one aligned to the end when a tail remains."""
     starts = list(range(0, total - n + 1, hop))
     if starts[-1] + n < total:
         starts.append(total - n)
-    return [(s / sr, np.asarray(y[s : s + n], dtype=np.float32)) for s in starts]
+    return starts
 
 
 def is_silent(y: np.ndarray) -> bool:

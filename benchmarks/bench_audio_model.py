@@ -1,0 +1,334 @@
+"""Audio-in models on real audio: the same model as the image path? how big, how fast?
+
+    .venv/bin/python -m benchmarks.bench_audio_model                   # everything (~10-20 min on 2 cores)
+    .venv/bin/python -m benchmarks.bench_audio_model --clips 100 --no_hour   # a quicker look
+
+On the shared UrbanSound8K folds 1-2 (skips without them): spectrograms of both folds
+(rendered by this checkout's ``render_clip``), ``efficientnet_lite0`` bottlenecks, a head
+trained on fold 1 with retrain.py's defaults, exported as image TFLite and as audio-in
+SavedModel and TFLite (float32, float16, dynamic range). Then, on every fold-2 clip:
+
+* agreement: each audio-in model against the Python path (``load_audio`` -> windows ->
+  ``render_clip`` -> image model in memory, i.e. what ``label_image`` does): top-1
+  agreement and the largest per-class probability difference (targets: >= 99.5 % and
+  0.01), and each variant's accuracy against the true labels;
+* size of each ``.tflite``;
+* latency per 4 s window, warm (model loaded; batch 1; median of ``--repeats``, the two
+  paths taking turns call by call) and cold (a new process labelling one clip, median of
+  ``--cold_repeats``): image TFLite through ``label_image`` (decode, ``render_clip``,
+  network) against the audio-in TFLite through ``label_image`` and through the README's
+  numpy + ai-edge-litert lines;
+* a one-hour recording (fold-2 clips end to end) through ``label_image --min_confidence
+  0.5 --merge_consecutive --detections_dir``: wall time and peak memory (max RSS),
+  against a process that only decodes the hour whole.
+
+Writes ``benchmarks/results/bench_audio_model.json`` and prints a summary.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import platform
+import re
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_US8K = ROOT.parent / "shared" / "datasets" / "urbansound8k-folds1-2"
+RESULTS = ROOT / "benchmarks" / "results" / "bench_audio_model.json"
+VARIANTS = ("none", "float16", "dynamic")
+
+
+def log(*args) -> None:
+    print(*args, flush=True)
+
+
+def fold_clips(fold: int) -> list[tuple[str, str]]:
+    with open(SHARED_US8K / "metadata" / "UrbanSound8K.csv", newline="") as f:
+        return [(str(SHARED_US8K / "audio" / f"fold{row['fold']}" / row["slice_file_name"]), row["class"])
+                for row in csv.DictReader(f) if int(row["fold"]) == fold]
+
+
+def train(work: Path, module: str, steps: int):
+    """Spectrograms, bottlenecks and a head trained on fold 1 (retrain.py's defaults)."""
+    from retrain.core import RetrainSettings, prepare
+    from retrain.head import ClassificationHead, HeadSettings, HeadTrainer
+    from retrain.splits import fold_split
+
+    spec_dir = work / "spec"
+    if not (spec_dir / "manifest.csv").is_file():
+        log(f"rendering spectrograms of {SHARED_US8K} into {spec_dir} ...")
+        subprocess.run([sys.executable, "-m", "spectrograms", "--preset=urbansound8k", f"--data_dir={SHARED_US8K}",
+                        f"--output_dir={spec_dir}"], check=True, cwd=ROOT)
+    settings = RetrainSettings(image_dir=str(spec_dir), tfhub_module=module, bottleneck_dir=str(work / "bn"),
+                               summaries_dir=None)
+    prepared = prepare(settings, log=log)
+    split = fold_split(prepared.images.records, [2], (), 10)
+    train_idx = list(split.train) + list(split.validation)
+    head = ClassificationHead(prepared.features.shape[1], len(prepared.images.labels), seed=0)
+    HeadTrainer(head, prepared.features[train_idx], prepared.class_ids[train_idx], HeadSettings(seed=0)).train(steps)
+    test_idx = list(split.test)
+    acc = float(np.mean(head.predict(prepared.features[test_idx]).argmax(1) == prepared.class_ids[test_idx]))
+    log(f"head trained on fold 1: {acc * 100:.1f} % on fold 2's cached bottlenecks")
+    return prepared, head, acc
+
+
+def export_all(work: Path, prepared, head) -> dict:
+    from retrain.core import sidecar_for
+    from soundretrain.export import export_model
+
+    out = {}
+    sidecar = sidecar_for(prepared, float("nan"), "final_result")
+    labels = list(prepared.images.labels)
+    for q in VARIANTS:
+        t0 = time.perf_counter()
+        paths = export_model(prepared.backbone, head, labels, sidecar,
+                             output_tflite=str(work / f"image_{q}.tflite"),
+                             output_audio_tflite=str(work / f"audio_{q}.tflite"),
+                             audio_saved_model_dir=str(work / "audio_saved_model") if q == "none" else None,
+                             tflite_quantization=q)
+        log(f"exported {q} in {time.perf_counter() - t0:.0f} s")
+        out.update({f"image_{q}": paths["output_tflite"], f"audio_{q}": paths["output_audio_tflite"]})
+        if q == "none":
+            out["audio_saved_model"] = paths["audio_saved_model_dir"]
+    return out
+
+
+def agreement(prepared, head, models: dict, clips: list) -> dict:
+    """Every audio-in variant against the Python path, and each one's accuracy."""
+    from label.labeling import AudioInput, audio_windows, resolve_image_input
+    from label.models import load_labeler
+    from soundretrain.audio import load_audio
+    from soundretrain.render import render_clip
+
+    settings = prepared.spectrogram_settings
+    labels = list(prepared.images.labels)
+    labelers = {name: load_labeler(path) for name, path in models.items()}
+    truth, reference, got = [], [], {name: [] for name in labelers}
+    t0 = time.perf_counter()
+    for k, (path, label) in enumerate(clips):
+        y = load_audio(path, settings.sample_rate)
+        starts, silent, windows = audio_windows({settings.sample_rate: y}, AudioInput(settings))
+        wins = [w for _, w in windows[settings.sample_rate]]
+        keep = [i for i, s in enumerate(silent) if not s] or list(range(len(wins)))
+        images = np.stack([render_clip(w, settings.sample_rate, settings) for w in wins]).astype(np.float32) / 255.0
+        reference.append(head.predict(prepared.backbone.compute(images))[keep].mean(0))
+        batch = np.stack(wins).astype(np.float32)
+        for name, labeler in labelers.items():
+            if labeler.audio_in:
+                p = labeler.predict(batch)
+            else:  # an image TFLite: the same rendered images
+                p = labeler.predict(images)
+            got[name].append(p[keep].mean(0))
+        truth.append(labels.index(label))
+        if (k + 1) % 100 == 0:
+            log(f"  {k + 1}/{len(clips)} clips, {time.perf_counter() - t0:.0f} s")
+    truth, reference = np.asarray(truth), np.stack(reference)
+    out = {"clips": len(clips), "python_path_accuracy": float(np.mean(reference.argmax(1) == truth))}
+    for name, ps in got.items():
+        ps = np.stack(ps)
+        diff = np.abs(ps - reference).max(axis=1)
+        out[name] = {
+            "top1_agreement": float(np.mean(ps.argmax(1) == reference.argmax(1))),
+            "max_abs_diff": float(diff.max()),
+            "p99_abs_diff": float(np.quantile(diff, 0.99)),
+            "clips_within_0.01": float(np.mean(diff <= 0.01)),
+            "accuracy": float(np.mean(ps.argmax(1) == truth)),
+        }
+    return out
+
+
+def warm_latency(models: dict, clip: str, settings, repeats: int) -> dict:
+    """ms per 4 s window with the model loaded: image path (render_clip + image TFLite)
+    against each audio-in TFLite; the variants take turns call by call."""
+    from label.labeling import prepare_image, ImageInput
+    from label.models import load_labeler
+    from soundretrain.audio import fit_duration, load_audio
+    from soundretrain.render import render_clip
+
+    y = fit_duration(load_audio(clip, settings.sample_rate), settings.sample_rate, settings.duration)
+    labelers = {name: load_labeler(path, num_threads=1) for name, path in models.items()}
+    image_input = ImageInput(settings.image_size, settings.image_size)
+
+    def call(name):
+        labeler = labelers[name]
+        if labeler.audio_in:
+            return labeler.predict(y[None])
+        return labeler.predict(prepare_image(render_clip(y, settings.sample_rate, settings), image_input)[None])
+
+    times = {name: [] for name in labelers}
+    for name in labelers:
+        call(name)  # first invoke: allocation, delegate set-up
+    for _ in range(repeats):
+        for name in labelers:
+            t0 = time.perf_counter()
+            call(name)
+            times[name].append((time.perf_counter() - t0) * 1e3)
+    render = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        render_clip(y, settings.sample_rate, settings)
+        render.append((time.perf_counter() - t0) * 1e3)
+    out = {name: statistics.median(v) for name, v in times.items()}
+    out["render_clip_only"] = statistics.median(render)
+    return out
+
+
+def time_process(args: list, cwd: Path, env: dict) -> float:
+    t0 = time.perf_counter()
+    done = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"{' '.join(args[:4])} failed: {done.stderr.strip()[-400:]}")
+    return time.perf_counter() - t0
+
+
+def readme_snippet() -> str:
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    return re.search(r"<!-- litert-example[^>]*-->\s*```python\n(.*?)```", text, re.S).group(1)
+
+
+def isolated_path(folder: Path) -> Path:
+    import ai_edge_litert
+
+    site = Path(np.__file__).resolve().parents[1]
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in ("numpy", "numpy.libs"):
+        if (site / name).exists() and not (folder / name).exists():
+            (folder / name).symlink_to(site / name)
+    if not (folder / "ai_edge_litert").exists():
+        (folder / "ai_edge_litert").symlink_to(Path(ai_edge_litert.__file__).resolve().parent)
+    return folder
+
+
+def cold(models: dict, clip: str, work: Path, settings, repeats: int) -> dict:
+    """A new process labelling one 4 s clip: label_image with the image TFLite and with the
+    audio-in TFLite, and the README's numpy + ai-edge-litert lines (16-bit WAV at 22,050 Hz)."""
+    import shutil
+
+    import soundfile as sf
+
+    from soundretrain.audio import load_audio
+
+    app = work / "app"
+    app.mkdir(exist_ok=True)
+    shutil.copy(models["audio_none"], app / "model_audio.tflite")
+    sf.write(app / "recording.wav", load_audio(clip, settings.sample_rate), settings.sample_rate, subtype="PCM_16")
+    path = isolated_path(work / "only_numpy_litert")
+    env = {"PATH": os.environ.get("PATH", ""), "HOME": os.environ.get("HOME", "/tmp")}
+    full_env = dict(os.environ, PYTHONPATH=str(ROOT))
+    commands = {
+        "label_image_image_tflite": ([sys.executable, "-m", "label.cli", "--graph", models["image_none"],
+                                      "--audio", str(app / "recording.wav")], ROOT, full_env),
+        "label_image_audio_tflite": ([sys.executable, "-m", "label.cli", "--graph", models["audio_none"],
+                                      "--audio", str(app / "recording.wav")], ROOT, full_env),
+        "readme_numpy_litert_only": ([sys.executable, "-I", "-S", "-c",
+                                      f"import sys; sys.path[:0] = [{str(path)!r}]\n" + readme_snippet()], app, env),
+    }
+    times = {name: [] for name in commands}
+    for _ in range(repeats):
+        for name, (args, cwd, e) in commands.items():
+            times[name].append(time_process(args, cwd, e))
+    return {name: statistics.median(v) for name, v in times.items()}
+
+
+def hour(models: dict, clips: list, work: Path, settings) -> dict:
+    """One hour of real audio through label_image's detections, in bounded memory."""
+    import soundfile as sf
+
+    from soundretrain.audio import load_audio
+
+    wav = work / "hour.wav"
+    seconds = 0.0
+    if not wav.is_file():
+        with sf.SoundFile(str(wav) + ".tmp", "w", settings.sample_rate, 1, "PCM_16", format="WAV") as f:
+            k = 0
+            while seconds < 3600:
+                y = load_audio(clips[k % len(clips)][0], settings.sample_rate)
+                y = y[: int(min(len(y), (3600 - seconds) * settings.sample_rate))]
+                f.write(y)
+                seconds += len(y) / settings.sample_rate
+                k += 1
+        os.replace(str(wav) + ".tmp", wav)
+    info = sf.info(str(wav))
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    out_dir = work / "detections"
+
+    def run(code_or_args):
+        before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+        t0 = time.perf_counter()
+        done = subprocess.run(code_or_args, cwd=ROOT, env=env, capture_output=True, text=True)
+        wall = time.perf_counter() - t0
+        if done.returncode != 0:
+            raise RuntimeError(done.stderr[-500:])
+        peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+        return wall, peak, before, done
+
+    wall, peak, _, done = run([sys.executable, "-m", "label.cli", "--graph", models["audio_none"], "--audio",
+                               str(wav), "--min_confidence", "0.5", "--merge_consecutive",
+                               "--detections_dir", str(out_dir)])
+    detections = sum(1 for _ in open(out_dir / "hour.detections.csv")) - 1
+    # Children's max RSS only grows: measure the whole-file decode after, in its own process.
+    decode_wall, decode_peak, _, _ = run([sys.executable, "-c",
+                                          "from soundretrain.audio import load_audio; import sys; "
+                                          f"y = load_audio({str(wav)!r}, {settings.sample_rate}); print(len(y))"])
+    return {"seconds": info.duration, "label_image_wall_s": wall, "label_image_max_rss_mb": peak / 1024,
+            "detections": detections, "stderr_tail": done.stderr.strip().splitlines()[-1:],
+            "decode_whole_max_rss_mb": decode_peak / 1024, "decode_whole_wall_s": decode_wall,
+            "realtime_factor": info.duration / wall}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--work", default="/tmp/bench_audio_model", help="scratch folder (spectrograms, caches, models)")
+    parser.add_argument("--module", default="efficientnet_lite0")
+    parser.add_argument("--steps", type=int, default=4000)
+    parser.add_argument("--clips", type=int, default=0, help="fold-2 clips to compare (0: all)")
+    parser.add_argument("--repeats", type=int, default=30)
+    parser.add_argument("--cold_repeats", type=int, default=3)
+    parser.add_argument("--no_hour", action="store_true", help="skip the one-hour recording")
+    args = parser.parse_args()
+    if not (SHARED_US8K / "metadata" / "UrbanSound8K.csv").is_file():
+        log(f"skipped: {SHARED_US8K} not found")
+        return
+    work = Path(args.work)
+    work.mkdir(parents=True, exist_ok=True)
+    result = {"machine": f"{platform.machine()}, {os.cpu_count()} cores", "module": args.module,
+              "load_average_start": os.getloadavg()[0]}
+    prepared, head, acc = train(work, args.module, args.steps)
+    result["head_fold2_accuracy_cached_bottlenecks"] = acc
+    models = export_all(work, prepared, head)
+    result["size_bytes"] = {name: os.path.getsize(p) for name, p in models.items() if p.endswith(".tflite")}
+    clips = fold_clips(2)
+    if args.clips:
+        clips = clips[: args.clips]
+    log(f"agreement on {len(clips)} fold-2 clips ...")
+    compared = {k: v for k, v in models.items() if k != "image_none"}
+    result["agreement"] = agreement(prepared, head, compared, clips)
+    settings = prepared.spectrogram_settings
+    import soundfile as sf
+
+    clip = next(p for p, _ in clips if sf.info(p).duration >= settings.duration)
+    log("warm latency ...")
+    result["warm_ms"] = warm_latency({k: v for k, v in models.items() if k.startswith(("image_", "audio_"))
+                                      and k != "audio_saved_model"}, clip, settings, args.repeats)
+    log("cold latency ...")
+    result["cold_s"] = cold(models, clip, work, settings, args.cold_repeats)
+    if not args.no_hour:
+        log("one hour of audio ...")
+        result["hour"] = hour(models, fold_clips(2), work, settings)
+    result["load_average_end"] = os.getloadavg()[0]
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(json.dumps(result, indent=2) + "\n")
+    log(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()
