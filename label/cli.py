@@ -191,7 +191,7 @@ class LabelSettings:
         p = []
         if not 0.0 < self.min_confidence <= 1.0:
             p.append(f"--min_confidence must be in (0, 1], not {self.min_confidence:g}")
-        if self.images or self.image_dir or self.mode == "mic":
+        if self.images or self.image_dir or self.mode not in ("files", "dir"):
             p.append("--min_confidence detects sounds in recordings: use it with --audio or --audio_dir")
         unknown = [f for f in self.detections_format if f not in DETECTION_FORMATS]
         if unknown or not self.detections_format:
