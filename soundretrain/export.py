@@ -121,17 +121,28 @@ def export_model(
         sidecar, backbone, labels, head_only=head_only,
         input_tensor_name=input_tensor_name, final_tensor_name=final_tensor_name,
     )
-    targets = [p for p in (output_graph, output_labels, saved_model_dir, output_tflite) if p]
+    targets = [p for p in (output_graph, output_labels, saved_model_dir, output_tflite,
+                           audio_saved_model_dir, output_audio_tflite) if p]
     # One export into a folder at a time; under that lock the temp files of killed exports
     # (a .pb part, a SavedModel half-built or swapped out) are removed before writing anew.
     with atomic_files.exclusive_folders(*(os.path.dirname(os.path.abspath(p)) for p in targets)):
         for path in targets:
             atomic_files.remove_leftovers_of(path)
-        return _write_artifacts(
+        written = _write_artifacts(
             backbone, head, labels, full_sidecar, head_only, output_graph=output_graph,
             output_labels=output_labels, saved_model_dir=saved_model_dir, output_tflite=output_tflite,
             quantization=quantization, input_tensor_name=input_tensor_name,
             final_tensor_name=final_tensor_name)
+        if audio_saved_model_dir or output_audio_tflite:  # models that take sound
+            from soundretrain.audio_export import AudioExportError, export_audio_model
+
+            try:
+                written.update(export_audio_model(
+                    backbone, head, labels, sidecar, audio_saved_model_dir=audio_saved_model_dir,
+                    output_audio_tflite=output_audio_tflite, tflite_quantization=quantization))
+            except AudioExportError as e:
+                raise ExportError(str(e)) from None
+        return written
 
 
 def _write_artifacts(backbone, head, labels, full_sidecar, head_only, *, output_graph, output_labels,
@@ -193,15 +204,6 @@ def _write_artifacts(backbone, head, labels, full_sidecar, head_only, *, output_
     if output_labels:
         atomic_files.write_text(output_labels, labels_text(labels))
         written["output_labels"] = output_labels
-    if audio_saved_model_dir or output_audio_tflite:
-        from soundretrain.audio_export import AudioExportError, export_audio_model
-
-        try:
-            written.update(export_audio_model(
-                backbone, head, labels, sidecar, audio_saved_model_dir=audio_saved_model_dir,
-                output_audio_tflite=output_audio_tflite, tflite_quantization=quantization))
-        except AudioExportError as e:
-            raise ExportError(str(e)) from None
     return written
 
 

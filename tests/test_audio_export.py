@@ -299,7 +299,7 @@ def test_retrain_exports_an_audio_model_that_labels_recordings(tmp_path, capsys)
     args = ["retrain", f"--image_dir={tmp_path / 'spec'}", f"--tfhub_module={wave_module}",
             f"--bottleneck_dir={tmp_path / 'bn'}", "--summaries_dir=", "--checkpoint_path=", "--output_graph=",
             f"--output_labels={tmp_path / 'out' / 'labels.txt'}", f"--output_audio_tflite={model}",
-            f"--audio_saved_model_dir={tmp_path / 'out' / 'model_audio'}",
+            f"--audio_saved_model_dir={tmp_path / 'out' / 'model_audio'}", "--split=folds", "--test_folds=3",
             "--how_many_training_steps=300", "--optimizer=adam", "--learning_rate=0.05", "--random_seed=1",
             "--noprogress"]
     assert retrain(args) == 0
@@ -321,7 +321,8 @@ def test_retrain_refuses_an_audio_model_for_a_mixed_rate_module_before_training(
     wave_module = make_tiny_waveform_module(tmp_path / "wave", sample_rate=16000)
     args = ["retrain", f"--image_dir={tmp_path / 'spec'}", f"--tfhub_module={image},{wave_module}",
             f"--bottleneck_dir={tmp_path / 'bn'}", "--summaries_dir=", "--checkpoint_path=", "--output_graph=",
-            f"--output_audio_tflite={tmp_path / 'a.tflite'}", "--how_many_training_steps=50", "--noprogress"]
+            f"--output_audio_tflite={tmp_path / 'a.tflite'}", "--split=folds", "--test_folds=2",
+            "--how_many_training_steps=50", "--noprogress"]
     assert retrain(args) == 1
     captured = capsys.readouterr()
     assert "Step 0" not in captured.out
