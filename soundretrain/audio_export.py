@@ -214,7 +214,15 @@ def export_audio_model(
     if output_audio_tflite:
         tflite_sidecar = dict(full_sidecar, artifact="audio_tflite", tflite_quantization=quantization)
         metadata = _metadata_function(tf, tflite_sidecar, spec, dummy_input=True)
-        flatbuffer = _convert_tflite(tf, serve, metadata, quantization)
+        serve_tflite = serve
+        if any(getattr(p, "traced_from_tflite", False) for p in _parts(backbone)):
+            # A network replayed from a .tflite file is traced again with TFLite's own forms
+            # of its operators (its RFFT2D takes float32; TensorFlow's graph needs float64).
+            from soundretrain.backbones.tflite_graph import tracing_for_tflite
+
+            with tracing_for_tflite():
+                serve_tflite = _serving_function(tf, audio_features_fn(backbone, settings, spec), head, spec)
+        flatbuffer = _convert_tflite(tf, serve_tflite, metadata, quantization)
         atomic_files.write_bytes(output_audio_tflite, flatbuffer)
         written["output_audio_tflite"] = output_audio_tflite
         # The file's sidecar also names the file (the embedded copy cannot hold its own hash).

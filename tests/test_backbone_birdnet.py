@@ -62,11 +62,10 @@ def test_pooling_mean_and_meanmax():
         birdnet.pool(e, "median")
 
 
-def test_is_a_tflite_only_waveform_backbone(bird):
+def test_is_a_waveform_backbone(bird):
     assert isinstance(bird, Backbone)
     assert bird.name == "birdnet" and bird.feature_size == 1024
     assert (bird.input_spec.kind, bird.input_spec.sample_rate) == ("waveform", 48000)
-    assert bird.tf_callable() is None
     desc = bird.description()
     assert desc["license"] == "CC BY-NC-SA 4.0" and desc["pooling"] == "mean"
     json.dumps(desc)
@@ -195,3 +194,39 @@ def test_registry_name_resolves_to_this_backbone(bird):
     assert resolved.name == "birdnet" and resolved.input_spec.kind == "waveform"
     clip = tone(3.0)[None]
     np.testing.assert_allclose(resolved.compute(clip), bird.compute(clip), atol=1e-6)
+
+
+# ------------------------------------------------------------------ the TensorFlow port
+
+
+def test_tensorflow_port_gives_the_interpreters_features(bird):
+    """tf_callable replays the .tflite network as TensorFlow ops (weights from the file):
+    the same windows, embeddings and pooling as compute(), in one graph."""
+    import tensorflow as tf
+
+    y = np.stack([tone(4.0, seed=1), tone(4.0, freq=1200.0, seed=2)])  # 2 windows each
+    features = tf.function(bird.tf_callable(), input_signature=[tf.TensorSpec([None, y.shape[1]], tf.float32)])
+    np.testing.assert_allclose(features(y).numpy(), bird.compute(y), atol=1e-4)
+    short = tone(2.0, seed=3)[None]  # zero-padded to one window, as compute() does
+    np.testing.assert_allclose(bird.tf_callable()(short).numpy(), bird.compute(short), atol=1e-4)
+
+
+@pytest.mark.slow
+def test_birdnet_exports_audio_in(tmp_path):
+    """A head on BirdNET exported audio-in (SavedModel and TFLite, mean+max pooling) gives
+    the Python path's probabilities: the network is a TensorFlow graph now."""
+    from label.models import load_labeler
+    from retrain.head import ClassificationHead
+    from soundretrain.audio_export import export_audio_model
+
+    bird = birdnet.load_meanmax()
+    head = ClassificationHead(bird.feature_size, 3, seed=0)
+    written = export_audio_model(bird, head, ["a", "b", "c"], {"spectrogram": {"duration": 4.0}},
+                                 audio_saved_model_dir=str(tmp_path / "sm"),
+                                 output_audio_tflite=str(tmp_path / "bird.tflite"))
+    y = np.stack([tone(4.0, seed=4), tone(4.0, freq=800.0, seed=5)])
+    expected = head.predict(bird.compute(y))
+    for path in (written["audio_saved_model_dir"], written["output_audio_tflite"]):
+        labeler = load_labeler(path)
+        assert labeler.sample_rate == SR and labeler.sidecar["input"]["num_samples"] == 4 * SR
+        np.testing.assert_allclose(labeler.predict(y), expected, atol=1e-4)

