@@ -78,8 +78,8 @@ def define_flags(fv: flags.FlagValues) -> None:
     define("float", "record_seconds", 3.0, "Seconds recorded after a sound event starts.", group="microphone")
     define("float", "trigger_db", 12.0, "An event starts when a 50 ms block is this many dB above the noise floor.", group="microphone")
     define("integer", "num_threads", None, "Threads for the TFLite interpreter (default: its own choice).", group="model")
-    define("boolean", "keep_going", True, "Go on after an input that cannot be labelled (each is reported, and the "
-           "exit status is 1 if any failed); --nokeep_going stops at the first.", group="inputs")
+    define("boolean", "keep_going", True, "Go on after an input that cannot be labelled. Each failure is reported "
+           "and the exit status is 1 if any input failed; --nokeep_going stops at the first.", group="inputs")
     define("boolean", "serve", False, "Serve a web page and HTTP API (POST /v1/label, GET /v1/model) for the model; Ctrl-C stops.", group="serve")
     define("string", "host", "127.0.0.1", "Address to listen on; anything but loopback lets other machines use the model.", group="serve")
     define("integer", "port", 8000, "TCP port (0: any free port).", group="serve")

@@ -346,9 +346,10 @@ def check_output_targets(settings: RetrainSettings) -> None:
     for folder in (settings.saved_model_dir, settings.audio_saved_model_dir):
         if folder:
             check_folder_target(folder)
+    run_folder = os.path.join(settings.summaries_dir, "run") if settings.summaries_dir else None
     for path in (settings.output_graph, settings.output_labels, settings.output_tflite,
                  settings.saved_model_dir, settings.checkpoint_path,
-                 settings.output_audio_tflite, settings.audio_saved_model_dir):
+                 settings.output_audio_tflite, settings.audio_saved_model_dir, run_folder):
         if path:  # the nearest existing folder above it must be a folder, not a file
             parent = os.path.dirname(os.path.abspath(path))
             while not os.path.lexists(parent):

@@ -155,9 +155,12 @@ def test_a_class_name_with_a_line_break_fails_before_any_work(tmp_path, tiny, im
 # --- finding 13: read-only targets fail before training ---------------------------------
 
 
-def test_a_read_only_target_fails_before_training(tmp_path, tiny, image_dir, capsys):
+@pytest.mark.parametrize("flag", ["--output_tflite=m.tflite", "--saved_model_dir=sm", "--summaries_dir=ts"])
+def test_a_read_only_target_fails_before_training(tmp_path, tiny, image_dir, capsys, flag):
+    name, value = flag.split("=")
     with small_tmpfs(tmp_path / "ro", "1m", read_only=True) as ro:
-        line = one_error(capsys, 1, args_for(tmp_path, tiny, image_dir, f"--output_tflite={ro / 'm.tflite'}"))
+        args = [a for a in args_for(tmp_path, tiny, image_dir) if not a.startswith(name + "=")]
+        line = one_error(capsys, 1, args + [f"{name}={ro / value}"])
     assert str(ro) in line and "Read-only file system" in line
     assert not (tmp_path / "bn").exists()
 
