@@ -139,10 +139,12 @@ class RetrainSettings:
         out = {}
         for flag, path in (("--output_graph", self.output_graph), ("--output_labels", self.output_labels),
                            ("--output_tflite", self.output_tflite), ("--saved_model_dir", self.saved_model_dir),
+                           ("--output_audio_tflite", self.output_audio_tflite),
+                           ("--audio_saved_model_dir", self.audio_saved_model_dir),
                            ("--checkpoint_path", self.checkpoint_path)):
             if path:
                 out[flag] = os.path.abspath(os.path.expanduser(path))
-        for flag in ("--output_graph", "--output_tflite"):
+        for flag in ("--output_graph", "--output_tflite", "--output_audio_tflite"):
             if flag in out:
                 out[f"{flag}'s sidecar"] = out[flag] + ".json"
         if "--checkpoint_path" in out:  # tf.train.Checkpoint writes <prefix>.index and .data-*
@@ -158,10 +160,10 @@ class RetrainSettings:
             if path in seen:
                 return [f"{seen[path]} and {flag} are the same path ({path}); give each artifact its own"]
             seen[path] = flag
-        folder = paths.get("--saved_model_dir")
-        if folder:
+        for folder_flag in ("--saved_model_dir", "--audio_saved_model_dir"):
+            folder = paths.get(folder_flag)
             for flag, path in paths.items():
-                if flag != "--saved_model_dir" and path.startswith(folder + os.sep):
-                    return [f"{flag} {path} is inside --saved_model_dir {folder}, which is replaced as a "
+                if folder and flag != folder_flag and path.startswith(folder + os.sep):
+                    return [f"{flag} {path} is inside {folder_flag} {folder}, which is replaced as a "
                             "whole; put it elsewhere"]
         return []

@@ -117,6 +117,7 @@ def test_clashing_final_tensor_name_fails_before_any_work(tmp_path, tiny, image_
     ("--output_graph=M", "--output_labels=M", "--output_tflite=M"),
     ("--output_graph=g.pb", "--output_labels=g.pb.json"),  # the labels over the graph's sidecar
     ("--saved_model_dir=sm", "--output_labels=sm/labels.txt"),  # deleted by the folder swap
+    ("--output_tflite=m.tflite", "--output_audio_tflite=m.tflite"),
 ])
 def test_one_path_for_two_artifacts_is_refused(tmp_path, tiny, image_dir, capsys, paths):
     os.chdir(tmp_path)
