@@ -27,7 +27,6 @@ Writes ``benchmarks/results/bench_audio_model.json`` and prints a summary.
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import os
 import platform
@@ -51,10 +50,12 @@ def log(*args) -> None:
     print(*args, flush=True)
 
 
-def fold_clips(fold: int) -> list[tuple[str, str]]:
-    with open(SHARED_US8K / "metadata" / "UrbanSound8K.csv", newline="") as f:
-        return [(str(SHARED_US8K / "audio" / f"fold{row['fold']}" / row["slice_file_name"]), row["class"])
-                for row in csv.DictReader(f) if int(row["fold"]) == fold]
+def fold_clips(spec_dir: Path, fold: int) -> list[tuple[str, str]]:
+    """``(source audio, label)`` of a fold, from the spectrograms' manifest (its labels are
+    the model's)."""
+    from soundretrain.manifest import read_manifest
+
+    return sorted({(row.source, row.label) for row in read_manifest(spec_dir / "manifest.csv") if row.fold == fold})
 
 
 def train(work: Path, module: str, steps: int):
@@ -306,7 +307,7 @@ def main() -> None:
     result["head_fold2_accuracy_cached_bottlenecks"] = acc
     models = export_all(work, prepared, head)
     result["size_bytes"] = {name: os.path.getsize(p) for name, p in models.items() if p.endswith(".tflite")}
-    clips = fold_clips(2)
+    clips = fold_clips(work / "spec", 2)
     if args.clips:
         clips = clips[: args.clips]
     log(f"agreement on {len(clips)} fold-2 clips ...")
@@ -323,7 +324,7 @@ def main() -> None:
     result["cold_s"] = cold(models, clip, work, settings, args.cold_repeats)
     if not args.no_hour:
         log("one hour of audio ...")
-        result["hour"] = hour(models, fold_clips(2), work, settings)
+        result["hour"] = hour(models, fold_clips(work / "spec", 2), work, settings)
     result["load_average_end"] = os.getloadavg()[0]
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(result, indent=2) + "\n")

@@ -24,7 +24,9 @@ import numpy as np
 from soundretrain.sidecar import (SidecarError, file_sha256, labels_sha256, read_labels, read_sidecar,
                                   sidecar_problem)
 
-METADATA_SIGNATURE = "metadata"  # audio-in models describe themselves (soundretrain.audio_export)
+# Audio-in models describe themselves in a signature (soundretrain.audio_export); "metadata"
+# was its first name, before it had to sort after "serving_default".
+METADATA_SIGNATURES = ("sidecar", "metadata")
 RETRAIN_INPUT_LAYER = "Placeholder"  # retrain.py's input node
 RETRAIN_OUTPUT_LAYER = "final_result"  # retrain.py's --final_tensor_name default
 TFLITE_MAGIC = b"TFL3"
@@ -144,8 +146,9 @@ class SavedModelModel:
         self.num_outputs = shape[-1] if shape.rank else None
         self._tf = tf
         self.embedded_sidecar = None
-        if METADATA_SIGNATURE in signatures and "serving_default" in signatures:
-            self.embedded_sidecar = _embedded_sidecar(path, lambda: signatures[METADATA_SIGNATURE]())
+        key = next((k for k in METADATA_SIGNATURES if k in signatures), None)
+        if key and "serving_default" in signatures:
+            self.embedded_sidecar = _embedded_sidecar(path, lambda: signatures[key]())
 
     def predict(self, batch: np.ndarray) -> np.ndarray:
         result = self.signature(**{self.input_key: self._tf.constant(batch, dtype=self._tf.float32)})
@@ -166,7 +169,7 @@ def _pick(named: dict, wanted: Optional[str], what: str, path: str) -> str:
 
 
 def _embedded_sidecar(path: str, call) -> Optional[dict]:
-    """The sidecar an audio-in model carries in its ``metadata`` signature
+    """The sidecar an audio-in model carries in its ``sidecar`` signature
     (:mod:`soundretrain.audio_export`), or None when it has none."""
     try:
         raw = call()["sidecar_json"]
@@ -175,7 +178,7 @@ def _embedded_sidecar(path: str, call) -> Optional[dict]:
         data = json.loads(raw.decode("utf-8") if isinstance(raw, bytes) else raw)
     except KeyError:
         return None
-    except Exception as e:  # a broken metadata signature: say which model
+    except Exception as e:  # a broken sidecar signature: say which model
         raise ModelLoadError(f"cannot read the metadata of {path}: {_one_line(e)}") from None
     if not isinstance(data, dict):
         raise ModelLoadError(f"cannot read the metadata of {path}: not a JSON object")
@@ -211,8 +214,9 @@ class TFLiteModel:
         signatures = self.interpreter.get_signature_list()
         self.runner = None
         self.embedded_sidecar = None
-        if METADATA_SIGNATURE in signatures and "serving_default" in signatures:
-            runner = self.interpreter.get_signature_runner(METADATA_SIGNATURE)
+        key = next((k for k in METADATA_SIGNATURES if k in signatures), None)
+        if key and "serving_default" in signatures:
+            runner = self.interpreter.get_signature_runner(key)
             self.embedded_sidecar = _embedded_sidecar(
                 path, lambda: runner(**{name: np.int32(0) for name in runner.get_input_details()}))
         if signatures:
@@ -403,7 +407,7 @@ def load_labeler(
     else:
         model = TFLiteModel(path, input_layer or side.get("input_tensor_name"),
                             output_layer or side.get("final_tensor_name"), num_threads=num_threads)
-    if sidecar is None:  # an audio-in model describes itself (its metadata signature)
+    if sidecar is None:  # an audio-in model describes itself (its sidecar signature)
         sidecar = getattr(model, "embedded_sidecar", None)
         side = sidecar or {}
 

@@ -14,10 +14,13 @@ The input is mono float32 audio in [-1, 1] at the training sample rate, exactly 
 window (``duration`` seconds) per row. Resampling and cutting a recording into windows
 stay outside: they are a few lines of numpy (README) and ``label_image`` does them.
 
-Both models carry their own description in a second signature, ``metadata``: sample
+Both models carry their own description in a second signature, ``sidecar``: sample
 rate, window length, window hop, labels, and the whole sidecar as JSON (the TFLite one
 takes a dummy int32 ``unused`` input: TFLite drops signatures without inputs). So the
-model file alone is enough to label sound; the usual JSON sidecar is written too.
+model file alone is enough to label sound; the usual JSON sidecar is written too. The
+name is not ``metadata`` on purpose: TFLite orders signatures by name and applies its
+XNNPACK CPU delegate to the first subgraph only, so the serving signature must sort first
+("metadata" < "serving_default" < "sidecar"); with it second the network ran 3-4x slower.
 
 Image backbones (and concatenations of them) get the front-end and Pillow-exact resizing
 to each part's input size; waveform backbones with a ``tf_callable`` take the window
@@ -39,7 +42,7 @@ from soundretrain.spectrogram_settings import SpectrogramSettings
 
 INPUT_NAME = "waveform"
 OUTPUT_NAME = "probabilities"
-METADATA_SIGNATURE = "metadata"
+METADATA_SIGNATURE = "sidecar"  # sorts after "serving_default": see the module docstring
 METADATA_DUMMY_INPUT = "unused"
 TFLITE_QUANTIZATIONS = ("none", "float16", "dynamic")
 
@@ -255,7 +258,7 @@ def _serving_function(tf, features_fn, head, spec: AudioModelSpec):
 
 
 def _metadata_function(tf, sidecar: dict, spec: AudioModelSpec, dummy_input: bool = False):
-    """``metadata``: constants describing the model (TFLite needs a dummy input)."""
+    """The ``sidecar`` signature: constants describing the model (TFLite needs a dummy input)."""
     values = metadata_values(sidecar, spec)
 
     def constants(zero):
@@ -268,19 +271,19 @@ def _metadata_function(tf, sidecar: dict, spec: AudioModelSpec, dummy_input: boo
         }
 
     if dummy_input:
-        @tf.function(input_signature=[tf.TensorSpec([], tf.int32, name=METADATA_DUMMY_INPUT)])
         def metadata(unused):
             return constants(unused * 0)
+        signature = [tf.TensorSpec([], tf.int32, name=METADATA_DUMMY_INPUT)]
     else:
-        @tf.function(input_signature=[])
         def metadata():
             return constants(0)
-
-    return metadata.get_concrete_function()
+        signature = []
+    metadata.__name__ = METADATA_SIGNATURE  # the signature's key in the TFLite model
+    return tf.function(metadata, input_signature=signature).get_concrete_function()
 
 
 def metadata_values(sidecar: dict, spec: AudioModelSpec) -> dict:
-    """What the ``metadata`` signature returns."""
+    """What the ``sidecar`` signature returns."""
     return {
         "sample_rate": spec.sample_rate,
         "num_samples": spec.num_samples,
@@ -313,7 +316,7 @@ def _convert_tflite(tf, serve, metadata, quantization: str) -> bytes:
 
 
 def read_model_metadata(signature_call) -> dict:
-    """The sidecar a model's ``metadata`` signature carries, from the call's outputs."""
+    """The sidecar a model's ``sidecar`` signature carries, from the call's outputs."""
     out = signature_call
     raw = out["sidecar_json"]
     raw = raw.numpy() if hasattr(raw, "numpy") else raw

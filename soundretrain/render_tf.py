@@ -108,7 +108,7 @@ class SpectrogramFrontEnd:
 
         n_fft, hop = int(self.settings.n_fft), int(self.settings.hop_length)
         y = tf.pad(y, [[0, 0], [n_fft // 2, n_fft // 2 + self._extra_pad]])
-        frames = tf.signal.frame(y, n_fft, hop, axis=-1) * exact(self.window, y)
+        frames = frame_static(y, n_fft, hop, self.frames) * exact(self.window, y)
         spectrum = tf.signal.rfft(frames, fft_length=[n_fft]) if _power_of_two(n_fft) else _rdft(frames, n_fft)
         if isinstance(spectrum, tuple):
             real, imag = spectrum
@@ -135,7 +135,7 @@ class SpectrogramFrontEnd:
         s_db = s_db - tf.reduce_max(s_db, axis=[1, 2], keepdims=True)
         s_db = tf.maximum(s_db, floor)
         silent = tf.reduce_max(tf.abs(y), axis=-1) < exact(SILENCE_PEAK, y)
-        s_db = tf.where(silent[:, None, None], tf.zeros_like(s_db) + floor, s_db)
+        s_db = tf.where(silent[:, None, None], floor, s_db)
         return tf.transpose(s_db, [0, 2, 1])
 
     def indices(self, y):
@@ -181,6 +181,35 @@ def exact(value, like):
     bits = np.ascontiguousarray(np.asarray(value, np.float32)).view(np.int32)
     zero = tf.shape(like)[0] * 0
     return tf.bitcast(tf.constant(bits) + zero, tf.float32)
+
+
+def frame_static(y, n_fft: int, hop: int, frames: int):
+    """``tf.signal.frame(y, n_fft, hop)`` ``[N, frames, n_fft]`` built from slices and
+    reshapes whose shapes are all known when the model is converted.
+
+    ``tf.signal.frame`` computes its gather indices from the input's shape at run time;
+    in TFLite that makes every tensor after it dynamic, and the XNNPACK delegate then
+    leaves the whole network to the slower built-in kernels (4x slower here). With
+    ``g = gcd(n_fft, hop)`` the signal is cut into blocks of ``g`` samples and frame ``t``
+    is blocks ``t * hop / g`` to ``t * hop / g + n_fft / g``: ``n_fft / g`` strided slices
+    (4 for the defaults). When ``g`` is small, one gather with constant indices instead.
+    """
+    import math
+
+    import tensorflow as tf
+
+    g = math.gcd(n_fft, hop)
+    per_frame, step = n_fft // g, hop // g
+    if per_frame > 64:  # hop and n_fft nearly coprime: a gather (indices stored in the model)
+        index = np.arange(frames)[:, None] * hop + np.arange(n_fft)[None, :]
+        return tf.gather(y, index.astype(np.int32), axis=1)
+    blocks_needed = (frames - 1) * step + per_frame
+    length = int(y.shape[1])
+    if length < blocks_needed * g:
+        y = tf.pad(y, [[0, 0], [0, blocks_needed * g - length]])
+    blocks = tf.reshape(y[:, : blocks_needed * g], [-1, blocks_needed, g])
+    parts = [blocks[:, j: j + (frames - 1) * step + 1: step, :] for j in range(per_frame)]  # [N, frames, g] each
+    return tf.reshape(tf.stack(parts, axis=2), [-1, frames, n_fft])
 
 
 def resize_pixels(pixels, height: int, width: int):

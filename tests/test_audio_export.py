@@ -1,7 +1,7 @@
 """Audio-in models: the spectrogram front-end inside the exported graph.
 
 The audio-in SavedModel and TFLite give the Python path's probabilities (render_clip +
-image model) on generated audio; they describe themselves (metadata signature, sidecar);
+image model) on generated audio; they describe themselves (sidecar signature and file);
 label_image uses them with and without a sidecar; waveform backbones and concatenations
 export too; what cannot be exported is refused before anything is written; the README's
 ai-edge-litert example runs in a process that can import nothing but numpy and LiteRT.
@@ -77,12 +77,12 @@ def test_signature_metadata_and_sidecar(audio_models):
 
     folder = audio_models["audio_saved_model_dir"]
     loaded = tf.saved_model.load(folder)
-    assert set(loaded.signatures) == {"serving_default", "metadata"}
+    assert set(loaded.signatures) == {"serving_default", "sidecar"}
     serving = loaded.signatures["serving_default"]
     (name, spec), = serving.structured_input_signature[1].items()
     assert name == "waveform" and spec.shape.as_list() == [None, SR] and spec.dtype == tf.float32
     assert list(serving.structured_outputs) == ["probabilities"]
-    meta = loaded.signatures["metadata"]()
+    meta = loaded.signatures["sidecar"]()
     assert int(meta["sample_rate"]) == SR and int(meta["num_samples"]) == SR and int(meta["hop_samples"]) == SR
     assert [b.decode() for b in meta["labels"].numpy()] == LABELS
     embedded = json.loads(meta["sidecar_json"].numpy().decode())
@@ -99,15 +99,40 @@ def test_signature_metadata_and_sidecar(audio_models):
     path = audio_models["output_audio_tflite"]
     interpreter = _tflite_interpreter(path, 1)
     assert interpreter.get_signature_list() == {
-        "metadata": {"inputs": ["unused"], "outputs": ["hop_samples", "labels", "num_samples", "sample_rate",
+        "sidecar": {"inputs": ["unused"], "outputs": ["hop_samples", "labels", "num_samples", "sample_rate",
                                                      "sidecar_json"]},
         "serving_default": {"inputs": ["waveform"], "outputs": ["probabilities"]}}
-    meta = interpreter.get_signature_runner("metadata")(unused=np.int32(0))
+    meta = interpreter.get_signature_runner("sidecar")(unused=np.int32(0))
     tflite_sidecar = json.loads(meta["sidecar_json"].item())
     beside = json.load(open(path + ".json"))
     assert beside.pop("artifact_sha256") == hashlib.sha256(open(path, "rb").read()).hexdigest()
     assert tflite_sidecar == beside
     assert tflite_sidecar["artifact"] == "audio_tflite" and tflite_sidecar["tflite_quantization"] == "none"
+
+
+def test_serving_signature_is_the_first_subgraph(audio_models):
+    """TFLite's XNNPACK delegate takes the first subgraph only: the network must be there
+    (with the description first, it ran 3-4x slower)."""
+    from tensorflow.lite.python import schema_py_generated as schema
+
+    data = bytearray(open(audio_models["output_audio_tflite"], "rb").read())
+    model = schema.Model.GetRootAs(data, 0)
+    subgraph_of = {model.SignatureDefs(i).SignatureKey().decode(): model.SignatureDefs(i).SubgraphIndex()
+                   for i in range(model.SignatureDefsLength())}
+    assert subgraph_of == {"serving_default": 0, "sidecar": 1}
+
+
+def test_older_models_with_a_metadata_signature_still_describe_themselves(tiny, tmp_path, monkeypatch):
+    from label.models import load_labeler
+    from soundretrain import audio_export
+
+    monkeypatch.setattr(audio_export, "METADATA_SIGNATURE", "metadata")
+    path = tmp_path / "old" / "model_audio.tflite"
+    audio_export.export_audio_model(tiny.backbone, tiny.head, LABELS, {"spectrogram": tiny.settings.to_dict()},
+                                    output_audio_tflite=str(path))
+    os.remove(f"{path}.json")
+    labeler = load_labeler(str(path))
+    assert labeler.audio_in and labeler.labels == LABELS and labeler.sample_rate == SR
 
 
 @pytest.mark.parametrize("quantization,atol", [("float16", 0.02), ("dynamic", 0.05)])
