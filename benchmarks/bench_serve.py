@@ -13,7 +13,8 @@ shared UrbanSound8K folds, else a generated one):
 * one client: ``--requests`` / 4 requests in a row over one keep-alive connection;
 * load: ``--clients`` clients (threads, each its own connection) sending
   ``--requests`` requests in all, as fast as answers come, bounded by ``--time_limit``
-  seconds; every answer is checked (status 200, the same top label as the baseline).
+  seconds; every answer is checked (status 200, the same top label as the baseline);
+  once per server ``--pool_size`` in ``--pool_sizes`` (1,2: one copy of the model, two).
 
 Reports p50/p95/max latency, throughput and errors; writes
 ``benchmarks/results/bench_serve.json``. Exits non-zero on any error.
@@ -63,10 +64,10 @@ def build_tflite(workdir: Path, tiny: bool) -> str:
     return paths["output_tflite"]
 
 
-def start_server(graph: str) -> tuple[subprocess.Popen, str]:
+def start_server(graph: str, pool_size: int = 1) -> tuple[subprocess.Popen, str]:
     env = dict(os.environ, PYTHONPATH=str(ROOT), TF_CPP_MIN_LOG_LEVEL="2")
     proc = subprocess.Popen([sys.executable, "-m", "label.cli", "--serve", "--graph", graph, "--port", "0",
-                             "--host", "127.0.0.1"],
+                             "--host", "127.0.0.1", "--pool_size", str(pool_size)],
                             cwd=ROOT, env=env, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
     deadline = time.monotonic() + 180
     lines = []
@@ -152,6 +153,7 @@ def main() -> int:
     parser.add_argument("--requests", type=int, default=200)
     parser.add_argument("--time_limit", type=float, default=300.0, help="seconds; the load stops then")
     parser.add_argument("--baseline_repeats", type=int, default=20)
+    parser.add_argument("--pool_sizes", default="1,2", help="server --pool_size values to load-test, in turn")
     args = parser.parse_args()
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     import httpx
@@ -165,19 +167,24 @@ def main() -> int:
         clip, clip_note = pick_clip(workdir, SpectrogramSettings())
         data = Path(clip).read_bytes()
         base, expected = baseline_ms(graph, clip, args.baseline_repeats)
-        proc, url = start_server(graph)
-        try:
-            info = httpx.get(url + "v1/model").json()
-            single = run_clients(url, data, expected, 1, max(10, args.requests // 4), args.time_limit)
-            load = run_clients(url, data, expected, args.clients, args.requests, args.time_limit)
-            alive = httpx.get(url + "v1/model").status_code == 200
-        finally:
-            proc.terminate()
-            proc.wait(timeout=30)
+        loads, alive = {}, True
+        for pool_size in [int(p) for p in args.pool_sizes.split(",")]:
+            proc, url = start_server(graph, pool_size)
+            try:
+                info = httpx.get(url + "v1/model").json()
+                if not loads:
+                    single = run_clients(url, data, expected, 1, max(10, args.requests // 4), args.time_limit)
+                loads[pool_size] = run_clients(url, data, expected, args.clients, args.requests, args.time_limit)
+                alive = alive and httpx.get(url + "v1/model").status_code == 200
+            finally:
+                proc.terminate()
+                proc.wait(timeout=30)
+        load = loads[min(loads)]
     load_avg = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
     report = {
         "model": info["model"], "module": info.get("module"), "format": info["format"], "clip": clip_note,
         "baseline_in_process_ms": round(base, 1), "one_client": single, "load": load,
+        "load_by_pool_size": {str(k): v for k, v in loads.items()},
         "http_overhead_one_client": round(single["p50_ms"] / base, 2),
         "server_alive_after": alive, "load_average": load_avg,
         "machine": f"{platform.machine()}, {os.cpu_count()} CPUs",
@@ -185,13 +192,15 @@ def main() -> int:
     print(f"model {info['model']} ({info.get('module')}, {info['format']}), clip: {clip_note}; load average {load_avg:.1f}")
     print(f"{'':28}{'requests':>9}{'errors':>8}{'p50 ms':>9}{'p95 ms':>9}{'max ms':>9}{'req/s':>8}")
     print(f"{'in process, no HTTP':28}{args.baseline_repeats:>9}{0:>8}{base:>9.1f}")
-    for name, r in ((f"HTTP, 1 client", single), (f"HTTP, {args.clients} clients", load)):
+    rows = [("HTTP, 1 client, pool 1", single)]
+    rows += [(f"HTTP, {args.clients} clients, pool {k}", v) for k, v in loads.items()]
+    for name, r in rows:
         print(f"{name:28}{r['requests']:>9}{r['errors']:>8}{r['p50_ms']:>9.1f}{r['p95_ms']:>9.1f}"
               f"{r['max_ms']:>9.1f}{r['requests_per_s']:>8.1f}")
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(report, indent=2) + "\n")
     print(f"wrote {RESULTS.relative_to(ROOT)}")
-    failed = single["errors"] or load["errors"] or load["requests"] < args.requests or not alive
+    failed = single["errors"] or not alive or any(r["errors"] or r["requests"] < args.requests for r in loads.values())
     return 1 if failed else 0
 
 

@@ -85,6 +85,8 @@ def define_flags(fv: flags.FlagValues) -> None:
     define("integer", "port", 8000, "TCP port (0: any free port).", group="serve")
     define("float", "max_upload_mb", 25.0, "Largest upload accepted, in MB.", group="serve")
     define("float", "max_seconds", 300.0, "Longest audio accepted, in seconds.", group="serve")
+    define("integer", "pool_size", 1, "Copies of the model labelling requests in parallel (1: one at a time); "
+           "each takes the model's memory.", group="serve")
     define("string", "ssl_certfile", None, "Serve https with this PEM certificate (a phone's browser allows the "
            "microphone only over https or on localhost).", group="serve")
     define("string", "ssl_keyfile", None, "The certificate's private key (PEM), unless --ssl_certfile holds it.", group="serve")
@@ -134,6 +136,7 @@ class LabelSettings:
     port: int = 8000
     max_upload_mb: float = 25.0
     max_seconds: float = 300.0
+    pool_size: int = 1
     ssl_certfile: Optional[str] = None
     ssl_keyfile: Optional[str] = None
     min_confidence: Optional[float] = None
@@ -236,7 +239,7 @@ def settings_from_flags(fv: flags.FlagValues, extra: Sequence[str]) -> LabelSett
         record_seconds=fv.record_seconds, trigger_db=fv.trigger_db, num_threads=fv.num_threads,
         keep_going=fv.keep_going,
         serve=fv.serve, host=fv.host, port=fv.port, max_upload_mb=fv.max_upload_mb, max_seconds=fv.max_seconds,
-        ssl_certfile=fv.ssl_certfile, ssl_keyfile=fv.ssl_keyfile,
+        pool_size=fv.pool_size, ssl_certfile=fv.ssl_certfile, ssl_keyfile=fv.ssl_keyfile,
         min_confidence=fv.min_confidence, merge_consecutive=fv.merge_consecutive,
         detections_dir=fv.detections_dir, combine_detections=fv.combine_detections,
         detections_format=tuple(f.strip().lower() for f in (fv.detections_format or ()) if f.strip()),
@@ -533,7 +536,7 @@ def _run_serve(settings: LabelSettings) -> int:
         host=settings.host, port=settings.port, max_upload_bytes=int(settings.max_upload_mb * 2**20),
         max_seconds=settings.max_seconds, top_k=settings.top_k, batch_size=settings.batch_size,
         trigger=TriggerSettings(record_seconds=settings.record_seconds, trigger_db=settings.trigger_db),
-        ssl_certfile=settings.ssl_certfile, ssl_keyfile=settings.ssl_keyfile,
+        pool_size=settings.pool_size, ssl_certfile=settings.ssl_certfile, ssl_keyfile=settings.ssl_keyfile,
     )
     problems = options.problems()
     if problems:
@@ -541,10 +544,10 @@ def _run_serve(settings: LabelSettings) -> int:
     options.check_certificate()  # fail before the slow model load
     sock = serve.bind_socket(settings.host, settings.port)
     try:
-        labeler = _load(settings)
-        _, audio_input = _inputs(settings, labeler)
-        options = dataclasses.replace(options, top_k=min(settings.top_k, len(labeler.labels)))
-        service = serve.LabelService(labeler, audio_input, options)
+        labelers = [_load(settings) for _ in range(options.pool_size)]
+        _, audio_input = _inputs(settings, labelers[0])
+        options = dataclasses.replace(options, top_k=min(settings.top_k, len(labelers[0].labels)))
+        service = serve.LabelService(labelers, audio_input, options)
         service.warm_up()
         if not serve.is_loopback(settings.host):
             mic = "" if settings.ssl_certfile else " (and the page's microphone needs https: --ssl_certfile)"

@@ -13,9 +13,9 @@ the same HTTP API a script would:
   the trigger's parameters.
 
 Labelling goes through :mod:`label.labeling` (``decode_audio`` then ``label_windows``),
-exactly as ``label_image --audio`` does. Model calls are serialised by one lock: a TFLite
-interpreter must not run on two threads at once, and on a laptop's few cores parallel
-calls would not be faster anyway. Decoding and rendering run outside the lock.
+exactly as ``label_image --audio`` does. Each loaded copy of the model serves one request
+at a time (a TFLite interpreter must not run on two threads): one copy serialises the model
+calls, ``--pool_size`` copies run that many in parallel. Decoding runs outside the pool.
 
 Safe by default: loopback only unless ``--host`` says otherwise (and then a warning),
 ``Host`` headers checked on loopback (so a web page elsewhere cannot reach the server
@@ -26,16 +26,18 @@ bad upload is a 4xx JSON ``{"error": "..."}``.
 # and Request is imported inside create_app (fastapi loads only when serving).
 import asyncio
 import base64
+import contextlib
 import io
 import ipaddress
 import logging
 import os
+import queue
 import socket
 import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Optional, Sequence, Union
 
 import numpy as np
 
@@ -63,6 +65,7 @@ class ServeSettings:
     top_k: int = 5
     batch_size: int = 32
     max_waiting: int = 32  # requests waiting for the model before 503
+    pool_size: int = 1  # copies of the model labelling in parallel
     trigger: TriggerSettings = field(default_factory=TriggerSettings)
     ssl_certfile: Optional[str] = None  # https: browsers allow the microphone off localhost
     ssl_keyfile: Optional[str] = None
@@ -79,6 +82,8 @@ class ServeSettings:
             p.append("--max_upload_mb must be positive")
         if not self.max_seconds > 0:
             p.append(f"--max_seconds must be positive, not {self.max_seconds}")
+        if self.pool_size < 1:
+            p.append(f"--pool_size must be at least 1, not {self.pool_size}")
         if self.ssl_keyfile and not self.ssl_certfile:
             p.append("--ssl_keyfile goes with --ssl_certfile")
         return p + self.trigger.problems()
@@ -156,15 +161,35 @@ def waveform_envelope(y: np.ndarray, points: int = WAVEFORM_POINTS) -> dict:
 
 
 class LabelService:
-    """One loaded model behind a lock, labelling uploaded audio bytes."""
+    """Labels uploaded audio bytes with a pool of loaded copies of one model.
 
-    def __init__(self, labeler: Labeler, audio_input: AudioInput, settings: ServeSettings) -> None:
-        self.labeler = labeler
+    Each copy serves one request at a time (a TFLite interpreter must not run on two
+    threads); with one copy, model calls are serialised. More copies let requests use
+    more cores (TFLite runs on one thread unless ``--num_threads`` says otherwise), at
+    the cost of one model's memory each.
+    """
+
+    def __init__(self, labelers: Union[Labeler, Sequence[Labeler]], audio_input: AudioInput,
+                 settings: ServeSettings) -> None:
+        labelers = [labelers] if isinstance(labelers, Labeler) else list(labelers)
+        self.labeler = labelers[0]  # what all copies share: labels, sidecar, input kind
         self.audio_input = audio_input
         self.settings = settings
-        self.rates = audio_rates(labeler, audio_input)
-        self.lock = threading.Lock()  # one model call at a time (TFLite is not thread-safe)
+        self.rates = audio_rates(self.labeler, audio_input)
+        self.pool: "queue.Queue[Labeler]" = queue.Queue()
+        for labeler in labelers:
+            self.pool.put(labeler)
+        self.pool_size = len(labelers)
         self.waiting = 0  # requests admitted and not yet answered (event-loop thread only)
+
+    @contextlib.contextmanager
+    def model(self):
+        """A copy of the model for this thread alone, returned to the pool afterwards."""
+        labeler = self.pool.get()
+        try:
+            yield labeler
+        finally:
+            self.pool.put(labeler)
 
     def warm_up(self) -> None:
         """Label one window of quiet noise, so the first visitor does not wait for the
@@ -174,8 +199,13 @@ class LabelService:
         seconds = self.audio_input.settings.duration
         y = (0.01 * np.random.default_rng(0).standard_normal(int(self.rates[0] * seconds))).astype(np.float32)
         ys = {rate: to_sample_rate(y, self.rates[0], rate) for rate in self.rates}
-        with self.lock:
-            label_windows(self.labeler, ys, self.audio_input, self.settings.batch_size)
+        copies = [self.pool.get() for _ in range(self.pool_size)]
+        try:
+            for labeler in copies:
+                label_windows(labeler, ys, self.audio_input, self.settings.batch_size)
+        finally:
+            for labeler in copies:
+                self.pool.put(labeler)
         self._add_display({"windows": [{}]}, ys)
 
     def model_info(self) -> dict:
@@ -197,6 +227,7 @@ class LabelService:
             "input_kind": self.labeler.input_kind,
             "image_size": int(spectrogram.image_size),
             "top_k": self.settings.top_k,
+            "pool_size": self.pool_size,
             "limits": {"max_upload_bytes": self.settings.max_upload_bytes,
                        "max_seconds": self.settings.max_seconds},
             "trigger": trigger_parameters(self.settings.trigger),
@@ -216,8 +247,8 @@ class LabelService:
             raise UploadError(400, f"top_k must be at least 1, not {k}")
         k = min(k, len(self.labeler.labels))
         ys = self._decode(data, name)
-        with self.lock:
-            result = label_windows(self.labeler, ys, self.audio_input, self.settings.batch_size, source=name)
+        with self.model() as labeler:
+            result = label_windows(labeler, ys, self.audio_input, self.settings.batch_size, source=name)
         answer = result_dict(result, self.labeler.labels, k)
         best = answer["top"][0]
         reference = ys[self.rates[0]]

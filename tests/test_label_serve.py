@@ -38,17 +38,17 @@ def sirens(tmp_path_factory):
     return build_siren_model(str(tmp_path_factory.getbasetemp() / "siren_model"))
 
 
-def make_service(model_path: str, **settings) -> LabelService:
-    labeler = load_labeler(model_path)
-    audio_input = AudioInput(spectrogram_settings_for(labeler), None, resolve_image_input(labeler))
-    return LabelService(labeler, audio_input, ServeSettings(**settings))
+def make_service(model_path: str, copies: int = 1, **settings) -> LabelService:
+    labelers = [load_labeler(model_path) for _ in range(copies)]
+    audio_input = AudioInput(spectrogram_settings_for(labelers[0]), None, resolve_image_input(labelers[0]))
+    return LabelService(labelers, audio_input, ServeSettings(**settings))
 
 
 @pytest.fixture(scope="module")
 def server(sirens):
-    """(url, service) of a server with small limits: 1 MB, 20 s."""
-    service = make_service(sirens.tflite, max_upload_bytes=2**20, max_seconds=20.0,
-                           trigger=TriggerSettings(record_seconds=2.0))
+    """(url, service) of a server with small limits (1 MB, 20 s) and two copies of the model."""
+    service = make_service(sirens.tflite, copies=2, max_upload_bytes=2**20, max_seconds=20.0,
+                           trigger=TriggerSettings(record_seconds=2.0), pool_size=2)
     service.warm_up()
     with BackgroundServer(service) as url:
         yield url, service
@@ -313,6 +313,7 @@ def test_load_200_requests_from_4_clients(server):
         list(pool.map(client_loop, range(4)))
     assert failures == []
     assert len(latencies) == 200
+    assert service.pool.qsize() == service.pool_size == 2  # every copy came back
     q = statistics.quantiles(latencies, n=20)
     print(f"\n200 requests, 4 clients: p50 {statistics.median(latencies) * 1000:.0f} ms, p95 {q[18] * 1000:.0f} ms")
     assert service.waiting == 0
@@ -337,7 +338,7 @@ def test_a_full_queue_answers_503_and_recovers(sirens):
     service = make_service(sirens.tflite, max_waiting=2)
     data = wav_bytes(example_clip("alarm", 0, 0))
     with BackgroundServer(service) as url:
-        service.lock.acquire()  # the model is busy
+        busy_model = service.pool.get()  # the one copy of the model is busy
         try:
             with ThreadPoolExecutor(2) as pool:
                 waiting = [pool.submit(httpx.post, url + "v1/label", content=data, timeout=30) for _ in range(2)]
@@ -348,11 +349,12 @@ def test_a_full_queue_answers_503_and_recovers(sirens):
                 assert_error(busy, 503, "busy")
                 assert busy.headers["retry-after"] == "1"
                 assert httpx.get(url + "v1/model").status_code == 200  # the page still loads
-                service.lock.release()
+                service.pool.put(busy_model)
+                busy_model = None
                 assert [f.result().status_code for f in waiting] == [200, 200]
         finally:
-            if service.lock.locked():
-                service.lock.release()
+            if busy_model is not None:
+                service.pool.put(busy_model)
         assert httpx.post(url + "v1/label", content=data, timeout=30).status_code == 200
 
 
@@ -370,6 +372,8 @@ def test_serve_flags_are_checked(sirens, capsys):
     assert "--max_seconds" in capsys.readouterr().err
     assert main(["label_image", "--serve", "--graph", sirens.tflite, "--max_upload_mb", "-1"]) == 2
     assert "--max_upload_mb" in capsys.readouterr().err
+    assert main(["label_image", "--serve", "--graph", sirens.tflite, "--pool_size", "0"]) == 2
+    assert "--pool_size" in capsys.readouterr().err
 
 
 def test_serve_port_in_use_and_missing_model(sirens, tmp_path, capsys):
@@ -388,7 +392,8 @@ def test_serve_port_in_use_and_missing_model(sirens, tmp_path, capsys):
 def test_label_image_serve_runs_until_ctrl_c(sirens):
     """The real command in a new process: it prints its URL, answers, and stops on SIGINT."""
     env = dict(os.environ, PYTHONPATH=str(ROOT), TF_CPP_MIN_LOG_LEVEL="2")
-    proc = subprocess.Popen([sys.executable, "-m", "label.cli", "--serve", "--graph", sirens.tflite, "--port", "0"],
+    proc = subprocess.Popen([sys.executable, "-m", "label.cli", "--serve", "--graph", sirens.tflite, "--port", "0",
+                             "--pool_size", "2"],
                             cwd=ROOT, env=env, stderr=subprocess.PIPE, text=True)
     try:
         url = None
@@ -402,7 +407,8 @@ def test_label_image_serve_runs_until_ctrl_c(sirens):
             if line.startswith("serving "):
                 url = line.split(" at ")[1].split()[0]
         assert url and url.startswith("http://127.0.0.1:"), "".join(lines)
-        assert httpx.get(url + "v1/model").json()["labels"] == sirens.labels
+        info = httpx.get(url + "v1/model").json()
+        assert info["labels"] == sirens.labels and info["pool_size"] == 2
         got = httpx.post(url + "v1/label", content=wav_bytes(example_clip("siren", 6, 0)), timeout=30).json()
         assert got["label"] == "siren"
         proc.send_signal(signal.SIGINT)
