@@ -244,12 +244,14 @@ def hour(models: dict, clips: list, work: Path, settings) -> dict:
     """One hour of real audio through label_image's detections, in bounded memory."""
     import soundfile as sf
 
+    from soundretrain.atomic_files import replacing_file
     from soundretrain.audio import load_audio
 
     wav = work / "hour.wav"
     seconds = 0.0
     if not wav.is_file():
-        with sf.SoundFile(str(wav) + ".tmp", "w", settings.sample_rate, 1, "PCM_16", format="WAV") as f:
+        with replacing_file(wav, durable=False) as tmp, \
+                sf.SoundFile(tmp, "w", settings.sample_rate, 1, "PCM_16", format="WAV") as f:
             k = 0
             while seconds < 3600:
                 y = load_audio(clips[k % len(clips)][0], settings.sample_rate)
@@ -257,7 +259,6 @@ def hour(models: dict, clips: list, work: Path, settings) -> dict:
                 f.write(y)
                 seconds += len(y) / settings.sample_rate
                 k += 1
-        os.replace(str(wav) + ".tmp", wav)
     info = sf.info(str(wav))
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     out_dir = work / "detections"
