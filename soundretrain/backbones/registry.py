@@ -2,7 +2,8 @@
 a batch of feature vectors ("bottlenecks").
 
 Every backbone (a TF Hub handle or URL, a local SavedModel folder, a short registry name
-such as ``efficientnet_lite0`` or ``birdnet``, or several of these joined by commas)
+such as ``efficientnet_lite0``, ``aisfx``, ``soundnet`` or ``birdnet``, or several of these
+joined by commas)
 is loaded into an object that satisfies :class:`Backbone`.
 
 Input conventions (retrain.py's TF Hub convention, so exported graphs agree with
@@ -88,6 +89,8 @@ LOCAL_FACTORIES: Dict[str, str] = {
     "efficientnet_lite0": "soundretrain.backbones.efficientnet_lite0:load",
     "birdnet": "soundretrain.backbones.birdnet:load",
     "birdnet_meanmax": "soundretrain.backbones.birdnet:load_meanmax",
+    "aisfx": "soundretrain.backbones.aisfx:load",
+    "soundnet": "soundretrain.backbones.soundnet:load",
 }
 
 
@@ -409,9 +412,9 @@ class ConcatBackbone(Backbone):
     """Several backbones side by side; features concatenated in the order given.
 
     Parts of one input kind can run as one function (images are resized to each part's
-    size). Mixing image and waveform parts is fine for bottlenecks (the bottleneck stage
-    feeds each part its own input, see :attr:`parts`) but such a model has no single
-    graph (``tf_callable`` is None).
+    size). Mixing image and waveform parts, or waveform parts at different sample rates,
+    is fine for bottlenecks (the bottleneck stage feeds each part its own input, see
+    :attr:`parts`) but such a model has no single graph (``tf_callable`` is None).
     """
 
     def __init__(self, parts: Sequence[Backbone]) -> None:
@@ -424,7 +427,11 @@ class ConcatBackbone(Backbone):
 
     @property
     def mixed_inputs(self) -> bool:
-        return len({p.input_spec.kind for p in self.parts}) > 1
+        """Parts that cannot share one input: image and waveform, or waveforms at
+        different sample rates (``aisfx,soundnet``: 44.1 and 22.05 kHz)."""
+        kinds = {p.input_spec.kind for p in self.parts}
+        rates = {p.input_spec.sample_rate for p in self.parts if p.input_spec.kind == "waveform"}
+        return len(kinds) > 1 or len(rates) > 1
 
     def _fit(self, inputs, part: Backbone):
         """Resize an image batch to ``part``'s size (numpy in, numpy out; tensors stay tensors)."""
@@ -439,8 +446,9 @@ class ConcatBackbone(Backbone):
 
     def compute(self, inputs: np.ndarray) -> np.ndarray:
         if self.mixed_inputs:
-            raise ModuleError(f"modules {self.name} mix image and waveform inputs; compute each "
-                              "part on its own input (see ConcatBackbone.parts)")
+            raise ModuleError(f"modules {self.name} take different inputs (image and waveform, "
+                              "or different sample rates); compute each part on its own input "
+                              "(see ConcatBackbone.parts)")
         return np.concatenate([p.compute(self._fit(inputs, p)) for p in self.parts], axis=1)
 
     def tf_callable(self) -> Optional[Callable[[Any], Any]]:

