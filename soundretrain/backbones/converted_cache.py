@@ -20,11 +20,11 @@ import json
 import os
 import shutil
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Callable, Optional, TypeVar
 
+from soundretrain import atomic_files
 from soundretrain.backbones.registry import ModuleError
 
 MARKER_FILE = "soundretrain_module.json"
@@ -73,23 +73,27 @@ def convert_into(target: Path, cache_format: int, build: Callable[[Path], dict])
     target.parent.mkdir(parents=True, exist_ok=True)  # fail early when unwritable
     found = _inode(target)  # the stale or corrupt cache we were asked to replace, if any
     remove_abandoned_temp_folders(target)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    tmp = Path(atomic_files.new_temp_folder(target))
     try:
         marker = dict(build(tmp))
         marker["cache_format"] = cache_format
         (tmp / MARKER_FILE).write_text(json.dumps(marker, indent=2))
+        atomic_files.fsync_tree(str(tmp))
         now = _inode(target)
         if now is not None and now != found and is_valid_cache(target, cache_format):
             return  # another process converted it while we did: keep theirs
-        if target.exists():  # corrupt or stale: move it aside, then swap ours in
-            trash = Path(tempfile.mkdtemp(prefix=f".{target.name}.old.", dir=target.parent))
-            os.replace(target, trash / "old")
+        # Not atomic_files.replacing_folder: the first finished copy must win and stay put
+        # (another process may be loading it), and a stale one is moved aside first.
+        if target.exists():
+            trash = atomic_files.new_temp_folder(target, "old")
+            os.replace(target, os.path.join(trash, "old"))
             shutil.rmtree(trash, ignore_errors=True)
         try:
             os.replace(tmp, target)
         except OSError:
             if not is_valid_cache(target, cache_format):  # nobody else won the race either
                 raise
+        atomic_files.fsync_folder(str(target.parent))
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

