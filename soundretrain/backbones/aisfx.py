@@ -325,7 +325,3 @@ def load(cache_dir: Optional[str | os.PathLike] = None, windowing: str = "clip",
                               "the packaged aiSFX weights (CC BY 4.0)")
     return Aisfx(weights, saved_model_dir=folder, windowing=windowing)
 
-
-def load_blocks(cache_dir: Optional[str | os.PathLike] = None) -> Aisfx:
-    """aiSFX over the package's overlapping 100-frame blocks, embeddings averaged."""
-    return load(cache_dir, windowing="blocks")
