@@ -144,6 +144,22 @@ def make_flags() -> flags.FlagValues:
     define("float", "l2", 0.0, "L2 weight penalty.", group="head")
     define("boolean", "balanced_batches", False, "Draw every class equally often in a batch.",
            group="head")
+    define("boolean", "standardize", True, "Standardise every feature with the training "
+           "images' mean and std. Never from validation or test images; the exported model "
+           "carries them. --nostandardize: raw features, as retrain.py.", group="head")
+    define("boolean", "early_stopping", True, "Keep the head's weights from the best "
+           "validation evaluation. The whole validation set is scored every "
+           "--eval_step_interval steps (accuracy, ties: cross-entropy). --noearly_stopping: the "
+           "last step's weights, as retrain.py.", group="head")
+    define("integer", "early_stopping_patience", 0, "Stop after this many steps without a "
+           "better validation score. 0 runs all --how_many_training_steps (the best weights are "
+           "still kept).", lower_bound=0, group="head")
+    define("boolean", "autotune", False, "Search head settings on the validation images "
+           "first. --autotune_trials settings of learning rate, L2, hidden units and dropout, "
+           "each with early stopping; the winner is printed, logged to TensorBoard (HPARAMS) "
+           "and trained. Reproducible with --random_seed.", group="head")
+    define("integer", "autotune_trials", 20, "How many head settings --autotune tries. The "
+           "first is the one the flags give.", lower_bound=1, group="head")
     define("string", "module_cache_dir", None, "Cache folder for converted and downloaded "
            "modules. Default: $XDG_CACHE_HOME/soundretrain, and TF Hub's own cache.", group="run")
     define("string", "output_tflite", "", "Also save a TFLite flatbuffer here; empty: none.",
@@ -179,7 +195,9 @@ def settings_from_flags(fv: flags.FlagValues) -> RetrainSettings:
     head = HeadSettings(learning_rate=fv.learning_rate, train_batch_size=fv.train_batch_size,
                         hidden_units=fv.hidden_units, dropout=fv.dropout,
                         label_smoothing=fv.label_smoothing, optimizer=fv.optimizer, l2=fv.l2,
-                        balanced_batches=fv.balanced_batches, seed=seed or 0)
+                        balanced_batches=fv.balanced_batches, standardize=fv.standardize,
+                        early_stopping=fv.early_stopping,
+                        early_stopping_patience=fv.early_stopping_patience, seed=seed or 0)
     augment = AugmentSettings(copies=fv.augmentation_copies, seed=seed or 0)
     return RetrainSettings(
         image_dir=fv.image_dir, tfhub_module=fv.tfhub_module,
@@ -191,7 +209,8 @@ def settings_from_flags(fv: flags.FlagValues) -> RetrainSettings:
         how_many_training_steps=fv.how_many_training_steps,
         eval_step_interval=fv.eval_step_interval,
         validation_batch_size=fv.validation_batch_size, test_batch_size=fv.test_batch_size,
-        head=head, augment=augment, summaries_dir=_blank(fv.summaries_dir), run_tag=fv.run_tag,
+        head=head, augment=augment, autotune=fv.autotune, autotune_trials=fv.autotune_trials,
+        summaries_dir=_blank(fv.summaries_dir), run_tag=fv.run_tag,
         output_graph=_blank(fv.output_graph), output_graph_explicit=fv["output_graph"].present > 0,
         output_labels=_blank(fv.output_labels),
         saved_model_dir=_blank(fv.saved_model_dir), output_tflite=_blank(fv.output_tflite),

@@ -22,7 +22,8 @@ import numpy as np
 from retrain.augment import plan_copies
 from retrain.bottlenecks import compute_augmented_bottlenecks, compute_bottlenecks
 from retrain.errors import RetrainError, RetrainInterrupted
-from retrain.head import ClassificationHead, HeadTrainer, accuracy_and_xent
+from retrain.head import (ClassificationHead, EarlyStopping, Evaluation, HeadTrainer,
+                          accuracy_and_xent, eval_steps, fit)
 from retrain.images import ImageSet, list_images
 from soundretrain.backbones.registry import Backbone, ModuleError, load_module
 from retrain.splits import Split, fold_split, hash_split, missing_classes
@@ -180,10 +181,8 @@ def stop_if_diverged(step: int, cross_entropy: float, head: ClassificationHead,
 def event_steps(total: int, eval_interval: int, store_frequency: int) -> list[int]:
     """retrain.py's 0-based step indices after which something happens: evaluations
     (every ``eval_interval`` and the last) and intermediate graphs."""
-    steps = set(range(0, total, eval_interval)) | {total - 1}
-    if store_frequency > 0:
-        steps |= set(range(store_frequency, total, store_frequency))
-    return sorted(steps)
+    extra = range(store_frequency, total, store_frequency) if store_frequency > 0 else ()
+    return eval_steps(total, eval_interval, extra)
 
 
 def train_and_evaluate(settings: RetrainSettings, prepared: Prepared, split: Split, seed: int,
@@ -203,30 +202,51 @@ def train_and_evaluate(settings: RetrainSettings, prepared: Prepared, split: Spl
     if missing:
         log(f"Warning: no training images for class(es) {', '.join(labels[k] for k in missing)}")
     head_settings = dataclasses.replace(settings.head, seed=seed)
-    head = ClassificationHead(prepared.backbone.feature_size, len(labels),
-                              head_settings.hidden_units, head_settings.dropout, seed=seed)
-    trainer = HeadTrainer(head, x, y, head_settings)
-    rng = np.random.default_rng(seed)
     val_idx = np.asarray(split.validation, int)
+    x_val, y_val = prepared.features[val_idx], prepared.class_ids[val_idx]
     summaries = None
     if settings.summaries_dir:
         summaries = RunSummaries(settings.summaries_dir, tag, settings.flags_text, run_dir)
         log(f"TensorBoard summaries: {summaries.run_dir} "
             f"(watch with: tensorboard --logdir {settings.summaries_dir})")
     total = settings.how_many_training_steps
-    hist_every = max(settings.eval_step_interval, total // 20)
-    done, val_acc = 0, None
     try:
-        for i in event_steps(total, settings.eval_step_interval, settings.intermediate_store_frequency):
-            train_acc, xent = trainer.train(i + 1 - done)
-            done = i + 1
-            stop_if_diverged(i, xent, head, settings)
-            is_eval = i % settings.eval_step_interval == 0 or i == total - 1
-            if is_eval:
-                log(f"{_stamp()}: Step {i}: Train accuracy = {train_acc * 100:.1f}%")
-                log(f"{_stamp()}: Step {i}: Cross entropy = {xent:f}")
-                val_xent = None
-                if len(val_idx):
+        if settings.autotune:
+            from retrain.autotune import autotune
+
+            if not len(val_idx):
+                raise RetrainError("--autotune scores head settings on the validation images, "
+                                   "and this split has none; give --validation_percentage > 0 "
+                                   "or --validation_folds")
+            tuned = autotune(x, y, x_val, y_val, len(labels), head_settings, total,
+                             settings.eval_step_interval, settings.autotune_trials, log,
+                             os.path.join(summaries.run_dir, "autotune") if summaries else None)
+            head_settings = tuned.settings
+        head = ClassificationHead(prepared.backbone.feature_size, len(labels),
+                                  head_settings.hidden_units, head_settings.dropout, seed=seed)
+        trainer = HeadTrainer(head, x, y, head_settings)
+        if head_settings.standardize:
+            log(f"Features standardised with the mean and std of the {len(x)} training examples")
+        stopper = None
+        if head_settings.early_stopping and len(val_idx):
+            stopper = EarlyStopping(head.trainable_variables, head_settings.early_stopping_patience)
+        elif head_settings.early_stopping:
+            log("No validation images: no early stopping, the last step's weights are kept")
+        rng = np.random.default_rng(seed)
+        hist_every = max(settings.eval_step_interval, total // 20)
+        last_val_acc: list[Optional[float]] = [None]
+
+        def on_step(i: int, evaluation: Evaluation) -> None:
+            stop_if_diverged(i, evaluation.train_cross_entropy, head, settings)
+            if evaluation.is_evaluation:
+                log(f"{_stamp()}: Step {i}: Train accuracy = {evaluation.train_accuracy * 100:.1f}%")
+                log(f"{_stamp()}: Step {i}: Cross entropy = {evaluation.train_cross_entropy:f}")
+                val_acc = val_xent = None
+                if evaluation.validation_accuracy is not None:  # early stopping: the whole set
+                    val_acc, val_xent = evaluation.validation_accuracy, evaluation.validation_cross_entropy
+                    log(f"{_stamp()}: Step {i}: Validation accuracy = {val_acc * 100:.1f}% "
+                        f"(N={len(val_idx)})")
+                elif len(val_idx):
                     # retrain.py samples with replacement; a small set is used whole.
                     size = settings.validation_batch_size
                     batch = val_idx if size < 0 or size >= len(val_idx) else rng.choice(val_idx, size)
@@ -234,14 +254,27 @@ def train_and_evaluate(settings: RetrainSettings, prepared: Prepared, split: Spl
                         head.predict(prepared.features[batch]), prepared.class_ids[batch])
                     log(f"{_stamp()}: Step {i}: Validation accuracy = {val_acc * 100:.1f}% "
                         f"(N={len(batch)})")
+                last_val_acc[0] = val_acc
                 if summaries:
-                    summaries.scalars(i, train_acc, xent, trainer.learning_rate,
-                                      val_acc if len(val_idx) else None, val_xent)
+                    summaries.scalars(i, evaluation.train_accuracy, evaluation.train_cross_entropy,
+                                      trainer.learning_rate, val_acc, val_xent)
                     if i % hist_every == 0 or i == total - 1:
                         summaries.histograms(i, head, x[:256])
             if on_intermediate and settings.intermediate_store_frequency > 0 and i > 0 \
                     and i % settings.intermediate_store_frequency == 0:
                 on_intermediate(i, head)
+
+        fitted = fit(trainer, total, settings.eval_step_interval, x_val, y_val, stopper,
+                     event_steps(total, settings.eval_step_interval,
+                                 settings.intermediate_store_frequency), on_step)
+        val_acc = last_val_acc[0]
+        if fitted.best_step is not None:
+            val_acc = fitted.best_validation_accuracy
+            why = (f"stopped at step {fitted.steps_run - 1}, {head_settings.early_stopping_patience} "
+                   "steps without a better validation score; " if fitted.stopped_early else "")
+            log(f"{_stamp()}: Early stopping: {why}kept the weights of step {fitted.best_step} "
+                f"(validation accuracy = {fitted.best_validation_accuracy * 100:.1f}%, cross "
+                f"entropy = {fitted.best_validation_cross_entropy:f})")
 
         test_idx = list(split.test)
         if 0 <= settings.test_batch_size < len(test_idx):

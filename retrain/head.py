@@ -1,16 +1,23 @@
 """The new classification head, trained on cached bottlenecks.
 
-By default retrain.py's head: one fully connected layer (weights from a truncated normal
-with stddev 0.001, zero biases) and a softmax. Options: one hidden ReLU layer, dropout,
-label smoothing, L2, SGD or Adam, class-balanced batches.
+retrain.py's head at its core: one fully connected layer (weights from a truncated normal
+with stddev 0.001, zero biases) and a softmax. In front of it, the features are
+standardised with the training split's per-feature mean and standard deviation, held in
+the head itself so every exported model (.pb, SavedModel, TFLite) carries them. Options:
+one hidden ReLU layer, dropout, label smoothing, L2, SGD or Adam, class-balanced batches.
 
 Training runs many steps inside one ``tf.function`` call (a graph ``while`` loop that
 samples its batches with stateless random ops), so 4000 steps take about a second
 instead of 4000 Python round trips; a fixed ``seed`` reproduces a run exactly.
+:func:`fit` runs the steps with evaluations in between and, given an
+:class:`EarlyStopping`, stops when the validation score no longer improves and restores
+the best weights. Both work on any list of variables (fine-tuning reuses them).
 """
 from __future__ import annotations
 
-from typing import Sequence
+import math
+from dataclasses import dataclass
+from typing import Callable, Optional, Sequence
 
 import numpy as np
 import tensorflow as tf
@@ -18,12 +25,32 @@ import tensorflow as tf
 from retrain.settings import OPTIMIZERS, HeadSettings  # noqa: F401 - re-exported
 
 
+def feature_statistics(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-feature mean and standard deviation of ``x [N, feature_size]`` (the training
+    split's features: never validation or test, whose statistics would leak into the
+    model). A feature that barely varies in training (std under 1/1000 of the typical
+    feature's) keeps that floor, so a tiny difference at test time is not blown up into a
+    huge input; a constant feature maps to 0."""
+    x = np.asarray(x, np.float64)
+    if x.ndim != 2 or len(x) == 0:
+        raise ValueError(f"feature statistics need a non-empty [N, features] array, not {x.shape}")
+    mean = x.mean(axis=0)
+    std = x.std(axis=0)
+    typical = float(np.mean(std))
+    floor = 1e-3 * typical if typical > 0 else 1.0
+    std = np.where(std > 0, np.maximum(std, floor), 1.0)
+    return mean.astype(np.float32), std.astype(np.float32)
+
+
 class ClassificationHead(tf.Module):
     """``features [N, feature_size] -> class probabilities [N, num_classes]``.
 
     ``head.__call__`` is a ``tf.function`` with input signature
     ``[None, feature_size] float32`` (set per instance, since the size differs per
-    backbone); ``head(x)`` calls it.
+    backbone); ``head(x)`` calls it. The first op standardises the features with
+    ``feature_mean`` and ``feature_scale`` (1 / std), non-trainable variables that are
+    the identity until :meth:`set_standardization` is called, and frozen into the graph
+    on export like the weights.
     """
 
     def __init__(self, feature_size: int, num_classes: int, hidden_units: int = 0,
@@ -34,6 +61,10 @@ class ClassificationHead(tf.Module):
         self.num_classes = int(num_classes)
         self.hidden_units = int(hidden_units)
         self.dropout = float(dropout)
+        self.feature_mean = tf.Variable(np.zeros(self.feature_size, np.float32),
+                                        trainable=False, name="feature_mean")
+        self.feature_scale = tf.Variable(np.ones(self.feature_size, np.float32),
+                                         trainable=False, name="feature_scale")
         width = self.feature_size
         if self.hidden_units:
             scale = np.sqrt(2.0 / self.feature_size)  # He init for the ReLU layer
@@ -54,9 +85,28 @@ class ClassificationHead(tf.Module):
     def __call__(self, features):  # noqa: D401 - Python's call syntax looks up the class
         return self.__dict__["__call__"](features)
 
+    def set_standardization(self, mean: np.ndarray, std: np.ndarray) -> None:
+        """Standardise inputs as ``(x - mean) / std`` from now on (see
+        :func:`feature_statistics`)."""
+        mean = np.asarray(mean, np.float32).reshape(-1)
+        std = np.asarray(std, np.float32).reshape(-1)
+        if mean.shape != (self.feature_size,) or std.shape != (self.feature_size,) \
+                or not np.all(std > 0) or not np.all(np.isfinite(mean)):
+            raise ValueError(f"standardisation needs a finite mean and a positive std of "
+                             f"{self.feature_size} features")
+        self.feature_mean.assign(mean)
+        self.feature_scale.assign(1.0 / std)
+
+    @property
+    def standardized(self) -> bool:
+        return bool(np.any(self.feature_mean.numpy() != 0) or np.any(self.feature_scale.numpy() != 1))
+
+    def standardize(self, features):
+        return (features - self.feature_mean) * self.feature_scale
+
     def hidden(self, features, training: bool = False, dropout_seed=None):
         """The activations the final layer sees."""
-        x = features
+        x = self.standardize(features)
         if self.hidden_units:
             x = tf.nn.relu(tf.matmul(x, self.hidden_weights) + self.hidden_biases)
         if training and self.dropout > 0:
@@ -90,12 +140,16 @@ def _truncated_normal(rng: np.random.Generator, shape, stddev: float) -> np.ndar
 
 
 class HeadTrainer:
-    """Trains ``head`` on in-memory bottlenecks ``x`` with integer labels ``y``."""
+    """Trains ``head`` on in-memory bottlenecks ``x`` with integer labels ``y``. With
+    ``settings.standardize`` the head's standardisation is set from ``x`` (the training
+    data, so never from validation or test)."""
 
     def __init__(self, head: ClassificationHead, x: np.ndarray, y: Sequence[int],
                  settings: HeadSettings) -> None:
         self.head = head
         self.settings = settings
+        if settings.standardize:
+            head.set_standardization(*feature_statistics(x))
         y = np.asarray(y, np.int32)
         order = np.argsort(y, kind="stable")
         counts = np.bincount(y, minlength=head.num_classes)
@@ -190,3 +244,131 @@ def accuracy_and_xent(probabilities: np.ndarray, labels: Sequence[int]) -> tuple
     acc = float(np.mean(np.argmax(probabilities, 1) == labels))
     xent = float(-np.mean(np.log(np.clip(probabilities[np.arange(len(labels)), labels], 1e-12, 1))))
     return acc, xent
+
+
+# ------------------------------------------------------------------ early stopping and fit
+
+class EarlyStopping:
+    """Remembers the values of ``variables`` at the best validation score seen so far and
+    says when to stop: after ``patience`` steps without a better score (0: never early).
+
+    "Better" is a higher validation accuracy, ties broken by a lower cross-entropy, so a
+    small validation set (where many steps share one accuracy) still prefers the more
+    confident model; ``min_delta`` ignores smaller cross-entropy gains."""
+
+    def __init__(self, variables: Sequence[tf.Variable], patience: int,
+                 min_delta: float = 1e-4) -> None:
+        if patience < 0:
+            raise ValueError(f"patience must be >= 0, not {patience}")
+        self.variables = list(variables)
+        self.patience = int(patience)
+        self.min_delta = float(min_delta)
+        self.best_step: Optional[int] = None
+        self.best_accuracy = -math.inf
+        self.best_cross_entropy = math.inf
+        self._best_values: Optional[list[np.ndarray]] = None
+
+    def is_better(self, accuracy: float, cross_entropy: float) -> bool:
+        if accuracy > self.best_accuracy + 1e-12:
+            return True
+        return abs(accuracy - self.best_accuracy) <= 1e-12 and \
+            cross_entropy < self.best_cross_entropy - self.min_delta
+
+    def update(self, step: int, accuracy: float, cross_entropy: float) -> bool:
+        """Record the score at ``step``; True when it is the best so far (then the
+        variables' values are kept)."""
+        if not (math.isfinite(accuracy) and math.isfinite(cross_entropy)):
+            return False
+        if not self.is_better(accuracy, cross_entropy):
+            return False
+        self.best_step, self.best_accuracy, self.best_cross_entropy = step, accuracy, cross_entropy
+        self._best_values = [v.numpy().copy() for v in self.variables]
+        return True
+
+    def should_stop(self, step: int) -> bool:
+        return self.patience > 0 and self.best_step is not None \
+            and step - self.best_step >= self.patience
+
+    def restore(self) -> bool:
+        """Put the best values back; False when there were none."""
+        if self._best_values is None:
+            return False
+        for v, value in zip(self.variables, self._best_values):
+            v.assign(value)
+        return True
+
+
+@dataclass
+class Evaluation:
+    """One evaluation point of :func:`fit`: the last batch's training accuracy and
+    cross-entropy, and the whole validation set's when there is one."""
+
+    step: int
+    train_accuracy: float
+    train_cross_entropy: float
+    validation_accuracy: Optional[float] = None
+    validation_cross_entropy: Optional[float] = None
+    improved: bool = False
+    is_evaluation: bool = True  # False: an extra step (an intermediate graph), no evaluation
+
+
+@dataclass
+class FitResult:
+    steps_run: int  # the training steps actually run (fewer when stopped early)
+    best_step: Optional[int]  # 0-based step whose weights were kept (None: the last)
+    best_validation_accuracy: Optional[float]
+    best_validation_cross_entropy: Optional[float]
+    stopped_early: bool
+    evaluations: list[Evaluation]
+
+
+def eval_steps(total: int, eval_interval: int, extra: Sequence[int] = ()) -> list[int]:
+    """retrain.py's 0-based step indices after which something happens: evaluations
+    (every ``eval_interval`` and the last) and ``extra`` ones (intermediate graphs)."""
+    steps = set(range(0, total, eval_interval)) | {total - 1}
+    steps |= {s for s in extra if 0 <= s < total}
+    return sorted(steps)
+
+
+def fit(trainer: HeadTrainer, steps: int, eval_interval: int,
+        x_val: Optional[np.ndarray] = None, y_val: Optional[Sequence[int]] = None,
+        early_stopping: Optional[EarlyStopping] = None, extra_steps: Sequence[int] = (),
+        on_step: Optional[Callable[[int, Optional[Evaluation]], None]] = None) -> FitResult:
+    """Train ``steps`` steps, evaluating every ``eval_interval`` (and at the last step).
+
+    With ``early_stopping`` and a validation set, every evaluation scores the whole
+    validation set; training stops once the score has not improved for the patience,
+    and the best weights are restored. ``on_step(i, evaluation)`` is called after step
+    ``i`` at every evaluation and every ``extra_steps`` entry (``evaluation.is_evaluation``
+    False there: only the last batch's numbers), for logging, summaries, intermediate graphs
+    and stopping a diverged run (an exception from it ends training)."""
+    validate = x_val is not None and y_val is not None and len(y_val) > 0
+    if validate and early_stopping is not None:
+        x_val_t = tf.constant(np.asarray(x_val, np.float32))  # converted once, not per evaluation
+        y_val = np.asarray(y_val)
+    evaluations: list[Evaluation] = []
+    done, stopped = 0, False
+    for i in eval_steps(steps, eval_interval, extra_steps):
+        train_acc, xent = trainer.train(i + 1 - done)
+        done = i + 1
+        evaluation = Evaluation(i, train_acc, xent,
+                                is_evaluation=i % eval_interval == 0 or i == steps - 1)
+        if evaluation.is_evaluation:
+            if validate and early_stopping is not None:
+                evaluation.validation_accuracy, evaluation.validation_cross_entropy = \
+                    accuracy_and_xent(trainer.head(x_val_t).numpy(), y_val)
+                evaluation.improved = early_stopping.update(
+                    i, evaluation.validation_accuracy, evaluation.validation_cross_entropy)
+            evaluations.append(evaluation)
+        if on_step is not None:
+            on_step(i, evaluation)
+        if evaluation.is_evaluation and early_stopping is not None and early_stopping.should_stop(i):
+            stopped = i < steps - 1
+            break
+    best = None
+    if validate and early_stopping is not None and early_stopping.restore():
+        best = early_stopping.best_step
+    return FitResult(done, best,
+                     early_stopping.best_accuracy if best is not None else None,
+                     early_stopping.best_cross_entropy if best is not None else None,
+                     stopped, evaluations)

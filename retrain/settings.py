@@ -23,6 +23,9 @@ class HeadSettings:
     optimizer: str = "sgd"
     l2: float = 0.0
     balanced_batches: bool = False
+    standardize: bool = True  # the training split's mean / std, folded into the head
+    early_stopping: bool = True  # keep the weights of the best validation score
+    early_stopping_patience: int = 0  # stop after this many steps without one; 0: run all
     seed: int = 0
 
     def problems(self) -> list[str]:
@@ -41,6 +44,8 @@ class HeadSettings:
             p.append(f"--optimizer must be one of {', '.join(OPTIMIZERS)}, not {self.optimizer!r}")
         if self.l2 < 0:
             p.append(f"--l2 must be >= 0, not {self.l2}")
+        if self.early_stopping_patience < 0:
+            p.append(f"--early_stopping_patience must be >= 0, not {self.early_stopping_patience}")
         return p
 
 
@@ -67,6 +72,8 @@ class RetrainSettings:
     test_batch_size: int = -1
     head: HeadSettings = field(default_factory=HeadSettings)
     augment: AugmentSettings = field(default_factory=AugmentSettings)
+    autotune: bool = False  # search the head's settings on the validation split first
+    autotune_trials: int = 20
     summaries_dir: Optional[str] = "training_summaries"
     run_tag: str = ""
     output_graph: Optional[str] = None
@@ -94,6 +101,11 @@ class RetrainSettings:
             p.append(f"--how_many_training_steps must be positive, not {self.how_many_training_steps}")
         if self.eval_step_interval <= 0:
             p.append(f"--eval_step_interval must be positive, not {self.eval_step_interval}")
+        if self.autotune_trials < 1:
+            p.append(f"--autotune_trials must be >= 1, not {self.autotune_trials}")
+        if self.autotune and not self.validation_folds and self.validation_percentage <= 0:
+            p.append("--autotune scores head settings on the validation images: give "
+                     "--validation_percentage > 0 or --validation_folds")
         if self.augment.copies < 0:
             p.append(f"--augmentation_copies must be >= 0, not {self.augment.copies}")
         if self.bottleneck_batch_size <= 0:
