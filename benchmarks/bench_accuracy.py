@@ -1,136 +1,270 @@
 """Accuracy on the shared UrbanSound8K folds 1-2 under the official protocol: train on one
 fold, test on the other, both ways (never random splits of slices).
 
-For each module, on the same cached bottlenecks and the same split (the test fold; the
-training fold minus a 10 % group-aware validation slice), it compares:
+Every variant runs retrain's own training path (``retrain.core.train_and_evaluate``) with a
+:class:`retrain.settings.RetrainSettings`, on the same cached bottlenecks and the same split:
+the test fold, and the training fold minus a 10 % group-aware validation slice (what
+``--split folds --test_folds N`` does). Each row is one variant: a base setting with levers
+switched on or off (:data:`HEAD_LEVERS`), so any ablation is a list of lever settings:
 
-* ``head default``: the toolkit's head with retrain.py's settings (one softmax layer,
-  SGD, learning rate 0.01, 4000 steps of batch 100);
-* ``head tuned``: the best of a few head settings, chosen on the validation slice only;
-* ``head tuned + augmentation``: the tuned head with ``--augmentation_copies`` cached
-  augmented copies of each training image (time shift, masks, mixing within the fold);
-* ``logistic regression``: scikit-learn's probe on standardised features.
+* ``retrain.py head``: one softmax layer on raw features, SGD 0.01, 4000 steps, last weights;
+* ``default``: ``retrain``'s defaults (standardisation, early stopping on validation);
+* ``default - <lever>``: the default with one lever off;
+* ``default + autotune``: ``--autotune`` (the search scored on the validation slice);
+* ``logistic regression``: scikit-learn's probe on standardised features, C chosen by a
+  grouped 5-fold cross-validation inside the training fold (training + validation images).
+
+With ``--test_time_shifts N`` the default head is also scored with test-time averaging: the
+probabilities of N circularly time-shifted copies of each clip (spectrogram image or
+waveform, cached like augmented copies) averaged, on validation and on test.
 
     .venv/bin/python -m benchmarks.bench_accuracy --spec_dir /tmp/us8k_spec \\
-        [--modules "efficientnet_lite0;birdnet"] [--augmentation_copies 1]
+        [--modules "efficientnet_lite0;birdnet"] [--variants "default;default + autotune"] \\
+        [--augmentation_copies 1] [--test_time_shifts 4]
 
 ``--ablation`` instead measures which parts of the augmentation help (time shift, masks,
 mixing, all), with the default head and ``--augmentation_copies`` copies.
 
-``--spec_dir`` must hold what ``spectrograms --preset urbansound8k`` wrote
-for the shared folds (the script renders them there first when it is missing). Prints a
-table and writes ``benchmarks/results/bench_accuracy.json``.
+``--spec_dir`` must hold what ``spectrograms --preset urbansound8k`` wrote for the shared
+folds (the script renders them there first when it is missing). Prints a table (accuracy per
+direction, mean, seconds per run) and writes ``benchmarks/results/bench_accuracy.json``.
+Other benchmarks build ablations on it: ``evaluate(settings, prepared)`` scores any
+``RetrainSettings`` on the two directions.
 """
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import hashlib
 import json
 import os
 import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Callable, Optional, Sequence
+
+# Single-threaded BLAS: on a shared 2-core machine, scikit-learn's multi-threaded BLAS ran the
+# probe 30-40x slower than one thread (threads spinning against other jobs).
+for _name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(_name, "1")
 
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "bench_accuracy.json"
 SHARED_US8K = ROOT.parent / "shared" / "datasets" / "urbansound8k-folds1-2"
+DIRECTIONS = ((1, 2), (2, 1))  # (training fold, test fold)
 
-CANDIDATES = {  # head settings tried; the validation slice picks one per split
-    "sgd lr0.01 (retrain.py)": dict(),
-    "sgd lr0.1": dict(learning_rate=0.1),
-    "adam lr0.001": dict(optimizer="adam", learning_rate=0.001),
-    "adam lr0.001 ls0.1 l2 1e-4": dict(optimizer="adam", learning_rate=0.001,
-                                       label_smoothing=0.1, l2=1e-4),
-    "adam lr0.001 hidden256 dropout0.5": dict(optimizer="adam", learning_rate=0.001,
-                                               hidden_units=256, dropout=0.5),
+
+# A lever: (settings, on) -> settings. Defaults are "on" where retrain's default is on.
+HEAD_LEVERS: dict[str, Callable] = {
+    "standardize": lambda s, on: dataclasses.replace(
+        s, head=dataclasses.replace(s.head, standardize=on)),
+    "early_stopping": lambda s, on: dataclasses.replace(
+        s, head=dataclasses.replace(s.head, early_stopping=on)),
+    "autotune": lambda s, on: dataclasses.replace(s, autotune=on),
 }
+
+
+def with_levers(settings, **levers: bool):
+    """``settings`` with each named lever of :data:`HEAD_LEVERS` switched on or off."""
+    for name, on in levers.items():
+        settings = HEAD_LEVERS[name](settings, on)
+    return settings
+
+
+def head_variants(base) -> dict[str, object]:
+    """The head ablation: retrain.py's head, the default, each lever off, autotune."""
+    return {
+        "retrain.py head": with_levers(base, standardize=False, early_stopping=False),
+        "default": base,
+        "default - standardize": with_levers(base, standardize=False),
+        "default - early_stopping": with_levers(base, early_stopping=False),
+        "default + autotune": with_levers(base, autotune=True),
+    }
 
 
 def render_if_missing(spec_dir: str, data_dir: str) -> None:
     if os.path.isfile(os.path.join(spec_dir, "manifest.csv")):
         return
     print(f"rendering spectrograms of {data_dir} into {spec_dir} ...", flush=True)
-    subprocess.run([sys.executable, "-m", "spectrograms", "--preset=urbansound8k", f"--data_dir={data_dir}",
-                    f"--output_dir={spec_dir}"], check=True, cwd=ROOT)
+    subprocess.run([sys.executable, "-m", "spectrograms", "--preset=urbansound8k",
+                    f"--data_dir={data_dir}", f"--output_dir={spec_dir}"], check=True, cwd=ROOT)
 
 
-def train_head(x, y, num_classes, steps, seed, **options):
-    from retrain.head import ClassificationHead, HeadSettings, HeadTrainer
+def base_settings(spec_dir: str, module: str, bottleneck_dir: str, steps: int,
+                  copies: int = 0):
+    """``retrain --split folds`` with the flags' defaults (the test fold is set per direction)."""
+    from retrain.augment import AugmentSettings
+    from retrain.settings import RetrainSettings
 
-    settings = HeadSettings(seed=seed, **options)
-    head = ClassificationHead(x.shape[1], num_classes, settings.hidden_units, settings.dropout,
-                              seed=seed)
-    HeadTrainer(head, x, y, settings).train(steps)
-    return head
-
-
-def accuracy(head, x, y) -> float:
-    return float(np.mean(np.argmax(head.predict(x), 1) == y))
+    return RetrainSettings(image_dir=spec_dir, tfhub_module=module, bottleneck_dir=bottleneck_dir,
+                           summaries_dir=None, split="folds", test_folds=(2,),
+                           how_many_training_steps=steps, progress=False,
+                           augment=AugmentSettings(copies=copies))
 
 
-def logistic_probe(x_train, y_train, x_test, y_test) -> float:
+def split_of(prepared, test_fold: int):
+    from retrain.splits import fold_split
+
+    return fold_split(prepared.images.records, [test_fold], (), 10)
+
+
+def accuracy(probabilities: np.ndarray, y: np.ndarray) -> float:
+    return float(np.mean(np.argmax(probabilities, 1) == y)) if len(y) else float("nan")
+
+
+def evaluate(settings, prepared, seed: int = 0, shifted: Optional[dict] = None,
+             log: Callable[[str], None] = lambda line: None) -> dict:
+    """Train with ``settings`` on each direction; test and validation accuracy, seconds.
+    ``shifted``: {image index: [N-1, features] of time-shifted copies} to also score with
+    test-time averaging."""
+    from retrain.core import split_partition, train_and_evaluate
+
+    rows = []
+    for train_fold, test_fold in DIRECTIONS:
+        split = split_of(prepared, test_fold)
+        s = dataclasses.replace(settings, test_folds=(test_fold,))
+        start = time.perf_counter()
+        outcome = train_and_evaluate(s, prepared, split, seed, f"test{test_fold}",
+                                     split_partition(s, prepared), log)
+        seconds = time.perf_counter() - start
+        va, te = list(split.validation), list(split.test)
+        row = {"train_fold": train_fold, "test_fold": test_fold, "seconds": seconds,
+               "test": outcome.test_accuracy,
+               "validation": accuracy(outcome.head.predict(prepared.features[va]),
+                                      prepared.class_ids[va])}
+        if shifted is not None:
+            for name, idx in (("validation", va), ("test", te)):
+                row[f"{name}_shifted"] = accuracy(averaged(outcome.head, prepared, idx, shifted),
+                                                  prepared.class_ids[idx])
+        rows.append(row)
+    return summarise(rows)
+
+
+def summarise(rows: list[dict]) -> dict:
+    out = {"directions": rows}
+    for key in rows[0]:
+        if key not in ("train_fold", "test_fold"):
+            out[f"mean_{key}"] = float(np.mean([r[key] for r in rows]))
+    return out
+
+
+# ------------------------------------------------------------------ logistic-regression probe
+
+def logistic_probe(x: np.ndarray, y: np.ndarray, groups: Sequence[str], x_test: np.ndarray,
+                   y_test: np.ndarray) -> tuple[float, float]:
+    """Standardised logistic regression, C chosen by grouped 5-fold CV on ``x``; returns the
+    test accuracy and the C chosen."""
     from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import GridSearchCV, GroupKFold
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
-    probe = make_pipeline(StandardScaler(), LogisticRegression(max_iter=3000, C=1.0))
-    probe.fit(x_train, y_train)
-    return float(probe.score(x_test, y_test))
+    search = GridSearchCV(make_pipeline(StandardScaler(), LogisticRegression(max_iter=3000)),
+                          {"logisticregression__C": [1e-3, 3e-3, 1e-2, 3e-2, 0.1, 0.3, 1, 3, 10]},
+                          cv=GroupKFold(5))
+    search.fit(x, y, groups=np.asarray(groups))
+    return float(search.score(x_test, y_test)), float(search.best_params_["logisticregression__C"])
 
+
+def evaluate_probe(prepared) -> dict:
+    rows = []
+    groups = np.array([r.group for r in prepared.images.records])
+    for train_fold, test_fold in DIRECTIONS:
+        split = split_of(prepared, test_fold)
+        fold = list(split.train) + list(split.validation)
+        start = time.perf_counter()
+        acc, c = logistic_probe(prepared.features[fold], prepared.class_ids[fold], groups[fold],
+                                prepared.features[list(split.test)],
+                                prepared.class_ids[list(split.test)])
+        rows.append({"train_fold": train_fold, "test_fold": test_fold, "test": acc, "C": c,
+                     "seconds": time.perf_counter() - start})
+    return summarise(rows)
+
+
+# ------------------------------------------------------------------ test-time shifts
+
+def shifted_features(prepared, indices: Sequence[int], shifts: int, settings) -> dict:
+    """{index: [shifts - 1, features]}: bottlenecks of each example circularly shifted in
+    time by k/shifts of its length (k = 1 .. shifts-1), cached beside the others."""
+    from retrain.bottlenecks import (BottleneckStore, InputMaker, Job, backbone_parts,
+                                     run_jobs)
+
+    indices = list(indices)
+    records = prepared.images.records
+    blocks = []
+    for part in backbone_parts(prepared.backbone):
+        maker = InputMaker(part, prepared.spectrogram_settings)
+        store = BottleneckStore(settings.bottleneck_dir, part.name, part.feature_size)
+        axis = 0 if part.input_spec.kind == "waveform" else 1
+
+        def make(i: int, k: int) -> np.ndarray:
+            raw = maker.raw(records[i])
+            return maker.finish(np.roll(raw, int(round(k * raw.shape[axis] / shifts)), axis=axis))
+
+        jobs = [Job(hashlib.sha1(f"shift|{k}/{shifts}|{maker.key(records[i])}".encode()).hexdigest(),
+                    lambda i=i, k=k: make(i, k))
+                for i in indices for k in range(1, shifts)]
+        feats, _ = run_jobs(part, store, jobs, settings.bottleneck_batch_size, True,
+                            desc=f"shifted bottlenecks {part.name}")
+        blocks.append(feats)
+    feats = np.concatenate(blocks, axis=1).reshape(len(indices), shifts - 1, -1)
+    return dict(zip(indices, feats))
+
+
+def averaged(head, prepared, indices: Sequence[int], shifted: dict) -> np.ndarray:
+    """Mean probabilities over each example and its shifted copies."""
+    indices = list(indices)
+    probs = head.predict(prepared.features[indices])
+    extra = head.predict(np.concatenate([shifted[i] for i in indices]))
+    extra = extra.reshape(len(indices), -1, probs.shape[1])
+    return (probs + extra.sum(1)) / (1 + extra.shape[1])
+
+
+# ------------------------------------------------------------------ one module
 
 def bench_module(module: str, spec_dir: str, bottleneck_dir: str, steps: int, seed: int,
-                 copies: int) -> dict:
-    from retrain.augment import AugmentSettings
-    from retrain.core import RetrainSettings, prepare, split_partition, training_data
-    from retrain.splits import fold_split
+                 copies: int, variants: Optional[Sequence[str]], shifts: int,
+                 probe: bool = True) -> dict:
+    from retrain.core import prepare
 
-    settings = RetrainSettings(image_dir=spec_dir, tfhub_module=module,
-                               bottleneck_dir=bottleneck_dir, summaries_dir=None)
+    settings = base_settings(spec_dir, module, bottleneck_dir, steps, copies)
     start = time.perf_counter()
     prepared = prepare(settings, log=lambda line: print(line, flush=True))
     out = {"module": prepared.backbone.name, "bottleneck_s": time.perf_counter() - start,
-           "images": len(prepared.images.records), "directions": []}
-    labels, ids, feats = prepared.images.labels, prepared.class_ids, prepared.features
-    for train_fold, test_fold in ((1, 2), (2, 1)):
-        split = fold_split(prepared.images.records, [test_fold], (), 10)
-        tr, va, te = list(split.train), list(split.validation), list(split.test)
-        row = {"train_fold": train_fold, "test_fold": test_fold,
-               "train": len(tr), "validation": len(va), "test": len(te)}
-        t0 = time.perf_counter()
-        head = train_head(feats[tr], ids[tr], len(labels), steps, seed)
-        row["head_default"] = accuracy(head, feats[te], ids[te])
-        row["head_train_s"] = time.perf_counter() - t0
-        best, best_val = None, -1.0
-        for name, options in CANDIDATES.items():
-            head = train_head(feats[tr], ids[tr], len(labels), steps, seed, **options)
-            val = accuracy(head, feats[va], ids[va])
-            row.setdefault("validation_accuracy", {})[name] = val
-            if val > best_val:
-                best, best_val, best_head = name, val, head
-        row["tuned_choice"] = best
-        row["head_tuned"] = accuracy(best_head, feats[te], ids[te])
-        if copies > 0:
-            aug_settings = dataclasses.replace(settings, augment=AugmentSettings(copies=copies))
-            x_aug, y_aug = training_data(aug_settings, prepared, tr,
-                                         split_partition(aug_settings, prepared),
-                                         log=lambda line: print(line, flush=True))
-            head = train_head(x_aug, y_aug, len(labels), steps, seed, **CANDIDATES[best])
-            row["head_tuned_augmented"] = accuracy(head, feats[te], ids[te])
-            head = train_head(x_aug, y_aug, len(labels), steps, seed)
-            row["head_default_augmented"] = accuracy(head, feats[te], ids[te])
-        row["logistic_regression"] = logistic_probe(feats[tr], ids[tr], feats[te], ids[te])
-        print(json.dumps(row), flush=True)
-        out["directions"].append(row)
-    for key in ("head_default", "head_tuned", "head_tuned_augmented", "head_default_augmented",
-                "logistic_regression"):
-        values = [r[key] for r in out["directions"] if key in r]
-        if values:
-            out[f"mean_{key}"] = float(np.mean(values))
+           "images": len(prepared.images.records), "augmentation_copies": copies,
+           "variants": {}}
+    shifted = None
+    if shifts > 1:
+        held_out = sorted({i for _, t in DIRECTIONS for i in
+                           list(split_of(prepared, t).validation) + list(split_of(prepared, t).test)})
+        shifted = shifted_features(prepared, held_out, shifts, settings)
+    table = head_variants(settings)
+    for name in variants or table:
+        result = evaluate(table[name], prepared, seed, shifted if name == "default" else None)
+        out["variants"][name] = result
+        print(f"{out['module'][:27]:<28}{name:<28}" + cells(result), flush=True)
+        if name == "default" and shifted is not None:
+            print(f"{'':<28}{'  (test-time shifts x' + str(shifts) + ')':<28}"
+                  + cells(result, "_shifted"), flush=True)
+    if probe:
+        out["variants"]["logistic regression"] = result = evaluate_probe(prepared)
+        print(f"{out['module'][:27]:<28}{'logistic regression':<28}" + cells(result), flush=True)
     return out
 
+
+def cells(result: dict, suffix: str = "") -> str:
+    rows = result["directions"]
+    test = [r.get(f"test{suffix}") for r in rows]
+    text = "".join(f"{t * 100:>8.1f}%" for t in test) + f"{np.mean(test) * 100:>8.1f}%"
+    val = result.get(f"mean_validation{suffix}")
+    text += f"{val * 100:>8.1f}%" if val is not None else f"{'-':>9}"
+    return text + f"{result['mean_seconds']:>8.1f}"
+
+
+# ------------------------------------------------------------------ augmentation ablation
 
 ABLATION = {  # which parts of the augmentation help (default head, same split)
     "time shift only": dict(time_shift=True, time_masks=0, freq_masks=0, mix_probability=0.0),
@@ -143,29 +277,17 @@ ABLATION = {  # which parts of the augmentation help (default head, same split)
 def augmentation_ablation(module: str, spec_dir: str, bottleneck_dir: str, steps: int,
                           seed: int, copies: int) -> dict:
     from retrain.augment import AugmentSettings
-    from retrain.core import RetrainSettings, prepare, split_partition, training_data
-    from retrain.splits import fold_split
+    from retrain.core import prepare
 
-    settings = RetrainSettings(image_dir=spec_dir, tfhub_module=module,
-                               bottleneck_dir=bottleneck_dir, summaries_dir=None)
+    settings = base_settings(spec_dir, module, bottleneck_dir, steps)
     prepared = prepare(settings, log=lambda line: print(line, flush=True))
-    ids, feats, n = prepared.class_ids, prepared.features, len(prepared.images.labels)
     out = {"module": prepared.backbone.name, "copies": copies, "variants": {}}
     for name, options in [("none", None)] + list(ABLATION.items()):
-        accs = []
-        for train_fold, test_fold in ((1, 2), (2, 1)):
-            split = fold_split(prepared.images.records, [test_fold], (), 10)
-            tr, te = list(split.train), list(split.test)
-            if options is None:
-                x, y = feats[tr], ids[tr]
-            else:
-                aug = dataclasses.replace(settings, augment=AugmentSettings(copies=copies, **options))
-                x, y = training_data(aug, prepared, tr, split_partition(aug, prepared),
-                                     log=lambda line: None)
-            accs.append(accuracy(train_head(x, y, n, steps, seed), feats[te], ids[te]))
-        out["variants"][name] = {"1->2": accs[0], "2->1": accs[1], "mean": float(np.mean(accs))}
-        print(f"augmentation {name:<18} 1->2 {accs[0] * 100:5.1f}%  2->1 {accs[1] * 100:5.1f}%  "
-              f"mean {np.mean(accs) * 100:5.1f}%", flush=True)
+        s = settings if options is None else dataclasses.replace(
+            settings, augment=AugmentSettings(copies=copies, seed=seed, **options))
+        result = evaluate(s, prepared, seed)
+        out["variants"][name] = result
+        print(f"augmentation {name:<18}" + cells(result), flush=True)
     return out
 
 
@@ -173,11 +295,19 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--spec_dir", default="/tmp/us8k_folds12_spec")
     parser.add_argument("--data_dir", default=str(SHARED_US8K))
-    parser.add_argument("--modules", default="efficientnet_lite0")
+    parser.add_argument("--modules", default="efficientnet_lite0",
+                        help="modules separated by ';' (a module may be 'a,b')")
     parser.add_argument("--bottleneck_dir", default="/tmp/bottleneck")
     parser.add_argument("--steps", type=int, default=4000)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--augmentation_copies", type=int, default=1)
+    parser.add_argument("--augmentation_copies", type=int, default=0)
+    parser.add_argument("--variants", default="",
+                        help="';'-separated rows of the head ablation (default: all of "
+                             "retrain.py head; default; default - standardize; "
+                             "default - early_stopping; default + autotune)")
+    parser.add_argument("--test_time_shifts", type=int, default=0,
+                        help="also score the default head averaged over N time-shifted copies")
+    parser.add_argument("--noprobe", action="store_true", help="leave out the probe")
     parser.add_argument("--ablation", action="store_true",
                         help="instead: which augmentation parts help (first module only)")
     args = parser.parse_args()
@@ -188,7 +318,10 @@ def main() -> None:
               f"folds in {args.data_dir}")
         return
     render_if_missing(args.spec_dir, args.data_dir)
+    header = (f"{'module':<28}{'variant':<28}{'1->2':>9}{'2->1':>9}{'mean':>9}{'val':>9}"
+              f"{'s/run':>8}")
     if args.ablation:
+        print(header.replace(f"{'module':<28}{'variant':<28}", f"{'':<31}"))
         result = augmentation_ablation(args.modules.split(";")[0], args.spec_dir,
                                        args.bottleneck_dir, args.steps, args.seed,
                                        max(1, args.augmentation_copies))
@@ -198,20 +331,15 @@ def main() -> None:
         print(f"wrote {path}")
         return
 
-    results = {"protocol": "UrbanSound8K folds 1-2: train on one, test on the other, both ways",
+    variants = [v.strip() for v in args.variants.split(";") if v.strip()] or None
+    results = {"protocol": "UrbanSound8K folds 1-2: train on one, test on the other, both ways; "
+                           "validation: a 10 % group-aware slice of the training fold",
                "steps": args.steps, "seed": args.seed, "modules": []}
+    print(header, flush=True)
     for module in [m.strip() for m in args.modules.split(";") if m.strip()]:
-        results["modules"].append(bench_module(module, args.spec_dir, args.bottleneck_dir,
-                                               args.steps, args.seed, args.augmentation_copies))
-    print(f"\n{'module':<28}{'direction':<12}{'head':>8}{'tuned':>8}{'+aug':>8}{'logreg':>8}")
-    for m in results["modules"]:
-        for r in m["directions"] + [dict(m, train_fold="mean", test_fold="")]:
-            pre = "" if r["train_fold"] != "mean" else "mean_"
-            cells = [r.get(f"{pre}{k}") for k in
-                     ("head_default", "head_tuned", "head_tuned_augmented", "logistic_regression")]
-            text = "".join(f"{c * 100:>7.1f}%" if c is not None else f"{'-':>8}" for c in cells)
-            where = f"{r['train_fold']}->{r['test_fold']}" if pre == "" else "mean"
-            print(f"{m['module'][:27]:<28}{where:<12}{text}")
+        results["modules"].append(bench_module(
+            module, args.spec_dir, args.bottleneck_dir, args.steps, args.seed,
+            args.augmentation_copies, variants, args.test_time_shifts, not args.noprobe))
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(results, indent=2) + "\n")
     print(f"wrote {RESULTS}")

@@ -2,14 +2,15 @@
 validation split only (the test split is never looked at), as BirdNET-Analyzer's trainer
 tunes its classifier.
 
-Searched: learning rate (around the one given), L2, hidden units and dropout; the number
+Searched: learning rate (around the one given), L2, hidden units and dropout. The number
 of steps is chosen inside every trial by early stopping (the step with the best validation
-score, whose weights are kept). Trial 0 is always the settings given, so the winner is
-never worse on validation than not tuning. Every other trial is drawn without replacement
-from the grid with ``--random_seed``, and each trains with that seed, so the same seed
-repeats the whole search. The winner is the best validation accuracy (ties: the lower
-validation cross-entropy), printed and written to TensorBoard (the HPARAMS tab, one run per
-trial under ``<run>/autotune/``).
+score, whose weights are kept; a trial stops a quarter of the steps after it unless
+``--early_stopping_patience`` says otherwise). Trial 1 is always the settings given, so the
+winner is never worse on validation than not tuning. Every other trial is drawn without
+replacement from the grid with ``--random_seed``, and each trains with that seed, so the
+same seed repeats the whole search. The winner is the best validation accuracy (ties: the
+lower validation cross-entropy), printed and written to TensorBoard (the HPARAMS tab, one
+run per trial under ``<run>/autotune/``).
 """
 from __future__ import annotations
 
@@ -34,7 +35,7 @@ SEARCHED = ("learning_rate", "l2", "hidden_units", "dropout")
 
 @dataclass(frozen=True)
 class Trial:
-    number: int
+    number: int  # 1: the settings given
     settings: HeadSettings
     validation_accuracy: float
     validation_cross_entropy: float
@@ -126,22 +127,26 @@ def autotune(x: np.ndarray, y: np.ndarray, x_val: np.ndarray, y_val: np.ndarray,
     if len(y_val) == 0:
         raise ValueError("--autotune needs validation images (--validation_percentage > 0 "
                          "or --validation_folds)")
-    base = dataclasses.replace(base, early_stopping=True)
+    # Trials stop a quarter of the steps after their best evaluation unless a patience was
+    # given: wide hidden layers peak early and cost most, and the winner is retrained with
+    # the same patience, so it is the trial's head again.
+    patience = base.early_stopping_patience or max(eval_interval, steps // 4)
+    base = dataclasses.replace(base, early_stopping=True, early_stopping_patience=patience)
     settings_list = candidates(base, trials, base.seed)
     log(f"Autotune: {len(settings_list)} head settings, each up to {steps} steps with early "
         f"stopping, scored on {len(y_val)} validation images")
     done: list[Trial] = []
-    for number, settings in enumerate(settings_list):
+    for number, settings in enumerate(settings_list, 1):
         trial, _ = run_trial(number, settings, x, y, x_val, y_val, num_classes, steps,
                              eval_interval)
         done.append(trial)
-        log(f"Autotune trial {number + 1}/{len(settings_list)}: {trial.describe()}: "
+        log(f"Autotune trial {number}/{len(settings_list)}: {trial.describe()}: "
             f"validation accuracy = {trial.validation_accuracy * 100:.1f}%, cross entropy = "
             f"{trial.validation_cross_entropy:.4f} at step "
             f"{'-' if trial.best_step is None else trial.best_step} ({trial.seconds:.1f} s)")
     result = AutotuneResult(ranked(done)[0], done)
     w = result.winner
-    log(f"Autotune winner (trial {w.number + 1}): {w.describe()}, "
+    log(f"Autotune winner (trial {w.number}): {w.describe()}, "
         f"{'-' if w.best_step is None else w.best_step + 1} steps: validation accuracy = "
         f"{w.validation_accuracy * 100:.1f}% (the settings given: "
         f"{done[0].validation_accuracy * 100:.1f}%)")

@@ -330,11 +330,17 @@ def eval_steps(total: int, eval_interval: int, extra: Sequence[int] = ()) -> lis
     return sorted(steps)
 
 
-def fit(trainer: HeadTrainer, steps: int, eval_interval: int,
+def fit(trainer, steps: int, eval_interval: int,
         x_val: Optional[np.ndarray] = None, y_val: Optional[Sequence[int]] = None,
         early_stopping: Optional[EarlyStopping] = None, extra_steps: Sequence[int] = (),
-        on_step: Optional[Callable[[int, Optional[Evaluation]], None]] = None) -> FitResult:
+        on_step: Optional[Callable[[int, Optional[Evaluation]], None]] = None,
+        predict: Optional[Callable] = None) -> FitResult:
     """Train ``steps`` steps, evaluating every ``eval_interval`` (and at the last step).
+
+    ``trainer``: a :class:`HeadTrainer`, or anything whose ``train(n)`` runs ``n`` more
+    steps and returns the last batch's accuracy and cross-entropy; ``predict`` maps a
+    float32 tensor of validation inputs to probabilities (default ``trainer.head``), so a
+    model that fine-tunes more than the head stops early the same way.
 
     With ``early_stopping`` and a validation set, every evaluation scores the whole
     validation set; training stops once the score has not improved for the patience,
@@ -346,6 +352,7 @@ def fit(trainer: HeadTrainer, steps: int, eval_interval: int,
     if validate and early_stopping is not None:
         x_val_t = tf.constant(np.asarray(x_val, np.float32))  # converted once, not per evaluation
         y_val = np.asarray(y_val)
+        predict = predict or trainer.head
     evaluations: list[Evaluation] = []
     done, stopped = 0, False
     for i in eval_steps(steps, eval_interval, extra_steps):
@@ -356,7 +363,7 @@ def fit(trainer: HeadTrainer, steps: int, eval_interval: int,
         if evaluation.is_evaluation:
             if validate and early_stopping is not None:
                 evaluation.validation_accuracy, evaluation.validation_cross_entropy = \
-                    accuracy_and_xent(trainer.head(x_val_t).numpy(), y_val)
+                    accuracy_and_xent(np.asarray(predict(x_val_t)), y_val)
                 evaluation.improved = early_stopping.update(
                     i, evaluation.validation_accuracy, evaluation.validation_cross_entropy)
             evaluations.append(evaluation)

@@ -80,3 +80,124 @@ def test_1000_steps_of_batch_100_are_fast():
     for _ in range(100):  # as retrain runs it: an evaluation every 10 steps
         trainer.train(10)
     assert time.perf_counter() - start < 4
+
+
+# ------------------------------------------------------------------ standardisation
+
+def test_feature_statistics_and_the_head_standardise_in_graph():
+    from retrain.head import feature_statistics
+
+    rng = np.random.default_rng(0)
+    x = (rng.normal(5.0, 3.0, (200, 6)) * [1, 10, 0.1, 1, 1, 1]).astype(np.float32)
+    x[:, 4] = 2.5  # constant: maps to 0, never divides by zero
+    x[:, 5] = 1.0
+    x[0, 5] = 1.0 + 1e-9  # barely varies: floored, not blown up
+    mean, std = feature_statistics(x)
+    np.testing.assert_allclose(mean[:4], x[:, :4].mean(0), rtol=1e-5)
+    np.testing.assert_allclose(std[:4], x[:, :4].std(0), rtol=1e-5)
+    assert std[4] == 1.0 and std[5] >= 1e-3 * np.mean(x[:, :4].std(0)) * 0.5
+    head = ClassificationHead(6, 2)
+    assert not head.standardized
+    head.set_standardization(mean, std)
+    assert head.standardized
+    z = head.standardize(tf.constant(x)).numpy()
+    np.testing.assert_allclose(z[:, :4].mean(0), 0, atol=1e-4)
+    np.testing.assert_allclose(z[:, :4].std(0), 1, atol=1e-4)
+    assert np.all(z[:, 4] == 0) and np.all(np.abs(z[:, 5]) < 1e-3)
+    # The standardisation variables are not trained, but they are part of the head.
+    assert head.feature_mean not in head.trainable_variables
+    assert any(v is head.feature_mean for v in head.variables)
+
+
+@pytest.mark.parametrize("mean,std", [
+    (np.zeros(5), np.ones(6)), (np.zeros(6), np.zeros(6)), (np.full(6, np.nan), np.ones(6))])
+def test_bad_standardisation_is_refused(mean, std):
+    with pytest.raises(ValueError, match="standardisation needs"):
+        ClassificationHead(6, 2).set_standardization(mean, std)
+    with pytest.raises(ValueError, match="non-empty"):
+        from retrain.head import feature_statistics
+        feature_statistics(np.zeros((0, 6)))
+
+
+def test_trainer_standardises_with_its_training_data_only():
+    x, y = blobs()
+    x = x * 50 + 300  # far from standard
+    head = ClassificationHead(16, 3)
+    HeadTrainer(head, x[:200], y[:200], HeadSettings())
+    np.testing.assert_allclose(head.feature_mean.numpy(), x[:200].mean(0), rtol=1e-5)
+    raw = ClassificationHead(16, 3)
+    HeadTrainer(raw, x, y, HeadSettings(standardize=False))
+    assert not raw.standardized
+
+
+def test_standardisation_trains_well_on_badly_scaled_features():
+    # Raw features with large offsets defeat retrain.py's SGD at 0.01; standardised, they do not.
+    x, y = blobs()
+    x = x * 0.01 + 100
+    accs = {}
+    for standardize in (False, True):
+        head = ClassificationHead(16, 3, seed=1)
+        HeadTrainer(head, x, y, HeadSettings(standardize=standardize)).train(300)
+        accs[standardize] = accuracy_and_xent(head.predict(x), y)[0]
+    assert accs[True] > 0.95 > accs[False]
+
+
+# ------------------------------------------------------------------ early stopping
+
+def test_early_stopping_restores_the_best_validation_weights():
+    from retrain.head import EarlyStopping, fit
+
+    x, y = blobs(seed=3)
+    # Validation labels are the training labels rotated: the better the head learns the
+    # training classes, the worse it scores here, so the best step is an early one.
+    y_val = (y + 1) % 3
+    head = ClassificationHead(16, 3, seed=2)
+    trainer = HeadTrainer(head, x, y, HeadSettings(learning_rate=0.002))
+    snapshots = {}
+
+    def on_step(i, evaluation):
+        if evaluation is not None:
+            snapshots[i] = [v.numpy().copy() for v in head.trainable_variables]
+
+    stopper = EarlyStopping(head.trainable_variables, patience=0)
+    result = fit(trainer, 300, 10, x, y_val, stopper, on_step=on_step)
+    assert result.steps_run == 300 and not result.stopped_early
+    scores = {e.step: (e.validation_accuracy, -e.validation_cross_entropy) for e in result.evaluations}
+    best = max(scores, key=lambda s: (scores[s], -s))
+    assert result.best_step == best < 299
+    for v, kept in zip(head.trainable_variables, snapshots[best]):
+        np.testing.assert_array_equal(v.numpy(), kept)
+    acc, xent = accuracy_and_xent(head.predict(x), y_val)
+    assert acc == pytest.approx(result.best_validation_accuracy)
+    assert xent == pytest.approx(result.best_validation_cross_entropy, rel=1e-4)
+    assert scores[299] < scores[best]  # so restoring mattered
+
+
+def test_early_stopping_patience_stops_and_still_restores():
+    from retrain.head import EarlyStopping, fit
+
+    x, y = blobs(seed=4)
+    head = ClassificationHead(16, 3, seed=2)
+    trainer = HeadTrainer(head, x, y, HeadSettings(learning_rate=0.05))
+    stopper = EarlyStopping(head.trainable_variables, patience=50)
+    result = fit(trainer, 5000, 10, x, (y + 1) % 3, stopper)
+    assert result.stopped_early
+    assert result.steps_run - 1 == result.best_step + 50 < 5000
+    assert int(trainer.step.numpy()) == result.steps_run
+
+
+def test_no_validation_set_keeps_the_last_weights():
+    from retrain.head import EarlyStopping, fit
+
+    x, y = blobs()
+    head = ClassificationHead(16, 3)
+    trainer = HeadTrainer(head, x, y, HeadSettings())
+    result = fit(trainer, 50, 10, x[:0], y[:0], EarlyStopping(head.trainable_variables, 0))
+    assert result.best_step is None and result.steps_run == 50
+    with pytest.raises(ValueError):
+        EarlyStopping([], patience=-1)
+
+
+def test_head_settings_problems_for_the_new_levers():
+    assert HeadSettings(early_stopping_patience=-1).problems()
+    assert not HeadSettings(standardize=False, early_stopping=False).problems()

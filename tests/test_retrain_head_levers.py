@@ -1,0 +1,186 @@
+"""The head's levers through retrain's real code path, on a tiny SavedModel and generated
+images: standardisation statistics from the training split only, the exported graph
+carrying them, --autotune reproducible with --random_seed and logged, bad flags."""
+from __future__ import annotations
+
+import dataclasses
+import re
+
+import numpy as np
+import pytest
+
+from retrain.cli import main
+from tiny_models import make_colour_image_folders, make_tiny_image_module
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    return make_tiny_image_module(tmp_path_factory.mktemp("module") / "tiny")
+
+
+@pytest.fixture(scope="module")
+def image_dir(tmp_path_factory):
+    return make_colour_image_folders(tmp_path_factory.mktemp("images") / "images",
+                                     classes=("blue", "red", "green"), per_class=16,
+                                     windows_per_recording=2)
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory, tiny, image_dir):
+    from retrain.core import RetrainSettings, make_split, prepare
+
+    settings = RetrainSettings(image_dir=image_dir, tfhub_module=tiny, summaries_dir=None,
+                               bottleneck_dir=str(tmp_path_factory.mktemp("bn")),
+                               testing_percentage=25, validation_percentage=25,
+                               how_many_training_steps=120, eval_step_interval=10,
+                               progress=False)
+    p = prepare(settings, log=lambda line: None)
+    return settings, p, make_split(settings, p.images)
+
+
+def train(settings, prepared, split, seed=3):
+    from retrain.core import split_partition, train_and_evaluate
+
+    return train_and_evaluate(settings, prepared, split, seed, "t",
+                              split_partition(settings, prepared), log=lambda line: None)
+
+
+def test_standardisation_statistics_come_from_the_training_split_only(prepared):
+    settings, p, split = prepared
+    assert split.train and split.validation and split.test
+    outcome = train(settings, p, split)
+    train_x = p.features[list(split.train)]
+    np.testing.assert_allclose(outcome.head.feature_mean.numpy(), train_x.mean(0), rtol=1e-5,
+                               atol=1e-6)
+    np.testing.assert_allclose(1 / outcome.head.feature_scale.numpy(), train_x.std(0),
+                               rtol=1e-4)
+    assert not np.allclose(outcome.head.feature_mean.numpy(), p.features.mean(0), rtol=1e-3)
+    # Wildly different validation and test features change nothing in the statistics.
+    shifted = dataclasses.replace(p, features=p.features.copy())
+    held_out = list(split.validation) + list(split.test)
+    shifted.features[held_out] = shifted.features[held_out] * 100 + 1000
+    again = train(settings, shifted, split)
+    np.testing.assert_array_equal(again.head.feature_mean.numpy(),
+                                  outcome.head.feature_mean.numpy())
+    np.testing.assert_array_equal(again.head.feature_scale.numpy(),
+                                  outcome.head.feature_scale.numpy())
+
+
+def test_augmented_copies_of_training_images_are_training_data(prepared):
+    from retrain.augment import AugmentSettings
+
+    settings, p, split = prepared
+    aug = dataclasses.replace(settings, augment=AugmentSettings(copies=1, seed=3))
+    head = train(aug, p, split).head
+    # The copies move the statistics, but validation and test still do not.
+    assert not np.allclose(head.feature_mean.numpy(), p.features[list(split.train)].mean(0),
+                           rtol=1e-6, atol=0)
+    shifted = dataclasses.replace(p, features=p.features.copy())
+    held_out = list(split.validation) + list(split.test)
+    shifted.features[held_out] += 1000
+    np.testing.assert_array_equal(train(aug, shifted, split).head.feature_mean.numpy(),
+                                  head.feature_mean.numpy())
+
+
+def test_exported_graph_with_standardisation_agrees_with_the_in_memory_head(prepared, tmp_path):
+    from label.models import load_labeler
+    from retrain.bottlenecks import image_to_input, read_image
+    from retrain.core import export
+
+    settings, p, split = prepared
+    head = train(settings, p, split).head
+    assert head.standardized
+    out = dataclasses.replace(settings, output_labels=str(tmp_path / "labels.txt"),
+                              saved_model_dir=str(tmp_path / "saved"),
+                              output_tflite=str(tmp_path / "model.tflite"))
+    written = export(out, p, head, 1.0, output_graph=str(tmp_path / "graph.pb"))
+    records = [p.images.records[i] for i in split.test]
+    images = np.stack([image_to_input(read_image(r.path), 32, 32) for r in records])
+    expected = head.predict(p.backbone.compute(images))
+    # Without its standardisation the same weights give other numbers: the artifacts
+    # can only agree with the head if they carry it.
+    mean, scale = head.feature_mean.numpy(), head.feature_scale.numpy()
+    head.feature_mean.assign(np.zeros_like(mean))
+    head.feature_scale.assign(np.ones_like(scale))
+    raw = head.predict(p.backbone.compute(images))
+    head.feature_mean.assign(mean)
+    head.feature_scale.assign(scale)
+    assert np.max(np.abs(raw - expected)) > 1e-2
+    for key in ("output_graph", "saved_model_dir", "output_tflite"):
+        got = load_labeler(written[key]).predict(images)
+        np.testing.assert_allclose(got, expected, atol=1e-4, err_msg=key)
+
+
+def autotune_args(tmp_path, tiny, image_dir, seed, trials=3, run="ts"):
+    return ["retrain", f"--image_dir={image_dir}", f"--tfhub_module={tiny}",
+            f"--bottleneck_dir={tmp_path / 'bn'}", f"--summaries_dir={tmp_path / run}",
+            "--output_graph=", "--output_labels=", "--checkpoint_path=",
+            "--how_many_training_steps=60", "--eval_step_interval=10",
+            "--testing_percentage=25", "--validation_percentage=25",
+            "--autotune", f"--autotune_trials={trials}", f"--random_seed={seed}", "--noprogress"]
+
+
+def autotune_lines(out: str) -> list[str]:
+    # The time stamps and the seconds a trial took differ between runs; nothing else may.
+    lines = [re.sub(r"^\S+ \S+: ", "", line) for line in out.splitlines()]
+    return [re.sub(r" \(\d+\.\d s\)$", "", line) for line in lines
+            if line.startswith(("Autotune", "Split", "Early stopping", "Final test accuracy"))]
+
+
+def test_autotune_is_reproducible_with_random_seed_and_logged(tmp_path, tiny, image_dir, capsys):
+    assert main(autotune_args(tmp_path, tiny, image_dir, 5, run="a")) == 0
+    first = autotune_lines(capsys.readouterr().out)
+    assert main(autotune_args(tmp_path, tiny, image_dir, 5, run="b")) == 0
+    second = autotune_lines(capsys.readouterr().out)
+    assert first == second
+    assert sum(line.startswith("Autotune trial") for line in first) == 3
+    winner = [line for line in first if line.startswith("Autotune winner")]
+    assert len(winner) == 1 and re.search(r"learning_rate=\S+ l2=\S+ hidden_units=\d+ "
+                                          r"dropout=\S+, \d+ steps: validation accuracy", winner[0])
+    # TensorBoard: one hparams run per trial under the run's autotune/ folder.
+    run_dir, = (tmp_path / "a").iterdir()
+    trials = sorted(p.name for p in (run_dir / "autotune").iterdir() if p.is_dir())
+    assert trials == ["trial-01", "trial-02", "trial-03"]
+    assert list((run_dir / "autotune").glob("events.out.tfevents.*"))
+    # Another seed draws other settings to try.
+    assert main(autotune_args(tmp_path, tiny, image_dir, 6, run="c")) == 0
+    other = autotune_lines(capsys.readouterr().out)
+    assert [l for l in other if "trial 2/" in l] != [l for l in first if "trial 2/" in l]
+
+
+def test_autotune_candidates_start_with_the_given_settings():
+    from retrain.autotune import candidates
+    from retrain.settings import HeadSettings
+
+    base = HeadSettings(learning_rate=0.02, seed=9)
+    a, b = candidates(base, 8, 9), candidates(base, 8, 9)
+    assert a == b and a[0] == base and len(set(a)) == 8
+    assert candidates(base, 8, 10)[1:] != a[1:]
+    assert {s.learning_rate for s in candidates(base, 200, 1)} == {0.02 * 0.3, 0.02, 0.02 * 3.0}
+
+
+def test_autotune_winner_is_the_head_trained_after_it(prepared):
+    from retrain.autotune import autotune
+
+    settings, p, split = prepared
+    tuned = dataclasses.replace(settings, autotune=True, autotune_trials=3)
+    outcome = train(tuned, p, split)
+    tr, va = list(split.train), list(split.validation)
+    from retrain.settings import HeadSettings
+    result = autotune(p.features[tr], p.class_ids[tr], p.features[va], p.class_ids[va],
+                      len(p.images.labels), HeadSettings(seed=3), 120, 10, 3, log=lambda l: None)
+    assert outcome.validation_accuracy == pytest.approx(result.winner.validation_accuracy)
+    assert result.winner.validation_accuracy == max(t.validation_accuracy for t in result.trials)
+
+
+@pytest.mark.parametrize("extra,words", [
+    (["--autotune_trials=0"], "autotune_trials"),
+    (["--early_stopping_patience=-5"], "early_stopping_patience"),
+    (["--autotune", "--validation_percentage=0"], "validation"),
+])
+def test_bad_head_lever_flags_exit_2(tmp_path, tiny, image_dir, capsys, extra, words):
+    args = ["retrain", f"--image_dir={image_dir}", f"--tfhub_module={tiny}",
+            f"--bottleneck_dir={tmp_path / 'bn'}", "--noprogress"] + extra
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("retrain: error: ") and words in err[0]
