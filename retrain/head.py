@@ -333,7 +333,7 @@ def eval_steps(total: int, eval_interval: int, extra: Sequence[int] = ()) -> lis
 def fit(trainer, steps: int, eval_interval: int,
         x_val: Optional[np.ndarray] = None, y_val: Optional[Sequence[int]] = None,
         early_stopping: Optional[EarlyStopping] = None, extra_steps: Sequence[int] = (),
-        on_step: Optional[Callable[[int, Optional[Evaluation]], None]] = None,
+        on_step: Optional[Callable[[int, Evaluation], None]] = None,
         predict: Optional[Callable] = None) -> FitResult:
     """Train ``steps`` steps, evaluating every ``eval_interval`` (and at the last step).
 

@@ -156,7 +156,7 @@ def test_early_stopping_restores_the_best_validation_weights():
     snapshots = {}
 
     def on_step(i, evaluation):
-        if evaluation is not None:
+        if evaluation.is_evaluation:
             snapshots[i] = [v.numpy().copy() for v in head.trainable_variables]
 
     stopper = EarlyStopping(head.trainable_variables, patience=0)
