@@ -80,7 +80,7 @@ def build_tiny_model(folder: str) -> TinyModel:
             y.append(c)
     x = backbone.compute(np.stack(images).astype(np.float32) / 255.0)
     head = ClassificationHead(backbone.feature_size, len(LABELS), seed=0)
-    HeadTrainer(head, x, y, HeadSettings(learning_rate=0.05, optimizer="adam", train_batch_size=36)).train(400)
+    HeadTrainer(head, x, y, HeadSettings(learning_rate=0.05, optimizer="adam", train_batch_size=36)).train(1000)
     accuracy = float(np.mean(head.predict(x).argmax(1) == np.asarray(y)))
     paths = export_model(
         backbone, head, LABELS, {"spectrogram": settings.to_dict(), "test_accuracy": accuracy},
