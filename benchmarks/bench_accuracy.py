@@ -11,6 +11,8 @@ switched on or off (:data:`HEAD_LEVERS`), so any ablation is a list of lever set
 * ``default``: ``retrain``'s defaults (standardisation, early stopping on validation);
 * ``default - <lever>``: the default with one lever off;
 * ``default + autotune``: ``--autotune`` (the search scored on the validation slice);
+* ``default + fine_tune``: with ``--fine_tune_blocks K`` only (``retrain --fine_tune_blocks``:
+  the module's last K blocks trained with the head on cached activation maps);
 * ``logistic regression``: scikit-learn's probe on standardised features, C chosen by a
   grouped 5-fold cross-validation inside the training fold (training + validation images).
 
@@ -64,7 +66,11 @@ HEAD_LEVERS: dict[str, Callable] = {
     "early_stopping": lambda s, on: dataclasses.replace(
         s, head=dataclasses.replace(s.head, early_stopping=on)),
     "autotune": lambda s, on: dataclasses.replace(s, autotune=on),
+    # --fine_tune_blocks: the module's last blocks trained with the head (FINE_TUNE_BLOCKS).
+    "fine_tune": lambda s, on: dataclasses.replace(
+        s, fine_tune=dataclasses.replace(s.fine_tune, blocks=FINE_TUNE_BLOCKS if on else 0)),
 }
+FINE_TUNE_BLOCKS = 1  # chosen on validation slices of the training folds (docs/retrain.md)
 
 
 def with_levers(settings, **levers: bool):
@@ -126,14 +132,16 @@ def evaluate(settings, prepared, seed: int = 0, shifted: Optional[dict] = None,
     for train_fold, test_fold in DIRECTIONS:
         split = split_of(prepared, test_fold)
         s = dataclasses.replace(settings, test_folds=(test_fold,))
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.process_time()
         outcome = train_and_evaluate(s, prepared, split, seed, f"test{test_fold}",
                                      split_partition(s, prepared), log)
         seconds = time.perf_counter() - start
         va, te = list(split.validation), list(split.test)
+        features = prepared.features if outcome.features is None else outcome.features  # tuned
         row = {"train_fold": train_fold, "test_fold": test_fold, "seconds": seconds,
+               "cpu_seconds": time.process_time() - cpu,  # both cores: what a laptop pays
                "test": outcome.test_accuracy,
-               "validation": accuracy(outcome.head.predict(prepared.features[va]),
+               "validation": accuracy(outcome.head.predict(features[va]),
                                       prepared.class_ids[va])}
         if shifted is not None:
             for name, idx in (("validation", va), ("test", te)):
@@ -227,7 +235,7 @@ def averaged(head, prepared, indices: Sequence[int], shifted: dict) -> np.ndarra
 
 def bench_module(module: str, spec_dir: str, bottleneck_dir: str, steps: int, seed: int,
                  copies: int, variants: Optional[Sequence[str]], shifts: int,
-                 probe: bool = True) -> dict:
+                 probe: bool = True, fine_tune_blocks: int = 0) -> dict:
     from retrain.core import prepare
 
     settings = base_settings(spec_dir, module, bottleneck_dir, steps, copies)
@@ -242,6 +250,9 @@ def bench_module(module: str, spec_dir: str, bottleneck_dir: str, steps: int, se
                            list(split_of(prepared, t).validation) + list(split_of(prepared, t).test)})
         shifted = shifted_features(prepared, held_out, shifts, settings)
     table = head_variants(settings)
+    if fine_tune_blocks:
+        table["default + fine_tune"] = dataclasses.replace(
+            settings, fine_tune=dataclasses.replace(settings.fine_tune, blocks=fine_tune_blocks))
     for name in variants or table:
         result = evaluate(table[name], prepared, seed, shifted if name == "default" else None)
         out["variants"][name] = result
@@ -308,6 +319,9 @@ def main() -> None:
     parser.add_argument("--test_time_shifts", type=int, default=0,
                         help="also score the default head averaged over N time-shifted copies")
     parser.add_argument("--noprobe", action="store_true", help="leave out the probe")
+    parser.add_argument("--fine_tune_blocks", type=int, default=0,
+                        help=f"add the row 'default + fine_tune' (retrain --fine_tune_blocks K; "
+                             f"{FINE_TUNE_BLOCKS} was chosen on validation)")
     parser.add_argument("--ablation", action="store_true",
                         help="instead: which augmentation parts help (first module only)")
     args = parser.parse_args()
@@ -339,7 +353,8 @@ def main() -> None:
     for module in [m.strip() for m in args.modules.split(";") if m.strip()]:
         results["modules"].append(bench_module(
             module, args.spec_dir, args.bottleneck_dir, args.steps, args.seed,
-            args.augmentation_copies, variants, args.test_time_shifts, not args.noprobe))
+            args.augmentation_copies, variants, args.test_time_shifts, not args.noprobe,
+            args.fine_tune_blocks))
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(results, indent=2) + "\n")
     print(f"wrote {RESULTS}")

@@ -227,7 +227,7 @@ def run_jobs(backbone: Backbone, store: BottleneckStore, jobs: Sequence[Job],
     """Vectors for all ``jobs`` ``[len(jobs), feature_size]``, and how many were computed."""
     from tqdm import tqdm
 
-    features = np.zeros((len(jobs), store.feature_size), np.float32)
+    features = np.zeros((len(jobs),) + store.shape, store.dtype)
     missing = []
     for i, job in enumerate(jobs):
         vec = store.get(job.key)
@@ -258,9 +258,9 @@ def run_jobs(backbone: Backbone, store: BottleneckStore, jobs: Sequence[Job],
             if b + 1 < len(batches):  # decode the next batch while the network runs
                 pending = pool.submit(build, batches[b + 1])
             out = compute_batch(backbone, inputs)
-            if out.shape != (len(batch), store.feature_size):
+            if out.shape != (len(batch),) + store.shape:
                 raise RetrainError(f"module {backbone.name} returned features of shape "
-                                   f"{out.shape}, expected {(len(batch), store.feature_size)}")
+                                   f"{out.shape}, expected {(len(batch),) + store.shape}")
             for i, vec in zip(batch, out):
                 store.put(jobs[i].key, vec)
                 features[i] = vec

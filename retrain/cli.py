@@ -26,7 +26,8 @@ from soundretrain.command_line import (CommandLineExit, FlagGroup, FlagGroups, e
 from retrain.errors import RetrainError
 from soundretrain.presets import define_preset_flag, set_by_preset
 from soundretrain.backbones.registry import ModuleError, registry_names
-from retrain.settings import OPTIMIZERS, SPLITS, HeadSettings, RetrainSettings
+from retrain.settings import OPTIMIZERS, SPLITS, FineTuneSettings, HeadSettings, RetrainSettings
+from soundretrain.backbones.split import parse_blocks
 
 PROG = "retrain"
 VERBOSITIES = ("DEBUG", "INFO", "WARN", "ERROR", "FATAL")
@@ -38,6 +39,7 @@ HELP_GROUPS = FlagGroups(
     FlagGroup("splits", "Splits: which recordings train, validate and test"),
     FlagGroup("head", "The head: what is trained on the bottlenecks"),
     FlagGroup("augmentation", "Augmentation (cached copies of the training images)"),
+    FlagGroup("fine_tuning", "Fine-tuning: the module's last blocks, trained with the head"),
     FlagGroup("export", "Export: the trained model and its labels"),
     FlagGroup("run", "Module cache, logs and progress"),
     FlagGroup("compatibility", "Accepted for retrain.py compatibility, ignored", brief=False),
@@ -173,6 +175,28 @@ def make_flags() -> flags.FlagValues:
            "(as --audio_saved_model_dir). Empty: none.", group="export")
     define("integer", "bottleneck_batch_size", 32, "Images per forward pass of the module.",
            group="run")
+    # Fine-tuning the module's last blocks (retrain.fine_tune).
+    define("string", "fine_tune_blocks", "0", "Also train the module's last K blocks with the "
+           "head, from cached activations. efficientnet_lite0: 1-16 (cheap on a CPU up to about "
+           "8); 'all': the whole network from the images (for a GPU); 0: the head only.",
+           group="fine_tuning")
+    define("integer", "fine_tune_steps", FineTuneSettings.steps, "Fine-tuning steps. Each "
+           "trains on --fine_tune_batch_size cached activation maps.", group="fine_tuning")
+    define("float", "fine_tune_learning_rate", FineTuneSettings.learning_rate,
+           "Peak Adam learning rate of fine-tuning. Linear warm-up, then cosine decay.",
+           group="fine_tuning")
+    define("integer", "fine_tune_batch_size", FineTuneSettings.batch_size,
+           "Activation maps per fine-tuning step.", group="fine_tuning")
+    define("integer", "fine_tune_warmup_steps", FineTuneSettings.warmup_steps,
+           "Steps of linear learning-rate warm-up.", group="fine_tuning")
+    define("float", "fine_tune_weight_decay", FineTuneSettings.weight_decay,
+           "Decoupled weight decay of the tuned blocks.", group="fine_tuning")
+    define("boolean", "fine_tune_augmentation", FineTuneSettings.augment, "Augment the cached "
+           "maps while fine-tuning. Time shift, time/frequency masks, mixing within a class.",
+           group="fine_tuning")
+    define("float", "fine_tune_mixup", FineTuneSettings.mixup, "mixup across classes while "
+           "fine-tuning: the alpha of its Beta distribution; 0: off. Typical: 0.2-0.4.",
+           group="fine_tuning")
     define("string", "run_tag", "", "Short tag in the TensorBoard run folder's name "
            "(default: module and split).", group="run")
     define("boolean", "progress", True, "Show progress bars.", group="run")
@@ -199,6 +223,16 @@ def settings_from_flags(fv: flags.FlagValues) -> RetrainSettings:
                         early_stopping=fv.early_stopping,
                         early_stopping_patience=fv.early_stopping_patience, seed=seed or 0)
     augment = AugmentSettings(copies=fv.augmentation_copies, seed=seed or 0)
+    try:
+        blocks = parse_blocks(fv.fine_tune_blocks)
+    except ValueError as err:
+        raise RetrainError(str(err)) from None
+    fine_tune = FineTuneSettings(blocks=blocks, steps=fv.fine_tune_steps,
+                                 learning_rate=fv.fine_tune_learning_rate,
+                                 batch_size=fv.fine_tune_batch_size,
+                                 warmup_steps=fv.fine_tune_warmup_steps,
+                                 weight_decay=fv.fine_tune_weight_decay,
+                                 augment=fv.fine_tune_augmentation, mixup=fv.fine_tune_mixup)
     return RetrainSettings(
         image_dir=fv.image_dir, tfhub_module=fv.tfhub_module,
         module_cache_dir=_blank(fv.module_cache_dir), bottleneck_dir=fv.bottleneck_dir,
@@ -210,7 +244,7 @@ def settings_from_flags(fv: flags.FlagValues) -> RetrainSettings:
         eval_step_interval=fv.eval_step_interval,
         validation_batch_size=fv.validation_batch_size, test_batch_size=fv.test_batch_size,
         head=head, augment=augment, autotune=fv.autotune, autotune_trials=fv.autotune_trials,
-        summaries_dir=_blank(fv.summaries_dir), run_tag=fv.run_tag,
+        fine_tune=fine_tune, summaries_dir=_blank(fv.summaries_dir), run_tag=fv.run_tag,
         output_graph=_blank(fv.output_graph), output_graph_explicit=fv["output_graph"].present > 0,
         output_labels=_blank(fv.output_labels),
         saved_model_dir=_blank(fv.saved_model_dir), output_tflite=_blank(fv.output_tflite),

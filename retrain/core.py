@@ -22,6 +22,7 @@ import numpy as np
 from retrain.augment import plan_copies
 from retrain.bottlenecks import compute_augmented_bottlenecks, compute_bottlenecks
 from retrain.errors import RetrainError, RetrainInterrupted
+from retrain.fine_tune import fine_tune
 from retrain.head import (ClassificationHead, EarlyStopping, Evaluation, HeadTrainer,
                           accuracy_and_xent, eval_steps, fit)
 from retrain.images import ImageSet, list_images
@@ -158,6 +159,8 @@ class TrainOutcome:
     test_predictions: np.ndarray
     run_dir: Optional[str]
     validation_accuracy: Optional[float]
+    backbone: Optional[Backbone] = None  # with --fine_tune_blocks: the tuned backbone
+    features: Optional[np.ndarray] = None  # every image's features through ``backbone``
 
 
 def _stamp() -> str:
@@ -276,6 +279,13 @@ def train_and_evaluate(settings: RetrainSettings, prepared: Prepared, split: Spl
                 f"(validation accuracy = {fitted.best_validation_accuracy * 100:.1f}%, cross "
                 f"entropy = {fitted.best_validation_cross_entropy:f})")
 
+        if settings.fine_tune.enabled:
+            # The backbone's last blocks, trained together with this head; from here on
+            # the tuned backbone's features are evaluated and it is what gets exported.
+            tuned = fine_tune(settings, prepared, split, head, seed, log, summaries)
+            prepared = dataclasses.replace(prepared, backbone=tuned.backbone,
+                                           features=tuned.features)
+            val_acc = tuned.validation_accuracy
         test_idx = list(split.test)
         if 0 <= settings.test_batch_size < len(test_idx):
             test_idx = rng.choice(test_idx, settings.test_batch_size, replace=False).tolist()
@@ -300,7 +310,8 @@ def train_and_evaluate(settings: RetrainSettings, prepared: Prepared, split: Spl
         if summaries:
             summaries.close()
     return TrainOutcome(head, test_acc, len(test_idx), test_idx, predictions,
-                        summaries.run_dir if summaries else None, val_acc)
+                        summaries.run_dir if summaries else None, val_acc, prepared.backbone,
+                        prepared.features)
 
 
 # ------------------------------------------------------------------ export
@@ -414,8 +425,9 @@ def _write_text(path: str, text: str) -> None:
     atomic_files.write_text(path, text)
 
 
-def save_checkpoint(path: str, head: ClassificationHead) -> None:
-    """Write the head's ``tf.train.Checkpoint`` at ``path`` (a prefix). Runs sharing one path
+def save_checkpoint(path: str, head: ClassificationHead, backbone: Optional[Backbone] = None) -> None:
+    """Write the head's ``tf.train.Checkpoint`` at ``path`` (a prefix), with the tuned blocks
+    of a fine-tuned ``backbone``. Runs sharing one path
     write one after another (a lock on its folder): TF's writer stages both into the same
     ``<path>_temp`` folder, so two at once failed in ``MergeV2Checkpoints``."""
     import tensorflow as tf
@@ -425,12 +437,14 @@ def save_checkpoint(path: str, head: ClassificationHead) -> None:
 
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
+    tail = getattr(getattr(backbone, "split", None), "tail", None)  # fine-tuned blocks
+    parts = {"head": head} if tail is None else {"head": head, "fine_tuned_tail": tail}
     with atomic_files.exclusive_folders(folder):
         staging = os.path.abspath(path) + "_temp"  # a killed writer's leftover
         if os.path.isdir(staging):
             shutil.rmtree(staging, ignore_errors=True)
         try:
-            tf.train.Checkpoint(head=head).write(path)
+            tf.train.Checkpoint(**parts).write(path)
         except tf.errors.OpError as err:
             shutil.rmtree(staging, ignore_errors=True)
             os_error = os_error_of(err)
@@ -533,6 +547,7 @@ def retrain(settings: RetrainSettings, seed: Optional[int] = None,
         outcome = train_and_evaluate(settings, prepared, split, seed, tag,
                                      split_partition(settings, prepared), log,
                                      store_intermediate if settings.intermediate_store_frequency > 0 else None)
+        prepared = dataclasses.replace(prepared, backbone=outcome.backbone)  # tuned: --fine_tune_blocks
         phase = "export"
         written = export(settings, prepared, outcome.head, outcome.test_accuracy,
                          output_graph=settings.output_graph)
@@ -543,7 +558,7 @@ def retrain(settings: RetrainSettings, seed: Optional[int] = None,
         phase = "checkpoint"
         checkpoint = checkpoint_path(settings, outcome.run_dir)
         if checkpoint:  # after the export: a checkpoint that cannot be written costs no model
-            save_checkpoint(checkpoint, outcome.head)
+            save_checkpoint(checkpoint, outcome.head, prepared.backbone)
             log(f"Wrote checkpoint: {checkpoint}")
     except KeyboardInterrupt as err:
         if isinstance(err, RetrainInterrupted):

@@ -49,6 +49,43 @@ class HeadSettings:
         return p
 
 
+@dataclass(frozen=True)
+class FineTuneSettings:
+    """``--fine_tune_blocks``: train the backbone's last blocks with the head (see
+    :mod:`retrain.fine_tune`). ``blocks`` 0 is off; ``"all"`` tunes the whole network."""
+
+    blocks: object = 0  # int or "all"
+    steps: int = 600
+    learning_rate: float = 1e-4
+    batch_size: int = 32
+    warmup_steps: int = 50
+    weight_decay: float = 1e-4
+    augment: bool = True
+    mixup: float = 0.0  # alpha of mixup across classes; 0: off
+    eval_interval: int = 100
+
+    @property
+    def enabled(self) -> bool:
+        return self.blocks != 0
+
+    def problems(self) -> list[str]:
+        p = []
+        if not (self.blocks == "all" or (isinstance(self.blocks, int) and self.blocks >= 0)):
+            p.append(f"--fine_tune_blocks takes a number of blocks or 'all', not {self.blocks!r}")
+        if not self.enabled:
+            return p
+        for name in ("steps", "batch_size", "eval_interval"):
+            if getattr(self, name) <= 0:
+                p.append(f"--fine_tune_{name} must be positive, not {getattr(self, name)}")
+        if self.learning_rate <= 0:
+            p.append(f"--fine_tune_learning_rate must be positive, not {self.learning_rate}")
+        if self.mixup < 0:
+            p.append(f"--fine_tune_mixup must be >= 0, not {self.mixup}")
+        if self.warmup_steps < 0 or self.weight_decay < 0:
+            p.append("--fine_tune_warmup_steps and --fine_tune_weight_decay must be >= 0")
+        return p
+
+
 SPLITS = ("hash", "folds")
 
 
@@ -74,6 +111,7 @@ class RetrainSettings:
     augment: AugmentSettings = field(default_factory=AugmentSettings)
     autotune: bool = False  # search the head's settings on the validation split first
     autotune_trials: int = 20
+    fine_tune: FineTuneSettings = field(default_factory=FineTuneSettings)
     summaries_dir: Optional[str] = "training_summaries"
     run_tag: str = ""
     output_graph: Optional[str] = None
@@ -94,7 +132,7 @@ class RetrainSettings:
     flags_text: str = ""
 
     def problems(self) -> list[str]:
-        p = list(self.head.problems())
+        p = list(self.head.problems()) + self.fine_tune.problems()
         if self.split not in SPLITS:
             p.append(f"--split must be one of {', '.join(SPLITS)}, not {self.split!r}")
         if self.how_many_training_steps <= 0:

@@ -278,3 +278,20 @@ def test_temp_folders_of_killed_conversions_are_cleared(tmp_path):
     recent.mkdir()
     lite0.convert_checkpoint(target)
     assert not old.exists() and recent.exists()
+
+
+@pytest.mark.parametrize("blocks,cut,shape", [
+    (1, "block15", (7, 7, 192)), (4, "block12", (7, 7, 192)), (5, "block11", (14, 14, 112)),
+    (8, "block08", (14, 14, 80)), (16, "block00", (112, 112, 32)), ("all", "image", (224, 224, 3))])
+def test_split_into_frozen_trunk_and_trainable_tail(backbone, blocks, cut, shape):
+    """--fine_tune_blocks: the trunk's activations through the tail are the features."""
+    x = probe_images()[:2]
+    split = backbone.split(blocks)
+    assert (split.cut, split.activation_shape) == (cut, shape)
+    maps = split.compute_trunk(x)
+    assert maps.shape == (2,) + shape
+    np.testing.assert_allclose(split.tail(maps).numpy(), backbone.compute(x), atol=1e-4)
+    # The cache keeps float16 maps: the features move by far less than the head can see.
+    if split.cached:
+        half = split.tail(maps.astype(np.float16).astype(np.float32)).numpy()
+        np.testing.assert_allclose(half, backbone.compute(x), atol=1e-2)

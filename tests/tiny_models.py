@@ -182,3 +182,32 @@ def make_tiny_yamnet_like_module(path: str | os.PathLike, seed: int = 0) -> str:
     path = str(path)
     tf.saved_model.save(module, path)
     return path
+
+
+# ------------------------------------------------------------------ a tiny EfficientNet-Lite
+
+def make_tiny_efficientnet_lite(image_size: int = 32, seed: int = 0,
+                                name: str = "tiny_efficientnet_lite"):
+    """An EfficientNet-Lite of four MBConv blocks with random weights, 32 x 32 images in,
+    16 features out: the real port's code (``soundretrain.backbones.efficientnet_lite0``,
+    its trunk/tail split included) at a size that trains in a second."""
+    from soundretrain.backbones import efficientnet_lite0 as lite
+
+    blocks = [lite.BlockSpec(0, 3, 1, 1, 8, 8), lite.BlockSpec(1, 3, 2, 4, 8, 12),
+              lite.BlockSpec(2, 5, 1, 4, 12, 12), lite.BlockSpec(3, 3, 2, 4, 12, 16)]
+    rng = np.random.default_rng(seed)
+    weights = {}
+    for key, shape in lite.expected_weight_shapes(blocks, feature_size=16, num_classes=None).items():
+        if key.endswith("_bias"):
+            value = rng.normal(0.0, 0.1, size=shape)
+        else:
+            fan_in = int(np.prod(shape[:-1])) if "depthwise" not in key else int(np.prod(shape[:2]))
+            value = rng.normal(0.0, 1.0 / np.sqrt(fan_in), size=shape)
+        weights[key] = tf.Variable(value.astype(np.float32), trainable=False, name=key)
+    return lite.EfficientNetLite0(weights, blocks=blocks, image_size=image_size, name=name)
+
+
+def load_tiny_efficientnet_lite(cache_dir=None):
+    """A registry factory (``LOCAL_FACTORIES``) for the tiny network, so the retrain
+    command can name it with --tfhub_module."""
+    return make_tiny_efficientnet_lite()

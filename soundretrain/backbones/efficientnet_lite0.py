@@ -19,7 +19,7 @@ import shutil
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Dict, List, Mapping, Optional
+from typing import Callable, Dict, List, Mapping, Optional, Sequence
 
 import numpy as np
 
@@ -27,6 +27,7 @@ from soundretrain import atomic_files
 from soundretrain.backbones import cache_root
 from soundretrain.backbones.torch_checkpoint import CheckpointError, read_legacy_checkpoint
 from soundretrain.backbones.registry import Backbone, InputSpec, ModuleError
+from soundretrain.backbones.split import ALL_BLOCKS, BackboneSplit
 
 NAME = "efficientnet_lite0"
 IMAGE_SIZE = 224
@@ -133,10 +134,15 @@ def convert_state_dict(state: Mapping[str, np.ndarray]) -> Dict[str, np.ndarray]
     return out
 
 
-def expected_weight_shapes() -> Dict[str, tuple]:
-    """Shapes of every weight the TF port needs (folded batch norm)."""
-    shapes: Dict[str, tuple] = {"stem_kernel": (3, 3, 3, 32), "stem_bias": (32,)}
-    for b in block_specs():
+def expected_weight_shapes(blocks: Optional[Sequence[BlockSpec]] = None,
+                           feature_size: int = FEATURE_SIZE,
+                           num_classes: Optional[int] = NUM_CLASSES) -> Dict[str, tuple]:
+    """Shapes of every weight the TF port needs (folded batch norm); other block tables
+    (a tiny network in the tests) give theirs."""
+    blocks = block_specs() if blocks is None else list(blocks)
+    stem = blocks[0].input_filters
+    shapes: Dict[str, tuple] = {"stem_kernel": (3, 3, 3, stem), "stem_bias": (stem,)}
+    for b in blocks:
         q, hidden = f"block{b.index:02d}", b.input_filters * b.expand_ratio
         if b.expand_ratio != 1:
             shapes[f"{q}_expand_kernel"] = (1, 1, b.input_filters, hidden)
@@ -145,8 +151,10 @@ def expected_weight_shapes() -> Dict[str, tuple]:
         shapes[f"{q}_depthwise_bias"] = (hidden,)
         shapes[f"{q}_project_kernel"] = (1, 1, hidden, b.output_filters)
         shapes[f"{q}_project_bias"] = (b.output_filters,)
-    shapes.update({"head_kernel": (1, 1, 320, FEATURE_SIZE), "head_bias": (FEATURE_SIZE,),
-                   "fc_kernel": (FEATURE_SIZE, NUM_CLASSES), "fc_bias": (NUM_CLASSES,)})
+    shapes.update({"head_kernel": (1, 1, blocks[-1].output_filters, feature_size),
+                   "head_bias": (feature_size,)})
+    if num_classes:
+        shapes.update({"fc_kernel": (feature_size, num_classes), "fc_bias": (num_classes,)})
     return shapes
 
 
@@ -168,31 +176,56 @@ def checkpoint_path() -> Path:
 # The network as TensorFlow ops over a dict of variables.
 # ---------------------------------------------------------------------------
 
-def _forward_to_pool(weights: Mapping, images):
-    """``[N, H, W, 3]`` in [0, 1] -> pooled features ``[N, 1280]`` (TF ops only)."""
+def _conv(weights: Mapping, x, name: str, stride: int = 1):
     import tensorflow as tf
 
-    def conv(x, name, stride=1):
-        x = tf.nn.conv2d(x, weights[f"{name}_kernel"], strides=stride, padding="SAME")
-        return tf.nn.bias_add(x, weights[f"{name}_bias"])
+    x = tf.nn.conv2d(x, weights[f"{name}_kernel"], strides=stride, padding="SAME")
+    return tf.nn.bias_add(x, weights[f"{name}_bias"])
 
-    def depthwise(x, name, stride):
-        x = tf.nn.depthwise_conv2d(x, weights[f"{name}_kernel"], strides=[1, stride, stride, 1],
-                                   padding="SAME")
-        return tf.nn.bias_add(x, weights[f"{name}_bias"])
+
+def _depthwise(weights: Mapping, x, name: str, stride: int):
+    import tensorflow as tf
+
+    x = tf.nn.depthwise_conv2d(x, weights[f"{name}_kernel"], strides=[1, stride, stride, 1],
+                               padding="SAME")
+    return tf.nn.bias_add(x, weights[f"{name}_bias"])
+
+
+def _stem(weights: Mapping, images):
+    """``[N, H, W, 3]`` in [0, 1] -> the stem's activations ``[N, H/2, W/2, 32]``."""
+    import tensorflow as tf
 
     x = (tf.cast(images, tf.float32) * 255.0 - PIXEL_MEAN) / PIXEL_STD
-    x = tf.nn.relu6(conv(x, "stem", stride=2))
-    for block in block_specs():
+    return tf.nn.relu6(_conv(weights, x, "stem", stride=2))
+
+
+def _run_blocks(weights: Mapping, x, blocks: Sequence[BlockSpec]):
+    """The MBConv ``blocks`` in order (the input of ``blocks[0]`` in, the output of the last out)."""
+    import tensorflow as tf
+
+    for block in blocks:
         q = f"block{block.index:02d}"
         h = x
         if block.expand_ratio != 1:
-            h = tf.nn.relu6(conv(h, f"{q}_expand"))
-        h = tf.nn.relu6(depthwise(h, f"{q}_depthwise", block.stride))
-        h = conv(h, f"{q}_project")
+            h = tf.nn.relu6(_conv(weights, h, f"{q}_expand"))
+        h = tf.nn.relu6(_depthwise(weights, h, f"{q}_depthwise", block.stride))
+        h = _conv(weights, h, f"{q}_project")
         x = h + x if block.has_skip else h
-    x = tf.nn.relu6(conv(x, "head"))
+    return x
+
+
+def _head_pool(weights: Mapping, x):
+    """The last blocks' output -> the 1x1 head convolution -> global average pool."""
+    import tensorflow as tf
+
+    x = tf.nn.relu6(_conv(weights, x, "head"))
     return tf.reduce_mean(x, axis=[1, 2])
+
+
+def _forward_to_pool(weights: Mapping, images, blocks: Optional[Sequence[BlockSpec]] = None):
+    """``[N, H, W, 3]`` in [0, 1] -> pooled features ``[N, 1280]`` (TF ops only)."""
+    blocks = block_specs() if blocks is None else blocks
+    return _head_pool(weights, _run_blocks(weights, _stem(weights, images), blocks))
 
 
 def _logits_from_pool(weights: Mapping, pooled):
@@ -326,35 +359,49 @@ def cached_model_dir(cache_dir: Optional[str | os.PathLike] = None) -> Path:
 # ---------------------------------------------------------------------------
 
 class EfficientNetLite0(Backbone):
-    """EfficientNet-Lite0 features: ``[N, 224, 224, 3]`` in [0, 1] -> ``[N, 1280]``."""
+    """EfficientNet-Lite0 features: ``[N, 224, 224, 3]`` in [0, 1] -> ``[N, 1280]``.
+
+    ``blocks``, ``image_size`` and ``name`` describe another network of the same family
+    (the tests build a tiny one with random weights); the defaults are Lite0's.
+    """
 
     name = NAME
     input_spec = InputSpec(kind="image", height=IMAGE_SIZE, width=IMAGE_SIZE)
     feature_size = FEATURE_SIZE
 
-    def __init__(self, weights: Mapping, saved_model_dir: Optional[Path] = None):
+    def __init__(self, weights: Mapping, saved_model_dir: Optional[Path] = None,
+                 blocks: Optional[Sequence[BlockSpec]] = None, image_size: int = IMAGE_SIZE,
+                 name: str = NAME):
         import tensorflow as tf
 
         self._weights = dict(weights)
         self.saved_model_dir = saved_model_dir
-        spec = tf.TensorSpec([None, IMAGE_SIZE, IMAGE_SIZE, 3], tf.float32)
-        self._features = tf.function(lambda x: _forward_to_pool(self._weights, x),
+        self.blocks = block_specs() if blocks is None else list(blocks)
+        self.name = name
+        self.image_size = int(image_size)
+        if self.image_size != IMAGE_SIZE:
+            self.input_spec = InputSpec(kind="image", height=self.image_size, width=self.image_size)
+        self.feature_size = int(self._weights["head_bias"].shape[0])
+        spec = tf.TensorSpec([None, self.image_size, self.image_size, 3], tf.float32)
+        self._features = tf.function(lambda x: _forward_to_pool(self._weights, x, self.blocks),
                                      input_signature=[spec])
         self._logits = tf.function(
-            lambda x: _logits_from_pool(self._weights, _forward_to_pool(self._weights, x)),
+            lambda x: _logits_from_pool(self._weights,
+                                        _forward_to_pool(self._weights, x, self.blocks)),
             input_signature=[spec])
 
     def _check(self, images: np.ndarray) -> np.ndarray:
         images = np.asarray(images, dtype=np.float32)
-        if images.ndim != 4 or images.shape[1:] != (IMAGE_SIZE, IMAGE_SIZE, 3):
-            raise ValueError(f"{NAME} expects float32 [N, {IMAGE_SIZE}, {IMAGE_SIZE}, 3] images "
+        size = self.image_size
+        if images.ndim != 4 or images.shape[1:] != (size, size, 3):
+            raise ValueError(f"{self.name} expects float32 [N, {size}, {size}, 3] images "
                              f"in [0, 1], got shape {images.shape}")
         return images
 
     def compute(self, inputs: np.ndarray) -> np.ndarray:
         images = self._check(inputs)
         if len(images) == 0:
-            return np.zeros((0, FEATURE_SIZE), np.float32)
+            return np.zeros((0, self.feature_size), np.float32)
         return self._features(images).numpy().astype(np.float32, copy=False)
 
     def imagenet_logits(self, inputs: np.ndarray) -> np.ndarray:
@@ -364,8 +411,44 @@ class EfficientNetLite0(Backbone):
     def tf_callable(self) -> Callable:
         """Plain TF ops over the weight variables (no nested restored functions), so a
         caller's ``tf.function`` can be frozen with ``convert_variables_to_constants_v2``."""
-        weights = self._weights
-        return lambda images: _forward_to_pool(weights, images)
+        weights, blocks = self._weights, self.blocks
+        return lambda images: _forward_to_pool(weights, images, blocks)
+
+    @property
+    def fine_tunable_blocks(self) -> int:
+        return len(self.blocks)
+
+    def split(self, blocks: int | str) -> BackboneSplit:
+        """Frozen trunk (stem and the first blocks) + trainable tail (the last ``blocks``
+        MBConv blocks, the 1x1 head convolution and the pooling; ``"all"``: the stem
+        too, and the tail takes the image). The tail's weights are copies, so the
+        backbone itself never changes."""
+        total = len(self.blocks)
+        if blocks == ALL_BLOCKS:
+            first, with_stem = 0, True
+        elif isinstance(blocks, int) and 1 <= blocks <= total:
+            first, with_stem = total - blocks, False
+        else:
+            raise ModuleError(f"{self.name} has {total} blocks to fine-tune: "
+                              f"--fine_tune_blocks takes 1 to {total} or 'all', not {blocks!r}")
+        tail_blocks, trunk_blocks = self.blocks[first:], self.blocks[:first]
+        names = [k for k in self._weights if k.startswith("head_")
+                 or any(k.startswith(f"block{b.index:02d}_") for b in tail_blocks)
+                 or (with_stem and k.startswith("stem_"))]
+        tail = _Tail({k: np.asarray(self._weights[k]) for k in names}, tail_blocks, with_stem)
+        frozen = self._weights
+        if with_stem:
+            return BackboneSplit(self, total, "image", (self.image_size, self.image_size, 3),
+                                 None, tail)
+        size = -(-self.image_size // 2)  # the stem's stride; SAME padding rounds up
+        for b in trunk_blocks:
+            size = -(-size // b.stride)
+
+        def trunk(images):
+            return _run_blocks(frozen, _stem(frozen, images), trunk_blocks)
+
+        return BackboneSplit(self, len(tail_blocks), f"block{tail_blocks[0].index:02d}",
+                             (size, size, tail_blocks[0].input_filters), trunk, tail)
 
     def description(self) -> dict:
         desc = super().description()
@@ -374,6 +457,26 @@ class EfficientNetLite0(Backbone):
                      "input_range": [0.0, 1.0],
                      "normalisation": "(x * 255 - 127) / 128"})
         return desc
+
+
+def _Tail(arrays: Mapping[str, np.ndarray], blocks: Sequence[BlockSpec], with_stem: bool):
+    """The trainable end of the network: copies of its weights as variables; calling it
+    runs plain TF ops (freezable with the head into one graph)."""
+    import tensorflow as tf
+
+    class EfficientNetLiteTail(tf.Module):
+        def __init__(self):
+            super().__init__(name="fine_tuned_tail")
+            self.weights = {k: tf.Variable(v, trainable=True, name=k) for k, v in arrays.items()}
+            self.blocks = list(blocks)
+            self.with_stem = with_stem
+
+        def __call__(self, x):
+            if self.with_stem:
+                x = _stem(self.weights, x)
+            return _head_pool(self.weights, _run_blocks(self.weights, x, self.blocks))
+
+    return EfficientNetLiteTail()
 
 
 def load(cache_dir: Optional[str | os.PathLike] = None) -> EfficientNetLite0:

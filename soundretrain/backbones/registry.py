@@ -66,6 +66,23 @@ class Backbone(abc.ABC):
         TensorFlow graph (for example a TFLite-only network)."""
         return None
 
+    #: How many blocks at the end can be fine-tuned from cached activations (0: none).
+    fine_tunable_blocks: int = 0
+
+    def split(self, blocks):
+        """Cut the network before its last ``blocks`` blocks (``"all"``: the whole
+        network is the tail) into a frozen trunk and a trainable tail, a
+        :class:`soundretrain.backbones.split.BackboneSplit`. Only networks built from
+        their own weights can; the rest raise :class:`ModuleError` with one line."""
+        if self.input_spec.kind == "waveform":
+            why = "it is a waveform module"
+        elif self.tf_callable() is None:
+            why = "it does not run in TensorFlow"
+        else:
+            why = "it is one opaque function (a TF Hub or SavedModel module), its blocks cannot be reached"
+        raise ModuleError(f"module {self.name} cannot be fine-tuned ({why}); use "
+                          "efficientnet_lite0 or drop --fine_tune_blocks")
+
     def description(self) -> dict:
         """What a sidecar records about this module."""
         spec = self.input_spec
@@ -462,6 +479,11 @@ class ConcatBackbone(Backbone):
             import tensorflow as tf
             return tf.concat([f(self._fit(x, p)) for f, p in zip(fns, self.parts)], axis=1)
         return features
+
+    def split(self, blocks):
+        raise ModuleError(f"modules {self.name} cannot be fine-tuned together: fine-tuning takes "
+                          "one image module (efficientnet_lite0); drop --fine_tune_blocks or "
+                          "the other modules")
 
     def description(self) -> dict:
         d = super().description()

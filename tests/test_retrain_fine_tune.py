@@ -1,0 +1,346 @@
+"""--fine_tune_blocks: the trunk/tail split of a backbone, the activation cache,
+augmentation on cached maps, training, and an export that holds the tuned blocks (the
+.pb, SavedModel and TFLite agree with the in-memory model). Real TensorFlow on a tiny
+EfficientNet-Lite built from the real port's code."""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from retrain.augment import AugmentSettings
+from retrain.cli import main
+from soundretrain.backbones.registry import LOCAL_FACTORIES, ConcatBackbone, ModuleError, load_module
+from soundretrain.backbones.split import ALL_BLOCKS, FineTunedBackbone, parse_blocks
+from tiny_models import (make_colour_image_folders, make_tiny_efficientnet_lite,
+                         make_tiny_image_module, make_tiny_waveform_module)
+
+TINY = "tiny_efficientnet_lite"
+
+
+@pytest.fixture(scope="module")
+def lite():
+    return make_tiny_efficientnet_lite()
+
+
+@pytest.fixture
+def registered(monkeypatch):
+    """The tiny network as a registry name, so the retrain command can load it."""
+    monkeypatch.setitem(LOCAL_FACTORIES, TINY, "tiny_models:load_tiny_efficientnet_lite")
+    return TINY
+
+
+@pytest.fixture
+def image_dir(tmp_path):
+    return make_colour_image_folders(tmp_path / "images", per_class=16, windows_per_recording=2)
+
+
+def images01(n=6, size=32, seed=0):
+    return np.random.default_rng(seed).random((n, size, size, 3), np.float32)
+
+
+# ------------------------------------------------------------------ the split
+
+@pytest.mark.parametrize("blocks", [1, 2, 3, 4, ALL_BLOCKS])
+def test_trunk_then_tail_is_the_backbone(lite, blocks):
+    x = images01()
+    cut = lite.split(blocks)
+    maps = cut.compute_trunk(x)
+    assert maps.shape == (len(x),) + cut.activation_shape
+    np.testing.assert_allclose(cut.tail(maps).numpy(), lite.compute(x), atol=1e-5)
+    np.testing.assert_allclose(cut.fine_tuned().compute(x), lite.compute(x), atol=1e-5)
+
+
+def test_split_shapes_and_names(lite):
+    # 32 px -> stem /2 = 16 -> block1 /2 = 8 -> block3 /2 = 4.
+    assert lite.fine_tunable_blocks == 4
+    assert (lite.split(1).cut, lite.split(1).activation_shape) == ("block03", (8, 8, 12))
+    assert (lite.split(3).cut, lite.split(3).activation_shape) == ("block01", (16, 16, 8))
+    assert lite.split(4).activation_shape == (16, 16, 8)
+    assert lite.split(ALL_BLOCKS).activation_shape == (32, 32, 3) and not lite.split(ALL_BLOCKS).cached
+    assert lite.split(2).cache_name == f"{TINY}.block02"
+
+
+def test_tail_weights_are_copies(lite):
+    x = images01(2)
+    before = lite.compute(x)
+    cut = lite.split(2)
+    for v in cut.tail.trainable_variables:
+        v.assign(v * 0.5)
+    np.testing.assert_array_equal(lite.compute(x), before)
+    assert not np.allclose(cut.fine_tuned().compute(x), before)
+    # Features cached under a tuned backbone's name belong to these weights only.
+    assert cut.fine_tuned().name != lite.split(2).fine_tuned().name
+    assert cut.fine_tuned().name.startswith(f"{TINY}+fine_tuned_2-")
+    # Only the tail's blocks and the last convolution are trainable.
+    names = {v.name.split(":")[0] for v in cut.tail.trainable_variables}
+    assert names and all(n.startswith(("block02_", "block03_", "head_")) for n in names)
+
+
+@pytest.mark.parametrize("blocks", [0, 5, -1, "some"])
+def test_bad_block_counts_are_one_line(lite, blocks):
+    with pytest.raises(ModuleError, match=r"has 4 blocks to fine-tune: --fine_tune_blocks takes 1 to 4"):
+        lite.split(blocks)
+
+
+def test_parse_blocks():
+    assert parse_blocks("0") == 0 and parse_blocks("3") == 3 and parse_blocks(" ALL ") == ALL_BLOCKS
+    for bad in ("-2", "three", "1.5"):
+        with pytest.raises(ValueError, match="--fine_tune_blocks"):
+            parse_blocks(bad)
+
+
+def test_modules_that_cannot_be_cut_say_why(tmp_path, lite):
+    hub_like = load_module(make_tiny_image_module(tmp_path / "tiny"))
+    with pytest.raises(ModuleError, match=r"cannot be fine-tuned \(it is one opaque function"):
+        hub_like.split(1)
+    wave = load_module(make_tiny_waveform_module(tmp_path / "wave"))
+    with pytest.raises(ModuleError, match=r"cannot be fine-tuned \(it is a waveform module\)"):
+        wave.split(1)
+    with pytest.raises(ModuleError, match="cannot be fine-tuned together"):
+        ConcatBackbone([lite, hub_like]).split(1)
+
+
+# ------------------------------------------------------------------ the activation cache
+
+def test_activation_cache_is_content_addressed_float16_and_resumable(tmp_path, lite, image_dir,
+                                                                     monkeypatch):
+    from retrain import fine_tune
+    from retrain.images import list_images
+
+    records = list_images(image_dir).records
+    cut = lite.split(2)
+    bn = tmp_path / "bn"
+    calls = []
+    original = fine_tune._Trunk.compute
+
+    def failing_after_one_batch(self, inputs):
+        calls.append(len(inputs))
+        if len(calls) > 1:
+            raise KeyboardInterrupt  # killed mid-way
+        return original(self, inputs)
+
+    monkeypatch.setattr(fine_tune._Trunk, "compute", failing_after_one_batch)
+    with pytest.raises(KeyboardInterrupt):
+        fine_tune.compute_activations(cut, records, str(bn), batch_size=8, progress=False)
+    monkeypatch.setattr(fine_tune._Trunk, "compute", original)
+    files = list((bn / cut.cache_name).rglob("*.npy"))
+    assert len(files) == 8  # the first batch survived, nothing half-written
+    assert not [f for f in (bn / cut.cache_name).rglob(".*") if f.is_file()]  # no temp files
+    maps, computed = fine_tune.compute_activations(cut, records, str(bn), batch_size=8, progress=False)
+    assert computed == len(records) - 8 and maps.dtype == np.float16
+    assert maps.shape == (len(records),) + cut.activation_shape
+    # float16 keeps the features within about 1e-3 of the float32 maps.
+    x = np.stack([np.asarray(__import__("PIL.Image").Image.open(r.path).convert("RGB"),
+                             np.float32) / 255 for r in records[:4]])
+    np.testing.assert_allclose(cut.tail(maps[:4].astype(np.float32)).numpy(), lite.compute(x),
+                               atol=1e-2, rtol=1e-3)
+    # A second run reads everything; a corrupt entry is recomputed.
+    files[0].write_bytes(b"garbage")
+    again, computed = fine_tune.compute_activations(cut, records, str(bn), progress=False)
+    assert computed == 1
+    np.testing.assert_array_equal(again, maps)
+    # Another cut caches elsewhere; the same images in another folder share entries.
+    copy = Path(tmp_path / "copy")
+    os.rename(image_dir, copy)
+    _, computed = fine_tune.compute_activations(cut, list_images(str(copy)).records, str(bn),
+                                                progress=False)
+    assert computed == 0
+
+
+def test_full_fine_tuning_reads_images_and_caches_nothing(tmp_path, lite, image_dir):
+    from retrain.fine_tune import compute_activations
+    from retrain.images import list_images
+
+    records = list_images(image_dir).records
+    images, computed = compute_activations(lite.split(ALL_BLOCKS), records, str(tmp_path / "bn"),
+                                           progress=False)
+    assert images.dtype == np.uint8 and images.shape == (len(records), 32, 32, 3)
+    assert computed == 0 and not (tmp_path / "bn").exists()
+
+
+# ------------------------------------------------------------------ augmentation on maps
+
+def test_map_augmentation_rolls_time_masks_with_silence_and_mixes():
+    import tensorflow as tf
+
+    from retrain.fine_tune import augment_maps
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(16, 5, 7, 3)).astype(np.float32)
+    partners = rng.normal(size=x.shape).astype(np.float32)
+    silence = np.full((5, 7, 3), 42.0, np.float32)
+    seed = tf.constant([3, 4], tf.int64)
+
+    def run(**options):
+        settings = AugmentSettings(**dict(dict(time_shift=False, time_masks=0, freq_masks=0,
+                                               mix_probability=0.0), **options))
+        return augment_maps(tf.constant(x), tf.constant(partners), seed, settings,
+                            tf.constant(silence)).numpy()
+
+    np.testing.assert_array_equal(run(), x)
+    rolled = run(time_shift=True)
+    shifts = set()
+    for a, b in zip(rolled, x):  # each example is its own map rolled along time (columns)
+        k = next(k for k in range(7) if np.array_equal(a, np.roll(b, k, axis=1)))
+        shifts.add(k)
+    assert len(shifts) > 2
+    masked = run(time_masks=2, freq_masks=2, max_mask_fraction=0.3)
+    changed = masked != x
+    assert changed.any() and np.all(masked[changed] == 42.0)
+    # Masked bands are whole columns (time) or whole rows (frequency).
+    for a, b in zip(masked, x):
+        cols = np.all(a == 42.0, axis=(0, 2))
+        rows = np.all(a == 42.0, axis=(1, 2))
+        assert np.array_equal(a[:, ~cols][~rows], b[:, ~cols][~rows])
+    mixed = run(mix_probability=1.0, max_mix_weight=0.4)
+    weight = (mixed - x)[:, 0, 0, 0] / (partners - x)[:, 0, 0, 0]
+    assert np.all((weight > 0.099) & (weight < 0.401))
+    np.testing.assert_allclose(mixed, x + weight[:, None, None, None] * (partners - x), atol=1e-5)
+    np.testing.assert_array_equal(run(time_shift=True, time_masks=2), run(time_shift=True, time_masks=2))
+
+
+# ------------------------------------------------------------------ the command
+
+def ft_args(tmp_path, module, image_dir, *extra):
+    return ["retrain", f"--image_dir={image_dir}", f"--tfhub_module={module}",
+            f"--bottleneck_dir={tmp_path / 'bn'}", f"--summaries_dir={tmp_path / 'ts'}",
+            f"--output_graph={tmp_path / 'out' / 'graph.pb'}",
+            f"--output_labels={tmp_path / 'out' / 'labels.txt'}",
+            f"--saved_model_dir={tmp_path / 'out' / 'saved_model'}",
+            f"--output_tflite={tmp_path / 'out' / 'model.tflite'}",
+            f"--checkpoint_path={tmp_path / 'ck' / 'model'}",
+            "--how_many_training_steps=200", "--eval_step_interval=50", "--optimizer=adam",
+            "--learning_rate=0.01",
+            "--testing_percentage=25", "--validation_percentage=25",
+            "--fine_tune_steps=20", "--fine_tune_batch_size=8", "--fine_tune_learning_rate=0.01",
+            "--fine_tune_warmup_steps=2", "--random_seed=3", "--noprogress", *extra]
+
+
+def test_fine_tuned_export_agrees_with_the_in_memory_model(tmp_path, registered, image_dir,
+                                                           capsys, monkeypatch):
+    """The .pb, SavedModel and TFLite hold the tuned blocks: all three give the in-memory
+    model's probabilities, which differ from the untuned backbone's."""
+    import retrain.core as core
+    from label.models import load_labeler
+
+    captured = {}
+    original = core.train_and_evaluate
+
+    def keep(settings, prepared, *args, **kwargs):
+        outcome = original(settings, prepared, *args, **kwargs)
+        captured.update(backbone=outcome.backbone, head=outcome.head)
+        return outcome
+
+    monkeypatch.setattr(core, "train_and_evaluate", keep)
+    assert main(ft_args(tmp_path, registered, image_dir, "--fine_tune_blocks=2")) == 0
+    out = capsys.readouterr().out
+    assert "Fine-tuning 2 block(s) of tiny_efficientnet_lite from cached activations [8, 8, 12]" in out
+    assert "Fine-tuning step 20/20: train accuracy" in out and "validation accuracy" in out
+    assert "Final test accuracy = 100.0%" in out
+    backbone, head = captured["backbone"], captured["head"]
+    assert isinstance(backbone, FineTunedBackbone)
+
+    x = images01(8, seed=5)
+    expected = head.predict(backbone.compute(x))
+    untuned = head.predict(make_tiny_efficientnet_lite().compute(x))
+    assert np.abs(expected - untuned).max() > 1e-3  # the tuned blocks matter
+    for name, atol in (("graph.pb", 1e-5), ("saved_model", 1e-5), ("model.tflite", 1e-4)):
+        got = load_labeler(str(tmp_path / "out" / name)).predict(x)
+        np.testing.assert_allclose(got, expected, atol=atol, err_msg=name)
+    # Fine-tuning's curves sit in the run's TensorBoard folder beside the head's.
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    run, = (tmp_path / "ts").iterdir()
+    tags = set()
+    for side in ("train", "validation"):
+        events = EventAccumulator(str(run / side)).Reload()
+        tags |= {f"{side}/{t}" for t in events.Tags()["tensors"]}
+    assert {"train/fine_tune/accuracy", "train/fine_tune/learning_rate",
+            "validation/fine_tune/accuracy"} <= tags
+    sidecar = json.loads((tmp_path / "out" / "graph.pb.json").read_text())
+    assert sidecar["module"]["fine_tuned_blocks"] == 2
+    assert sidecar["module"]["fine_tune_cut"] == "block02"
+    # The checkpoint holds the tuned blocks beside the head.
+    import tensorflow as tf
+
+    names = [n for n, _ in tf.train.list_variables(str(tmp_path / "ck" / "model"))]
+    assert any(n.startswith("fine_tuned_tail/") for n in names)
+    assert any(n.startswith("head/") for n in names)
+
+
+def test_same_seed_repeats_a_fine_tuned_run(tmp_path, registered, image_dir, capsys):
+    """With mixup and augmented copies (whose features come from the tuned blocks)."""
+    def lines():
+        assert main(ft_args(tmp_path, registered, image_dir, "--fine_tune_blocks=1",
+                            "--augmentation_copies=1", "--fine_tune_mixup=0.4",
+                            "--output_graph=", "--saved_model_dir=", "--output_tflite=")) == 0
+        out = capsys.readouterr().out
+        return [l.split(": ", 1)[1] for l in out.splitlines() if "accuracy" in l and ": " in l]
+
+    first = lines()
+    assert first and first == lines()
+
+
+def test_full_fine_tuning_from_images(tmp_path, registered, image_dir, capsys):
+    assert main(ft_args(tmp_path, registered, image_dir, "--fine_tune_blocks=all",
+                        "--saved_model_dir=", "--output_tflite=")) == 0
+    out = capsys.readouterr().out
+    assert "Fine-tuning 4 block(s) of tiny_efficientnet_lite from the images [32, 32, 3]" in out
+    assert "Final test accuracy = 100.0%" in out
+    assert not (tmp_path / "bn" / f"{TINY}.image").exists()
+
+
+def test_cross_validation_fine_tunes_per_fold(tmp_path, registered, capsys):
+    from soundretrain.manifest import ManifestRow, write_manifest
+    from tiny_models import COLOURS, write_colour_image
+
+    root = tmp_path / "spec"
+    rows = []
+    for c, label in enumerate(("red", "blue")):
+        for k in range(12):
+            rel = f"{label}/{label}{k}.png"
+            write_colour_image(root / rel, COLOURS[label], seed=100 * c + k)
+            rows.append(ManifestRow(rel, label, k % 3 + 1, f"{label}{k}", "", 0.0, 1.0, False))
+    write_manifest(root / "manifest.csv", rows)
+    args = ["retrain", f"--image_dir={root}", f"--tfhub_module={registered}",
+            f"--bottleneck_dir={tmp_path / 'bn'}", f"--summaries_dir={tmp_path / 'ts'}",
+            "--split=folds", "--cross_validate", "--how_many_training_steps=60",
+            "--learning_rate=0.05", "--fine_tune_blocks=1", "--fine_tune_steps=5",
+            "--fine_tune_batch_size=8", "--random_seed=1", "--noprogress"]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert out.count("Fine-tuning 1 block(s)") == 3  # one tail per test fold
+    assert out.count("Fine-tuning step 5/5") == 3
+    assert "Cross-validation accuracy = " in out
+
+
+@pytest.mark.parametrize("module,words", [
+    ("hub", "cannot be fine-tuned (it is one opaque function"),
+    ("tiny", "has 4 blocks to fine-tune: --fine_tune_blocks takes 1 to 4 or 'all', not 9"),
+])
+def test_modules_that_cannot_fine_tune_fail_in_one_line(tmp_path, registered, image_dir, capsys,
+                                                        module, words):
+    handle = str(make_tiny_image_module(tmp_path / "hub")) if module == "hub" else registered
+    blocks = "1" if module == "hub" else "9"
+    assert main(ft_args(tmp_path, handle, image_dir, f"--fine_tune_blocks={blocks}")) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and words in err and err.startswith("retrain: error:")
+
+
+@pytest.mark.parametrize("extra,words", [
+    ("--fine_tune_blocks=two", "--fine_tune_blocks takes a number of blocks or 'all'"),
+    ("--fine_tune_blocks=-1", "--fine_tune_blocks"),
+    ("--fine_tune_steps=0", "--fine_tune_steps must be positive"),
+    ("--fine_tune_learning_rate=0", "--fine_tune_learning_rate must be positive"),
+    ("--fine_tune_batch_size=-4", "--fine_tune_batch_size must be positive"),
+    ("--fine_tune_mixup=-0.2", "--fine_tune_mixup must be >= 0"),
+])
+def test_bad_fine_tuning_flags_exit_2(tmp_path, registered, image_dir, capsys, extra, words):
+    args = ft_args(tmp_path, registered, image_dir, "--fine_tune_blocks=1") + [extra]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert words in err and err.count("\n") == 1
