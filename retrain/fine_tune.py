@@ -274,6 +274,10 @@ class FineTuner:
                 update += lr * s.weight_decay * v
             v.assign_sub(update)
 
+    def finite(self, cross_entropy: float) -> bool:
+        return bool(np.isfinite(cross_entropy)) and all(
+            np.all(np.isfinite(v.numpy())) for v in self.variables)
+
     def train(self, steps: int) -> tuple[float, float]:
         acc = xent = float("nan")
         for _ in range(int(steps)):
@@ -348,6 +352,11 @@ def fine_tune(settings, prepared, split, head, seed: int, log: Callable[[str], N
             train_acc, xent = tuner.train(n)
             done += n
             bar.update(n)
+            if not tuner.finite(xent):  # every later step, and the export, would be NaN too
+                raise RetrainError(
+                    f"fine-tuning diverged at step {done}: the cross entropy is {xent} and the "
+                    f"weights are no longer finite (--fine_tune_learning_rate {ft.learning_rate:g} "
+                    "is too high?); nothing was exported")
             line = (f"Fine-tuning step {done}/{ft.steps}: train accuracy = {train_acc * 100:.1f}%, "
                     f"cross entropy = {xent:.3f}")
             val_xent = None

@@ -331,6 +331,15 @@ def test_modules_that_cannot_fine_tune_fail_in_one_line(tmp_path, registered, im
     assert err.count("\n") == 1 and words in err and err.startswith("retrain: error:")
 
 
+def test_diverging_fine_tuning_stops_before_the_export(tmp_path, registered, image_dir, capsys):
+    assert main(ft_args(tmp_path, registered, image_dir, "--fine_tune_blocks=1",
+                        "--fine_tune_learning_rate=1e38", "--fine_tune_weight_decay=0",
+                        "--fine_tune_steps=10", "--fine_tune_warmup_steps=0")) == 1
+    err = capsys.readouterr().err
+    assert "fine-tuning diverged at step" in err and "nothing was exported" in err
+    assert not (tmp_path / "out").exists()
+
+
 @pytest.mark.parametrize("extra,words", [
     ("--fine_tune_blocks=two", "--fine_tune_blocks takes a number of blocks or 'all'"),
     ("--fine_tune_blocks=-1", "--fine_tune_blocks"),
