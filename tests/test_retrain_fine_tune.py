@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -236,7 +237,9 @@ def test_fine_tuned_export_agrees_with_the_in_memory_model(tmp_path, registered,
         return outcome
 
     monkeypatch.setattr(core, "train_and_evaluate", keep)
-    assert main(ft_args(tmp_path, registered, image_dir, "--fine_tune_blocks=2")) == 0
+    # The last step's weights (early stopping could keep step 0: the untuned tail).
+    assert main(ft_args(tmp_path, registered, image_dir, "--fine_tune_blocks=2",
+                        "--noearly_stopping")) == 0
     out = capsys.readouterr().out
     assert "Fine-tuning 2 block(s) of tiny_efficientnet_lite from cached activations [8, 8, 12]" in out
     assert "Fine-tuning step 20/20: train accuracy" in out and "validation accuracy" in out
@@ -315,6 +318,8 @@ def test_cross_validation_fine_tunes_per_fold(tmp_path, registered, capsys):
     out = capsys.readouterr().out
     assert out.count("Fine-tuning 1 block(s)") == 3  # one tail per test fold
     assert out.count("Fine-tuning step 5/5") == 3
+    # Early stopping (the default) keeps each fold's best validation step, 0 included.
+    assert len(re.findall(r"Fine-tuning: kept the tail and head of step \d", out)) == 3
     assert "Cross-validation accuracy = " in out
 
 
