@@ -31,7 +31,6 @@ import json
 import os
 import platform
 import re
-import resource
 import statistics
 import subprocess
 import sys
@@ -263,27 +262,50 @@ def hour(models: dict, clips: list, work: Path, settings) -> dict:
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     out_dir = work / "detections"
 
-    def run(code_or_args):
-        before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    def run(code: str) -> tuple[float, float, str]:
+        """Wall seconds, the child's own peak RSS (MB) and its stderr. The peak is VmHWM read
+        by the child at exit: wait4's ru_maxrss keeps the high-water mark of the forked copy
+        of this (large) process from before exec."""
+        report = ("import atexit, sys\n"
+                  "atexit.register(lambda: print('VmHWM', open('/proc/self/status').read()"
+                  ".split('VmHWM:')[1].split()[0], file=sys.stderr))\n")
         t0 = time.perf_counter()
-        done = subprocess.run(code_or_args, cwd=ROOT, env=env, capture_output=True, text=True)
+        done = subprocess.run([sys.executable, "-c", report + code], cwd=ROOT, env=env, capture_output=True, text=True)
         wall = time.perf_counter() - t0
         if done.returncode != 0:
             raise RuntimeError(done.stderr[-500:])
-        peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-        return wall, peak, before, done
+        peak_kb = int(re.findall(r"VmHWM (\d+)", done.stderr)[-1])
+        return wall, peak_kb / 1024, done.stderr
 
-    wall, peak, _, done = run([sys.executable, "-m", "label.cli", "--graph", models["audio_none"], "--audio",
-                               str(wav), "--min_confidence", "0.5", "--merge_consecutive",
-                               "--detections_dir", str(out_dir)])
+    def label_image(*argv: str) -> str:
+        return ("import runpy, sys\n"
+                f"sys.argv = ['label_image', *{list(argv)!r}]\n"
+                "runpy.run_module('label.cli', run_name='__main__')\n")
+
+    wall, peak, err = run(label_image("--graph", models["audio_none"], "--audio", str(wav), "--min_confidence",
+                                      "0.5", "--merge_consecutive", "--detections_dir", str(out_dir)))
     detections = sum(1 for _ in open(out_dir / "hour.detections.csv")) - 1
-    # Children's max RSS only grows: measure the whole-file decode after, in its own process.
-    decode_wall, decode_peak, _, _ = run([sys.executable, "-c",
-                                          "from soundretrain.audio import load_audio; import sys; "
-                                          f"y = load_audio({str(wav)!r}, {settings.sample_rate}); print(len(y))"])
-    return {"seconds": info.duration, "label_image_wall_s": wall, "label_image_max_rss_mb": peak / 1024,
-            "detections": detections, "stderr_tail": done.stderr.strip().splitlines()[-1:],
-            "decode_whole_max_rss_mb": decode_peak / 1024, "decode_whole_wall_s": decode_wall,
+    # Bounded means: the peak does not grow with the recording. The first 10 minutes, same flags;
+    # and the hour with smaller batches (the front-end's activations scale with --batch_size).
+    ten = work / "ten_minutes.wav"
+    if not ten.is_file():
+        y, sr = sf.read(str(wav), frames=600 * settings.sample_rate, dtype="int16")
+        sf.write(str(ten), y, sr, subtype="PCM_16")
+    _, ten_peak, _ = run(label_image("--graph", models["audio_none"], "--audio", str(ten), "--min_confidence", "0.5",
+                                     "--merge_consecutive", "--detections_dir", str(work / "detections_ten")))
+    small_wall, small_peak, _ = run(label_image("--graph", models["audio_none"], "--audio", str(wav), "--batch_size",
+                                                "4", "--min_confidence", "0.5", "--merge_consecutive",
+                                                "--detections_dir", str(work / "detections_b4")))
+    short_wall, short_peak, _ = run(label_image("--graph", models["audio_none"], "--audio", clips[0][0]))
+    decode_wall, decode_peak, _ = run("from soundretrain.audio import load_audio\n"
+                                      f"y = load_audio({str(wav)!r}, {settings.sample_rate})\n")
+    err = "\n".join(line for line in err.splitlines() if not line.startswith("VmHWM"))
+    return {"seconds": info.duration, "label_image_wall_s": wall, "label_image_max_rss_mb": peak,
+            "ten_minutes_max_rss_mb": ten_peak, "batch_size_4_max_rss_mb": small_peak,
+            "batch_size_4_wall_s": small_wall,
+            "detections": detections, "stderr_tail": err.strip().splitlines()[-1:],
+            "one_clip_label_image_max_rss_mb": short_peak,
+            "decode_whole_max_rss_mb": decode_peak, "decode_whole_wall_s": decode_wall,
             "realtime_factor": info.duration / wall}
 
 
@@ -296,34 +318,49 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=30)
     parser.add_argument("--cold_repeats", type=int, default=3)
     parser.add_argument("--no_hour", action="store_true", help="skip the one-hour recording")
+    parser.add_argument("--parts", default="agreement,warm,cold,hour",
+                        help="which measurements (others are kept from the last results file)")
+    parser.add_argument("--reuse_models", action="store_true", help="keep models exported by an earlier run")
     args = parser.parse_args()
+    parts = set(args.parts.split(","))
+    if args.no_hour:
+        parts.discard("hour")
     if not (SHARED_US8K / "metadata" / "UrbanSound8K.csv").is_file():
         log(f"skipped: {SHARED_US8K} not found")
         return
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
-    result = {"machine": f"{platform.machine()}, {os.cpu_count()} cores", "module": args.module,
-              "load_average_start": os.getloadavg()[0]}
+    result = json.loads(RESULTS.read_text()) if RESULTS.is_file() and parts != {"agreement", "warm", "cold", "hour"} else {}
+    result.update({"machine": f"{platform.machine()}, {os.cpu_count()} cores", "module": args.module,
+                   "load_average_start": os.getloadavg()[0]})
     prepared, head, acc = train(work, args.module, args.steps)
     result["head_fold2_accuracy_cached_bottlenecks"] = acc
-    models = export_all(work, prepared, head)
+    names = [f"{kind}_{q}" for q in VARIANTS for kind in ("image", "audio")]
+    if args.reuse_models and all((work / f"{n}.tflite").is_file() for n in names):
+        models = {n: str(work / f"{n}.tflite") for n in names}
+        models["audio_saved_model"] = str(work / "audio_saved_model")
+    else:
+        models = export_all(work, prepared, head)
     result["size_bytes"] = {name: os.path.getsize(p) for name, p in models.items() if p.endswith(".tflite")}
     clips = fold_clips(work / "spec", 2)
     if args.clips:
         clips = clips[: args.clips]
-    log(f"agreement on {len(clips)} fold-2 clips ...")
-    compared = {k: v for k, v in models.items() if k != "image_none"}
-    result["agreement"] = agreement(prepared, head, compared, clips)
+    if "agreement" in parts:
+        log(f"agreement on {len(clips)} fold-2 clips ...")
+        compared = {k: v for k, v in models.items() if k != "image_none"}
+        result["agreement"] = agreement(prepared, head, compared, clips)
     settings = prepared.spectrogram_settings
     import soundfile as sf
 
     clip = next(p for p, _ in clips if sf.info(p).duration >= settings.duration)
-    log("warm latency ...")
-    result["warm_ms"] = warm_latency({k: v for k, v in models.items() if k.startswith(("image_", "audio_"))
-                                      and k != "audio_saved_model"}, clip, settings, args.repeats)
-    log("cold latency ...")
-    result["cold_s"] = cold(models, clip, work, settings, args.cold_repeats)
-    if not args.no_hour:
+    if "warm" in parts:
+        log("warm latency ...")
+        result["warm_ms"] = warm_latency({k: v for k, v in models.items() if k.startswith(("image_", "audio_"))
+                                          and k != "audio_saved_model"}, clip, settings, args.repeats)
+    if "cold" in parts:
+        log("cold latency ...")
+        result["cold_s"] = cold(models, clip, work, settings, args.cold_repeats)
+    if "hour" in parts:
         log("one hour of audio ...")
         result["hour"] = hour(models, fold_clips(work / "spec", 2), work, settings)
     result["load_average_end"] = os.getloadavg()[0]
