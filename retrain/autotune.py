@@ -8,8 +8,12 @@ score, whose weights are kept; a trial stops a quarter of the steps after it unl
 ``--early_stopping_patience`` says otherwise). Trial 1 is always the settings given, so the
 winner is never worse on validation than not tuning. Every other trial is drawn without
 replacement from the grid with ``--random_seed``, and each trains with that seed, so the
-same seed repeats the whole search. The winner is the best validation accuracy (ties: the
-lower validation cross-entropy), printed and written to TensorBoard (the HPARAMS tab, one
+same seed repeats the whole search. The best trial is the highest validation accuracy
+(ties: the lower validation cross-entropy); it replaces the settings given only when it beats
+them by more than one standard error of an accuracy on that many validation images (the
+"one-standard-error rule" of model selection): on a validation slice of 85 clips that is
+about 5 points, and picking the luckiest of 20 settings on so few clips chose heads that did
+worse on new folds. The winner is printed and written to TensorBoard (the HPARAMS tab, one
 run per trial under ``<run>/autotune/``).
 """
 from __future__ import annotations
@@ -85,6 +89,23 @@ def ranked(trials: Sequence[Trial]) -> list[Trial]:
     return sorted(trials, key=key)
 
 
+def standard_error(accuracy: float, n: int) -> float:
+    """The binomial standard error of an accuracy measured on ``n`` images."""
+    if n <= 0 or not np.isfinite(accuracy):
+        return float("inf")
+    return float(np.sqrt(max(accuracy * (1 - accuracy), 1.0 / n) / n))
+
+
+def choose(trials: Sequence[Trial], validation_count: int) -> Trial:
+    """The best trial if it beats the first (the settings given) by more than one standard
+    error of its validation accuracy, else the first."""
+    given, best = trials[0], ranked(trials)[0]
+    if not np.isfinite(given.validation_accuracy):
+        return best
+    margin = standard_error(best.validation_accuracy, validation_count)
+    return best if best.validation_accuracy - given.validation_accuracy > margin else given
+
+
 def candidates(base: HeadSettings, trials: int, seed: int) -> list[HeadSettings]:
     """``base`` first, then ``trials - 1`` other grid points drawn without replacement."""
     if trials < 1:
@@ -144,12 +165,19 @@ def autotune(x: np.ndarray, y: np.ndarray, x_val: np.ndarray, y_val: np.ndarray,
             f"validation accuracy = {trial.validation_accuracy * 100:.1f}%, cross entropy = "
             f"{trial.validation_cross_entropy:.4f} at step "
             f"{'-' if trial.best_step is None else trial.best_step} ({trial.seconds:.1f} s)")
-    result = AutotuneResult(ranked(done)[0], done)
+    given, best = done[0], ranked(done)[0]
+    result = AutotuneResult(choose(done, len(y_val)), done)
+    if result.winner is not best:
+        log(f"Autotune: the best trial ({best.number}, {best.validation_accuracy * 100:.1f}%) "
+            f"beats the settings given ({given.validation_accuracy * 100:.1f}%) by no more than "
+            f"one standard error of a validation accuracy on {len(y_val)} images "
+            f"({standard_error(best.validation_accuracy, len(y_val)) * 100:.1f} points): "
+            "keeping the settings given")
     w = result.winner
     log(f"Autotune winner (trial {w.number}): {w.describe()}, "
         f"{'-' if w.best_step is None else w.best_step + 1} steps: validation accuracy = "
         f"{w.validation_accuracy * 100:.1f}% (the settings given: "
-        f"{done[0].validation_accuracy * 100:.1f}%)")
+        f"{given.validation_accuracy * 100:.1f}%)")
     if log_dir:
         write_hparams(log_dir, result)
     return result

@@ -170,7 +170,27 @@ def test_autotune_winner_is_the_head_trained_after_it(prepared):
     result = autotune(p.features[tr], p.class_ids[tr], p.features[va], p.class_ids[va],
                       len(p.images.labels), HeadSettings(seed=3), 120, 10, 3, log=lambda l: None)
     assert outcome.validation_accuracy == pytest.approx(result.winner.validation_accuracy)
-    assert result.winner.validation_accuracy == max(t.validation_accuracy for t in result.trials)
+    assert result.winner.validation_accuracy >= result.trials[0].validation_accuracy
+
+
+def test_autotune_keeps_the_given_settings_unless_a_trial_clearly_beats_them():
+    from retrain.autotune import Trial, choose, standard_error
+    from retrain.settings import HeadSettings
+
+    def trial(number, acc, xent=1.0):
+        return Trial(number, HeadSettings(l2=number * 1e-3), acc, xent, 10, 0.1)
+
+    assert standard_error(0.8, 100) == pytest.approx(0.04)
+    given = trial(1, 0.70)
+    # 85 validation images: one standard error is ~4.6 points at 80 %.
+    assert choose([given, trial(2, 0.74), trial(3, 0.72)], 85) is given
+    clear = trial(2, 0.80)
+    assert choose([given, clear, trial(3, 0.72)], 85) is clear
+    # The same 4-point gain is clear on 2000 images (one standard error: 1 point).
+    better = trial(2, 0.74)
+    assert choose([given, better], 2000) is better
+    # The settings given diverged: any finite trial wins.
+    assert choose([trial(1, float("nan"), float("nan")), better], 85) is better
 
 
 @pytest.mark.parametrize("extra,words", [
