@@ -91,6 +91,9 @@ def main() -> None:
                         help="other FineTuneSettings fields as JSON, e.g. '{\"steps\": 600}'")
     parser.add_argument("--select", action="store_true",
                         help="choose settings on a 30%% validation slice of the training fold")
+    parser.add_argument("--ablation", action="store_true",
+                        help="also fine-tune without augmenting the maps, and keeping the best "
+                             "validation step instead of the last (--fine_tune_keep_best)")
     parser.add_argument("--grid", default='{"blocks": [1, 4]}',
                         help="with --select: FineTuneSettings fields -> lists of values (JSON)")
     args = parser.parse_args()
@@ -116,8 +119,7 @@ def main() -> None:
         results["head"], results["runs"] = base, []
         for values in itertools.product(*(grid[k] for k in names)):
             fields = dict(zip(names, values))
-            if "blocks" in fields:
-                fields["blocks"] = parse_blocks(fields["blocks"])
+            fields["blocks"] = parse_blocks(fields.get("blocks", args.fine_tune_blocks))
             run = dict(validation_score(with_fine_tune(settings, **fields), prepared, args.seed),
                        fine_tune=fields)
             results["runs"].append(run)
@@ -129,7 +131,11 @@ def main() -> None:
     else:
         tuned = with_fine_tune(settings, blocks=parse_blocks(args.fine_tune_blocks))
         print(f"{'':<24}{'1->2':>9}{'2->1':>9}{'mean':>9}{'val':>9}{'s/run':>8}{'CPU s':>8}")
-        for name, s in (("head alone", settings), ("head + fine-tuning", tuned)):
+        rows = [("head alone", settings), ("head + fine-tuning", tuned)]
+        if args.ablation:
+            rows += [("  maps not augmented", with_fine_tune(tuned, augment=False)),
+                     ("  best validation step kept", with_fine_tune(tuned, keep_best=True))]
+        for name, s in rows:
             result = evaluate(s, prepared, args.seed)
             results[name] = result
             print(f"{name:<24}" + cells(result) + f"{result['mean_cpu_seconds']:>8.0f}", flush=True)

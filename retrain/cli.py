@@ -194,6 +194,9 @@ def make_flags() -> flags.FlagValues:
     define("boolean", "fine_tune_augmentation", FineTuneSettings.augment, "Augment the cached "
            "maps while fine-tuning. Time shift, time/frequency masks, mixing within a class.",
            group="fine_tuning")
+    define("boolean", "fine_tune_keep_best", FineTuneSettings.keep_best, "Keep the tail and "
+           "head of the best validation evaluation, the untuned head included; default: the "
+           "last step.", group="fine_tuning")
     define("float", "fine_tune_mixup", FineTuneSettings.mixup, "mixup across classes while "
            "fine-tuning: the alpha of its Beta distribution; 0: off. Typical: 0.2-0.4.",
            group="fine_tuning")
@@ -232,7 +235,8 @@ def settings_from_flags(fv: flags.FlagValues) -> RetrainSettings:
                                  batch_size=fv.fine_tune_batch_size,
                                  warmup_steps=fv.fine_tune_warmup_steps,
                                  weight_decay=fv.fine_tune_weight_decay,
-                                 augment=fv.fine_tune_augmentation, mixup=fv.fine_tune_mixup)
+                                 augment=fv.fine_tune_augmentation, mixup=fv.fine_tune_mixup,
+                                 keep_best=fv.fine_tune_keep_best)
     return RetrainSettings(
         image_dir=fv.image_dir, tfhub_module=fv.tfhub_module,
         module_cache_dir=_blank(fv.module_cache_dir), bottleneck_dir=fv.bottleneck_dir,

@@ -334,10 +334,10 @@ def fine_tune(settings, prepared, split, head, seed: int, log: Callable[[str], N
                       dataclasses.replace(settings.head, seed=seed), augment, silence)
     val_acc = None
     done = 0
-    # As for the head (--early_stopping): the tail and head of the best validation score are
-    # kept, the head alone before any fine-tuning included.
+    # --fine_tune_keep_best: as --early_stopping for the head, the tail and head of the best
+    # validation score are kept, the head alone before any fine-tuning included.
     stopper = None
-    if settings.head.early_stopping and len(validation):
+    if ft.keep_best and len(validation):
         from retrain.head import EarlyStopping
 
         stopper = EarlyStopping(tuner.variables, patience=0)

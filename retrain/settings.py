@@ -62,6 +62,7 @@ class FineTuneSettings:
     weight_decay: float = 1e-4
     augment: bool = True
     mixup: float = 0.0  # alpha of mixup across classes; 0: off
+    keep_best: bool = False  # keep the best validation step's tail and head, not the last
     eval_interval: int = 100
 
     @property

@@ -237,9 +237,7 @@ def test_fine_tuned_export_agrees_with_the_in_memory_model(tmp_path, registered,
         return outcome
 
     monkeypatch.setattr(core, "train_and_evaluate", keep)
-    # The last step's weights (early stopping could keep step 0: the untuned tail).
-    assert main(ft_args(tmp_path, registered, image_dir, "--fine_tune_blocks=2",
-                        "--noearly_stopping")) == 0
+    assert main(ft_args(tmp_path, registered, image_dir, "--fine_tune_blocks=2")) == 0
     out = capsys.readouterr().out
     assert "Fine-tuning 2 block(s) of tiny_efficientnet_lite from cached activations [8, 8, 12]" in out
     assert "Fine-tuning step 20/20: train accuracy" in out and "validation accuracy" in out
@@ -313,12 +311,12 @@ def test_cross_validation_fine_tunes_per_fold(tmp_path, registered, capsys):
             f"--bottleneck_dir={tmp_path / 'bn'}", f"--summaries_dir={tmp_path / 'ts'}",
             "--split=folds", "--cross_validate", "--how_many_training_steps=60",
             "--learning_rate=0.05", "--fine_tune_blocks=1", "--fine_tune_steps=5",
-            "--fine_tune_batch_size=8", "--random_seed=1", "--noprogress"]
+            "--fine_tune_batch_size=8", "--fine_tune_keep_best", "--random_seed=1", "--noprogress"]
     assert main(args) == 0
     out = capsys.readouterr().out
     assert out.count("Fine-tuning 1 block(s)") == 3  # one tail per test fold
     assert out.count("Fine-tuning step 5/5") == 3
-    # Early stopping (the default) keeps each fold's best validation step, 0 included.
+    # --fine_tune_keep_best keeps each fold's best validation step, 0 included.
     assert len(re.findall(r"Fine-tuning: kept the tail and head of step \d", out)) == 3
     assert "Cross-validation accuracy = " in out
 
