@@ -17,6 +17,7 @@ from typing import Iterable, Iterator, Optional, Sequence
 import numpy as np
 
 from soundretrain import atomic_files
+from soundretrain.image_resize import resize_uint8
 from label.models import Labeler
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp")
@@ -102,9 +103,9 @@ def load_image(path: str) -> np.ndarray:
 def prepare_image(rgb: np.ndarray, image_input: ImageInput) -> np.ndarray:
     """uint8 RGB -> float32 ``[height, width, 3]``: resize if needed, then scale."""
     if rgb.shape[:2] != (image_input.height, image_input.width):
-        from PIL import Image
-
-        rgb = np.asarray(Image.fromarray(rgb).resize((image_input.width, image_input.height), Image.Resampling.BILINEAR))
+        # Not Pillow's resize: its pass order changed in Pillow 13; the exported audio-in
+        # graph runs these same taps.
+        rgb = resize_uint8(rgb, image_input.height, image_input.width)
     return (rgb.astype(np.float32) - np.float32(image_input.mean)) / np.float32(image_input.std)
 
 

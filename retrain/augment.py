@@ -25,6 +25,7 @@ from typing import Callable, Hashable, Optional, Sequence
 import numpy as np
 
 from retrain.images import ImageRecord
+from soundretrain.image_resize import resize_uint8
 
 RECIPE_VERSION = 1
 
@@ -103,8 +104,7 @@ def augment_image(image: np.ndarray, partner: Optional[np.ndarray], seed: int,
     out = image.astype(np.float32)
     if partner is not None:
         if partner.shape != image.shape:
-            from PIL import Image
-            partner = np.asarray(Image.fromarray(partner).resize(image.shape[1::-1], Image.BILINEAR))
+            partner = resize_uint8(partner, *image.shape[:2])
         w = rng.uniform(0.1, settings.max_mix_weight)
         out = (1.0 - w) * out + w * partner.astype(np.float32)
     height, width = image.shape[:2]

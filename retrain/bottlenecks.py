@@ -34,6 +34,7 @@ import numpy as np
 from retrain.errors import RetrainError
 from retrain.images import ImageRecord
 from soundretrain import atomic_files
+from soundretrain.image_resize import resize_uint8
 from soundretrain.backbones.registry import Backbone, ConcatBackbone
 
 DEFAULT_BATCH_SIZE = 32
@@ -59,8 +60,8 @@ def image_to_input(image: np.ndarray, height: int, width: int) -> np.ndarray:
     """uint8 ``[h, w, 3]`` -> float32 ``[height, width, 3]`` in [0, 1] (TF Hub convention),
     resized bilinearly when the sizes differ."""
     if image.shape[:2] != (height, width):
-        from PIL import Image
-        image = np.asarray(Image.fromarray(image).resize((width, height), Image.BILINEAR))
+        # The taps label_image and the audio-in export use, whatever Pillow's version.
+        image = resize_uint8(image, height, width)
     return image.astype(np.float32) / 255.0
 
 

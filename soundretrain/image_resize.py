@@ -109,15 +109,19 @@ def _round_fixed(acc: np.ndarray) -> np.ndarray:
 
 
 def resize_uint8(rgb: np.ndarray, height: int, width: int) -> np.ndarray:
-    """Pillow's ``Image.resize((width, height), BILINEAR)`` of uint8 ``[H, W, C]``, bit for bit."""
+    """Pillow's bilinear resize of uint8 ``[H, W, C]``, bit for bit: the width pass, then the
+    height pass, as Pillow <= 12 always did (Pillow 13 may run the height first).
+
+    int32 is enough: the weights of a row sum to ``2**22``, so a sum stays below
+    ``255 * 2**22 + 2**21 < 2**31``."""
     rgb = np.asarray(rgb)
     if rgb.dtype != np.uint8:
         raise ValueError(f"resize_uint8 takes uint8 pixels, not {rgb.dtype}")
-    x = rgb.astype(np.int64)
+    x = rgb.astype(np.int32)
     if x.shape[1] != width:
         index, weight = fixed_point_taps(x.shape[1], width)
-        x = _round_fixed(_apply(x, 1, index, weight.astype(np.int64)))
+        x = _round_fixed(_apply(x, 1, index, weight))
     if x.shape[0] != height:
         index, weight = fixed_point_taps(x.shape[0], height)
-        x = _round_fixed(_apply(x, 0, index, weight.astype(np.int64)))
+        x = _round_fixed(_apply(x, 0, index, weight))
     return x.astype(np.uint8)
