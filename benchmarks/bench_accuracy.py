@@ -13,6 +13,8 @@ switched on or off (:data:`HEAD_LEVERS`), so any ablation is a list of lever set
 * ``default + autotune``: ``--autotune`` (the search scored on the validation slice);
 * ``default + fine_tune``: with ``--fine_tune_blocks K`` only (``retrain --fine_tune_blocks``:
   the module's last K blocks trained with the head on cached activation maps);
+* ``preset NAME`` (only when asked for): what ``retrain --preset NAME`` trains, on this
+  module;
 * ``logistic regression``: scikit-learn's probe on standardised features, C chosen by a
   grouped 5-fold cross-validation inside the training fold (training + validation images).
 
@@ -89,6 +91,23 @@ def head_variants(base) -> dict[str, object]:
         "default - early_stopping": with_levers(base, early_stopping=False),
         "default + autotune": with_levers(base, autotune=True),
     }
+
+
+def preset_settings(base, name: str):
+    """What ``retrain --preset NAME`` trains (its head, steps, augmentation, ...), on
+    ``base``'s images, module and bottleneck cache, exporting nothing: the variant
+    ``preset NAME``."""
+    from retrain.cli import PROG, make_flags, settings_from_flags
+    from soundretrain.command_line import parse_flags
+
+    fv = make_flags()
+    parse_flags(fv, [PROG, f"--preset={name}", f"--image_dir={base.image_dir}"], PROG,
+                lambda: "", presets=PROG)
+    return dataclasses.replace(settings_from_flags(fv), tfhub_module=base.tfhub_module,
+                               bottleneck_dir=base.bottleneck_dir, summaries_dir=None,
+                               output_graph=None, output_labels=None, saved_model_dir=None,
+                               output_tflite=None, checkpoint_path=None, progress=False,
+                               flags_text="")
 
 
 def render_if_missing(spec_dir: str, data_dir: str) -> None:
@@ -254,6 +273,8 @@ def bench_module(module: str, spec_dir: str, bottleneck_dir: str, steps: int, se
         table["default + fine_tune"] = dataclasses.replace(
             settings, fine_tune=dataclasses.replace(settings.fine_tune, blocks=fine_tune_blocks))
     for name in variants or table:
+        if name.startswith("preset ") and name not in table:  # e.g. "preset urbansound8k"
+            table[name] = preset_settings(settings, name.split(" ", 1)[1])
         result = evaluate(table[name], prepared, seed, shifted if name == "default" else None)
         out["variants"][name] = result
         print(f"{out['module'][:27]:<28}{name:<28}" + cells(result), flush=True)

@@ -2,8 +2,10 @@
 benchmark's warm caches and threads never flatter the next.
 
 Each script prints its table and writes JSON to benchmarks/results/. The accuracy
-benchmark needs the shared UrbanSound8K folds and takes several minutes; pass
---skip bench_accuracy to leave it out.
+benchmarks (bench_accuracy, bench_probe) and bench_audio_backbones need the shared
+UrbanSound8K folds and take several minutes (bench_probe computes the aisfx, soundnet and
+efficientnet_lite0 bottlenecks of 1,761 clips once); pass --skip bench_accuracy,bench_probe
+to leave them out.
 """
 from __future__ import annotations
 
@@ -12,7 +14,8 @@ import subprocess
 import sys
 
 BENCHMARKS = ["bench_spectrograms", "bench_manifest_checks", "bench_backbones", "bench_bottlenecks",
-              "bench_batch_determinism", "bench_label", "bench_serve", "bench_accuracy"]
+              "bench_batch_determinism", "bench_label", "bench_serve", "bench_audio_backbones",
+              "bench_accuracy", "bench_probe"]
 
 
 def main(argv: list[str] | None = None) -> int:
