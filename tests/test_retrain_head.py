@@ -1,7 +1,6 @@
 """The head and its trainer: separates classes, reproducible, options, speed."""
 from __future__ import annotations
 
-import time
 
 import numpy as np
 import pytest
@@ -68,18 +67,6 @@ def test_balanced_batches_draw_classes_equally():
 def test_settings_problems():
     assert HeadSettings(dropout=1.0, optimizer="rmsprop").problems()
     assert not HeadSettings().problems()
-
-
-def test_1000_steps_of_batch_100_are_fast():
-    # The issue's target is 4000 steps <= 5 s on 2 cores (benchmarks/bench_bottlenecks.py
-    # measures it); a quarter of that here, with room for a busy CI machine.
-    x, y = blobs(n=2000, d=1280, k=10)
-    trainer = HeadTrainer(ClassificationHead(1280, 10), x, y, HeadSettings())
-    trainer.train(1)  # trace once
-    start = time.perf_counter()
-    for _ in range(100):  # as retrain runs it: an evaluation every 10 steps
-        trainer.train(10)
-    assert time.perf_counter() - start < 4
 
 
 # ------------------------------------------------------------------ standardisation
