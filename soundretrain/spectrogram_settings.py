@@ -48,6 +48,26 @@ def _is_kind(value: Any, kind: type) -> bool:
     return isinstance(value, kind)
 
 
+# What an image channel can show (see soundretrain.render.channel_plane): the log-mel in dB
+# relative to the clip's maximum, its PCEN, or the first / second time derivative of the dB.
+CHANNEL_KINDS = ("db", "pcen", "delta", "delta2")
+
+
+def parse_channel(text: str) -> tuple[str, Optional[int]]:
+    """``"db"`` -> ``("db", None)``; ``"db@1024"`` -> ``("db", 1024)``: the kind and its
+    own FFT window (``None``: the settings' ``n_fft``). Raises ValueError with the reason."""
+    kind, at, n_fft = str(text).strip().partition("@")
+    if kind not in CHANNEL_KINDS:
+        raise ValueError(f"channel {text!r}: the kind must be one of {', '.join(CHANNEL_KINDS)} "
+                         "(optionally @N_FFT, e.g. db@1024)")
+    if not at:
+        return kind, None
+    if not n_fft.isdigit() or not 16 <= int(n_fft) <= MAX_N_FFT:
+        raise ValueError(f"channel {text!r}: the window after @ must be a whole number of "
+                         f"samples, from 16 to {MAX_N_FFT}")
+    return kind, int(n_fft)
+
+
 @dataclass(frozen=True)
 class SpectrogramSettings:
     """Everything that decides what a clip's image looks like.
@@ -59,6 +79,11 @@ class SpectrogramSettings:
     ``long_clips``: ``"cut"`` keeps the first ``duration`` seconds, ``"split"`` renders
     one image per window of ``duration`` seconds, ``window_hop`` seconds apart
     (``None``: windows do not overlap).
+    ``channels``: what the image shows. One entry (default ``("db",)``, the log-mel in dB)
+    is coloured by ``colormap``; three entries are the image's red, green and blue
+    channels, each a grey plane, e.g. ``("db@1024", "db@2048", "db@4096")`` (three window
+    lengths) or ``("db", "delta", "delta2")``. Kinds: :data:`CHANNEL_KINDS`; ``@N`` gives
+    a channel its own FFT window. A comma-separated string is accepted too.
     """
 
     sample_rate: int = 22050
@@ -75,8 +100,14 @@ class SpectrogramSettings:
     image_size: int = 224
     colormap: str = "viridis"
     image_format: str = "png"
+    channels: tuple[str, ...] = ("db",)
 
     def __post_init__(self) -> None:
+        channels = self.channels
+        if isinstance(channels, str):  # "db,delta,delta2", as the flag gives it
+            channels = [c for c in channels.split(",") if c.strip()]
+        if isinstance(channels, (list, tuple)) and all(isinstance(c, str) for c in channels):
+            object.__setattr__(self, "channels", tuple(c.strip() for c in channels))  # JSON: a list
         problems = self.problems()
         if problems:
             raise ValueError("; ".join(problems))
@@ -130,6 +161,16 @@ class SpectrogramSettings:
             p.append(f"image_size must be at most {MAX_IMAGE_SIZE}, not {self.image_size}")
         if not self.colormap:
             p.append("colormap must not be empty")
+        if not isinstance(self.channels, tuple):
+            p.append(f"channels must be a list of strings, not {self.channels!r}")
+        elif len(self.channels) not in (1, 3):
+            p.append(f"channels takes 1 entry (coloured by the colormap) or 3 (red, green, blue), "
+                     f"not {len(self.channels)}: {','.join(self.channels) or '(none)'}")
+        for c in self.channels if isinstance(self.channels, tuple) else ():
+            try:
+                parse_channel(c)
+            except ValueError as e:
+                p.append(str(e))
         if self.image_format not in IMAGE_FORMATS:
             p.append(f"image_format must be one of {', '.join(IMAGE_FORMATS)}, not {self.image_format!r}")
         if not p and self.clip_bytes > MAX_CLIP_BYTES:
@@ -147,7 +188,8 @@ class SpectrogramSettings:
     def clip_bytes(self) -> int:
         """Peak memory of one clip's STFT, roughly: the windowed frames (float32) and their
         spectrum (complex64)."""
-        return self.frames * (4 * max(self.n_fft, 1) + 8 * (self.n_fft // 2 + 1))
+        n_fft = max([self.n_fft] + [n for _, n in self.channel_windows()])  # the longest window
+        return self.frames * (4 * max(n_fft, 1) + 8 * (n_fft // 2 + 1))
 
     @property
     def num_samples(self) -> int:
@@ -159,8 +201,20 @@ class SpectrogramSettings:
         """Seconds between split windows."""
         return self.duration if self.window_hop is None else self.window_hop
 
+    @property
+    def coloured(self) -> bool:
+        """True when one channel is coloured by ``colormap`` (palette images); False when
+        three channels are the image's red, green and blue."""
+        return len(self.channels) == 1
+
+    def channel_windows(self) -> list[tuple[str, int]]:
+        """``(kind, n_fft)`` of each channel, the settings' ``n_fft`` filled in."""
+        return [(kind, n or self.n_fft) for kind, n in map(parse_channel, self.channels)]
+
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        d = dataclasses.asdict(self)
+        d["channels"] = list(self.channels)  # JSON has no tuples; from_dict turns it back
+        return d
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "SpectrogramSettings":

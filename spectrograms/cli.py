@@ -18,7 +18,13 @@ from soundretrain.command_line import CommandLineExit, error, parse_flags
 from soundretrain.presets import define_preset_flag
 from spectrograms.datasets import LAYOUTS, DatasetError, list_dataset
 from soundretrain.manifest import MANIFEST_FILENAME, read_manifest
-from soundretrain.spectrogram_settings import IMAGE_FORMATS, LONG_CLIP_MODES, PAD_MODES, SpectrogramSettings
+from soundretrain.spectrogram_settings import (
+    CHANNEL_KINDS,
+    IMAGE_FORMATS,
+    LONG_CLIP_MODES,
+    PAD_MODES,
+    SpectrogramSettings,
+)
 from spectrograms.writer import OutputError, WriteOptions, write_spectrograms
 
 PROG = "spectrograms"
@@ -58,9 +64,14 @@ def make_flags() -> flags.FlagValues:
     define("float", "fmin", d.fmin, "Lowest mel frequency (Hz).")
     define("float", "fmax", d.fmax, "Highest mel frequency (Hz; default sample_rate / 2).")
     define("float", "top_db", d.top_db, "Dynamic range kept below each clip's maximum (dB).")
+    define("list", "channels", list(d.channels),
+           "What the image shows: one channel, coloured by --colormap, or three as red, green, "
+           f"blue. Each is {'|'.join(CHANNEL_KINDS)}, optionally @N_FFT for its own window, "
+           "e.g. db@1024,db@2048,db@4096 or db,delta,delta2.")
     # Image.
     define("integer", "image_size", d.image_size, "Side of the square image in pixels (224 suits EfficientNet-Lite0).")
-    define("string", "colormap", d.colormap, "matplotlib colormap name (viridis, magma, ...) or gray.")
+    define("string", "colormap", d.colormap,
+           "matplotlib colormap name (viridis, magma, ...) or gray; colours one channel (unused with three).")
     define("enum", "image_format", d.image_format, "Image file format.", enum_values=list(IMAGE_FORMATS))
     # Running.
     define("integer", "jobs", 0, "Worker processes (0 = all cores).", lower_bound=0)
@@ -77,7 +88,7 @@ def settings_from_flags(fv: flags.FlagValues) -> SpectrogramSettings:
         sample_rate=fv.sample_rate, duration=fv.duration, pad_mode=fv.pad_mode, long_clips=fv.long_clips,
         window_hop=fv.window_hop, n_mels=fv.n_mels, n_fft=fv.n_fft, hop_length=fv.hop_length, fmin=fv.fmin,
         fmax=fv.fmax, top_db=fv.top_db, image_size=fv.image_size, colormap=fv.colormap,
-        image_format=fv.image_format,
+        image_format=fv.image_format, channels=tuple(fv.channels or ()),
     )
 
 
@@ -150,7 +161,8 @@ def main(argv: Sequence[str]) -> int:
 
     empty = empty_mel_bands(settings)
     if empty:
-        _note(f"{empty} of the {settings.n_mels} mel bands are empty at n_fft {settings.n_fft} and "
+        shortest = min(n for _, n in settings.channel_windows())
+        _note(f"{empty} of the {settings.n_mels} mel bands are empty at n_fft {shortest} and "
               f"{settings.sample_rate} Hz (constant rows in every image): use fewer --n_mels or a larger --n_fft")
 
     options = WriteOptions(jobs=fv.jobs, overwrite=fv.overwrite)

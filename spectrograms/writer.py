@@ -46,7 +46,7 @@ from soundretrain.manifest import (
     write_manifest,
 )
 from soundretrain.audio import AudioReadError, fit_duration, is_silent, load_audio, split_windows
-from soundretrain.render import colormap_lut, render_clip_indices
+from soundretrain.render import colormap_lut, render_clip, render_clip_indices
 from soundretrain.spectrogram_settings import CONFIG_FILENAME, SpectrogramSettings
 
 JOURNAL_FILENAME = ".manifest-journal.csv"
@@ -113,25 +113,34 @@ def image_name(clip: Clip, settings: SpectrogramSettings, window: Optional[int] 
     return f"{clip.label}/{clip.name}{suffix}.{settings.image_format}"
 
 
-def encode_image(indices: np.ndarray, settings: SpectrogramSettings) -> bytes:
-    """Colormap ``indices`` as PNG or JPEG file bytes.
+def render_pixels(y: np.ndarray, sr: int, settings: SpectrogramSettings) -> np.ndarray:
+    """What :func:`encode_image` stores: colormap indices ``[H, W]`` for one coloured
+    channel, else the RGB image ``[H, W, 3]`` of three channels (no palette fits it)."""
+    return render_clip_indices(y, sr, settings) if settings.coloured else render_clip(y, sr, settings)
 
-    PNG is stored with the colormap as its palette: it decodes (Pillow
+
+def encode_image(pixels: np.ndarray, settings: SpectrogramSettings) -> bytes:
+    """Colormap indices ``[H, W]`` or RGB ``[H, W, 3]`` as PNG or JPEG file bytes.
+
+    Indices are stored as a PNG with the colormap as its palette: it decodes (Pillow
     ``.convert("RGB")``, ``tf.io.decode_png(channels=3)``) to exactly
-    ``render_clip``'s RGB pixels. It is left uncompressed on purpose: spectrograms
-    are noise-like, zlib saves only ~20% of the bytes (51 -> 40 kB at 224 px) and
-    would cost more time than decoding the audio.
+    ``render_clip``'s RGB pixels; RGB as an RGB PNG. It is left uncompressed on purpose:
+    spectrograms are noise-like, zlib saves only ~20% of the bytes (51 -> 40 kB at
+    224 px) and would cost more time than decoding the audio.
     """
     from PIL import Image
 
-    lut = colormap_lut(settings.colormap)
     buf = io.BytesIO()
+    rgb = pixels if pixels.ndim == 3 else None
     if settings.image_format == "png":
-        img = Image.fromarray(indices)  # mode "L"; putpalette makes it "P"
-        img.putpalette(lut.tobytes())
+        img = Image.fromarray(pixels)  # indices: mode "L"; putpalette makes it "P"
+        if rgb is None:
+            img.putpalette(colormap_lut(settings.colormap).tobytes())
         img.save(buf, format="PNG", compress_level=0)
     else:
-        Image.fromarray(np.take(lut, indices, axis=0)).save(buf, format="JPEG", quality=95, subsampling=0)
+        if rgb is None:
+            rgb = np.take(colormap_lut(settings.colormap), pixels, axis=0)
+        Image.fromarray(rgb).save(buf, format="JPEG", quality=95, subsampling=0)
     return buf.getvalue()
 
 
@@ -155,7 +164,7 @@ def render_source(clip: Clip, output_dir: str, settings: SpectrogramSettings) ->
             named = [(image_name(clip, settings), 0.0, fit_duration(y, sr, settings.duration, settings.pad_mode))]
         for image, start, window in named:
             real = min(settings.num_samples, y.shape[0] - int(round(start * sr))) / sr
-            data = encode_image(render_clip_indices(window, sr, settings), settings)
+            data = encode_image(render_pixels(window, sr, settings), settings)
             # No fsync per image (it would double the time per clip); the manifest, written
             # durably, records each image's size and hash, so a torn image is redone.
             atomic_files.write_bytes(os.path.join(output_dir, image), data, durable=False)
@@ -327,7 +336,7 @@ def _warm_up(settings: SpectrogramSettings) -> None:
         path = os.path.join(tmp, "warm.wav")
         sf.write(path, y, 16000)
         y = load_audio(path, settings.sample_rate)
-    encode_image(render_clip_indices(y, settings.sample_rate, settings), settings)
+    encode_image(render_pixels(y, settings.sample_rate, settings), settings)
 
 
 def _render_chunk(clips: Sequence[Clip], work: Callable[[Clip], SourceResult]) -> list[SourceResult]:

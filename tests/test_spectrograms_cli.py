@@ -51,7 +51,7 @@ def test_help_is_readable(capsys):
     for flag in ("--dataset", "--data_dir", "--output_dir", "--esc10", "--classes", "--folds", "--sample_rate",
                  "--duration", "--pad_mode", "--long_clips", "--window_hop", "--n_mels", "--n_fft",
                  "--hop_length", "--fmin", "--fmax", "--top_db", "--image_size", "--colormap",
-                 "--image_format", "--jobs", "--overwrite", "--strict", "--preview"):
+                 "--image_format", "--channels", "--jobs", "--overwrite", "--strict", "--preview"):
         assert re.search(rf"--(\[no\])?{flag[2:]}:", out), flag
 
 

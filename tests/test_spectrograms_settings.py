@@ -16,6 +16,7 @@ def test_defaults_match_the_contract():
         "sample_rate": 22050, "duration": 4.0, "pad_mode": "repeat", "long_clips": "cut",
         "window_hop": None, "n_mels": 128, "n_fft": 2048, "hop_length": 512, "fmin": 0.0,
         "fmax": None, "top_db": 80.0, "image_size": 224, "colormap": "viridis", "image_format": "png",
+        "channels": ["db"],
     }
     assert CONFIG_FILENAME == "spectrogram_config.json"
     assert s.num_samples == 88200 and s.hop_seconds == 4.0
