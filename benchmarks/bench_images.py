@@ -20,8 +20,8 @@ bottlenecks (the network, batch 32), both against the default image in the same 
     .venv/bin/python -m benchmarks.bench_images                       # every variant
     .venv/bin/python -m benchmarks.bench_images --variants "default;3 windows"
 
-Bottlenecks are cached in ``--work_dir`` by the settings (and this code's version), so a
-rerun only scores. Prints a table and writes ``benchmarks/results/bench_images.json``.
+Bottlenecks are cached in ``--work_dir`` by the settings and a fingerprint of what the
+rendering code makes of them, so a rerun only scores. Prints a table and writes ``benchmarks/results/bench_images.json``.
 """
 from __future__ import annotations
 
@@ -74,6 +74,14 @@ VARIANTS: dict[str, dict] = {
     "gray": dict(colormap="gray"),
     "magma": dict(colormap="magma"),
     "top_db 60": dict(top_db=60.0),
+    # the frequency range, lever by lever, and combinations of what helped on validation
+    "fmin 50": dict(fmin=50.0),
+    "fmax 10000": dict(fmax=10000.0),
+    "db/pcen/delta, fmin 50 fmax 10000": dict(channels="db,pcen,delta", fmin=50.0, fmax=10000.0),
+    "db/pcen/delta, 50-10000 Hz, n_mels 224": dict(channels="db,pcen,delta", fmin=50.0,
+                                                   fmax=10000.0, n_mels=224),
+    "magma, fmin 50 fmax 10000": dict(colormap="magma", fmin=50.0, fmax=10000.0),
+    "magma, 50-10000 Hz, n_mels 224": dict(colormap="magma", fmin=50.0, fmax=10000.0, n_mels=224),
 }
 # ``image_height`` is not a setting: a taller-than-wide image is measured here only, by
 # running the (fully convolutional) network on it directly; the toolkit's modules take
@@ -172,52 +180,66 @@ def bottlenecks(backbone, images: np.ndarray, batch: int = 32) -> np.ndarray:
     return np.concatenate(out)
 
 
-def code_version() -> str:
-    """Cached features depend on the rendering code too."""
-    text = b"".join((ROOT / p).read_bytes() for p in ("soundretrain/render.py", "soundretrain/audio.py"))
-    return hashlib.sha1(text).hexdigest()[:10]
+def rendering_fingerprint(settings, clips: "Clips", height: Optional[int]) -> str:
+    """What cached features depend on: the settings and what the rendering code makes of
+    them (three clips rendered now), so a change of render.py is never served stale."""
+    h = hashlib.sha1(json.dumps([settings.to_dict(), height, len(clips.y)], sort_keys=True).encode())
+    for i in (0, len(clips.audio) // 2, len(clips.audio) - 1):
+        h.update(_render_chunk(([i], settings, height)).tobytes())
+    return h.hexdigest()[:16]
 
 
 def features_for(name: str, settings, clips: Clips, backbone, work_dir: Path, jobs: int,
-                 version: str, height: Optional[int] = None) -> tuple[np.ndarray, dict]:
-    key = hashlib.sha1(json.dumps([settings.to_dict(), height, version, len(clips.y)],
-                                  sort_keys=True).encode()).hexdigest()[:16]
+                 height: Optional[int] = None) -> tuple[np.ndarray, dict]:
+    global _AUDIO
+    _AUDIO = clips.audio
+    key = rendering_fingerprint(settings, clips, height)
     path = work_dir / f"features-{key}.npy"
     meta_path = path.with_suffix(".json")
     if path.is_file() and meta_path.is_file():
         return np.load(path), json.loads(meta_path.read_text())
     t0 = time.perf_counter()
     images = render_all(clips.audio, settings, jobs, height)
-    t1 = time.perf_counter()
+    t1, c1 = time.perf_counter(), time.process_time()
     feats = bottlenecks(backbone, images)
-    t2 = time.perf_counter()
+    t2, c2 = time.perf_counter(), time.process_time()
     meta = {"variant": name, "render_s": t1 - t0, "bottleneck_s": t2 - t1,
-            "settings": settings.to_dict()}
+            "bottleneck_cpu_ms": (c2 - c1) * 1000 / len(images), "settings": settings.to_dict()}
     work_dir.mkdir(parents=True, exist_ok=True)
     np.save(path, feats)
     meta_path.write_text(json.dumps(meta, indent=1))
     return feats, meta
 
 
+def render_cpu_ms(settings, clips: Clips, height: Optional[int], n: int = 60) -> float:
+    """CPU milliseconds per clip to render (one process, ``n`` clips spread over the set):
+    CPU time, unlike wall time, hardly depends on what else the machine is running."""
+    picks = list(range(0, len(clips.audio), max(1, len(clips.audio) // n)))[:n]
+    _render_chunk((picks[:2], settings, height))  # warm: mel bases, windows, imports
+    start = time.process_time()
+    _render_chunk((picks, settings, height))
+    return (time.process_time() - start) * 1000 / len(picks)
+
+
 # ---------------------------------------------------------------- evaluators
 
-def probe_accuracy(x_tr, y_tr, x_te, y_te, C: float) -> float:
+def probe_predict(x_tr, y_tr, x_te, C: float) -> np.ndarray:
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
     probe = make_pipeline(StandardScaler(), LogisticRegression(C=C, max_iter=3000))
     probe.fit(x_tr, y_tr)
-    return float(probe.score(x_te, y_te))
+    return probe.predict(x_te)
 
 
-def head_accuracy(x_tr, y_tr, x_te, y_te, num_classes: int) -> float:
+def head_predict(x_tr, y_tr, x_te, num_classes: int) -> np.ndarray:
     from retrain.head import ClassificationHead, HeadSettings, HeadTrainer
 
     settings = HeadSettings(seed=0, learning_rate=0.01, optimizer="sgd")
     head = ClassificationHead(x_tr.shape[1], num_classes, seed=0)
     HeadTrainer(head, x_tr, y_tr, settings).train(HEAD_STEPS)
-    return float(np.mean(np.argmax(head.predict(x_te), 1) == y_te))
+    return np.argmax(head.predict(x_te), 1)
 
 
 def inner_splits(groups: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -232,25 +254,38 @@ def directions(clips: Clips) -> list[tuple[int, int]]:
     return [(a, b) for a in folds for b in folds if a != b]
 
 
-def score(feats: np.ndarray, clips: Clips, evaluator) -> dict:
-    """Validation (inner group CV on the training fold) and test accuracy, both directions."""
+def score(feats: np.ndarray, clips: Clips, evaluator) -> tuple[dict, np.ndarray]:
+    """Validation (inner group CV on the training fold) and test accuracy, both directions,
+    and whether each clip was right when it was a validation clip (for paired comparisons).
+    ``evaluator(x_train, y_train, x_eval, y_eval)`` returns the predicted classes."""
     out = {"validation": {}, "test": {}}
+    right = np.zeros(len(clips.y), bool)
     for train_fold, test_fold in directions(clips):
         tr, te = np.flatnonzero(clips.fold == train_fold), np.flatnonzero(clips.fold == test_fold)
-        correct = 0.0
         for a, b in inner_splits(clips.group[tr]):
-            correct += evaluator(feats[tr[a]], clips.y[tr[a]], feats[tr[b]], clips.y[tr[b]]) * len(b)
+            right[tr[b]] = evaluator(feats[tr[a]], clips.y[tr[a]], feats[tr[b]]) == clips.y[tr[b]]
         where = f"{train_fold}->{test_fold}"
-        out["validation"][where] = correct / len(tr)
-        out["test"][where] = evaluator(feats[tr], clips.y[tr], feats[te], clips.y[te])
+        out["validation"][where] = float(np.mean(right[tr]))
+        out["test"][where] = float(np.mean(evaluator(feats[tr], clips.y[tr], feats[te]) == clips.y[te]))
     for part in ("validation", "test"):
         out[f"mean_{part}"] = float(np.mean(list(out[part].values())))
-    return out
+    return out, right
+
+
+def paired_difference(right: np.ndarray, base: np.ndarray, clips: Clips) -> tuple[float, float]:
+    """Validation accuracy minus the default's, and its standard error, over the same clips
+    (mean of the two directions, as the accuracies are)."""
+    diffs, variances = [], []
+    for train_fold, _ in directions(clips):
+        d = right[clips.fold == train_fold].astype(float) - base[clips.fold == train_fold]
+        diffs.append(d.mean())
+        variances.append(d.var(ddof=1) / len(d))
+    return float(np.mean(diffs)), float(np.sqrt(np.sum(variances)) / len(diffs))
 
 
 def choose_probe_c(feats: np.ndarray, clips: Clips) -> tuple[float, dict]:
     """The probe's C, by the default image's validation score only."""
-    scores = {C: score(feats, clips, lambda *a, C=C: probe_accuracy(*a, C=C))["mean_validation"]
+    scores = {C: score(feats, clips, lambda *a, C=C: probe_predict(*a, C=C))[0]["mean_validation"]
               for C in PROBE_C_GRID}
     return max(scores, key=scores.get), scores
 
@@ -265,6 +300,8 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     parser.add_argument("--jobs", type=int, default=2, help="rendering processes")
     parser.add_argument("--limit", type=int, default=0, help="only about this many clips (smoke test)")
     parser.add_argument("--no_head", action="store_true", help="score with the probe only")
+    parser.add_argument("--head_variants", default="",
+                        help="';'-separated names scored by the head too (default: all)")
     args = parser.parse_args(argv)
     if not os.path.isdir(os.path.join(args.data_dir, "audio")):
         print(f"skipped: the UrbanSound8K folds are not in {args.data_dir}")
@@ -287,19 +324,18 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     clips = load_clips(args.data_dir, args.limit)
     print(f"decoded {len(clips.y)} clips in {time.perf_counter() - t0:.1f} s", flush=True)
     backbone = load()
+    backbone.compute(np.zeros((2, 224, 224, 3), np.float32))  # trace once, outside the timings
     base = base_settings()
-    version = code_version()  # of the code imported above
     work_dir = Path(args.work_dir)
     results = {"protocol": "UrbanSound8K folds 1-2; validation: 5-fold GroupKFold inside the "
                            "training fold; test: the other fold; mean of both directions",
                "clips": len(clips.y), "variants": {}}
-    probe_c = None
+    probe_c, right_by_variant = None, {}
     for name in names:
         changes = dict(VARIANTS[name])
         height = changes.pop("image_height", None)
         settings = dataclasses.replace(base, **changes)
-        feats, meta = features_for(name, settings, clips, backbone, work_dir, args.jobs, version,
-                                   height)
+        feats, meta = features_for(name, settings, clips, backbone, work_dir, args.jobs, height)
         if probe_c is None:  # "default" comes first
             probe_c, c_scores = choose_probe_c(feats, clips)
             results["probe_C"] = probe_c
@@ -308,24 +344,33 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
                   + ", ".join(f"C={k}: {v * 100:.1f}%" for k, v in c_scores.items()) + ")", flush=True)
         row = {"changes": VARIANTS[name], "render_s": meta["render_s"],
                "bottleneck_s": meta["bottleneck_s"],
-               "probe": score(feats, clips, lambda *a: probe_accuracy(*a, C=probe_c))}
-        if not args.no_head:
+               "render_cpu_ms": render_cpu_ms(settings, clips, height),
+               "bottleneck_cpu_ms": meta["bottleneck_cpu_ms"],
+               }
+        row["probe"], right = score(feats, clips, lambda *a: probe_predict(*a, C=probe_c))
+        right_by_variant[name] = right
+        row["probe"]["validation_vs_default"] = paired_difference(right, right_by_variant["default"],
+                                                                  clips)
+        head_names = [n.strip() for n in args.head_variants.split(";") if n.strip()]
+        if not args.no_head and (not head_names or name in head_names):
             n = len(clips.labels)
-            row["head"] = score(feats, clips, lambda *a: head_accuracy(*a, num_classes=n))
+            row["head"], _ = score(feats, clips, lambda *a: head_predict(*a, num_classes=n))
         results["variants"][name] = row
         print(json.dumps({name: row}), flush=True)
 
     base_row = results["variants"]["default"]
-    print(f"\n{'variant':<28}{'probe val':>10}{'probe test':>11}{'head val':>9}{'head test':>10}"
-          f"{'render s':>9}{'bottl. s':>9}")
+    print(f"\n{'variant':<40}{'probe val':>10}{'vs default':>14}{'probe test':>11}{'head val':>9}"
+          f"{'head test':>10}{'render ms':>10}{'bottl. ms':>10}   (CPU per clip; x default)")
     for name, r in results["variants"].items():
         cells = [r["probe"]["mean_validation"], r["probe"]["mean_test"]]
         cells += [r["head"]["mean_validation"], r["head"]["mean_test"]] if "head" in r else [None, None]
         text = "".join(f"{c * 100:>{w}.1f}%" if c is not None else f"{'-':>{w + 1}}"
                        for c, w in zip(cells, (9, 10, 8, 9)))
-        print(f"{name[:27]:<28}{text}{r['render_s']:>9.1f}{r['bottleneck_s']:>9.1f}"
-              f"  ({r['render_s'] / base_row['render_s']:.1f}x, "
-              f"{r['bottleneck_s'] / base_row['bottleneck_s']:.1f}x)")
+        d, se = r["probe"]["validation_vs_default"]
+        text = text[:10] + f"{d * 100:>+8.1f} ±{se * 100:>3.1f}" + text[10:]
+        print(f"{name[:39]:<40}{text}{r['render_cpu_ms']:>10.1f}{r['bottleneck_cpu_ms']:>10.1f}"
+              f"   ({r['render_cpu_ms'] / base_row['render_cpu_ms']:.1f}x, "
+              f"{r['bottleneck_cpu_ms'] / base_row['bottleneck_cpu_ms']:.1f}x)")
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(results, indent=2) + "\n")
     print(f"wrote {RESULTS}")

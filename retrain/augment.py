@@ -86,8 +86,10 @@ def plan_copies(records: Sequence[ImageRecord], indices: Sequence[int], settings
 
 
 def copy_key(base_key: str, partner_key: Optional[str], copy: AugmentedCopy,
-             settings: AugmentSettings) -> str:
+             settings: AugmentSettings, fill: Optional[np.ndarray] = None) -> str:
     text = f"aug|{settings.recipe()}|{base_key}|{partner_key}|{copy.copy}|{copy.seed}"
+    if fill is not None:  # masks of a given colour (three-channel images)
+        text += f"|fill={','.join(str(int(v)) for v in fill)}"
     return hashlib.sha1(text.encode()).hexdigest()
 
 
@@ -97,8 +99,11 @@ def _silence_colour(image: np.ndarray) -> np.ndarray:
 
 
 def augment_image(image: np.ndarray, partner: Optional[np.ndarray], seed: int,
-                  settings: AugmentSettings) -> np.ndarray:
-    """One augmented copy of a uint8 spectrogram image ``[H, W, 3]``."""
+                  settings: AugmentSettings, fill: Optional[np.ndarray] = None) -> np.ndarray:
+    """One augmented copy of a uint8 spectrogram image ``[H, W, 3]``. Masks are painted
+    with ``fill`` (the colour of silence, known from the spectrogram settings), else with
+    the image's quietest colour (its darkest: right for one coloured channel, not for
+    three channels where silence is not the darkest colour, e.g. a derivative's mid-grey)."""
     rng = np.random.default_rng(seed)
     rng.random()  # the draw plan_copies used for the mixing decision
     out = image.astype(np.float32)
@@ -110,7 +115,7 @@ def augment_image(image: np.ndarray, partner: Optional[np.ndarray], seed: int,
     height, width = image.shape[:2]
     if settings.time_shift:
         out = np.roll(out, int(rng.integers(width)), axis=1)
-    fill = _silence_colour(image).astype(np.float32)
+    fill = (_silence_colour(image) if fill is None else np.asarray(fill)).astype(np.float32)
     for _ in range(settings.time_masks):
         size = int(rng.integers(0, max(1, int(width * settings.max_mask_fraction)) + 1))
         start = int(rng.integers(0, width - size + 1))

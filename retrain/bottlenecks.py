@@ -347,16 +347,23 @@ def compute_augmented_bottlenecks(backbone: Backbone, records: Sequence[ImageRec
         maker = InputMaker(part, spectrogram_settings)
         store = BottleneckStore(bottleneck_dir, part.name, part.feature_size)
         augment = augment_waveform if part.input_spec.kind == "waveform" else augment_image
+        extra, fill = {}, None
+        if part.input_spec.kind != "waveform" and spectrogram_settings is not None \
+                and not spectrogram_settings.coloured:
+            from soundretrain.render import silence_pixel
+
+            fill = silence_pixel(spectrogram_settings)  # three channels: silence is not the darkest
+            extra = {"fill": fill}
 
         def make(c) -> np.ndarray:
             partner = None if c.partner is None else maker.raw(records[c.partner])
             return maker.finish(augment(maker.raw(records[c.index]), partner, c.seed,
-                                        augment_settings))
+                                        augment_settings, **extra))
 
         jobs = []
         for c in plan:
             partner_key = None if c.partner is None else maker.key(records[c.partner])
-            key = copy_key(maker.key(records[c.index]), partner_key, c, augment_settings)
+            key = copy_key(maker.key(records[c.index]), partner_key, c, augment_settings, fill)
             jobs.append(Job(key, lambda c=c: make(c)))
         feats, n = run_jobs(part, store, jobs, batch_size, progress,
                             desc=f"augmented bottlenecks {part.name}")

@@ -253,6 +253,16 @@ def spectrogram_image(S_db: np.ndarray, settings: SpectrogramSettings) -> np.nda
     return np.take(colormap_lut(settings.colormap), spectrogram_indices(S_db, settings), axis=0)
 
 
+def silence_pixel(settings: SpectrogramSettings) -> np.ndarray:
+    """uint8 ``[3]``: the colour of silence in this rendering (what a silent clip's image is
+    made of): the colormap's first colour, or per channel 0 (db, pcen) or 128 (derivatives).
+    Augmentation paints its masks with it."""
+    if settings.coloured:
+        return colormap_lut(settings.colormap)[0].copy()
+    return np.array([128 if kind.startswith("delta") else 0 for kind, _ in settings.channel_windows()],
+                    np.uint8)
+
+
 def render_clip_indices(y: np.ndarray, sr: int, settings: SpectrogramSettings) -> np.ndarray:
     """:func:`render_clip` before the colormap: uint8 indices into ``colormap_lut``.
 

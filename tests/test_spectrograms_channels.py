@@ -275,3 +275,60 @@ def test_label_image_renders_audio_with_the_sidecars_channels(tmp_path, capsys):
     assert results[0] == results[1]
     plain = SpectrogramSettings(**SMALL)  # a model of today's image would see another input
     assert not np.array_equal(render_clip(y, SR, plain), render_clip(y, SR, settings))
+
+
+@pytest.mark.parametrize("channels,colormap", [("db", "viridis"), ("pcen", "magma"),
+                                               ("db,pcen,delta", "viridis"), ("db,delta,delta2", "gray")])
+def test_silence_pixel_is_what_a_silent_clip_is_made_of(channels, colormap):
+    from soundretrain.render import silence_pixel
+
+    s = SpectrogramSettings(**SMALL, channels=channels, colormap=colormap)
+    img = render_clip(np.zeros(SR, np.float32), SR, s)
+    assert np.all(img == silence_pixel(s))
+
+
+def test_augmentation_masks_three_channel_images_with_silence_not_the_darkest_colour():
+    from retrain.augment import AugmentSettings, augment_image, copy_key, plan_copies
+    from retrain.images import ImageRecord
+    from soundretrain.render import silence_pixel
+
+    s = SpectrogramSettings(**SMALL, channels="db,pcen,delta")
+    image = render_clip(tone_then_silence(), SR, s)
+    darkest = image.reshape(-1, 3)[np.argmin(image.reshape(-1, 3).astype(int).sum(1))]
+    assert not np.array_equal(darkest, silence_pixel(s))  # the heuristic would be wrong here
+    settings = AugmentSettings(copies=1, time_shift=False, time_masks=2, freq_masks=2,
+                               max_mask_fraction=0.3, mix_probability=0.0)
+    out = augment_image(image, None, seed=3, settings=settings, fill=silence_pixel(s))
+    painted = (out != image).any(axis=-1)
+    assert painted.any() and np.all(out[painted] == silence_pixel(s))
+    # the mask colour is part of an augmented copy's cache key
+    records = [ImageRecord("/x/a.png", "a/a.png", "a", "g", fold=1)]
+    copy = plan_copies(records, [0], settings, [0], lambda i: 1)[0]
+    assert copy_key("k", None, copy, settings) != copy_key("k", None, copy, settings, silence_pixel(s))
+
+
+def test_augmented_bottlenecks_use_the_settings_silence_for_three_channels(tmp_path):
+    from retrain.augment import AugmentSettings, plan_copies
+    from retrain.bottlenecks import compute_augmented_bottlenecks
+    from retrain.images import list_images
+    from soundretrain.backbones.registry import load_module
+    from tiny_models import make_colour_image_folders, make_tiny_image_module
+
+    backbone = load_module(make_tiny_image_module(tmp_path / "tiny"))
+    images = list_images(make_colour_image_folders(tmp_path / "img", per_class=3))
+    settings = AugmentSettings(copies=1, mix_probability=0.0, time_masks=3, freq_masks=3,
+                               max_mask_fraction=0.3)
+    plan = plan_copies(images.records, range(len(images.records)), settings,
+                       images.class_ids(), lambda i: "all")
+    cache = str(tmp_path / "bn")
+
+    def run(spectrogram_settings):
+        return compute_augmented_bottlenecks(backbone, images.records, plan, settings, cache,
+                                             spectrogram_settings, progress=False)
+
+    plain, computed = run(None)
+    assert computed == len(plan)
+    # one coloured channel: the masks and cache keys are what they always were
+    assert run(SpectrogramSettings())[1] == 0
+    three, computed = run(SpectrogramSettings(channels="db,pcen,delta"))
+    assert computed == len(plan) and not np.allclose(three, plain)
