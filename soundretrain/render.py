@@ -108,10 +108,13 @@ PCEN_TIME_CONSTANT = 0.4  # seconds of the smoother (librosa's default)
 PCEN_GAIN, PCEN_BIAS, PCEN_POWER, PCEN_EPS = 0.98, 2.0, 0.5, 1e-6
 # Image ranges, from the value distribution on real clips (UrbanSound8K fold 1, every 9th):
 # PCEN's median is 0.40 (steady sound), 99th percentile 1.36; |delta| 0.38 / 4.9 dB per frame,
-# |delta2| 0.25 / 2.6; about 1 % of pixels saturate.
+# |delta2| 0.25 / 2.6; 1-2 % of pixels saturate.
 PCEN_IMAGE_MAX = 1.5  # PCEN value shown at full brightness
 DELTA_WIDTH = 9  # frames of the Savitzky-Golay window (librosa's default)
 DELTA_IMAGE_RANGE = {"delta": 4.0, "delta2": 2.0}  # dB per frame (per frame^2) at the extremes
+# A derivative of 0 (steady sound, silence) is grey 128, in the middle of its rounding step:
+# at 0.5 (127.5 + 0.5 before truncation) the least float difference flipped it to 127.
+DELTA_ZERO = 128.0 / 255.0
 
 
 def pcen_mel(y: np.ndarray, sr: int, settings: SpectrogramSettings,
@@ -155,15 +158,15 @@ def channel_plane(y: np.ndarray, sr: int, settings: SpectrogramSettings, kind: s
 
     * ``db``: the log-mel, ``-top_db`` -> 0, the clip's loudest bin -> 1;
     * ``pcen``: PCEN, 0 -> 0, :data:`PCEN_IMAGE_MAX` and above -> 1;
-    * ``delta``, ``delta2``: the first / second time derivative of the dB log-mel, 0 -> 0.5
-      (silence and steady sound are mid-grey), +-:data:`DELTA_IMAGE_RANGE` -> 1 / 0.
+    * ``delta``, ``delta2``: the first / second time derivative of the dB log-mel, 0 -> grey
+      128 (silence and steady sound), +-:data:`DELTA_IMAGE_RANGE` -> 1 / 0.
 
     ``S_db`` (the log-mel at this ``n_fft``) is reused when given. A silent clip is flat:
-    0 for ``db`` and ``pcen``, 0.5 for the derivatives.
+    0 for ``db`` and ``pcen``, grey 128 for the derivatives.
     """
     frames = 1 + len(y) // settings.hop_length
     if is_silent(y):
-        return np.full((settings.n_mels, frames), 0.5 if kind.startswith("delta") else 0.0, np.float32)
+        return np.full((settings.n_mels, frames), DELTA_ZERO if kind.startswith("delta") else 0.0, np.float32)
     if kind == "pcen":
         return np.clip(pcen_mel(y, sr, settings, n_fft) / np.float32(PCEN_IMAGE_MAX), 0.0, 1.0)
     if S_db is None:
@@ -172,7 +175,7 @@ def channel_plane(y: np.ndarray, sr: int, settings: SpectrogramSettings, kind: s
         return (S_db + np.float32(settings.top_db)) / np.float32(settings.top_db)
     if kind in DELTA_IMAGE_RANGE:
         d = delta(S_db, order=2 if kind == "delta2" else 1)
-        return np.clip(0.5 + d / np.float32(2 * DELTA_IMAGE_RANGE[kind]), 0.0, 1.0)
+        return np.clip(np.float32(DELTA_ZERO) + d / np.float32(2 * DELTA_IMAGE_RANGE[kind]), 0.0, 1.0)
     raise ValueError(f"unknown channel kind {kind!r}")
 
 
@@ -192,11 +195,9 @@ def channel_planes(y: np.ndarray, sr: int, settings: SpectrogramSettings) -> lis
 
 
 def resize_plane(v: np.ndarray, height: int, width: int) -> np.ndarray:
-    """float32 ``[rows, cols]`` -> ``[height, width]``, bilinear (Pillow mode ``"F"``)."""
-    from PIL import Image
-
-    return np.asarray(Image.fromarray(np.asarray(v, np.float32)).resize(
-        (width, height), Image.Resampling.BILINEAR))
+    """float32 ``[rows, cols]`` -> ``[height, width]``: the resize of :func:`spectrogram_indices`
+    (:func:`soundretrain.image_resize.resize_float32`, Pillow's bilinear taps in float32)."""
+    return resize_float32(np.asarray(v, np.float32), height, width)
 
 
 def plane_image(plane: np.ndarray, settings: SpectrogramSettings) -> np.ndarray:

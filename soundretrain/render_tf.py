@@ -14,6 +14,10 @@ render.py (numpy)           here (TensorFlow ops, all TFLite builtins)
 silent clip (``is_silent``) peak below ``SILENCE_PEAK``: every pixel ``-top_db``
 ``spectrogram_indices``     flip, scale to [0.5, 255.5], :func:`image_resize.taps` resize, truncate
 ``colormap_lut``            the same 256-entry table, gathered
+``channel_plane`` (``db``,  one front-end per window length; the derivatives a 9-tap filter
+``pcen``, ``delta``,        over edge-replicated frames; PCEN's smoother a lower-triangular
+``delta2``; three channels  matrix product (its closed form); three planes stacked as red,
+as red, green, blue)        green and blue instead of the colormap
 ==========================  ==================================================================
 
 plus, for a backbone whose input size differs from the rendered image, Pillow's 8-bit
@@ -34,12 +38,14 @@ one step in a few pixels per image).
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 import numpy as np
 
 from soundretrain.audio import SILENCE_PEAK
 from soundretrain.image_resize import fixed_point_taps, taps, PRECISION_BITS
+from soundretrain import render
 from soundretrain.render import _mel_basis, colormap_lut
 from soundretrain.spectrogram_settings import SpectrogramSettings
 
@@ -99,6 +105,17 @@ class SpectrogramFrontEnd:
         self.time_taps = tuple(np.asarray(t, np.float32) if t.dtype.kind == "f" else t for t in taps(self.frames, size))
         self.mel_taps = tuple(np.asarray(t, np.float32) if t.dtype.kind == "f" else t for t in taps(int(settings.n_mels), size))
         self.lut = colormap_lut(settings.colormap).astype(np.float32)
+        # Channels other than today's one log-mel (settings.channels): one front-end per
+        # window length; the frames (hop and duration) are the same for all of them.
+        self.planes_needed = settings.channel_windows() != [("db", n_fft)]
+        self._fronts = {n_fft: self}
+        for _, n in settings.channel_windows():
+            if n not in self._fronts:
+                front = SpectrogramFrontEnd(dataclasses.replace(settings, n_fft=n, channels=("db",)))
+                if front.frames != self.frames:
+                    raise ValueError(f"window {n} gives {front.frames} frames, not {self.frames}: "
+                                     "the clip is shorter than the window")
+                self._fronts[n] = front
 
     # --- the steps -------------------------------------------------------------------
 
@@ -116,11 +133,15 @@ class SpectrogramFrontEnd:
             real, imag = tf.math.real(spectrum), tf.math.imag(spectrum)
         return real * real + imag * imag
 
-    def log_mel(self, y):
-        """``S_db`` ``[N, n_mels, frames]`` in ``[-top_db, 0]``, as ``render.log_mel``."""
+    def mel(self, y, magnitude: bool = False):
+        """The mel spectrogram ``[N, frames, n_mels]`` of the power spectrum (or, for PCEN,
+        of the magnitude), as ``render.mel_power`` (``render.pcen_mel``'s input)."""
         import tensorflow as tf
 
-        power = tf.transpose(self.power_stft(y), [2, 0, 1])  # [F, N, T]: segments on axis 0
+        spectrum = self.power_stft(y)
+        if magnitude:
+            spectrum = tf.sqrt(spectrum)
+        power = tf.transpose(spectrum, [2, 0, 1])  # [F, N, T]: segments on axis 0
         n_mels = int(self.settings.n_mels)
         mel = None
         for layer in self.mel_layers:
@@ -128,7 +149,13 @@ class SpectrogramFrontEnd:
             mel = part if mel is None else mel + part
         if mel is None:  # no bin in any band (refused by the settings' checks in practice)
             mel = tf.zeros([n_mels + 1, tf.shape(y)[0], self.frames], tf.float32)
-        mel = tf.transpose(mel[:n_mels], [1, 2, 0])  # [N, T, M]
+        return tf.transpose(mel[:n_mels], [1, 2, 0])  # [N, T, M]
+
+    def log_mel(self, y):
+        """``S_db`` ``[N, n_mels, frames]`` in ``[-top_db, 0]``, as ``render.log_mel``."""
+        import tensorflow as tf
+
+        mel = self.mel(y)  # [N, T, M]
         top_db = float(self.settings.top_db)
         floor = exact(-top_db, y)
         s_db = tf.math.log(tf.maximum(mel, exact(1e-10, y))) * exact(10.0 / math.log(10.0), y)
@@ -142,6 +169,11 @@ class SpectrogramFrontEnd:
         """Colormap indices int32 ``[N, size, size]``, low frequencies at the bottom."""
         import tensorflow as tf
 
+        if self.planes_needed:
+            if not self.settings.coloured:
+                raise ValueError("three channels make an RGB image, not colormap indices: use rgb()")
+            kind, n_fft = self.settings.channel_windows()[0]
+            return self._plane_pixels(self.plane(y, kind, n_fft))
         top_db = float(self.settings.top_db)
         v = tf.clip_by_value(tf.reverse(self.log_mel(y), axis=[1]), exact(-top_db, y), exact(0.0, y))
         v = v * exact(255.0 / top_db, y) + exact(255.5, y)
@@ -156,12 +188,87 @@ class SpectrogramFrontEnd:
         """Pixels float32 ``[N, size, size, 3]`` with values 0..255 (``render_clip``'s)."""
         import tensorflow as tf
 
-        return tf.gather(exact(self.lut, y), self.indices(y))
+        if self.settings.coloured:
+            return tf.gather(exact(self.lut, y), self.indices(y))
+        planes = [self._plane_pixels(self.plane(y, kind, n)) for kind, n in self.settings.channel_windows()]
+        return tf.cast(tf.stack(planes, axis=-1), tf.float32)
+
+    # --- channels other than one log-mel (render.channel_plane) ---------------------------
+
+    def plane(self, y, kind: str, n_fft: int):
+        """One channel ``[N, n_mels, frames]`` in ``[0, 1]``, as ``render.channel_plane``."""
+        import tensorflow as tf
+
+        front = self._fronts[n_fft]
+        silent = tf.reduce_max(tf.abs(y), axis=-1) < exact(SILENCE_PEAK, y)
+        if kind == "pcen":
+            plane = tf.clip_by_value(front.pcen(y) / exact(render.PCEN_IMAGE_MAX, y), 0.0, 1.0)
+            return tf.where(silent[:, None, None], tf.zeros_like(plane), plane)
+        top_db = exact(float(self.settings.top_db), y)
+        s_db = front.log_mel(y)
+        if kind == "db":
+            return (s_db + top_db) / top_db
+        order = 2 if kind == "delta2" else 1
+        scale = exact(2 * render.DELTA_IMAGE_RANGE[kind], y)
+        zero = exact(render.DELTA_ZERO, y)
+        plane = tf.clip_by_value(zero + delta(s_db, order) / scale, 0.0, 1.0)
+        return tf.where(silent[:, None, None], tf.zeros_like(plane) + zero, plane)
+
+    def pcen(self, y):
+        """``render.pcen_mel`` ``[N, n_mels, frames]``: the smoother ``M[t] = (1 - b) M[t-1]
+        + b S[t]`` started at ``M[-1] = S[0]`` is, in closed form, ``S`` times a
+        lower-triangular matrix of powers of ``1 - b`` (plus ``(1 - b)**(t+1) S[0]``)."""
+        import tensorflow as tf
+
+        settings, frames = self.settings, self.frames
+        S = tf.transpose(self.mel(y, magnitude=True), [0, 2, 1])  # [N, M, T]
+        peak = tf.maximum(tf.reduce_max(S, axis=[1, 2], keepdims=True), exact(1e-30, y))
+        S = S * (exact(render.PCEN_INPUT_SCALE, y) / peak)
+        t_frames = render.PCEN_TIME_CONSTANT * settings.sample_rate / settings.hop_length
+        b = (math.sqrt(1 + 4 * t_frames ** 2) - 1) / (2 * t_frames ** 2)
+        k, t = np.arange(frames)[:, None], np.arange(frames)[None, :]
+        smoother = np.where(k <= t, b * (1 - b) ** np.maximum(t - k, 0), 0.0)
+        smoother[0] += (1 - b) ** (np.arange(frames) + 1)  # the state before the first frame: S[0]
+        M = tf.linalg.matmul(S, exact(smoother, y))  # [N, M, T] x [T, T]
+        eps, gain = render.PCEN_EPS, render.PCEN_GAIN
+        bias, power = render.PCEN_BIAS, render.PCEN_POWER
+        smooth = tf.exp(exact(-gain, y) * (exact(math.log(eps), y) + tf.math.log1p(M / exact(eps, y))))
+        return exact(bias ** power, y) * tf.math.expm1(exact(power, y) * tf.math.log1p(S * smooth / exact(bias, y)))
+
+    def _plane_pixels(self, plane):
+        """A ``[0, 1]`` plane -> int32 pixels ``[N, size, size]``, as ``render.plane_image``."""
+        import tensorflow as tf
+
+        v = tf.clip_by_value(tf.reverse(plane, axis=[1]), 0.0, 1.0) * exact(255.0, plane) + exact(0.5, plane)
+        size = int(self.settings.image_size)
+        if self.frames != size:
+            v = _resize_axis(v, 2, *self.time_taps)
+        if int(self.settings.n_mels) != size:
+            v = _resize_axis(v, 1, *self.mel_taps)
+        return tf.clip_by_value(tf.cast(v, tf.int32), 0, 255)
 
     def images(self, y, height: int, width: int, input_mean: float = 0.0, input_std: float = 255.0):
         """What an image backbone of ``height`` x ``width`` takes: ``render_clip``, Pillow's
         bilinear resize when the size differs, then ``(pixel - input_mean) / input_std``."""
         return scale_pixels(resize_pixels(self.rgb(y), height, width), input_mean, input_std)
+
+
+def delta(s_db, order: int):
+    """``render.delta`` along the last axis: librosa's Savitzky-Golay derivative (9 frames,
+    ``mode="nearest"``) as a sum of 9 shifted copies of the edge-replicated frames."""
+    import scipy.signal
+    import tensorflow as tf
+
+    half = render.DELTA_WIDTH // 2
+    weights = scipy.signal.savgol_coeffs(render.DELTA_WIDTH, order, deriv=order, use="dot")
+    frames = int(s_db.shape[-1])
+    padded = tf.concat([tf.repeat(s_db[..., :1], half, axis=-1), s_db,
+                        tf.repeat(s_db[..., -1:], half, axis=-1)], axis=-1)
+    out = None
+    for k, w in enumerate(weights):
+        term = padded[..., k:k + frames] * exact(w, s_db)
+        out = term if out is None else out + term
+    return out
 
 
 def scale_pixels(pixels, input_mean: float = 0.0, input_std: float = 255.0):

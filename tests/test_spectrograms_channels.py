@@ -72,7 +72,10 @@ def test_channels_json_round_trip_and_windows(tmp_path):
         ("db,db,db,db", "not 4"),
         ("mfcc", "kind must be one of db, pcen, delta, delta2"),
         ("db@abc,db,db", "whole number"),
-        ("db@8,db,db", "at least 16"),
+        ("db@8,db,db", "from 16 to 65536"),
+        ("db@100000,db,db", "from 16 to 65536"),
+        (["db", 3, "db"], "list of strings"),
+        (7, "list of strings"),
         ("db@-1", "whole number"),
     ],
 )
@@ -122,8 +125,10 @@ def test_delta_channels_are_grey_where_steady_and_bright_at_an_onset():
     band = int(np.argmax(log_mel(y, SR, s)[:, onset + 4]))  # the tone's mel band
     assert plane[band, onset] > 0.75  # rising: bright
     assert abs(plane[band, onset + 12] - 0.5) < 0.05  # steady tone: mid-grey
+    steady = plane_image(plane, s)[:, 20:28]  # 0.55-0.75 s: only the tone, steady
+    assert np.median(steady) == 128
     S_db = log_mel(y, SR, s)
-    want = np.clip(0.5 + delta(S_db) / (2 * DELTA_IMAGE_RANGE["delta"]), 0, 1)
+    want = np.clip(np.float32(128 / 255) + delta(S_db) / (2 * DELTA_IMAGE_RANGE["delta"]), 0, 1)
     assert np.allclose(plane, want)
 
 
@@ -258,7 +263,8 @@ def test_label_image_renders_audio_with_the_sidecars_channels(tmp_path, capsys):
     head = ClassificationHead(backbone.feature_size, 2, seed=0)
     head.final_weights.assign(tf.random.stateless_normal((8, 2), seed=[1, 2]))
     paths = export_model(backbone, head, ["a", "b"], {"spectrogram": settings.to_dict()},
-                         output_graph=str(tmp_path / "g.pb"), output_labels=str(tmp_path / "l.txt"))
+                         output_graph=str(tmp_path / "g.pb"), output_labels=str(tmp_path / "l.txt"),
+                         output_audio_tflite=str(tmp_path / "audio.tflite"))
     side = json.loads(open(paths["output_graph"] + ".json").read())
     assert side["spectrogram"]["channels"] == ["db@128", "db@256", "delta"]
 
@@ -273,6 +279,13 @@ def test_label_image_renders_audio_with_the_sidecars_channels(tmp_path, capsys):
         assert code == 0, err
         results.append(json.loads(out)["results"][0]["top"])
     assert results[0] == results[1]
+    # the audio-in model renders the three channels inside its graph (render_tf's twin)
+    from label.models import load_labeler
+
+    image_model, audio_model = load_labeler(paths["output_graph"]), load_labeler(paths["output_audio_tflite"])
+    ys = np.stack([tone_then_silence(k) for k in range(4)] + [np.zeros(SR, np.float32)])
+    images = np.stack([render_clip(w, SR, settings) for w in ys]).astype(np.float32) / 255.0
+    np.testing.assert_allclose(audio_model.predict(ys), image_model.predict(images), atol=1e-4)
     plain = SpectrogramSettings(**SMALL)  # a model of today's image would see another input
     assert not np.array_equal(render_clip(y, SR, plain), render_clip(y, SR, settings))
 
@@ -332,3 +345,69 @@ def test_augmented_bottlenecks_use_the_settings_silence_for_three_channels(tmp_p
     assert run(SpectrogramSettings())[1] == 0
     three, computed = run(SpectrogramSettings(channels="db,pcen,delta"))
     assert computed == len(plan) and not np.allclose(three, plain)
+
+
+# ---------------------------------------------------------------- the TensorFlow twin
+
+TWIN_SETTINGS = [
+    dict(SMALL, channels="db@128,db@256,db@512"),
+    dict(SMALL, channels="db,pcen,delta", fmin=50.0, fmax=3500.0, n_mels=24),
+    dict(SMALL, channels="pcen,delta2,db@512"),
+    dict(SMALL, channels="pcen", colormap="magma"),
+    dict(SMALL, channels="delta"),
+]
+
+
+def _twin_clips(settings):
+    from test_render_tf import clips
+
+    return np.concatenate([clips(settings), tone_then_silence()[None, :settings.num_samples]])
+
+
+@pytest.mark.parametrize("kwargs", TWIN_SETTINGS, ids=lambda kw: kw["channels"])
+def test_tf_twin_renders_every_channel_as_render_clip(kwargs):
+    import tensorflow as tf
+
+    from soundretrain.render_tf import SpectrogramFrontEnd
+
+    settings = SpectrogramSettings(**kwargs)
+    y = _twin_clips(settings)
+    got = SpectrogramFrontEnd(settings).rgb(tf.constant(y)).numpy()
+    want = np.stack([render_clip(w, SR, settings) for w in y]).astype(np.float32)
+    diff = np.abs(got - want)
+    # the same function: a pixel at a rounding boundary may move by one step (TensorFlow's
+    # FFT and PCEN's float32 smoother round differently from scipy's float64)
+    assert diff.max() <= 1
+    assert (diff > 0).mean() < 5e-3
+
+
+def test_tf_twin_of_three_channels_converts_to_tflite_and_stays_exact_when_quantised():
+    import os
+    import tempfile
+
+    import tensorflow as tf
+
+    from label.models import _tflite_interpreter
+    from soundretrain.render_tf import SpectrogramFrontEnd
+
+    settings = SpectrogramSettings(**TWIN_SETTINGS[1])
+    front = SpectrogramFrontEnd(settings)
+    y = _twin_clips(settings)
+    want = np.stack([render_clip(w, SR, settings) for w in y]).astype(np.float32)
+
+    @tf.function(input_signature=[tf.TensorSpec([None, settings.num_samples], tf.float32, name="waveform")])
+    def serving_default(waveform):
+        return {"rgb": front.rgb(waveform)}
+
+    for quantization in ("none", "dynamic"):
+        converter = tf.lite.TFLiteConverter.from_concrete_functions(
+            [serving_default.get_concrete_function()], tf.Module())
+        if quantization != "none":
+            converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        with tempfile.TemporaryDirectory() as tmp:
+            path = os.path.join(tmp, "front.tflite")
+            with open(path, "wb") as f:
+                f.write(converter.convert())
+            got = _tflite_interpreter(path, 1).get_signature_runner("serving_default")(waveform=y)["rgb"]
+        assert np.abs(got - want).max() <= 1, quantization
+        assert (got != want).mean() < 5e-3, quantization
