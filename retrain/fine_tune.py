@@ -82,9 +82,16 @@ def compute_activations(split: BackboneSplit, records: Sequence[ImageRecord], bo
                     desc=f"activations {split.cache_name}")
 
 
-def silence_colour(records: Sequence[ImageRecord], limit: int = 8) -> np.ndarray:
+def silence_colour(records: Sequence[ImageRecord], limit: int = 8,
+                   spectrogram_settings=None) -> np.ndarray:
     """The quietest colour of the spectrograms (the colormap's bottom): the darkest pixel
-    of a few images, as the image augmentation paints its masks."""
+    of a few images, as the image augmentation paints its masks. Three-channel images
+    (``spectrograms --channels``) take the settings' colour of silence instead: there a
+    derivative's silence is mid-grey, not the darkest value."""
+    if spectrogram_settings is not None and not spectrogram_settings.coloured:
+        from soundretrain.render import silence_pixel
+
+        return silence_pixel(spectrogram_settings)
     best, best_sum = np.zeros(3, np.uint8), None
     for r in records[:limit]:
         flat = read_image(r.path).reshape(-1, 3)
@@ -329,7 +336,8 @@ def fine_tune(settings, prepared, split, head, seed: int, log: Callable[[str], N
     train = list(split.train)
     validation = np.asarray(split.validation, int)
     augment = dataclasses.replace(settings.augment, copies=0, seed=seed) if ft.augment else None
-    silence = silence_activation(cut, silence_colour([records[i] for i in train]))
+    silence = silence_activation(cut, silence_colour([records[i] for i in train],
+                                                     spectrogram_settings=prepared.spectrogram_settings))
     tuner = FineTuner(cut, head, maps[train], prepared.class_ids[train], ft,
                       dataclasses.replace(settings.head, seed=seed), augment, silence)
     val_acc = None

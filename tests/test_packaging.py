@@ -143,7 +143,7 @@ def test_the_wheel_runs_the_readme_urbansound8k_commands_with_presets_by_name(in
                 "--output_dir=spec/us8k", "--jobs=2"], cwd=work)
     assert "written 40" in out.stdout, out.stdout
     config = json.loads((work / "spec/us8k/spectrogram_config.json").read_text())
-    assert config["duration"] == 4 and config["n_mels"] == 128  # the preset's settings
+    assert config["duration"] == 4 and config["n_mels"] == 224  # the preset's settings
     with open(work / "spec/us8k/manifest.csv", newline="") as f:
         rows = list(csv.DictReader(f))
     assert len(rows) == 40 and {r["fold"] for r in rows} == {str(k) for k in range(1, 11)}

@@ -104,7 +104,7 @@ def test_spectrograms_with_a_preset_from_another_folder(tmp_path, monkeypatch):
                  "--output_dir=spec", "--image_size=32", "--jobs=1"])
     assert code == 0
     config = json.loads((work / "spec" / "spectrogram_config.json").read_text())
-    assert config["duration"] == 5 and config["image_size"] == 32 and config["n_mels"] == 128
+    assert config["duration"] == 5 and config["image_size"] == 32 and config["n_mels"] == 224
 
 
 def test_cross_validation_does_not_warn_about_the_presets_own_export_paths():

@@ -411,3 +411,15 @@ def test_tf_twin_of_three_channels_converts_to_tflite_and_stays_exact_when_quant
             got = _tflite_interpreter(path, 1).get_signature_runner("serving_default")(waveform=y)["rgb"]
         assert np.abs(got - want).max() <= 1, quantization
         assert (got != want).mean() < 5e-3, quantization
+
+
+def test_fine_tuning_fills_masks_of_three_channel_maps_with_silence(tmp_path):
+    from retrain.fine_tune import silence_colour
+    from retrain.images import list_images
+    from tiny_models import make_colour_image_folders
+
+    records = list_images(make_colour_image_folders(tmp_path / "img", per_class=2)).records
+    darkest = silence_colour(records)
+    assert np.array_equal(silence_colour(records, spectrogram_settings=SpectrogramSettings()), darkest)
+    three = silence_colour(records, spectrogram_settings=SpectrogramSettings(channels="db,pcen,delta"))
+    assert three.tolist() == [0, 0, 128]
