@@ -1,9 +1,10 @@
 """Which spectrogram image suits the ImageNet backbone (efficientnet_lite0) best?
 
-Each variant is a :class:`SpectrogramSettings` (the defaults of ``configs/urbansound8k.cfg``
-with one lever changed, or a combination), rendered with ``render_clip`` over the shared
-UrbanSound8K folds 1-2, turned into efficientnet_lite0 bottlenecks, and scored by a fast,
-fixed evaluator, both ways (train on fold 1 -> test on fold 2, and back):
+Each variant is a :class:`SpectrogramSettings` (the built-in defaults at UrbanSound8K's 4 s
+with one lever changed, a combination, or what ``configs/urbansound8k.cfg`` renders),
+rendered with ``render_clip`` over the shared UrbanSound8K folds 1-2, turned into
+efficientnet_lite0 bottlenecks, and scored by a fast, fixed evaluator, both ways (train on
+fold 1 -> test on fold 2, and back):
 
 * validation (what a choice may look at): 5-fold group-aware cross-validation inside the
   training fold (``GroupKFold`` on the recording id, so slices of one recording never
@@ -18,7 +19,7 @@ and the toolkit head with retrain.py's settings (one softmax layer, SGD, learnin
 bottlenecks (the network, batch 32), both against the default image in the same run.
 
     .venv/bin/python -m benchmarks.bench_images                       # every variant
-    .venv/bin/python -m benchmarks.bench_images --variants "default;3 windows"
+    .venv/bin/python -m benchmarks.bench_images --variants "default;db/pcen/delta"
 
 Bottlenecks are cached in ``--work_dir`` by the settings and a fingerprint of what the
 rendering code makes of them, so a rerun only scores. Prints a table and writes ``benchmarks/results/bench_images.json``.
