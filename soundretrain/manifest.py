@@ -24,7 +24,7 @@ import re
 from dataclasses import dataclass
 from typing import Iterable, Optional
 
-from soundretrain import atomic_files
+from soundretrain import filesystems
 
 MANIFEST_FILENAME = "manifest.csv"
 FIELDS = ("image", "label", "fold", "group", "source", "start", "duration", "silent", "bytes", "sha256")
@@ -104,9 +104,11 @@ def _number(x: float) -> str:
 
 
 def read_manifest(path: str | os.PathLike) -> list[ManifestRow]:
-    """Read every row of ``manifest.csv``; raises :class:`ManifestError` when malformed."""
+    """Read every row of ``manifest.csv`` (a local path or a Beam filesystem URL); raises
+    :class:`ManifestError` when malformed."""
     path = os.fspath(path)
-    with open(path, newline="", encoding="utf-8") as f:
+    with (io.StringIO(filesystems.read_text(path), newline="") if filesystems.is_remote(path)
+          else open(path, newline="", encoding="utf-8")) as f:
         reader = csv.DictReader(f)
         missing = [c for c in REQUIRED_FIELDS if c not in (reader.fieldnames or [])]
         if missing:
@@ -132,8 +134,9 @@ def format_rows(rows: Iterable[ManifestRow], header: bool = True) -> str:
 
 
 def write_manifest(path: str | os.PathLike, rows: Iterable[ManifestRow]) -> None:
-    """Write ``rows`` sorted by image path, atomically and durably (temp name, fsync, rename)."""
-    atomic_files.write_text(path, format_rows(sorted(rows, key=lambda r: r.image)))
+    """Write ``rows`` sorted by image path, atomically and durably (temp name, fsync, rename;
+    one upload for a Beam filesystem URL)."""
+    filesystems.write_text(path, format_rows(sorted(rows, key=lambda r: r.image)))
 
 
 def file_digest(data: bytes) -> tuple[int, str]:
@@ -143,22 +146,22 @@ def file_digest(data: bytes) -> tuple[int, str]:
 
 def image_problem(image_dir: str | os.PathLike, row: ManifestRow) -> Optional[str]:
     """Why the image ``row`` names is not the one ``spectrograms`` wrote (missing, truncated,
-    changed), in a few words; None when it is intact. Rows of older manifests, without a
+    changed), in a few words; None when it is intact (``image_dir`` may be a Beam filesystem URL). Rows of older manifests, without a
     size and hash, are checked for existence only. ``spectrograms`` (to decide what to redo)
     and ``retrain`` (to refuse damaged images) use this same test."""
-    path = os.path.join(os.fspath(image_dir), row.image)
+    path = filesystems.join(os.fspath(image_dir), row.image)
     try:
-        size = os.stat(path).st_size
-    except FileNotFoundError:
-        return "missing"
+        found = filesystems.info(path)
     except OSError as e:
         return f"unreadable ({e.strerror or e})"
+    if found is None:
+        return "missing"
+    size = found.size
     if row.bytes is not None and size != row.bytes:
         return f"{size} bytes where the manifest says {row.bytes} (truncated or changed)"
     if row.sha256 is not None:
         try:
-            with open(path, "rb") as f:
-                data = f.read()
+            data = filesystems.read_bytes(path)
         except OSError as e:
             return f"unreadable ({e.strerror or e})"
         if file_digest(data)[1] != row.sha256:

@@ -13,7 +13,7 @@ import os
 from dataclasses import dataclass
 from typing import Any, Mapping, Optional
 
-from soundretrain import atomic_files
+from soundretrain import filesystems
 
 CONFIG_FILENAME = "spectrogram_config.json"
 
@@ -223,10 +223,10 @@ class SpectrogramSettings:
         return cls(**{k: v for k, v in d.items() if k in names})
 
     def save_json(self, path: str | os.PathLike) -> None:
-        """Write the settings as JSON, atomically (temp name, then rename)."""
-        atomic_files.write_text(path, json.dumps(self.to_dict(), indent=2, sort_keys=True, allow_nan=False) + "\n")
+        """Write the settings as JSON, atomically (temp name, then rename); ``path`` may be a
+        Beam filesystem URL (``gs://...``)."""
+        filesystems.write_text(path, json.dumps(self.to_dict(), indent=2, sort_keys=True, allow_nan=False) + "\n")
 
     @classmethod
     def load_json(cls, path: str | os.PathLike) -> "SpectrogramSettings":
-        with open(path, encoding="utf-8") as f:
-            return cls.from_dict(json.load(f))
+        return cls.from_dict(json.loads(filesystems.read_text(path)))

@@ -14,7 +14,9 @@ from typing import Optional, Sequence
 
 from absl import flags
 
+from soundretrain.beam_runner import BeamError, check_paths_for_runner, define_runner_flags, runner_settings
 from soundretrain.command_line import CommandLineExit, error, parse_flags
+from soundretrain.filesystems import is_remote
 from soundretrain.presets import define_preset_flag
 from spectrograms.datasets import LAYOUTS, DatasetError, list_dataset
 from soundretrain.manifest import MANIFEST_FILENAME, read_manifest
@@ -79,6 +81,8 @@ def make_flags() -> flags.FlagValues:
     define("bool", "strict", False, "Exit non-zero when any clip fails or is missing.")
     define("integer", "preview", 0, "Also write <output_dir>/preview.png with this many images per class.",
            lower_bound=0)
+    # Past one machine: the same work as an Apache Beam pipeline (docs/scale.md).
+    define_runner_flags(define)
     return fv
 
 
@@ -138,13 +142,22 @@ def main(argv: Sequence[str]) -> int:
         folds = _parse_folds(fv.folds)
         if fv.window_hop is not None and settings.long_clips != "split":
             raise ValueError("--window_hop applies only with --long_clips=split (it sets the hop between windows)")
-    except ValueError as e:
+        runner = runner_settings(fv.runner, fv.beam_pipeline_args)
+        if runner is not None:
+            if fv["jobs"].present:
+                raise ValueError("--jobs sets the local writer's processes; with --runner=DirectRunner give "
+                                 "--beam_pipeline_args=--direct_num_workers=N")
+            check_paths_for_runner(runner, {"data_dir": fv.data_dir, "output_dir": fv.output_dir})
+        elif is_remote(fv.output_dir):
+            raise ValueError(f"--output_dir {fv.output_dir} is a URL: the local writer writes local folders; "
+                             "add --runner (e.g. --runner=DirectRunner) to write through Beam's filesystems")
+    except (ValueError, BeamError) as e:
         _err(e)
         return 2
 
     try:
         listing = list_dataset(fv.data_dir, fv.dataset, classes=fv.classes, folds=folds, esc10=fv.esc10)
-    except DatasetError as e:
+    except (DatasetError, OSError) as e:  # OSError: a URL's filesystem failed (no extra, no network)
         _err(e)
         return 1
     _note(listing.how)
@@ -167,8 +180,13 @@ def main(argv: Sequence[str]) -> int:
 
     options = WriteOptions(jobs=fv.jobs, overwrite=fv.overwrite)
     try:
-        summary = write_spectrograms(listing, fv.output_dir, settings, options, log=_note)
-    except OutputError as e:
+        if runner is None:
+            summary = write_spectrograms(listing, fv.output_dir, settings, options, log=_note)
+        else:
+            from spectrograms.beam_pipeline import write_spectrograms_beam
+
+            summary = write_spectrograms_beam(listing, fv.output_dir, settings, runner, options, log=_note)
+    except (OutputError, BeamError) as e:
         _err(e)
         return 1
     for source, reason in summary.failed[:MAX_LISTED]:
@@ -182,6 +200,8 @@ def main(argv: Sequence[str]) -> int:
     print(summary.line(fv.output_dir))
     if summary.interrupted:
         _err("interrupted: finished images are kept in the manifest; run again to continue")
+    elif fv.preview and summary.images and is_remote(fv.output_dir):
+        _note("preview not written: --preview needs a local --output_dir")
     elif fv.preview and summary.images:
         rows = read_manifest(os.path.join(fv.output_dir, MANIFEST_FILENAME))
         listed = {c.source for c in listing.clips}

@@ -17,6 +17,7 @@ import unicodedata
 from dataclasses import dataclass, field
 from typing import Iterable, Optional, Sequence
 
+from soundretrain.filesystems import Tree
 from soundretrain.manifest import dataset_recording_id
 
 LAYOUTS = ("urbansound8k", "esc50", "folders")
@@ -79,48 +80,50 @@ def is_audio_file(name: str) -> bool:
     return name.lower().endswith(AUDIO_EXTENSIONS) and not name.startswith(".")
 
 
-def _find_root(data_dir: str, marker: str) -> Optional[str]:
+def _find_root(data_dir: str, marker: str, files: Tree) -> Optional[str]:
     """``data_dir`` or its only matching sub-folder (archives unpack into one) holding ``marker``."""
-    if os.path.isfile(os.path.join(data_dir, marker)):
+    if files.isfile(files.join(data_dir, marker)):
         return data_dir
-    for entry in sorted(os.listdir(data_dir)):
-        sub = os.path.join(data_dir, entry)
-        if os.path.isdir(sub) and os.path.isfile(os.path.join(sub, marker)):
+    for entry in sorted(files.listdir(data_dir)):
+        sub = files.join(data_dir, entry)
+        if files.isdir(sub) and files.isfile(files.join(sub, marker)):
             return sub
     return None
 
 
-def _class_dirs(data_dir: str) -> list[str]:
+def _class_dirs(data_dir: str, files: Tree) -> list[str]:
     return sorted(
-        e for e in os.listdir(data_dir)
-        if not e.startswith(".") and os.path.isdir(os.path.join(data_dir, e))
+        e for e in files.listdir(data_dir)
+        if not e.startswith(".") and files.isdir(files.join(data_dir, e))
     )
 
 
-def _has_class_folders(data_dir: str) -> bool:
-    for d in _class_dirs(data_dir):
+def _has_class_folders(data_dir: str, files: Tree) -> bool:
+    for d in _class_dirs(data_dir, files):
         try:
-            if any(is_audio_file(f) for f in os.listdir(os.path.join(data_dir, d))):
+            if any(is_audio_file(f) for f in files.listdir(files.join(data_dir, d))):
                 return True
         except OSError:
             continue
     return False
 
 
-def detect_layout(data_dir: str, dataset: str = "auto") -> tuple[str, str, str]:
-    """Return ``(layout, root, how)``; raise :class:`DatasetError` when it does not fit."""
-    if not os.path.exists(data_dir):
+def detect_layout(data_dir: str, dataset: str = "auto", files: Optional[Tree] = None) -> tuple[str, str, str]:
+    """Return ``(layout, root, how)``; raise :class:`DatasetError` when it does not fit.
+    ``data_dir`` may be a URL of a Beam filesystem (``gs://...``; see :mod:`soundretrain.filesystems`)."""
+    files = files or Tree(data_dir)
+    if not files.exists(data_dir):
         raise DatasetError(f"--data_dir {data_dir} does not exist")
-    if not os.path.isdir(data_dir):
+    if not files.isdir(data_dir):
         raise DatasetError(f"--data_dir {data_dir} is not a folder")
     markers = {"urbansound8k": US8K_CSV, "esc50": ESC50_CSV}
     if dataset in markers:
-        root = _find_root(data_dir, markers[dataset])
+        root = _find_root(data_dir, markers[dataset], files)
         if root is None:
             raise DatasetError(f"{data_dir} is not {DISPLAY[dataset]}: {markers[dataset]} not found in it")
         return dataset, root, f"dataset {dataset} (as asked) in {root}"
     if dataset == "folders":
-        if not _has_class_folders(data_dir):
+        if not _has_class_folders(data_dir, files):
             raise DatasetError(
                 f"{data_dir} has no class folders with audio files "
                 f"(expected <data_dir>/<class>/<file>{AUDIO_EXTENSIONS[0]} and the like)"
@@ -129,10 +132,10 @@ def detect_layout(data_dir: str, dataset: str = "auto") -> tuple[str, str, str]:
     if dataset != "auto":
         raise DatasetError(f"--dataset must be auto or one of {', '.join(LAYOUTS)}, not {dataset!r}")
     for layout, marker in markers.items():
-        root = _find_root(data_dir, marker)
+        root = _find_root(data_dir, marker, files)
         if root is not None:
-            return layout, root, f"dataset auto-detected as {layout} (found {os.path.join(root, marker)})"
-    if _has_class_folders(data_dir):
+            return layout, root, f"dataset auto-detected as {layout} (found {files.join(root, marker)})"
+    if _has_class_folders(data_dir, files):
         return "folders", data_dir, f"dataset auto-detected as folders (class sub-folders with audio in {data_dir})"
     raise DatasetError(
         f"cannot tell what dataset {data_dir} holds: expected {US8K_CSV} (UrbanSound8K), "
@@ -140,9 +143,9 @@ def detect_layout(data_dir: str, dataset: str = "auto") -> tuple[str, str, str]:
     )
 
 
-def _read_csv(path: str, columns: Sequence[str]) -> list[dict[str, str]]:
+def _read_csv(path: str, columns: Sequence[str], files: Tree) -> list[dict[str, str]]:
     try:
-        with open(path, newline="", encoding="utf-8-sig") as f:
+        with files.open_text(path, newline="", encoding="utf-8-sig") as f:
             reader = csv.DictReader(f)
             absent = [c for c in columns if c not in (reader.fieldnames or [])]
             if absent:
@@ -159,15 +162,16 @@ def _int(value: str, what: str, path: str, line: int) -> int:
         raise DatasetError(f"{path} line {line}: {what} {value!r} is not a number") from None
 
 
-def resolve_audio(path: str) -> Optional[str]:
+def resolve_audio(path: str, files: Optional[Tree] = None) -> Optional[str]:
     """``path`` if it exists, else the same stem with another audio extension
     (the shared UrbanSound8K copy stores .flac where the official one has .wav)."""
-    if os.path.isfile(path):
+    files = files or Tree(path)
+    if files.isfile(path):
         return path
     stem = os.path.splitext(path)[0]
     for ext in AUDIO_EXTENSIONS:
         for candidate in (stem + ext, stem + ext.upper()):
-            if os.path.isfile(candidate):
+            if files.isfile(candidate):
                 return candidate
     return None
 
@@ -180,7 +184,7 @@ class MetadataClips:
     notes: list[str]
 
 
-def _metadata_clips(rows: Iterable[tuple[str, str, int, str, int]], path: str) -> MetadataClips:
+def _metadata_clips(rows: Iterable[tuple[str, str, int, str, int]], path: str, files: Tree) -> MetadataClips:
     """(listed path, label, fold, group, line) -> the clips of ``path``'s rows.
 
     A file listed twice with the same class, fold and recording is kept once; a file listed
@@ -188,9 +192,9 @@ def _metadata_clips(rows: Iterable[tuple[str, str, int, str, int]], path: str) -
     wrong, and rendering it under both labels would teach the head a contradiction."""
     by_source: dict[str, list[tuple[Clip, bool, int]]] = {}
     for listed, label, fold, group, line in rows:
-        found = resolve_audio(listed)
+        found = resolve_audio(listed, files)
         name = os.path.splitext(os.path.basename(listed))[0]
-        clip = Clip(os.path.abspath(found or listed), label, fold, group, name)
+        clip = Clip(files.abspath(found or listed), label, fold, group, name)
         by_source.setdefault(clip.source, []).append((clip, found is not None, line))
     out = MetadataClips([], [], [], [])
     duplicates = 0
@@ -230,42 +234,45 @@ def _label(value: str, column: str, path: str, line: int) -> str:
     return label
 
 
-def read_urbansound8k(root: str) -> MetadataClips:
+def read_urbansound8k(root: str, files: Optional[Tree] = None) -> MetadataClips:
     """``metadata/UrbanSound8K.csv`` + ``audio/fold<N>/<slice_file_name>``; group = fsID."""
-    path = os.path.join(root, US8K_CSV)
+    files = files or Tree(root)
+    path = files.join(root, US8K_CSV)
     rows = []
     labels: dict[str, tuple[str, int]] = {}
-    for line, r in enumerate(_read_csv(path, US8K_COLUMNS), start=2):
+    for line, r in enumerate(_read_csv(path, US8K_COLUMNS, files), start=2):
         fold = _int(r["fold"], "fold", path, line)
-        audio = os.path.join(root, "audio", f"fold{fold}", r["slice_file_name"])
+        audio = files.join(root, "audio", f"fold{fold}", r["slice_file_name"])
         rows.append((audio, _check_labels(labels, "class", path, line, r["class"]), fold, r["fsID"].strip(), line))
-    return _metadata_clips(rows, path)
+    return _metadata_clips(rows, path, files)
 
 
-def read_esc50(root: str, esc10: bool = False) -> MetadataClips:
+def read_esc50(root: str, esc10: bool = False, files: Optional[Tree] = None) -> MetadataClips:
     """``meta/esc50.csv`` + ``audio/<filename>``; group = src_file; ``esc10`` keeps ESC-10."""
-    path = os.path.join(root, ESC50_CSV)
+    files = files or Tree(root)
+    path = files.join(root, ESC50_CSV)
     rows = []
     labels: dict[str, tuple[str, int]] = {}
-    for line, r in enumerate(_read_csv(path, ESC50_COLUMNS), start=2):
+    for line, r in enumerate(_read_csv(path, ESC50_COLUMNS, files), start=2):
         if esc10 and r["esc10"].strip().lower() not in ("true", "1"):
             continue
         fold = _int(r["fold"], "fold", path, line)
-        rows.append((os.path.join(root, "audio", r["filename"]),
+        rows.append((files.join(root, "audio", r["filename"]),
                      _check_labels(labels, "category", path, line, r["category"]), fold, r["src_file"].strip(), line))
-    return _metadata_clips(rows, path)
+    return _metadata_clips(rows, path, files)
 
 
-def read_folders(root: str) -> tuple[list[Clip], list[str]]:
+def read_folders(root: str, files: Optional[Tree] = None) -> tuple[list[Clip], list[str]]:
     """``<root>/<class>/<file>``: label = normalised folder name, no folds,
     group = name before ``_nohash_`` (else the stem). Returns clips and notes."""
+    files = files or Tree(root)
     clips: list[Clip] = []
     notes: list[str] = []
     ignored = 0
     nested: list[str] = []
     folder_of: dict[str, str] = {}
     by_pattern = 0
-    for d in _class_dirs(root):
+    for d in _class_dirs(root, files):
         label = normalise_label(d)
         if not label:
             notes.append(f"skipped folder {d!r}: no letters or digits to make a label from")
@@ -274,11 +281,11 @@ def read_folders(root: str) -> tuple[list[Clip], list[str]]:
             raise DatasetError(f"class folders {folder_of[label]!r} and {d!r} in {root} both make the "
                                f"label {label!r} (labels ignore case and punctuation); rename one of them")
         folder_of[label] = d
-        folder = os.path.join(root, d)
-        for f in sorted(os.listdir(folder)):
-            full = os.path.join(folder, f)
-            if not os.path.isfile(full) and not os.path.islink(full):
-                if os.path.isdir(full):
+        folder = files.join(root, d)
+        for f in sorted(files.listdir(folder)):
+            full = files.join(folder, f)
+            if not files.isfile(full) and not files.islink(full):
+                if files.isdir(full):
                     nested.append(f"{d}/{f}")
                 continue
             if not is_audio_file(f):
@@ -287,7 +294,7 @@ def read_folders(root: str) -> tuple[list[Clip], list[str]]:
             group = group_of(f)
             if "_nohash_" not in f and group != os.path.splitext(f)[0]:
                 by_pattern += 1
-            clips.append(Clip(os.path.abspath(full), label, None, group, os.path.splitext(f)[0]))
+            clips.append(Clip(files.abspath(full), label, None, group, os.path.splitext(f)[0]))
     if by_pattern:  # say so: it decides which clips stay together in every split
         notes.append(f"grouped {by_pattern} file(s) by the recording id in their UrbanSound8K or ESC-50 "
                      "name (162540-1-0-0.wav -> 162540, 1-100032-A-0.wav -> 100032), so slices of one "
@@ -327,17 +334,19 @@ def list_dataset(
     folds: Optional[Sequence[int]] = None,
     esc10: bool = False,
 ) -> DatasetListing:
-    """Every clip of ``data_dir`` (optionally only ``classes`` / ``folds``), sorted by label and name."""
-    layout, root, how = detect_layout(data_dir, dataset)
+    """Every clip of ``data_dir`` (optionally only ``classes`` / ``folds``), sorted by label and name.
+    ``data_dir`` may be a URL of a Beam filesystem (``gs://bucket/UrbanSound8K``): it is listed once."""
+    files = Tree(data_dir)
+    layout, root, how = detect_layout(data_dir, dataset, files)
     notes: list[str] = []
     rejected: list[tuple[list[Clip], str]] = []
     if esc10 and layout != "esc50":
         raise DatasetError(f"--esc10 applies to ESC-50 only, but {root} is {layout}")
     if layout in ("urbansound8k", "esc50"):
-        listed = read_urbansound8k(root) if layout == "urbansound8k" else read_esc50(root, esc10=esc10)
+        listed = read_urbansound8k(root, files) if layout == "urbansound8k" else read_esc50(root, esc10, files)
         clips, missing, rejected, notes = listed.clips, listed.missing, listed.rejected, listed.notes
     else:
-        clips, notes = read_folders(root)
+        clips, notes = read_folders(root, files)
         missing = []
         if folds:
             raise DatasetError("the folders layout has no folds: drop --folds")

@@ -31,7 +31,7 @@ from typing import Callable, Iterator, Optional, Sequence
 
 import numpy as np
 
-from soundretrain import atomic_files
+from soundretrain import atomic_files, filesystems
 from spectrograms.datasets import Clip, DatasetListing
 from soundretrain.folder_lock import FolderBusy, folder_lock
 from soundretrain.manifest import (
@@ -50,6 +50,7 @@ from soundretrain.render import colormap_lut, render_clip, render_clip_indices
 from soundretrain.spectrogram_settings import CONFIG_FILENAME, SpectrogramSettings
 
 JOURNAL_FILENAME = ".manifest-journal.csv"
+FAILURES_FILENAME = "failures.csv"  # source,reason of each clip that failed or was missing
 
 
 class OutputError(Exception):
@@ -146,14 +147,19 @@ def encode_image(pixels: np.ndarray, settings: SpectrogramSettings) -> bytes:
 
 def render_source(clip: Clip, output_dir: str, settings: SpectrogramSettings) -> SourceResult:
     """Decode one clip, write its image(s), return its manifest rows (never raises
-    for bad audio: the reason comes back in ``error``)."""
+    for bad audio: the reason comes back in ``error``). The Beam pipeline runs this same
+    function; there the source and ``output_dir`` may be URLs (``gs://...``)."""
     result = SourceResult(clip.source)
     try:
         # cut keeps the first `duration` seconds: decode no more than that (plus a margin)
         cut = settings.duration if settings.long_clips == "cut" else None
-        y = load_audio(clip.source, settings.sample_rate, max_seconds=cut)
+        with filesystems.local_file(clip.source) as path:
+            y = load_audio(path, settings.sample_rate, max_seconds=cut)
     except AudioReadError as e:
         result.error = e.reason
+        return result
+    except OSError as e:  # a remote source that cannot be fetched
+        result.error = f"cannot read: {' '.join(str(e).split())}"
         return result
     sr = settings.sample_rate
     try:
@@ -167,7 +173,7 @@ def render_source(clip: Clip, output_dir: str, settings: SpectrogramSettings) ->
             data = encode_image(render_pixels(window, sr, settings), settings)
             # No fsync per image (it would double the time per clip); the manifest, written
             # durably, records each image's size and hash, so a torn image is redone.
-            atomic_files.write_bytes(os.path.join(output_dir, image), data, durable=False)
+            filesystems.write_bytes(filesystems.join(output_dir, image), data, durable=False)
             size, sha256 = file_digest(data)
             result.rows.append(ManifestRow(image, clip.label, clip.fold, clip.group, clip.source, start, real,
                                            is_silent(window), size, sha256))
@@ -201,8 +207,8 @@ def _read_journal(path: str) -> list[ManifestRow]:
 def _previous_rows(output_dir: str, notes: list[str]) -> dict[str, list[ManifestRow]]:
     """Rows of earlier runs by source: manifest.csv, then the journal (newer) over it."""
     by_source: dict[str, list[ManifestRow]] = {}
-    manifest = os.path.join(output_dir, MANIFEST_FILENAME)
-    if os.path.exists(manifest):
+    manifest = filesystems.join(output_dir, MANIFEST_FILENAME)
+    if filesystems.exists(manifest):
         try:
             for r in read_manifest(manifest):
                 by_source.setdefault(r.source, []).append(r)
@@ -233,10 +239,11 @@ def _up_to_date_rows(clip: Clip, rows: Sequence[ManifestRow], output_dir: str,
     if any(r.label != clip.label or r.fold != clip.fold or r.group != clip.group for r in rows):
         return None
     try:
-        source_mtime = os.stat(clip.source).st_mtime
-        if not all(os.stat(os.path.join(output_dir, r.image)).st_mtime >= source_mtime for r in rows):
-            return None
+        source = filesystems.info(clip.source)
+        images = [filesystems.info(filesystems.join(output_dir, r.image)) for r in rows]
     except OSError:
+        return None
+    if source is None or any(i is None or i.mtime < source.mtime for i in images):
         return None
     verified = []
     for r in rows:
@@ -256,8 +263,7 @@ def _adopt_unhashed(output_dir: str, row: ManifestRow) -> Optional[ManifestRow]:
     from PIL import Image
 
     try:
-        with open(os.path.join(output_dir, row.image), "rb") as f:
-            data = f.read()
+        data = filesystems.read_bytes(filesystems.join(output_dir, row.image))
         with Image.open(io.BytesIO(data)) as img:
             img.load()
     except Exception:  # noqa: BLE001 - PIL raises OSError, SyntaxError, ValueError...
@@ -293,8 +299,8 @@ def check_config(output_dir: str, settings: SpectrogramSettings, overwrite: bool
 
     Raises :class:`OutputError` when it holds other settings and ``overwrite`` is off.
     """
-    path = os.path.join(output_dir, CONFIG_FILENAME)
-    if not os.path.exists(path):
+    path = filesystems.join(output_dir, CONFIG_FILENAME)
+    if not filesystems.exists(path):
         return False
     try:
         old = SpectrogramSettings.load_json(path)
@@ -551,4 +557,26 @@ def _write_locked(listing: DatasetListing, output_dir: str, settings: Spectrogra
     summary.silent = sum(r.silent for r in rows if r.source in listed)
     summary.images = len(rows)
     summary.failed.sort()
+    write_failures(output_dir, summary)
     return summary
+
+
+MISSING_REASON = "missing: listed in the metadata, not on disk"
+
+
+def write_failures(output_dir: str, summary: WriteSummary) -> None:
+    """``<output_dir>/failures.csv`` (``source,reason``, sorted) when any clip failed or was
+    missing; a stale one is removed when none did. Both runners write it the same way."""
+    import csv
+
+    path = filesystems.join(output_dir, FAILURES_FILENAME)
+    records = sorted(summary.failed + [(m, MISSING_REASON) for m in summary.missing])
+    if not records:
+        if filesystems.exists(path):
+            filesystems.delete([path])
+        return
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(("source", "reason"))
+    writer.writerows(records)
+    filesystems.write_text(path, buf.getvalue())
