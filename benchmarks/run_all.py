@@ -14,7 +14,7 @@ import subprocess
 import sys
 
 BENCHMARKS = ["bench_spectrograms", "bench_manifest_checks", "bench_backbones", "bench_bottlenecks",
-              "bench_batch_determinism", "bench_label", "bench_serve", "bench_audio_backbones",
+              "bench_batch_determinism", "bench_label", "bench_serve", "bench_beam", "bench_audio_backbones",
               "bench_accuracy", "bench_probe"]
 
 
