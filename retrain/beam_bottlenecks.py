@@ -53,6 +53,7 @@ class BottleneckSummary:
     parts: int = 1
     computed: int = 0
     cached: int = 0
+    damaged: int = 0  # cache entries that failed their check and were recomputed
     failed: list[tuple[str, str]] = field(default_factory=list)  # (image, reason)
     failures_path: Optional[str] = None
     seconds: float = 0.0
@@ -107,7 +108,7 @@ def process_unit(parts, records: list[ImageRecord], bottleneck_dir: str, spectro
     """The cache entries of one unit of records, for every module part; a journal record with
     the counts and the failed images. Never raises for a bad input."""
     failed: dict[str, str] = {}
-    computed = cached = 0
+    computed = cached = damaged = 0
     for part in parts:
         store = BottleneckStore(bottleneck_dir, part.name, part.feature_size)
         maker = InputMaker(part, spectrogram_settings)
@@ -149,7 +150,8 @@ def process_unit(parts, records: list[ImageRecord], bottleneck_dir: str, spectro
         for key, vec in zip(keys, out):
             store.put(key, vec)
             computed += 1
-    return {"computed": computed, "cached": cached, "failed": sorted(failed.items())}
+        damaged += store.damaged
+    return {"computed": computed, "cached": cached, "damaged": damaged, "failed": sorted(failed.items())}
 
 
 def _records(items: list[dict]) -> list[ImageRecord]:
@@ -303,6 +305,7 @@ def compute_bottlenecks_beam(image_dir: str, module: str, bottleneck_dir: str, r
                 continue
             summary.computed += int(record.get("computed", 0))
             summary.cached += int(record.get("cached", 0))
+            summary.damaged += int(record.get("damaged", 0))
             for relpath, reason in record.get("failed", []):
                 failed[relpath] = reason
         summary.failed = sorted(failed.items())

@@ -21,7 +21,8 @@ from typing import Optional, Sequence
 from absl import flags
 
 from retrain.augment import AugmentSettings
-from soundretrain.beam_runner import BeamError, check_paths_for_runner, define_runner_flags, runner_settings
+from soundretrain.beam_runner import (BeamError, check_paths_for_runner, configure_filesystems,
+                                      define_runner_flags, runner_settings)
 from soundretrain.command_line import (CommandLineExit, FlagGroup, FlagGroups, error,
                                        import_tensorflow_quietly, non_finite_float_flags, parse_flags)
 from retrain.errors import RetrainError
@@ -406,6 +407,7 @@ def check_beam_flags(fv: flags.FlagValues, runner) -> None:
         raise ValueError("--bottlenecks_only fills the cache and trains nothing; drop --cross_validate")
     if runner is not None:
         check_paths_for_runner(runner, {"image_dir": fv.image_dir, "bottleneck_dir": fv.bottleneck_dir})
+        configure_filesystems(runner)
     remote = [f"--{name} {fv[name].value}" for name in ("image_dir", "bottleneck_dir") if is_remote(fv[name].value)]
     if remote and not (runner is not None and fv.bottlenecks_only):
         raise ValueError(f"{', '.join(remote)}: training reads local files; with a URL, fill the cache "
@@ -440,6 +442,9 @@ def beam_bottlenecks(settings: RetrainSettings, runner, log, bottlenecks_only: b
     summary = compute_bottlenecks_beam(
         settings.image_dir, settings.tfhub_module, settings.bottleneck_dir, runner,
         settings.module_cache_dir, settings.bottleneck_batch_size, settings.progress, log)
+    if summary.damaged:
+        _warn(f"{summary.damaged} cached bottleneck(s) in {settings.bottleneck_dir} failed their check "
+              "(damaged, zeroed or swapped) and were recomputed")
     for image, reason in summary.failed[:MAX_LISTED]:
         print(f"{PROG}: failed: {image}: {reason}", file=sys.stderr)
     if len(summary.failed) > MAX_LISTED:

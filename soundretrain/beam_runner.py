@@ -185,6 +185,15 @@ def pipeline_options(settings: RunnerSettings):
     return PipelineOptions([f"--runner={settings.runner}", *args])
 
 
+def configure_filesystems(settings: RunnerSettings) -> None:
+    """Give Beam's filesystems the pipeline options (``--hdfs_host``, ``--s3_region_name``,
+    ``--project``, ...) before the launcher lists or writes anything through them."""
+    import_beam()
+    from apache_beam.io.filesystems import FileSystems
+
+    FileSystems.set_options(pipeline_options(settings))
+
+
 def make_pipeline(settings: RunnerSettings):
     """A ``beam.Pipeline`` for ``settings``.
 

@@ -249,9 +249,11 @@ def _run(listing: DatasetListing, output_dir: str, settings: SpectrogramSettings
         for record in read_shards(journal_dir, prefix):
             records[record.get("source")] = record
         done: dict[str, list[ManifestRow]] = dict(kept_outside)
-        for clip, _ in work:
+        for clip, earlier_rows in work:
             record = records.get(clip.source)
-            if record is None:
+            if record is None:  # not reached (interrupted, failed): its rows stay, checked next run
+                if earlier_rows:
+                    done[clip.source] = earlier_rows
                 continue
             status = record.get("status")
             if status == "failed":

@@ -14,7 +14,8 @@ from typing import Optional, Sequence
 
 from absl import flags
 
-from soundretrain.beam_runner import BeamError, check_paths_for_runner, define_runner_flags, runner_settings
+from soundretrain.beam_runner import (BeamError, check_paths_for_runner, configure_filesystems,
+                                      define_runner_flags, runner_settings)
 from soundretrain.command_line import CommandLineExit, error, parse_flags
 from soundretrain.filesystems import is_remote
 from soundretrain.presets import define_preset_flag
@@ -148,6 +149,7 @@ def main(argv: Sequence[str]) -> int:
                 raise ValueError("--jobs sets the local writer's processes; with --runner=DirectRunner give "
                                  "--beam_pipeline_args=--direct_num_workers=N")
             check_paths_for_runner(runner, {"data_dir": fv.data_dir, "output_dir": fv.output_dir})
+            configure_filesystems(runner)
         elif is_remote(fv.output_dir):
             raise ValueError(f"--output_dir {fv.output_dir} is a URL: the local writer writes local folders; "
                              "add --runner (e.g. --runner=DirectRunner) to write through Beam's filesystems")
