@@ -24,10 +24,16 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from retrain.beam_bottlenecks import FAILURES_FILENAME as BN_FAILURES, compute_bottlenecks_beam
+# The pipelines need the beam extra (`make test` installs it: the test extra includes it).
+# Without it these tests skip, saying so; tests/test_beam_optional.py checks that the
+# toolkit then works without Beam and that --runner says how to install it.
+pytest.importorskip("apache_beam", reason="Apache Beam is not installed: pip install '.[beam]'")
+
+from retrain.beam_bottlenecks import FAILURES_FILENAME as BN_FAILURES, RUNS_DIRNAME, compute_bottlenecks_beam
 from retrain.bottlenecks import compute_bottlenecks
 from retrain.core import load_spectrogram_settings
 from retrain.images import list_images
+from soundretrain.atomic_files import is_temp_name
 from soundretrain.backbones.registry import load_module
 from soundretrain.beam_runner import RunnerSettings, runner_settings
 from soundretrain.manifest import read_manifest
@@ -66,12 +72,14 @@ def make_audio(root: Path, per_class: int = 4, bad: bool = True) -> Path:
     return root
 
 
-def tree(root: Path, skip=()) -> dict[str, bytes]:
-    """Every file below ``root``: relative path -> bytes."""
+def tree(root: Path, skip=(), temp_files: bool = True) -> dict[str, bytes]:
+    """Every file below ``root``: relative path -> bytes (``temp_files=False``: without the
+    temp files of atomic writes that a killed process may leave, which readers skip)."""
     out = {}
     for path in sorted(root.rglob("*")):
         rel = path.relative_to(root).as_posix()
-        if path.is_file() and not any(rel.startswith(s) for s in skip):
+        if path.is_file() and not any(rel.startswith(s) for s in skip) \
+                and (temp_files or not is_temp_name(path.name)):
             out[rel] = path.read_bytes()
     return out
 
@@ -211,6 +219,66 @@ def test_the_bottleneck_pipeline_writes_the_local_cache_entries(local_spec, modu
     assert "SHA-256 differs" in again.failed[0][1]
     assert (cache / BN_FAILURES).read_text().splitlines() == ["image,reason", f"{damaged.relpath},{again.failed[0][1]}"]
     assert tree(cache, skip=(BN_FAILURES,)) == tree(local_cache)
+
+
+# Makes every backbone batch take a while, as SLOW_SITECUSTOMIZE does for renders.
+SLOW_BATCH_SITECUSTOMIZE = textwrap.dedent("""
+    import os, time
+    if os.environ.get("SLOW_BATCH_SECONDS"):
+        import retrain.bottlenecks as bottlenecks
+        _compute_batch = bottlenecks.compute_batch
+        def compute_batch(*args, **kwargs):
+            time.sleep(float(os.environ["SLOW_BATCH_SECONDS"]))
+            return _compute_batch(*args, **kwargs)
+        bottlenecks.compute_batch = compute_batch
+""")
+
+KILLED_BOTTLENECKS = textwrap.dedent("""
+    import sys
+    from retrain.beam_bottlenecks import compute_bottlenecks_beam
+    from soundretrain.beam_runner import RunnerSettings
+    runner = RunnerSettings("DirectRunner", ("--direct_num_workers=2", "--direct_running_mode=multi_processing"))
+    compute_bottlenecks_beam(sys.argv[1], sys.argv[2], sys.argv[3], runner, batch_size=1, progress=False)
+""")
+
+
+def test_a_bottleneck_pipeline_killed_midway_and_run_again_ends_with_the_local_cache(local_spec, modules, tmp_path):
+    image_module = modules[0]
+    local_cache = tmp_path / "bn_local"
+    compute_bottlenecks(load_module(image_module), list_images(str(local_spec)).records, str(local_cache),
+                        batch_size=1, progress=False)
+    hooks = tmp_path / "hooks"
+    hooks.mkdir()
+    (hooks / "sitecustomize.py").write_text(SLOW_BATCH_SITECUSTOMIZE)
+    cache = tmp_path / "bn_beam"
+    env = dict(os.environ, SLOW_BATCH_SECONDS="0.5",
+               PYTHONPATH=os.pathsep.join([str(hooks), str(REPO), os.environ.get("PYTHONPATH", "")]))
+    run = subprocess.Popen([sys.executable, "-c", KILLED_BOTTLENECKS, str(local_spec), image_module, str(cache)],
+                           env=env, start_new_session=True, stderr=subprocess.PIPE)
+
+    def entries() -> list[Path]:
+        return [p for p in cache.rglob("*.npy") if not is_temp_name(p.name)]
+
+    try:
+        deadline = time.monotonic() + 240
+        while len(entries()) < 3:  # a few entries written by the workers
+            assert run.poll() is None, run.stderr.read().decode()[-2000:]
+            assert time.monotonic() < deadline, "the pipeline wrote no cache entry in time"
+            time.sleep(0.05)
+    finally:
+        os.killpg(run.pid, signal.SIGKILL)  # the launcher and its worker processes
+        run.wait()
+    done = len(entries())
+    assert 3 <= done < 13  # killed mid-way
+
+    summary = compute_bottlenecks_beam(str(local_spec), image_module, str(cache), TWO_PROCESSES, batch_size=1,
+                                       progress=False, log=lambda line: None)
+    assert summary.cached >= done and summary.cached + summary.computed == 13 and summary.failed == []
+    # The local path's entries, byte for byte; besides them only the killed run's work list
+    # and journal shards (removed after a week: a live run's look the same) and the hidden
+    # temp file of an entry it was writing, which no reader takes for an entry.
+    assert tree(cache, skip=(RUNS_DIRNAME,), temp_files=False) == tree(local_cache)
+    assert not (cache / BN_FAILURES).exists()
 
 
 def test_urls_of_a_beam_filesystem_give_the_same_files(audio, local_spec, modules, tmp_path, monkeypatch):
