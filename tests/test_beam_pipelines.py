@@ -124,6 +124,19 @@ def test_the_spectrograms_pipeline_writes_what_the_local_writer_writes(audio, lo
     assert stamps == {p: p.stat().st_mtime_ns for p in out.rglob("*.png")}
 
 
+def test_three_channel_images_from_the_pipeline_are_the_local_writers(audio, tmp_path):
+    """--channels (three planes as RGB, each with its own window) reaches the worker processes."""
+    settings = SpectrogramSettings(**{**SETTINGS.to_dict(), "channels": ("db@128", "pcen", "delta")})
+    local = tmp_path / "local"
+    write_spectrograms(list_dataset(str(audio)), str(local), settings, QUIET, log=lambda line: None)
+    out = tmp_path / "beam"
+    summary = write_spectrograms_beam(list_dataset(str(audio)), str(out), settings, TWO_PROCESSES, QUIET,
+                                      log=lambda line: None)
+    assert (summary.written, len(summary.failed)) == (13, 2)
+    assert tree(out) == tree(local)
+    assert '"pcen"' in (out / "spectrogram_config.json").read_text()
+
+
 # Makes every render take a while, in the launcher and in each worker process (Python imports
 # sitecustomize at start-up), so the pipeline can be killed while it is mid-way.
 SLOW_SITECUSTOMIZE = textwrap.dedent("""
