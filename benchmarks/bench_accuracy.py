@@ -8,8 +8,8 @@ the test fold, and the training fold minus a 10 % group-aware validation slice (
 switched on or off (:data:`HEAD_LEVERS`), so any ablation is a list of lever settings:
 
 * ``retrain.py head``: one softmax layer on raw features, SGD 0.01, 4000 steps, last weights;
-* ``default``: ``retrain``'s defaults (standardisation, early stopping on validation);
-* ``default - <lever>``: the default with one lever off;
+* ``default``: ``retrain``'s defaults (standardisation; the last step's weights);
+* ``default - <lever>`` / ``default + <lever>``: the default with one lever off / on;
 * ``default + autotune``: ``--autotune`` (the search scored on the validation slice);
 * ``default + fine_tune``: with ``--fine_tune_blocks K`` only (``retrain --fine_tune_blocks``:
   the module's last K blocks trained with the head on cached activation maps);
@@ -31,7 +31,8 @@ mixing, all), with the default head and ``--augmentation_copies`` copies.
 
 ``--spec_dir`` must hold what ``spectrograms --preset urbansound8k`` wrote for the shared
 folds (the script renders them there first when it is missing). Prints a table (accuracy per
-direction, mean, seconds per run) and writes ``benchmarks/results/bench_accuracy.json``.
+direction, mean, validation, inner CV with ``--cv``, seconds per run) and writes
+``benchmarks/results/bench_accuracy.json`` (``--results`` elsewhere).
 Other benchmarks build ablations on it: ``evaluate(settings, prepared)`` scores any
 ``RetrainSettings`` on the two directions.
 """
@@ -88,7 +89,7 @@ def head_variants(base) -> dict[str, object]:
         "retrain.py head": with_levers(base, standardize=False, early_stopping=False),
         "default": base,
         "default - standardize": with_levers(base, standardize=False),
-        "default - early_stopping": with_levers(base, early_stopping=False),
+        "default + early_stopping": with_levers(base, early_stopping=True),
         "default + autotune": with_levers(base, autotune=True),
     }
 
@@ -141,10 +142,10 @@ def accuracy(probabilities: np.ndarray, y: np.ndarray) -> float:
 
 
 def evaluate(settings, prepared, seed: int = 0, shifted: Optional[dict] = None,
-             log: Callable[[str], None] = lambda line: None) -> dict:
+             log: Callable[[str], None] = lambda line: None, cv: bool = False) -> dict:
     """Train with ``settings`` on each direction; test and validation accuracy, seconds.
     ``shifted``: {image index: [N-1, features] of time-shifted copies} to also score with
-    test-time averaging."""
+    test-time averaging. ``cv``: also :func:`inner_cv_accuracy` (five more runs each way)."""
     from retrain.core import split_partition, train_and_evaluate
 
     rows = []
@@ -162,12 +163,40 @@ def evaluate(settings, prepared, seed: int = 0, shifted: Optional[dict] = None,
                "test": outcome.test_accuracy,
                "validation": accuracy(outcome.head.predict(features[va]),
                                       prepared.class_ids[va])}
+        if cv:
+            row["cv"] = inner_cv_accuracy(settings, prepared, train_fold, seed)
         if shifted is not None:
             for name, idx in (("validation", va), ("test", te)):
                 row[f"{name}_shifted"] = accuracy(averaged(outcome.head, prepared, idx, shifted),
                                                   prepared.class_ids[idx])
         rows.append(row)
     return summarise(rows)
+
+
+def inner_cv_accuracy(settings, prepared, train_fold: int, seed: int = 0, k: int = 5) -> float:
+    """The honest validation score used to choose settings: grouped ``k``-fold CV inside the
+    training fold. Each inner run trains on the other groups (minus retrain's 10 % group-aware
+    validation slice, which early stopping and autotune may use) and is scored on held-out
+    groups it never saw; the test fold is never read."""
+    from sklearn.model_selection import GroupKFold
+
+    from retrain.core import split_partition, train_and_evaluate
+    from retrain.splits import Split, which_set
+
+    records = prepared.images.records
+    idx = np.array([i for i, r in enumerate(records) if r.fold == train_fold])
+    groups = np.array([records[i].group for i in idx])
+    s = dataclasses.replace(settings, test_folds=(train_fold,))
+    scores = []
+    for rest, held in GroupKFold(k).split(idx, groups=groups):
+        side = {int(i): which_set(records[i].group, 10, 0) for i in idx[rest]}
+        split = Split(tuple(i for i, w in side.items() if w != "validation"),
+                      tuple(i for i, w in side.items() if w == "validation"),
+                      tuple(int(i) for i in idx[held]))
+        outcome = train_and_evaluate(s, prepared, split, seed, f"cv{train_fold}",
+                                     split_partition(s, prepared), lambda line: None)
+        scores.append(outcome.test_accuracy)
+    return float(np.mean(scores))
 
 
 def summarise(rows: list[dict]) -> dict:
@@ -181,9 +210,9 @@ def summarise(rows: list[dict]) -> dict:
 # ------------------------------------------------------------------ logistic-regression probe
 
 def logistic_probe(x: np.ndarray, y: np.ndarray, groups: Sequence[str], x_test: np.ndarray,
-                   y_test: np.ndarray) -> tuple[float, float]:
+                   y_test: np.ndarray) -> tuple[float, float, float]:
     """Standardised logistic regression, C chosen by grouped 5-fold CV on ``x``; returns the
-    test accuracy and the C chosen."""
+    test accuracy, the C chosen and its CV accuracy."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.model_selection import GridSearchCV, GroupKFold
     from sklearn.pipeline import make_pipeline
@@ -193,7 +222,8 @@ def logistic_probe(x: np.ndarray, y: np.ndarray, groups: Sequence[str], x_test: 
                           {"logisticregression__C": [1e-3, 3e-3, 1e-2, 3e-2, 0.1, 0.3, 1, 3, 10]},
                           cv=GroupKFold(5))
     search.fit(x, y, groups=np.asarray(groups))
-    return float(search.score(x_test, y_test)), float(search.best_params_["logisticregression__C"])
+    return (float(search.score(x_test, y_test)), float(search.best_params_["logisticregression__C"]),
+            float(search.best_score_))
 
 
 def evaluate_probe(prepared) -> dict:
@@ -203,10 +233,10 @@ def evaluate_probe(prepared) -> dict:
         split = split_of(prepared, test_fold)
         fold = list(split.train) + list(split.validation)
         start = time.perf_counter()
-        acc, c = logistic_probe(prepared.features[fold], prepared.class_ids[fold], groups[fold],
+        acc, c, cv = logistic_probe(prepared.features[fold], prepared.class_ids[fold], groups[fold],
                                 prepared.features[list(split.test)],
                                 prepared.class_ids[list(split.test)])
-        rows.append({"train_fold": train_fold, "test_fold": test_fold, "test": acc, "C": c,
+        rows.append({"train_fold": train_fold, "test_fold": test_fold, "test": acc, "C": c, "cv": cv,
                      "seconds": time.perf_counter() - start})
     return summarise(rows)
 
@@ -254,7 +284,7 @@ def averaged(head, prepared, indices: Sequence[int], shifted: dict) -> np.ndarra
 
 def bench_module(module: str, spec_dir: str, bottleneck_dir: str, steps: int, seed: int,
                  copies: int, variants: Optional[Sequence[str]], shifts: int,
-                 probe: bool = True, fine_tune_blocks: int = 0) -> dict:
+                 probe: bool = True, fine_tune_blocks: int = 0, cv: bool = False) -> dict:
     from retrain.core import prepare
 
     settings = base_settings(spec_dir, module, bottleneck_dir, steps, copies)
@@ -275,7 +305,8 @@ def bench_module(module: str, spec_dir: str, bottleneck_dir: str, steps: int, se
     for name in variants or table:
         if name.startswith("preset ") and name not in table:  # e.g. "preset urbansound8k"
             table[name] = preset_settings(settings, name.split(" ", 1)[1])
-        result = evaluate(table[name], prepared, seed, shifted if name == "default" else None)
+        result = evaluate(table[name], prepared, seed, shifted if name == "default" else None,
+                          cv=cv)
         out["variants"][name] = result
         print(f"{out['module'][:27]:<28}{name:<28}" + cells(result), flush=True)
         if name == "default" and shifted is not None:
@@ -293,6 +324,8 @@ def cells(result: dict, suffix: str = "") -> str:
     text = "".join(f"{t * 100:>8.1f}%" for t in test) + f"{np.mean(test) * 100:>8.1f}%"
     val = result.get(f"mean_validation{suffix}")
     text += f"{val * 100:>8.1f}%" if val is not None else f"{'-':>9}"
+    inner = result.get("mean_cv")
+    text += f"{inner * 100:>8.1f}%" if inner is not None and not suffix else f"{'-':>9}"
     return text + f"{result['mean_seconds']:>8.1f}"
 
 
@@ -336,10 +369,14 @@ def main() -> None:
     parser.add_argument("--variants", default="",
                         help="';'-separated rows of the head ablation (default: all of "
                              "retrain.py head; default; default - standardize; "
-                             "default - early_stopping; default + autotune)")
+                             "default + early_stopping; default + autotune)")
     parser.add_argument("--test_time_shifts", type=int, default=0,
                         help="also score the default head averaged over N time-shifted copies")
     parser.add_argument("--noprobe", action="store_true", help="leave out the probe")
+    parser.add_argument("--cv", action="store_true",
+                        help="also score every variant by grouped 5-fold CV inside the training "
+                             "fold (column 'cv': the score to choose settings by)")
+    parser.add_argument("--results", default=str(RESULTS), help="where to write the JSON")
     parser.add_argument("--fine_tune_blocks", type=int, default=0,
                         help=f"add the row 'default + fine_tune' (retrain --fine_tune_blocks K; "
                              f"{FINE_TUNE_BLOCKS} was chosen on validation)")
@@ -354,7 +391,7 @@ def main() -> None:
         return
     render_if_missing(args.spec_dir, args.data_dir)
     header = (f"{'module':<28}{'variant':<28}{'1->2':>9}{'2->1':>9}{'mean':>9}{'val':>9}"
-              f"{'s/run':>8}")
+              f"{'cv':>9}{'s/run':>8}")
     if args.ablation:
         print(header.replace(f"{'module':<28}{'variant':<28}", f"{'':<31}"))
         result = augmentation_ablation(args.modules.split(";")[0], args.spec_dir,
@@ -375,10 +412,11 @@ def main() -> None:
         results["modules"].append(bench_module(
             module, args.spec_dir, args.bottleneck_dir, args.steps, args.seed,
             args.augmentation_copies, variants, args.test_time_shifts, not args.noprobe,
-            args.fine_tune_blocks))
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(results, indent=2) + "\n")
-    print(f"wrote {RESULTS}")
+            args.fine_tune_blocks, args.cv))
+    path = Path(args.results)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(results, indent=2) + "\n")
+    print(f"wrote {path}")
 
 
 if __name__ == "__main__":

@@ -24,7 +24,7 @@ class HeadSettings:
     l2: float = 0.0
     balanced_batches: bool = False
     standardize: bool = True  # the training split's mean / std, folded into the head
-    early_stopping: bool = True  # keep the weights of the best validation score
+    early_stopping: bool = False  # keep the weights of the best validation score (opt-in)
     early_stopping_patience: int = 0  # stop after this many steps without one; 0: run all
     seed: int = 0
 
