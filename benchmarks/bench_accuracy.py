@@ -72,6 +72,9 @@ HEAD_LEVERS: dict[str, Callable] = {
     # --fine_tune_blocks: the module's last blocks trained with the head (FINE_TUNE_BLOCKS).
     "fine_tune": lambda s, on: dataclasses.replace(
         s, fine_tune=dataclasses.replace(s.fine_tune, blocks=FINE_TUNE_BLOCKS if on else 0)),
+    # --augmentation_copies 1: one cached augmented copy of every training example.
+    "augmentation": lambda s, on: dataclasses.replace(
+        s, augment=dataclasses.replace(s.augment, copies=1 if on else 0)),
 }
 FINE_TUNE_BLOCKS = 1  # chosen on validation slices of the training folds (docs/retrain.md)
 
@@ -305,6 +308,13 @@ def bench_module(module: str, spec_dir: str, bottleneck_dir: str, steps: int, se
     for name in variants or table:
         if name.startswith("preset ") and name not in table:  # e.g. "preset urbansound8k"
             table[name] = preset_settings(settings, name.split(" ", 1)[1])
+        elif name not in table:  # "default + <lever>" / "default - <lever>", any lever
+            parts = name.split(" ")
+            if len(parts) != 3 or parts[0] != "default" or parts[1] not in ("+", "-") \
+                    or parts[2] not in HEAD_LEVERS:
+                raise SystemExit(f"unknown variant {name!r}: one of {sorted(table)}, "
+                                 f"'preset NAME' or 'default +/- LEVER' ({', '.join(HEAD_LEVERS)})")
+            table[name] = with_levers(settings, **{parts[2]: parts[1] == "+"})
         result = evaluate(table[name], prepared, seed, shifted if name == "default" else None,
                           cv=cv)
         out["variants"][name] = result
