@@ -66,7 +66,8 @@ def load_spectrogram_settings(images: ImageSet):
 
 
 def prepare(settings: RetrainSettings, log: Callable[[str], None] = print,
-            check: Optional[Callable[[ImageSet], object]] = None) -> Prepared:
+            check: Optional[Callable[[ImageSet], object]] = None,
+            check_backbone: Optional[Callable[[Backbone], object]] = None) -> Prepared:
     """List the images, load the module, compute the bottlenecks. ``check(images)`` runs
     before the module loads (the split), so a bad fold or percentage fails in a second,
     not after minutes of bottlenecks."""
@@ -80,6 +81,8 @@ def prepare(settings: RetrainSettings, log: Callable[[str], None] = print,
     backbone = load_module(settings.tfhub_module, settings.module_cache_dir)
     kinds = " + ".join(dict.fromkeys(p.input_spec.kind for p in getattr(backbone, "parts", [backbone])))
     log(f"Module {backbone.name}: {kinds} input, {backbone.feature_size} features")
+    if check_backbone is not None:  # an export the module cannot make fails before the bottlenecks
+        check_backbone(backbone)
     features, computed = compute_bottlenecks(
         backbone, images.records, settings.bottleneck_dir, spectrogram_settings,
         settings.bottleneck_batch_size, settings.progress)
@@ -505,6 +508,14 @@ INTERRUPTED = {
 }
 
 
+def check_graph_export(settings: RetrainSettings, backbone: Backbone) -> None:
+    """An --output_graph asked for (not retrain.py's default path) that this module cannot
+    be frozen into."""
+    if settings.output_graph and settings.output_graph_explicit and not can_freeze(backbone):
+        raise RetrainError(f"module {backbone.name} cannot be frozen into one graph "
+                           "(--output_graph); use --saved_model_dir or --output_tflite")
+
+
 def retrain(settings: RetrainSettings, seed: Optional[int] = None,
             log: Callable[[str], None] = print) -> RetrainResult:
     """One training run: the linear story of this module's docstring."""
@@ -520,11 +531,9 @@ def retrain(settings: RetrainSettings, seed: Optional[int] = None,
     settings = dataclasses.replace(settings, augment=dataclasses.replace(settings.augment, seed=seed))
     phase = "bottlenecks"
     try:
-        prepared = prepare(settings, log, check=lambda images: checked_split(settings, images))
+        prepared = prepare(settings, log, check=lambda images: checked_split(settings, images),
+                           check_backbone=lambda backbone: check_graph_export(settings, backbone))
         if settings.output_graph and not can_freeze(prepared.backbone):
-            if settings.output_graph_explicit:
-                raise RetrainError(f"module {prepared.backbone.name} cannot be frozen into one graph "
-                                   "(--output_graph); use --saved_model_dir or --output_tflite")
             log(f"Note: no frozen graph for module {prepared.backbone.name} (it is not an image "
                 "network in TensorFlow); export with --saved_model_dir or --output_tflite")
             settings = dataclasses.replace(settings, output_graph=None)

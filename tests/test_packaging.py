@@ -153,7 +153,7 @@ def test_the_wheel_runs_the_readme_urbansound8k_commands_with_presets_by_name(in
                 *quick], cwd=work)
     assert "Final test accuracy" in out.stdout, out.stdout
     model = work / "models" / "us8k"  # where the preset puts the model, below the working folder
-    assert (model / "output_graph.pb").is_file() and (model / "saved_model" / "saved_model.pb").is_file()
+    assert (model / "model.tflite").is_file() and (model / "saved_model" / "saved_model.pb").is_file()
     assert (model / "output_labels.txt").read_text().split("\n")[:2] == ["dog bark", "siren"]
     assert list((work / "training_summaries").iterdir())
 
@@ -162,5 +162,5 @@ def test_the_wheel_runs_the_readme_urbansound8k_commands_with_presets_by_name(in
     assert "Cross-validation accuracy" in out.stdout, out.stdout
 
     clip = next((work / "UrbanSound8K/audio/fold10").glob("*-8-0-*.wav"))
-    out = _run([str(bin_ / "label_image"), f"--graph={model / 'output_graph.pb'}", f"--audio={clip}"], cwd=work)
+    out = _run([str(bin_ / "label_image"), f"--graph={model / 'model.tflite'}", f"--audio={clip}"], cwd=work)
     assert "siren" in out.stdout, out.stdout

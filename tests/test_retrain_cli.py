@@ -331,10 +331,14 @@ def test_waveform_module_end_to_end(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "Note: no frozen graph" in out
     assert "Final test accuracy = 100.0% (N=4)" in out
-    # ... but asking for one explicitly is one clear error.
+    # ... but asking for one explicitly is one clear error, before any bottleneck is computed
+    # (a preset naming --output_graph for such a module failed after all of them).
+    fresh = tmp_path / "bn_fresh"
     line = run_bad(tmp_path, wave, tmp_path / "spec", capsys,
-                   [f"--output_graph={tmp_path / 'g.pb'}", "--split=folds", "--test_folds=4"])
+                   [f"--output_graph={tmp_path / 'g.pb'}", "--split=folds", "--test_folds=4",
+                    f"--bottleneck_dir={fresh}"])
     assert "cannot be frozen" in line
+    assert not fresh.exists() or not any(p.is_file() for p in fresh.rglob("*"))
     # Intermediate graphs are frozen graphs too: refused before training, not mid-way.
     line = run_bad(tmp_path, wave, tmp_path / "spec", capsys,
                    ["--output_graph=", "--split=folds", "--test_folds=4",
