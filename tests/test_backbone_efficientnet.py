@@ -114,10 +114,10 @@ def test_second_load_reuses_the_cache(lite0_cache, monkeypatch):
     marker = folder / lite0.MARKER_FILE
     stamp = marker.stat().st_mtime_ns
 
-    def no_conversion(target):
+    def no_conversion(tmp):
         raise AssertionError("the cached model should have been reused")
 
-    monkeypatch.setattr(lite0, "convert_checkpoint", no_conversion)
+    monkeypatch.setattr(lite0, "_build_cache", no_conversion)
     start = time.perf_counter()
     again = lite0.load(lite0_cache["dir"])
     load_s = time.perf_counter() - start

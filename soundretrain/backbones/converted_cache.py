@@ -2,8 +2,8 @@
 place, renamed into place, and rebuilt when missing or unreadable.
 
 Used by the backbones whose weights are converted from another framework's file on first
-use (``aisfx``, ``soundnet``; ``efficientnet_lite0`` keeps its own copy of the same
-logic). The rules, which several processes converting at once rely on:
+use (``aisfx``, ``soundnet``, ``efficientnet_lite0``). The rules, which several processes
+converting at once rely on:
 
 * a folder counts as a cache only with a marker file (``soundretrain_module.json``) of the
   right ``cache_format`` and a ``saved_model.pb``, and only when it loads back;

@@ -13,18 +13,16 @@ network was trained, ``(x * 255 - 127) / 128``. Features: the 1280-d global aver
 """
 from __future__ import annotations
 
-import json
 import os
-import shutil
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Dict, List, Mapping, Optional, Sequence
 
 import numpy as np
 
-from soundretrain import atomic_files
 from soundretrain.backbones import cache_root
+from soundretrain.backbones.converted_cache import (
+    MARKER_FILE, convert_into, load_or_convert, load_saved_weights)  # MARKER_FILE: re-exported
 from soundretrain.backbones.torch_checkpoint import CheckpointError, read_legacy_checkpoint
 from soundretrain.backbones.registry import Backbone, InputSpec, ModuleError
 from soundretrain.backbones.split import ALL_BLOCKS, BackboneSplit
@@ -40,7 +38,6 @@ PIXEL_STD = 128.0
 # Bump when the conversion or the saved layout changes: old caches are then rebuilt.
 CACHE_FORMAT = 1
 CACHE_FOLDER = f"{NAME}-v{CACHE_FORMAT}"
-MARKER_FILE = "soundretrain_module.json"
 LICENSE = "Apache-2.0"
 
 
@@ -262,91 +259,27 @@ def _build_module(arrays: Mapping[str, np.ndarray]):
 # Conversion and cache.
 # ---------------------------------------------------------------------------
 
-def convert_checkpoint(target: Path) -> None:
-    """Read the PyTorch checkpoint, port it, and write the SavedModel to ``target``
-    atomically (build in a temp folder beside it, then rename)."""
+def _build_cache(tmp: Path) -> dict:
+    """Read the PyTorch checkpoint, port it and save the SavedModel into ``tmp``; returns
+    the marker's contents."""
     import tensorflow as tf
 
-    target.parent.mkdir(parents=True, exist_ok=True)  # fail early when unwritable
-    found = _inode(target)  # the stale or corrupt cache we were asked to replace, if any
     source = checkpoint_path()
     try:
         state = read_legacy_checkpoint(source)
     except CheckpointError as err:
         raise ModuleError(f"cannot read EfficientNet-Lite0 weights: {err}") from None
     module = _build_module(convert_state_dict(state))
-    _remove_abandoned_temp_folders(target)
-    tmp = Path(atomic_files.new_temp_folder(target))
-    try:
-        tf.saved_model.save(module, str(tmp), signatures={"serving_default": module.__call__})
-        marker = {"name": NAME, "cache_format": CACHE_FORMAT, "source": str(source),
-                  "source_bytes": source.stat().st_size, "license": LICENSE,
-                  "input": "float32 [N,224,224,3] in [0,1]", "feature_size": FEATURE_SIZE}
-        (tmp / MARKER_FILE).write_text(json.dumps(marker, indent=2))
-        atomic_files.fsync_tree(str(tmp))
-        now = _inode(target)
-        if now is not None and now != found and _is_valid_cache(target):
-            return  # another process converted it while we did: keep theirs (it may be in use)
-        if target.exists():  # corrupt or stale: move it aside, then swap ours in
-            trash = atomic_files.new_temp_folder(target, "old")
-            os.replace(target, os.path.join(trash, "old"))
-            shutil.rmtree(trash, ignore_errors=True)
-        try:
-            os.replace(tmp, target)
-        except OSError:
-            if not _is_valid_cache(target):  # another process did not win the race either
-                raise
-        atomic_files.fsync_folder(str(target.parent))
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    tf.saved_model.save(module, str(tmp), signatures={"serving_default": module.__call__})
+    return {"name": NAME, "source": str(source), "source_bytes": source.stat().st_size,
+            "license": LICENSE, "input": "float32 [N,224,224,3] in [0,1]",
+            "feature_size": FEATURE_SIZE}
 
 
-ABANDONED_AFTER_S = 600  # a conversion takes seconds; an older temp folder was left by a killed one
-
-
-def _remove_abandoned_temp_folders(target: Path) -> None:
-    """Temp folders (``.<name>.*``, about 20 MB each) of conversions killed before their
-    rename; recent ones may belong to a conversion running now and are left alone."""
-    import time
-
-    for folder in target.parent.glob(f".{target.name}.*"):
-        try:
-            if time.time() - folder.stat().st_mtime > ABANDONED_AFTER_S:
-                shutil.rmtree(folder, ignore_errors=True)
-        except OSError:
-            pass
-
-
-def _inode(path: Path) -> Optional[tuple]:
-    try:
-        st = path.stat()
-    except OSError:
-        return None
-    return (st.st_dev, st.st_ino)
-
-
-def _is_valid_cache(folder: Path) -> bool:
-    try:
-        marker = json.loads((folder / MARKER_FILE).read_text())
-    except (OSError, ValueError):
-        return False
-    return marker.get("cache_format") == CACHE_FORMAT and (folder / "saved_model.pb").is_file()
-
-
-def _load_cached_weights(folder: Path) -> Optional[dict]:
-    """The weights of a cached SavedModel, or None when it is missing or corrupt."""
-    import tensorflow as tf
-
-    if not _is_valid_cache(folder):
-        return None
-    try:
-        loaded = tf.saved_model.load(str(folder))
-        weights = {k: loaded.weights[k] for k in expected_weight_shapes()}
-    except Exception:  # noqa: BLE001 - any failure to read the cache means rebuild it
-        return None
-    if any(tuple(weights[k].shape) != s for k, s in expected_weight_shapes().items()):
-        return None
-    return weights
+def convert_checkpoint(target: Path) -> None:
+    """Convert the packaged weights into ``target`` atomically (the rules of
+    :mod:`soundretrain.backbones.converted_cache`)."""
+    convert_into(Path(target), CACHE_FORMAT, _build_cache)
 
 
 def cached_model_dir(cache_dir: Optional[str | os.PathLike] = None) -> Path:
@@ -483,16 +416,8 @@ def load(cache_dir: Optional[str | os.PathLike] = None) -> EfficientNetLite0:
     """The EfficientNet-Lite0 backbone; converts the packaged weights on first use and
     caches the SavedModel in ``cache_root(cache_dir)`` (rebuilt when corrupt)."""
     folder = cached_model_dir(cache_dir)
-    weights = _load_cached_weights(folder)
-    if weights is None:
-        print(f"{NAME}: converting the packaged ImageNet weights once into {folder}",
-              file=sys.stderr)
-        try:
-            convert_checkpoint(folder)
-        except OSError as err:
-            raise ModuleError(f"cannot write the {NAME} cache in {folder.parent} ({err}); "
-                              "choose another folder with --module_cache_dir or XDG_CACHE_HOME") from None
-        weights = _load_cached_weights(folder)
-        if weights is None:
-            raise ModuleError(f"the converted {NAME} model in {folder} cannot be read back")
+    shapes = expected_weight_shapes()
+    weights = load_or_convert(NAME, folder, CACHE_FORMAT,
+                              lambda f: load_saved_weights(f, shapes), _build_cache,
+                              "the packaged ImageNet weights")
     return EfficientNetLite0(weights, saved_model_dir=folder)
