@@ -38,7 +38,7 @@ import numpy as np
 
 from soundretrain.backbones import cache_root
 from soundretrain.backbones.converted_cache import (
-    load_or_convert, load_saved_weights, packaged_weights_file)
+    load_or_convert, load_saved_weights, packaged_weights_file, save_waveform_module)
 from soundretrain.backbones.registry import Backbone, InputSpec, ModuleError
 from soundretrain.backbones.torch_checkpoint import CheckpointError, read_checkpoint
 
@@ -198,34 +198,13 @@ def _features(weights: Mapping, y, windowing: str = "clip"):
     return tf.reduce_mean(tf.reshape(embedded, [n, -1, FEATURE_SIZE]), axis=1)
 
 
-def _build_module(arrays: Mapping[str, np.ndarray]):
-    """A ``tf.Module`` with the weights; ``__call__`` (also the serving signature) maps
-    waveforms ``[N, samples]`` at 44.1 kHz to features, so the cached SavedModel is a
-    plain TF2 waveform module (its ``sample_rate`` attribute says the rate)."""
-    import tensorflow as tf
-
-    spec = tf.TensorSpec([None, None], tf.float32, name="waveform")
-
-    class AisfxModule(tf.Module):
-        def __init__(self):
-            super().__init__(name=NAME)
-            self.weights = {k: tf.Variable(v, trainable=False, name=k) for k, v in arrays.items()}
-            self.sample_rate = tf.Variable(SAMPLE_RATE, trainable=False, name="sample_rate")
-
-        @tf.function(input_signature=[spec])
-        def __call__(self, waveform):
-            return _features(self.weights, waveform)
-
-    return AisfxModule()
-
-
 def cached_model_dir(cache_dir: Optional[str | os.PathLike] = None) -> Path:
     return cache_root(cache_dir) / CACHE_FOLDER
 
 
 def _build_cache(tmp: Path, source: Optional[Path] = None) -> dict:
-    import tensorflow as tf
-
+    """The converted weights as a plain TF2 waveform module in ``tmp`` (its
+    ``sample_rate`` attribute says the rate); returns the marker's contents."""
     source = Path(source) if source is not None else checkpoint_path()
     try:
         loaded = read_checkpoint(source)
@@ -234,12 +213,9 @@ def _build_cache(tmp: Path, source: Optional[Path] = None) -> dict:
     state = loaded[0] if isinstance(loaded, tuple) and loaded else loaded
     if not isinstance(state, Mapping):
         raise ModuleError(f"{source} does not hold a state dict; reinstall it: {PIP_COMMAND}")
-    module = _build_module(convert_state_dict(state))
-    tf.saved_model.save(module, str(tmp), signatures={"serving_default": module.__call__})
-    return {"name": NAME, "source": str(source), "source_bytes": source.stat().st_size,
-            "license": LICENSE, "attribution": ATTRIBUTION,
-            "input": f"float32 [N, samples] mono at {SAMPLE_RATE} Hz in [-1, 1]",
-            "feature_size": FEATURE_SIZE}
+    return save_waveform_module(tmp, convert_state_dict(state), _features, name=NAME,
+                                sample_rate=SAMPLE_RATE, source=source, license=LICENSE,
+                                attribution=ATTRIBUTION, feature_size=FEATURE_SIZE)
 
 
 # ---------------------------------------------------------------------------

@@ -22,7 +22,9 @@ import shutil
 import sys
 import time
 from pathlib import Path
-from typing import Callable, Optional, TypeVar
+from typing import Callable, Mapping, Optional, TypeVar
+
+import numpy as np
 
 from soundretrain import atomic_files
 from soundretrain.backbones.registry import ModuleError
@@ -116,6 +118,35 @@ def load_or_convert(name: str, folder: Path, cache_format: int,
     if loaded is None:
         raise ModuleError(f"the converted {name} model in {folder} cannot be read back")
     return loaded
+
+
+def save_waveform_module(tmp: Path, arrays: Mapping[str, np.ndarray], features: Callable,
+                         *, name: str, sample_rate: int, source: Path, license: str,
+                         attribution: str, feature_size: int) -> dict:
+    """Save ``arrays`` into ``tmp`` as a plain TF2 waveform module and return the marker's
+    contents. The ``tf.Module`` holds them as ``weights`` (one non-trainable variable
+    each) beside a ``sample_rate`` variable; ``__call__``, also the serving signature, maps
+    float32 waveforms ``[N, samples]`` at ``sample_rate`` to ``features(weights, y)``."""
+    import tensorflow as tf
+
+    spec = tf.TensorSpec([None, None], tf.float32, name="waveform")
+
+    class WaveformModule(tf.Module):
+        def __init__(self):
+            super().__init__(name=name)
+            self.weights = {k: tf.Variable(v, trainable=False, name=k) for k, v in arrays.items()}
+            self.sample_rate = tf.Variable(sample_rate, trainable=False, name="sample_rate")
+
+        @tf.function(input_signature=[spec])
+        def __call__(self, waveform):
+            return features(self.weights, waveform)
+
+    module = WaveformModule()
+    tf.saved_model.save(module, str(tmp), signatures={"serving_default": module.__call__})
+    return {"name": name, "source": str(source), "source_bytes": Path(source).stat().st_size,
+            "license": license, "attribution": attribution,
+            "input": f"float32 [N, samples] mono at {sample_rate} Hz in [-1, 1]",
+            "feature_size": feature_size}
 
 
 def load_saved_weights(folder: Path, shapes: dict) -> Optional[dict]:

