@@ -29,13 +29,13 @@ from soundretrain import filesystems
 from soundretrain.beam_runner import (BeamError, JournalShards, RunnerSettings, ShardProgress, import_beam,
                                       make_pipeline, new_run_id, read_shard, read_shards, run_pipeline,
                                       shard_paths)
-from soundretrain.folder_lock import FolderBusy, folder_lock
-from soundretrain.manifest import FIELDS, MANIFEST_FILENAME, ManifestRow, image_problem, write_manifest
+from soundretrain.manifest import FIELDS, MANIFEST_FILENAME, ManifestRow, write_manifest
 from soundretrain.spectrogram_settings import CONFIG_FILENAME, SpectrogramSettings
 from spectrograms.datasets import Clip, DatasetListing
-from spectrograms.writer import (JOURNAL_FILENAME, OutputError, WriteOptions, WriteSummary, _previous_rows,
-                                 _remove_replaced_images, _remove_stray_temp_files, _up_to_date_rows,
-                                 _warm_up, check_config, render_source, write_failures)
+from spectrograms.writer import (JOURNAL_FILENAME, WriteOptions, WriteSummary, _intact_rows_outside,
+                                 _prepare_class_folders, _previous_rows, _remove_replaced_images,
+                                 _up_to_date_rows, _warm_up, check_config, finish_summary,
+                                 locked_output_dir, render_source)
 
 beam = import_beam()
 
@@ -120,18 +120,8 @@ def write_spectrograms_beam(
     if filesystems.is_remote(output_dir):
         summary = _run(listing, output_dir.rstrip("/"), settings, runner, options, log, journal_every)
     else:
-        try:
-            os.makedirs(output_dir, exist_ok=True)
-        except OSError as e:
-            raise OutputError(f"cannot create --output_dir {output_dir}: {e.strerror or e}") from None
-        if not os.access(output_dir, os.W_OK):
-            raise OutputError(f"--output_dir {output_dir} is not writable")
-        try:
-            with folder_lock(output_dir, "spectrograms run"):
-                summary = _run(listing, output_dir, settings, runner, options, log, journal_every)
-        except FolderBusy as e:
-            raise OutputError(f"{e}: runs into one --output_dir go one at a time (their manifests "
-                              "would overwrite each other)") from None
+        with locked_output_dir(output_dir):
+            summary = _run(listing, output_dir, settings, runner, options, log, journal_every)
     summary.seconds = time.perf_counter() - t0
     return summary
 
@@ -204,25 +194,12 @@ def _run(listing: DatasetListing, output_dir: str, settings: SpectrogramSettings
         filesystems.delete([manifest_path])
         _clear_journal(journal_dir, output_dir)
     settings.save_json(filesystems.join(output_dir, CONFIG_FILENAME))
-    labels = {c.label for c in listing.clips}
     if not remote:
-        for label in labels:
-            os.makedirs(os.path.join(output_dir, label), exist_ok=True)
-        removed = _remove_stray_temp_files(output_dir, labels)
-        if removed:
-            log(f"removed {removed} temp file(s) left by an interrupted run")
+        _prepare_class_folders(output_dir, listing, log)
 
     work = [(clip, previous.pop(clip.source, [])) for clip in listing.clips]
     dropped = [r for source, _ in listing.rejected for r in previous.pop(source, [])]
-    kept_outside, damaged = {}, 0
-    for source, rows in previous.items():
-        if all(image_problem(output_dir, r) is None for r in rows):
-            kept_outside[source] = rows
-        else:
-            damaged += 1
-    if damaged:
-        log(f"dropped {damaged} clip(s) outside this run from the manifest: their images are missing or "
-            "damaged (a run that includes them renders them again)")
+    kept_outside = _intact_rows_outside(previous, output_dir, log)
 
     run_id = new_run_id()
     prefix = f"{run_id}-"
@@ -276,12 +253,7 @@ def _run(listing: DatasetListing, output_dir: str, settings: SpectrogramSettings
         summary.failed += [(s, "the pipeline finished without a result for it (run again)") for s in unfinished]
     if not summary.interrupted and not unfinished:
         _clear_journal(journal_dir, output_dir)
-    listed = {c.source for c in listing.clips}
-    summary.silent = sum(r.silent for r in rows if r.source in listed)
-    summary.images = len(rows)
-    summary.failed.sort()
-    write_failures(output_dir, summary)
-    return summary
+    return finish_summary(summary, listing, rows, output_dir)
 
 
 __all__ = ["write_spectrograms_beam", "process_clip", "RenderClips", "BeamError"]

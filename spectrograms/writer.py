@@ -15,6 +15,7 @@ Parallel over processes, resumable and safe to kill at any moment:
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import io
@@ -446,6 +447,16 @@ def write_spectrograms(
     """
     log = log or (lambda line: print(f"spectrograms: {line}", file=sys.stderr))
     t0 = time.perf_counter()
+    with locked_output_dir(output_dir):
+        summary = _write_locked(listing, output_dir, settings, options, log)
+    summary.seconds = time.perf_counter() - t0
+    return summary
+
+
+@contextlib.contextmanager
+def locked_output_dir(output_dir: str) -> Iterator[None]:
+    """Create the local ``output_dir`` and hold its run lock (both runners);
+    :class:`OutputError` when it cannot be created or written, or another run holds it."""
     try:
         os.makedirs(output_dir, exist_ok=True)
     except OSError as e:
@@ -454,14 +465,12 @@ def write_spectrograms(
         raise OutputError(f"--output_dir {output_dir} is not writable")
     try:
         with folder_lock(output_dir, "spectrograms run"):
-            summary = _write_locked(listing, output_dir, settings, options, log)
+            yield
     except FolderBusy as e:
         # Two runs into one folder would each rewrite manifest.csv from their own view (the
         # other's classes vanish) and delete each other's in-flight temp files.
         raise OutputError(f"{e}: runs into one --output_dir go one at a time (their manifests "
                           "would overwrite each other)") from None
-    summary.seconds = time.perf_counter() - t0
-    return summary
 
 
 def _write_locked(listing: DatasetListing, output_dir: str, settings: SpectrogramSettings,
@@ -491,12 +500,7 @@ def _write_locked(listing: DatasetListing, output_dir: str, settings: Spectrogra
             except FileNotFoundError:
                 pass
     settings.save_json(os.path.join(output_dir, CONFIG_FILENAME))
-    labels = {c.label for c in listing.clips}
-    for label in labels:
-        os.makedirs(os.path.join(output_dir, label), exist_ok=True)
-    removed = _remove_stray_temp_files(output_dir, labels)
-    if removed:
-        log(f"removed {removed} temp file(s) left by an interrupted run")
+    _prepare_class_folders(output_dir, listing, log)
 
     todo, kept = [], {}
     for clip in listing.clips:
@@ -510,17 +514,7 @@ def _write_locked(listing: DatasetListing, output_dir: str, settings: Spectrogra
     # Files the listing rejects (listed under two classes): their earlier images go, so no
     # class folder keeps an image the manifest does not list.
     dropped = [r for source, _ in listing.rejected for r in previous.pop(source, [])]
-    # Rows of clips outside this listing (another --folds run into the same folder) stay
-    # as long as their images are intact.
-    damaged = 0
-    for source, rows in previous.items():
-        if all(image_problem(output_dir, r) is None for r in rows):
-            kept[source] = rows
-        else:
-            damaged += 1
-    if damaged:
-        log(f"dropped {damaged} clip(s) outside this run from the manifest: their images are missing or "
-            "damaged (a run that includes them renders them again)")
+    kept.update(_intact_rows_outside(previous, output_dir, log))
 
     journal_path = os.path.join(output_dir, JOURNAL_FILENAME)
     done: dict[str, list[ManifestRow]] = dict(kept)
@@ -553,6 +547,39 @@ def _write_locked(listing: DatasetListing, output_dir: str, settings: Spectrogra
                                              for r in earlier.get(source, ())] + dropped, listed_images)
         if not summary.interrupted and os.path.exists(journal_path):
             os.remove(journal_path)
+    return finish_summary(summary, listing, rows, output_dir)
+
+
+def _prepare_class_folders(output_dir: str, listing: DatasetListing, log: Callable[[str], None]) -> None:
+    """One folder per class of ``listing`` (local output), cleared of the temp files an
+    interrupted run left."""
+    labels = {c.label for c in listing.clips}
+    for label in labels:
+        os.makedirs(os.path.join(output_dir, label), exist_ok=True)
+    removed = _remove_stray_temp_files(output_dir, labels)
+    if removed:
+        log(f"removed {removed} temp file(s) left by an interrupted run")
+
+
+def _intact_rows_outside(previous: dict[str, list[ManifestRow]], output_dir: str,
+                         log: Callable[[str], None]) -> dict[str, list[ManifestRow]]:
+    """The rows of clips outside this listing (another --folds run into the same folder):
+    they stay as long as their images are intact."""
+    intact, damaged = {}, 0
+    for source, rows in previous.items():
+        if all(image_problem(output_dir, r) is None for r in rows):
+            intact[source] = rows
+        else:
+            damaged += 1
+    if damaged:
+        log(f"dropped {damaged} clip(s) outside this run from the manifest: their images are missing or "
+            "damaged (a run that includes them renders them again)")
+    return intact
+
+
+def finish_summary(summary: WriteSummary, listing: DatasetListing, rows: list[ManifestRow],
+                   output_dir: str) -> WriteSummary:
+    """Count the manifest's ``rows`` into ``summary`` and write failures.csv (both runners)."""
     listed = {c.source for c in listing.clips}
     summary.silent = sum(r.silent for r in rows if r.source in listed)
     summary.images = len(rows)
