@@ -61,13 +61,12 @@ def pick_clip(workdir: Path, settings) -> tuple[str, str]:
     return str(path), "generated 4 s chirp + noise"
 
 
-def build_model(workdir: Path, tiny: bool):
-    """Export backbone + a random head in every format; return (paths, settings, module name)."""
+def random_head_model(workdir: Path, tiny: bool):
+    """The backbone (efficientnet_lite0, or a tiny random one) and a random
+    ``NUM_CLASSES``-class head; return (backbone, head, labels, spectrogram settings)."""
     from retrain.head import ClassificationHead
     from soundretrain.backbones.registry import load_module
     from soundretrain.spectrogram_settings import SpectrogramSettings
-
-    from soundretrain.export import export_model
 
     if tiny:
         sys.path.insert(0, str(ROOT / "tests"))
@@ -81,7 +80,14 @@ def build_model(workdir: Path, tiny: bool):
     # A random head with visible (not ~uniform) outputs: larger weights than retrain's init.
     rng = np.random.default_rng(0)
     head.final_weights.assign(rng.normal(0, 0.05, head.final_weights.shape).astype(np.float32))
-    labels = [f"class_{i}" for i in range(NUM_CLASSES)]
+    return backbone, head, [f"class_{i}" for i in range(NUM_CLASSES)], settings
+
+
+def build_model(workdir: Path, tiny: bool):
+    """Export backbone + a random head in every format; return (paths, settings, module name)."""
+    from soundretrain.export import export_model
+
+    backbone, head, labels, settings = random_head_model(workdir, tiny)
     t = time.perf_counter()
     paths = export_model(
         backbone, head, labels, {"spectrogram": settings.to_dict(), "test_accuracy": None},

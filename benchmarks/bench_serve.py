@@ -33,32 +33,17 @@ import threading
 import time
 from pathlib import Path
 
-import numpy as np
-
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "bench_serve.json"
 
 
 def build_tflite(workdir: Path, tiny: bool) -> str:
     """backbone + a random 10-class head, exported as TFLite (as bench_label builds it)."""
-    from benchmarks.bench_label import NUM_CLASSES
-    from retrain.head import ClassificationHead
-    from soundretrain.backbones.registry import load_module
+    from benchmarks.bench_label import random_head_model
     from soundretrain.export import export_model
-    from soundretrain.spectrogram_settings import SpectrogramSettings
 
-    if tiny:
-        sys.path.insert(0, str(ROOT / "tests"))
-        from tiny_models import make_tiny_image_module
-
-        backbone = load_module(make_tiny_image_module(workdir / "tiny_module", image_size=224, feature_size=8))
-    else:
-        backbone = load_module("efficientnet_lite0")
-    settings = SpectrogramSettings(image_size=int(backbone.input_spec.height))
-    head = ClassificationHead(backbone.feature_size, NUM_CLASSES, seed=0)
-    rng = np.random.default_rng(0)
-    head.final_weights.assign(rng.normal(0, 0.05, head.final_weights.shape).astype(np.float32))
-    paths = export_model(backbone, head, [f"class_{i}" for i in range(NUM_CLASSES)],
+    backbone, head, labels, settings = random_head_model(workdir, tiny)
+    paths = export_model(backbone, head, labels,
                          {"spectrogram": settings.to_dict(), "test_accuracy": None},
                          output_tflite=str(workdir / "model.tflite"))
     return paths["output_tflite"]
