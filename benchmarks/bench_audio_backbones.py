@@ -28,32 +28,18 @@ import platform
 import shutil
 import sys
 import tempfile
-import time
 from pathlib import Path
-from typing import Callable, Dict
+from typing import Dict
 
 import numpy as np
+
+from benchmarks.bench_backbones import best_rates
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "bench_audio_backbones.json"
 SHARED_US8K = ROOT.parent / "shared" / "datasets" / "urbansound8k-folds1-2"
 US8K_CLIPS = 8732
 TARGET_MINUTES = 20.0
-
-
-def _rates(fns: Dict[str, Callable[[], int]], repeats: int) -> Dict[str, float]:
-    """Items per wall second and per CPU-second (``<name>_per_cpu_s``) of each ``fn``
-    (which returns how many items it processed), best of ``repeats``, taking turns."""
-    best: Dict[str, float] = {}
-    for _ in range(repeats):
-        for name, fn in fns.items():
-            wall, cpu = time.perf_counter(), time.process_time()
-            n = fn()
-            wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
-            best[name] = max(best.get(name, 0.0), n / wall)
-            best[f"{name}_per_cpu_s"] = max(best.get(f"{name}_per_cpu_s", 0.0), n / cpu)
-            print(f"  {name}: {n / wall:.2f}/s wall, {n / cpu:.2f}/CPU-s", flush=True)
-    return best
 
 
 def bench_networks(cache_dir: str, batch_size: int, batches: int, repeats: int) -> Dict[str, float]:
@@ -76,9 +62,9 @@ def bench_networks(cache_dir: str, batch_size: int, batches: int, repeats: int) 
             return batches * len(x)
         return run
 
-    return _rates({"efficientnet_lite0_images": timer(lite0, images),
-                   "aisfx_clips": timer(clip, y44), "aisfx_blocks_clips": timer(blocks, y44),
-                   "soundnet_clips": timer(snet, y22)}, repeats)
+    return best_rates({"efficientnet_lite0_images": timer(lite0, images),
+                       "aisfx_clips": timer(clip, y44), "aisfx_blocks_clips": timer(blocks, y44),
+                       "soundnet_clips": timer(snet, y22)}, repeats, echo=True)
 
 
 def bench_stage(spec_dir: str, cache_dir: str, clips: int, batch_size: int,
@@ -106,7 +92,7 @@ def bench_stage(spec_dir: str, cache_dir: str, clips: int, batch_size: int,
 
     for backbone in modules.values():  # warm up: trace every part once
         timer(backbone, records[:batch_size])()
-    return _rates({f"stage_{name}": timer(b, records) for name, b in modules.items()}, repeats)
+    return best_rates({f"stage_{name}": timer(b, records) for name, b in modules.items()}, repeats, echo=True)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -28,11 +28,12 @@ from soundretrain import atomic_files
 RESULTS = Path(__file__).resolve().parent / "results" / "bench_backbones.json"
 
 
-def _rates(fns: Dict[str, Callable[[], int]], repeats: int) -> Dict[str, float]:
+def best_rates(fns: Dict[str, Callable[[], int]], repeats: int, echo: bool = False) -> Dict[str, float]:
     """Items per second of each ``fn`` (which returns how many items it processed), best of
     ``repeats``; the functions take turns so that a baseline and its rival see the same
     load from other processes on a shared machine. Also items per CPU-second of this
-    process (``<name>_per_cpu_s``), which contention from other processes distorts less."""
+    process (``<name>_per_cpu_s``), which contention from other processes distorts less.
+    ``echo``: print each turn's rates."""
     best: Dict[str, float] = {}
     for _ in range(repeats):
         for name, fn in fns.items():
@@ -41,6 +42,8 @@ def _rates(fns: Dict[str, Callable[[], int]], repeats: int) -> Dict[str, float]:
             wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
             best[name] = max(best.get(name, 0.0), n / wall)
             best[f"{name}_per_cpu_s"] = max(best.get(f"{name}_per_cpu_s", 0.0), n / cpu)
+            if echo:
+                print(f"  {name}: {n / wall:.2f}/s wall, {n / cpu:.2f}/CPU-s", flush=True)
     return best
 
 
@@ -74,7 +77,7 @@ def bench_efficientnet(num_images: int, batch_size: int, repeats: int) -> Dict[s
         return singles
 
     key = f"images_per_s_batch{batch_size}"
-    out.update(_rates({key: batched, "images_per_s_one_per_call": one_by_one}, repeats))
+    out.update(best_rates({key: batched, "images_per_s_one_per_call": one_by_one}, repeats))
     out["speedup_batched_vs_one"] = out[key] / out["images_per_s_one_per_call"]
     return out
 
@@ -111,10 +114,10 @@ def bench_birdnet(num_windows: int, repeats: int) -> Dict[str, float]:
 
     # A 4 s UrbanSound8K clip is 2 windows (0-3 s and 1-4 s).
     clips = (0.1 * rng.standard_normal((16, 4 * birdnet.SAMPLE_RATE))).astype(np.float32)
-    out.update(_rates({"windows_per_s_module": timer(module),
-                       "windows_per_s_eight_per_invoke": timer(grouped),
-                       "windows_per_s_preserved_tensor": timer(preserved),
-                       "clips_4s_per_s_module": lambda: len(module.compute(clips))}, repeats))
+    out.update(best_rates({"windows_per_s_module": timer(module),
+                           "windows_per_s_eight_per_invoke": timer(grouped),
+                           "windows_per_s_preserved_tensor": timer(preserved),
+                           "clips_4s_per_s_module": lambda: len(module.compute(clips))}, repeats))
     out["speedup_eight_per_invoke_vs_module"] = (out["windows_per_s_eight_per_invoke"]
                                                  / out["windows_per_s_module"])
     out["speedup_module_vs_preserved_tensor"] = (out["windows_per_s_module"]
