@@ -180,7 +180,9 @@ def inner_cv_accuracy(settings, prepared, train_fold: int, seed: int = 0, k: int
     """The honest validation score used to choose settings: grouped ``k``-fold CV inside the
     training fold. Each inner run trains on the other groups (minus retrain's 10 % group-aware
     validation slice, which early stopping and autotune may use) and is scored on held-out
-    groups it never saw; the test fold is never read."""
+    groups it never saw; the test fold is never read. With augmented copies, a copy's mixing
+    partner may come from the held-out groups (copies are cached per fold), which can only
+    flatter the augmentation rows."""
     from sklearn.model_selection import GroupKFold
 
     from retrain.core import split_partition, train_and_evaluate
