@@ -138,13 +138,19 @@ def _display_name(filename: Optional[str]) -> str:
     return "".join(c for c in name if c.isprintable())[:200] or "upload"
 
 
-def _png_data_url(indices: np.ndarray, palette: np.ndarray) -> str:
-    """A palette PNG (``render_clip_indices`` + the colormap): decodes to exactly
-    ``render_clip``'s RGB pixels, at a third of an RGB PNG's size."""
+def spectrogram_png_data_url(y: np.ndarray, sr: int, settings) -> str:
+    """``render_clip``'s pixels as a PNG data URL. One coloured channel goes as a palette PNG
+    (``render_clip_indices`` + the colormap: the same pixels at a third of an RGB PNG's
+    size); three channels (red, green, blue) as an RGB PNG."""
     from PIL import Image
 
-    image = Image.fromarray(indices, mode="P")
-    image.putpalette(palette.astype(np.uint8).ravel().tolist())
+    from soundretrain.render import colormap_lut, render_clip, render_clip_indices
+
+    if settings.coloured:
+        image = Image.fromarray(render_clip_indices(y, sr, settings), mode="P")
+        image.putpalette(colormap_lut(settings.colormap).astype(np.uint8).ravel().tolist())
+    else:
+        image = Image.fromarray(render_clip(y, sr, settings), mode="RGB")
     buf = io.BytesIO()
     image.save(buf, format="PNG")
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
@@ -300,8 +306,6 @@ class LabelService:
 
     def _add_display(self, answer: dict, ys: dict) -> None:
         """Each window's spectrogram as the model saw it, and the waveform envelope."""
-        from soundretrain.render import colormap_lut, render_clip_indices
-
         settings = self.audio_input.settings
         rate = int(settings.sample_rate)
         if rate not in ys:  # a waveform model: render the display at the spectrogram rate
@@ -309,9 +313,8 @@ class LabelService:
 
             ys = {rate: to_sample_rate(ys[self.rates[0]], self.rates[0], rate), **ys}
         _, _, windows = audio_windows({rate: ys[rate]}, self.audio_input)
-        palette = colormap_lut(settings.colormap)
         for entry, (_, y) in zip(answer["windows"][:MAX_DISPLAY_WINDOWS], windows[rate]):
-            entry["spectrogram"] = _png_data_url(render_clip_indices(y, rate, settings), palette)
+            entry["spectrogram"] = spectrogram_png_data_url(y, rate, settings)
         # An audio-in model renders inside, with render_clip's TensorFlow twin: the same picture.
         answer["spectrogram_as_model_input"] = self.labeler.input_kind == "image" or bool(
             getattr(self.labeler, "audio_in", False))
@@ -422,9 +425,8 @@ async def _read_upload(request, limit: int, too_big: str) -> tuple[bytes, Option
     (``curl -F file=@clip.wav``); with the file name the form gave."""
     from starlette.requests import Request
 
-    if request.headers.get("content-type", "").lower().startswith("application/x-www-form-urlencoded"):
-        raise UploadError(415, "a url-encoded form carries no file: send the audio bytes as the body "
-                               "(curl --data-binary @clip.wav) or a multipart form (curl -F file=@clip.wav)")
+    # Any body but a multipart form is the audio itself, whatever its Content-Type: `curl
+    # --data-binary @clip.wav` labels it application/x-www-form-urlencoded.
     body = await _read_body(request, limit + 64 * 1024 if _is_form(request) else limit, too_big)
     if not _is_form(request):
         return body, None

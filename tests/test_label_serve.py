@@ -150,6 +150,37 @@ def test_display_sends_the_spectrogram_the_model_saw(client, sirens):
     assert min(envelope["min"]) == pytest.approx(float(y.min()), abs=1e-3)
 
 
+def test_a_three_channel_model_shows_its_rgb_spectrogram(sirens, tmp_path):
+    """A model trained on three-channel images (the presets' db/pcen/delta) serves, and each
+    window's image decodes to render_clip's RGB pixels (the server crashed at start-up,
+    rendering palette indices for an RGB image)."""
+    from PIL import Image
+
+    from soundretrain.audio import split_windows
+    from soundretrain.export import export_model
+    from soundretrain.render import render_clip
+    from soundretrain.spectrogram_settings import SpectrogramSettings
+
+    sidecar = dict(sirens.sidecar)
+    settings = SpectrogramSettings.from_dict({**sidecar["spectrogram"], "channels": ["db", "pcen", "delta"]})
+    sidecar["spectrogram"] = settings.to_dict()
+    path = export_model(sirens.backbone, sirens.head, sirens.labels, sidecar,
+                        output_tflite=str(tmp_path / "rgb.tflite"))["output_tflite"]
+    service = make_service(path)
+    service.warm_up()
+    y = example_clip("siren", 3, 1)[: int(1.5 * SR)]
+    with BackgroundServer(service) as url:
+        got = httpx.post(url + "v1/label", content=wav_bytes(y, subtype="FLOAT"), params={"display": 1},
+                         timeout=30).json()
+    windows = split_windows(y, SR, settings.duration, None, settings.pad_mode)
+    assert len(got["windows"]) == len(windows) >= 1
+    prefix = "data:image/png;base64,"
+    for entry, (_, w) in zip(got["windows"], windows):
+        png = Image.open(io.BytesIO(base64.b64decode(entry["spectrogram"][len(prefix):])))
+        assert png.mode == "RGB"
+        np.testing.assert_array_equal(np.asarray(png), render_clip(w, SR, settings))
+
+
 def test_an_audio_in_model_is_served(sirens, tmp_path):
     """A model that takes sound (the spectrogram front-end inside): same labels as the
     image model, and its spectrogram shown as the model computes it."""
@@ -247,12 +278,22 @@ def test_too_large_and_too_long(client):
                  413, "long.wav: 25.0 s", "20 s")
 
 
+def test_curls_data_binary_content_type_is_the_audio(client):
+    """`curl --data-binary @clip.wav` (the README's line) sends the file as
+    application/x-www-form-urlencoded; the body is still the audio (it was refused with 415)."""
+    got = client.post("/v1/label", content=wav_bytes(example_clip("siren", 3, 1)),
+                      headers={"Content-Type": "application/x-www-form-urlencoded"})
+    assert got.status_code == 200 and got.json()["label"] == "siren"
+
+
 def test_bad_requests(client):
     assert_error(client.post("/v1/label", content=b"x", params={"top_k": "many"}), 400, "top_k")
     assert_error(client.post("/v1/label", content=wav_bytes(example_clip("bird")), params={"top_k": 0}), 400, "top_k")
     assert_error(client.post("/v1/label", content=b"--xyz\r\nnonsense",
                              headers={"Content-Type": "multipart/form-data; boundary=xyz"}), 400)
-    assert_error(client.post("/v1/label", data={"note": "no file here"}), 415, "--data-binary")
+    # A url-encoded form is not audio: its bytes are decoded as audio and refused as such.
+    refused = client.post("/v1/label", data={"note": "no file here"})
+    assert 400 <= refused.status_code < 500 and "audio" in refused.json()["error"]
     no_file = b'--xyz\r\nContent-Disposition: form-data; name="note"\r\n\r\nhello\r\n--xyz--\r\n'
     assert_error(client.post("/v1/label", content=no_file,
                              headers={"Content-Type": "multipart/form-data; boundary=xyz"}), 400, "no file")
