@@ -67,10 +67,11 @@ def load_spectrogram_settings(images: ImageSet):
 
 def prepare(settings: RetrainSettings, log: Callable[[str], None] = print,
             check: Optional[Callable[[ImageSet], object]] = None,
-            check_backbone: Optional[Callable[[Backbone], object]] = None) -> Prepared:
+            check_backbone: Optional[Callable[[Backbone, object], object]] = None) -> Prepared:
     """List the images, load the module, compute the bottlenecks. ``check(images)`` runs
     before the module loads (the split), so a bad fold or percentage fails in a second,
-    not after minutes of bottlenecks."""
+    not after minutes of bottlenecks; ``check_backbone(backbone, spectrogram_settings)``
+    runs before the bottlenecks (an export the module cannot make)."""
     images = list_images(settings.image_dir)
     log(f"Found {len(images.records)} images in {len(images.labels)} classes in "
         f"{images.image_dir} ({'manifest.csv' if images.from_manifest else 'class folders'})")
@@ -81,8 +82,8 @@ def prepare(settings: RetrainSettings, log: Callable[[str], None] = print,
     backbone = load_module(settings.tfhub_module, settings.module_cache_dir)
     kinds = " + ".join(dict.fromkeys(p.input_spec.kind for p in getattr(backbone, "parts", [backbone])))
     log(f"Module {backbone.name}: {kinds} input, {backbone.feature_size} features")
-    if check_backbone is not None:  # an export the module cannot make fails before the bottlenecks
-        check_backbone(backbone)
+    if check_backbone is not None:
+        check_backbone(backbone, spectrogram_settings)
     features, computed = compute_bottlenecks(
         backbone, images.records, settings.bottleneck_dir, spectrogram_settings,
         settings.bottleneck_batch_size, settings.progress)
@@ -457,17 +458,27 @@ def save_checkpoint(path: str, head: ClassificationHead, backbone: Optional[Back
                           os_error.filename or path) from None
 
 
-def check_audio_export_possible(settings: RetrainSettings, prepared: Prepared) -> None:
-    """Refuse --audio_saved_model_dir / --output_audio_tflite for a module that cannot
-    take sound inside one graph, before the head is trained."""
-    from soundretrain.audio_export import AudioExportError, check_audio_export
+def check_exports(settings: RetrainSettings, backbone: Backbone, spectrogram_settings) -> None:
+    """Refuse, before the bottlenecks are computed, what this module cannot export: an
+    --output_graph asked for (not retrain.py's default path) or intermediate graphs when it
+    cannot be frozen into one graph; --audio_saved_model_dir / --output_audio_tflite when it
+    cannot take sound inside one graph."""
+    if not can_freeze(backbone):
+        if settings.output_graph and settings.output_graph_explicit:
+            raise RetrainError(f"module {backbone.name} cannot be frozen into one graph "
+                               "(--output_graph); use --saved_model_dir or --output_tflite")
+        if settings.intermediate_store_frequency > 0:
+            raise RetrainError(f"module {backbone.name} cannot be frozen into one graph, so "
+                               "--intermediate_store_frequency has nothing to write; drop it")
+    if settings.audio_saved_model_dir or settings.output_audio_tflite:
+        from soundretrain.audio_export import AudioExportError, check_audio_export
 
-    quantization = settings.tflite_quantization if settings.output_audio_tflite else "none"
-    try:
-        check_audio_export(prepared.backbone, sidecar_for(prepared, float("nan"), settings.final_tensor_name),
-                           quantization or "none")
-    except AudioExportError as err:
-        raise RetrainError(str(err)) from None
+        quantization = settings.tflite_quantization if settings.output_audio_tflite else "none"
+        spectrogram = spectrogram_settings.to_dict() if spectrogram_settings is not None else None
+        try:
+            check_audio_export(backbone, {"spectrogram": spectrogram}, quantization or "none")
+        except AudioExportError as err:
+            raise RetrainError(str(err)) from None
 
 
 def can_freeze(backbone: Backbone) -> bool:
@@ -508,14 +519,6 @@ INTERRUPTED = {
 }
 
 
-def check_graph_export(settings: RetrainSettings, backbone: Backbone) -> None:
-    """An --output_graph asked for (not retrain.py's default path) that this module cannot
-    be frozen into."""
-    if settings.output_graph and settings.output_graph_explicit and not can_freeze(backbone):
-        raise RetrainError(f"module {backbone.name} cannot be frozen into one graph "
-                           "(--output_graph); use --saved_model_dir or --output_tflite")
-
-
 def retrain(settings: RetrainSettings, seed: Optional[int] = None,
             log: Callable[[str], None] = print) -> RetrainResult:
     """One training run: the linear story of this module's docstring."""
@@ -532,16 +535,12 @@ def retrain(settings: RetrainSettings, seed: Optional[int] = None,
     phase = "bottlenecks"
     try:
         prepared = prepare(settings, log, check=lambda images: checked_split(settings, images),
-                           check_backbone=lambda backbone: check_graph_export(settings, backbone))
+                           check_backbone=lambda backbone, spectrogram: check_exports(
+                               settings, backbone, spectrogram))
         if settings.output_graph and not can_freeze(prepared.backbone):
             log(f"Note: no frozen graph for module {prepared.backbone.name} (it is not an image "
                 "network in TensorFlow); export with --saved_model_dir or --output_tflite")
             settings = dataclasses.replace(settings, output_graph=None)
-        if settings.audio_saved_model_dir or settings.output_audio_tflite:  # before training, not after
-            check_audio_export_possible(settings, prepared)
-        if settings.intermediate_store_frequency > 0 and not can_freeze(prepared.backbone):
-            raise RetrainError(f"module {prepared.backbone.name} cannot be frozen into one graph, so "
-                               "--intermediate_store_frequency has nothing to write; drop it")
         split = make_split(settings, prepared.images)
         log(f"Split ({settings.split}): {split.describe()}")
         tag = settings.run_tag or _default_tag(settings, prepared)

@@ -351,6 +351,8 @@ def test_retrain_refuses_an_audio_model_for_a_mixed_rate_module_before_training(
     assert retrain(args) == 1
     captured = capsys.readouterr()
     assert "Step 0" not in captured.out
+    assert "Bottlenecks:" not in captured.out  # refused before any bottleneck is computed
+    assert not (tmp_path / "bn").exists() or not any(p.is_file() for p in (tmp_path / "bn").rglob("*"))
     assert "takes audio at 8000 Hz and 16000 Hz" in captured.err
     assert not (tmp_path / "a.tflite").exists()
 
