@@ -256,14 +256,22 @@ def remove_temp_files(folder: str, older_than_s: Optional[float] = None) -> int:
         try:
             if older_than_s is not None and time.time() - os.lstat(full).st_mtime < older_than_s:
                 continue
-            if os.path.isdir(full) and not os.path.islink(full):
-                shutil.rmtree(full)
-            else:
-                os.unlink(full)
-            removed += 1
         except OSError:
-            pass
+            continue
+        removed += _remove_entry(full)
     return removed
+
+
+def _remove_entry(full: str) -> bool:
+    """Remove a file, link or folder; False when it cannot be (gone already, permissions)."""
+    try:
+        if os.path.isdir(full) and not os.path.islink(full):
+            shutil.rmtree(full)
+        else:
+            os.unlink(full)
+        return True
+    except OSError:
+        return False
 
 
 _RENAME_EXCHANGE = 2  # linux/fs.h
@@ -327,13 +335,5 @@ def remove_leftovers_of(target: str) -> int:
     for entry in names:
         if not pattern.match(entry):
             continue
-        full = os.path.join(folder, entry)
-        try:
-            if os.path.isdir(full) and not os.path.islink(full):
-                shutil.rmtree(full)
-            else:
-                os.unlink(full)
-            removed += 1
-        except OSError:
-            pass
+        removed += _remove_entry(os.path.join(folder, entry))
     return removed
