@@ -4,6 +4,7 @@ from __future__ import annotations
 import hashlib
 import re
 
+import numpy as np
 import pytest
 
 from retrain.errors import RetrainError
@@ -123,3 +124,85 @@ def test_cross_validation_covers_every_fold_once():
     assert [f for f, _ in cross_validation_splits(records, 10, folds=[2, 4])] == [2, 4]
     with pytest.raises(RetrainError, match="at least two folds"):
         cross_validation_splits(folded(folds=(1,)), 10)
+
+
+# ------------------------------------------------------------------ stratified, by recording
+
+def own_recordings(per_class=(6, 6, 2), windows=(1, 3)):
+    """Class folders of plain-named recordings, some cut into several windows."""
+    out = []
+    for c, n in enumerate(per_class):
+        label = f"class{c}"
+        for k in range(n):
+            for w in range(windows[k % len(windows)]):
+                out.append(rec(f"{label}_{k}_nohash_{w}.png", label=label))
+    return out
+
+
+def ids_of(records):
+    labels = sorted({r.label for r in records})
+    return [labels.index(r.label) for r in records]
+
+
+def sides(split):
+    return {i: name for name, part in (("train", split.train), ("val", split.validation),
+                                       ("test", split.test)) for i in part}
+
+
+def test_stratified_group_kfold_tests_every_recording_once_and_balances_classes():
+    from retrain.splits import stratified_group_kfold
+
+    records = own_recordings((7, 5, 10, 3))
+    groups, classes = [r.group for r in records], ids_of(records)
+    folds = stratified_group_kfold(groups, classes, 3, seed=1)
+    assert len(folds) == 3
+    tested = np.concatenate([test for _, test in folds])
+    assert sorted(tested.tolist()) == list(range(len(records)))  # each image tested once
+    for train, test in folds:
+        assert not set(train) & set(test) and len(train) + len(test) == len(records)
+        assert not {groups[i] for i in train} & {groups[i] for i in test}  # by recording
+    for c, n in enumerate((7, 5, 10, 3)):  # each class's recordings dealt evenly
+        per_fold = [len({groups[i] for i in test if classes[i] == c}) for _, test in folds]
+        assert sum(per_fold) == n and max(per_fold) - min(per_fold) <= 1
+    again = stratified_group_kfold(groups, classes, 3, seed=1)
+    assert all((a[1] == b[1]).all() for a, b in zip(folds, again))  # deterministic
+    other = stratified_group_kfold(groups, classes, 3, seed=2)
+    assert any(set(a[1]) != set(b[1]) for a, b in zip(folds, other))  # the seed matters
+    with pytest.raises(ValueError, match="k >= 2"):
+        stratified_group_kfold(groups, classes, 1)
+
+
+def test_stratified_split_never_starves_a_class():
+    from retrain.splits import stratified_split
+
+    records = own_recordings((6, 8, 2, 40))
+    classes = ids_of(records)
+    split = stratified_split(records, classes, 10, 10)
+    where = sides(split)
+    for c, n in enumerate((6, 8, 2, 40)):
+        mine = [i for i in range(len(records)) if classes[i] == c]
+        recs = {side: {records[i].group for i in mine if where[i] == side} for side in ("train", "val", "test")}
+        assert recs["train"], f"class {c} has no training recording"
+        assert recs["test"], f"class {c} has no test recording"  # at least 1 where it has 2+
+        if n >= 3:
+            assert recs["val"]
+        if n == 40:
+            assert len(recs["test"]) == 4 and len(recs["val"]) == 4
+        assert sum(len(v) for v in recs.values()) == n  # a recording on one side only
+    # Hash-ordered per class: the same split every time, and a new recording moves at most
+    # the recording at each quota's edge.
+    assert stratified_split(records, classes, 10, 10) == split
+    bigger = records + [rec("class3_new_nohash_0.png", label="class3")]
+    grown = sides(stratified_split(bigger, ids_of(bigger), 10, 10))
+    moved = {records[i].group for i in range(len(records)) if grown[i] != where[i]}
+    assert len(moved) <= 2
+
+
+def test_stratified_split_without_validation_gives_it_to_training():
+    from retrain.splits import stratified_split, without_validation
+
+    records = own_recordings((10, 10))
+    split = stratified_split(records, ids_of(records), 20, 20)
+    back = without_validation(split)
+    assert back.test == split.test and not back.validation
+    assert sorted(back.train) == sorted(split.train + split.validation)
