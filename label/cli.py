@@ -87,6 +87,8 @@ def define_flags(fv: flags.FlagValues) -> None:
     define("float", "max_seconds", 300.0, "Longest audio accepted, in seconds.", group="serve")
     define("integer", "pool_size", 1, "Copies of the model labelling requests in parallel (1: one at a time); "
            "each takes the model's memory.", group="serve")
+    define("float", "upload_timeout", 60.0, "Seconds a request may take to arrive: its headers, then its body "
+           "(a slower upload gets 408 and never holds a place in the queue).", group="serve")
     define("string", "ssl_certfile", None, "Serve https with this PEM certificate (a phone's browser allows the "
            "microphone only over https or on localhost).", group="serve")
     define("string", "ssl_keyfile", None, "The certificate's private key (PEM), unless --ssl_certfile holds it.", group="serve")
@@ -137,6 +139,7 @@ class LabelSettings:
     max_upload_mb: float = 25.0
     max_seconds: float = 300.0
     pool_size: int = 1
+    upload_timeout: float = 60.0
     ssl_certfile: Optional[str] = None
     ssl_keyfile: Optional[str] = None
     min_confidence: Optional[float] = None
@@ -168,7 +171,7 @@ class LabelSettings:
         elif sum(chosen) > 1 or (self.image_dir and self.audio_dir):
             p.append("choose one of: --image/--audio files, --image_dir, --audio_dir, --mic, --serve")
         for name in ("input_mean", "input_std", "hop_seconds", "record_seconds", "trigger_db",
-                     "max_upload_mb", "max_seconds"):
+                     "max_upload_mb", "max_seconds", "upload_timeout"):
             value = getattr(self, name)
             if value is not None and not math.isfinite(value):
                 p.append(f"--{name} must be a finite number, not {value}")
@@ -239,7 +242,8 @@ def settings_from_flags(fv: flags.FlagValues, extra: Sequence[str]) -> LabelSett
         record_seconds=fv.record_seconds, trigger_db=fv.trigger_db, num_threads=fv.num_threads,
         keep_going=fv.keep_going,
         serve=fv.serve, host=fv.host, port=fv.port, max_upload_mb=fv.max_upload_mb, max_seconds=fv.max_seconds,
-        pool_size=fv.pool_size, ssl_certfile=fv.ssl_certfile, ssl_keyfile=fv.ssl_keyfile,
+        pool_size=fv.pool_size, upload_timeout=fv.upload_timeout, ssl_certfile=fv.ssl_certfile,
+        ssl_keyfile=fv.ssl_keyfile,
         min_confidence=fv.min_confidence, merge_consecutive=fv.merge_consecutive,
         detections_dir=fv.detections_dir, combine_detections=fv.combine_detections,
         detections_format=tuple(f.strip().lower() for f in (fv.detections_format or ()) if f.strip()),
@@ -536,7 +540,8 @@ def _run_serve(settings: LabelSettings) -> int:
         host=settings.host, port=settings.port, max_upload_bytes=int(settings.max_upload_mb * 2**20),
         max_seconds=settings.max_seconds, top_k=settings.top_k, batch_size=settings.batch_size,
         trigger=TriggerSettings(record_seconds=settings.record_seconds, trigger_db=settings.trigger_db),
-        pool_size=settings.pool_size, ssl_certfile=settings.ssl_certfile, ssl_keyfile=settings.ssl_keyfile,
+        pool_size=settings.pool_size, upload_timeout=settings.upload_timeout,
+        ssl_certfile=settings.ssl_certfile, ssl_keyfile=settings.ssl_keyfile,
     )
     problems = options.problems()
     if problems:
@@ -551,8 +556,10 @@ def _run_serve(settings: LabelSettings) -> int:
         service.warm_up()
         if not serve.is_loopback(settings.host):
             mic = "" if settings.ssl_certfile else " (and the page's microphone needs https: --ssl_certfile)"
+            others = serve.network_urls(sock, settings.host, options.scheme)
+            where = f"; from other machines: {', '.join(others)}" if others else ""
             print(f"{PROG}: warning: listening on {settings.host}: anyone who can reach this machine can use "
-                  f"the model{mic}", file=sys.stderr)
+                  f"the model{mic}{where}", file=sys.stderr)
         url = serve.url_for(sock, settings.host, options.scheme)
         print(f"serving {settings.graph} at {url} (Ctrl-C stops)", file=sys.stderr, flush=True)
         serve.serve(service, sock)

@@ -65,6 +65,7 @@ class ServeSettings:
     top_k: int = 5
     batch_size: int = 32
     max_waiting: int = 32  # requests waiting for the model before 503
+    upload_timeout: float = 60.0  # seconds a request may take to arrive whole (headers, then body)
     pool_size: int = 1  # copies of the model labelling in parallel
     trigger: TriggerSettings = field(default_factory=TriggerSettings)
     ssl_certfile: Optional[str] = None  # https: browsers allow the microphone off localhost
@@ -84,6 +85,8 @@ class ServeSettings:
             p.append(f"--max_seconds must be positive, not {self.max_seconds}")
         if self.pool_size < 1:
             p.append(f"--pool_size must be at least 1, not {self.pool_size}")
+        if not self.upload_timeout > 0:
+            p.append(f"--upload_timeout must be positive, not {self.upload_timeout}")
         if self.ssl_keyfile and not self.ssl_certfile:
             p.append("--ssl_keyfile goes with --ssl_certfile")
         return p + self.trigger.problems()
@@ -104,6 +107,10 @@ class ServeSettings:
             raise OSError(f"cannot use --ssl_certfile {self.ssl_certfile}"
                           f"{' / --ssl_keyfile ' + self.ssl_keyfile if self.ssl_keyfile else ''}: {reason} "
                           "(a PEM certificate and its private key)") from None
+
+
+def too_big_message(limit: int) -> str:
+    return f"upload too large: the limit is {limit / 2**20:g} MB (--max_upload_mb)"
 
 
 class UploadError(Exception):
@@ -269,7 +276,7 @@ class LabelService:
         return answer
 
     def _too_big(self) -> str:
-        return f"upload too large: the limit is {self.settings.max_upload_bytes / 2**20:g} MB (--max_upload_mb)"
+        return too_big_message(self.settings.max_upload_bytes)
 
     def _decode(self, data: bytes, name: str) -> dict:
         ext = os.path.splitext(name)[1].lower()
@@ -383,12 +390,20 @@ def create_app(service: LabelService, loopback_only: bool = True):
     @app.post("/v1/label")
     async def label(request: Request, filename: Optional[str] = None, top_k: Optional[int] = None,
                     display: bool = False):
+        # Only a request whose body has fully arrived waits for the model: a slow or stalled
+        # upload holds a connection until its deadline, never a place in the queue.
+        try:
+            data, form_name = await read_upload(request, service.settings)
+        except UploadError as e:
+            return upload_error(e)
+        except ClientGone as e:
+            log_disconnect(request, e)
+            return error(400, "the client disconnected")
         if service.waiting >= service.settings.max_waiting:
             return error(503, f"busy: {service.waiting} requests are waiting for the model; retry shortly",
                          {"Retry-After": "1"})
         service.waiting += 1
         try:
-            data, form_name = await _read_upload(request, service.settings.max_upload_bytes, service._too_big())
             answer = await run_in_threadpool(service.label_bytes, data, filename or form_name, top_k, display)
             return answer
         except UploadError as e:
@@ -402,8 +417,37 @@ def create_app(service: LabelService, loopback_only: bool = True):
     return app
 
 
-async def _read_body(request, limit: int, too_big: str) -> bytes:
-    """The request body, refused (413) as soon as it passes ``limit`` bytes."""
+def upload_error(e: "UploadError"):
+    """The JSON answer to a refused upload; a body we stopped reading (too large, too slow)
+    closes the connection, since the rest of it would otherwise arrive as the next request."""
+    from fastapi.responses import JSONResponse
+
+    headers = {"Connection": "close"} if e.status in (408, 413) else None
+    return JSONResponse({"error": e.message}, status_code=e.status, headers=headers)
+
+
+class ClientGone(Exception):
+    """The client closed the connection while its request body was arriving."""
+
+    def __init__(self, received: int) -> None:
+        super().__init__(f"disconnected after {received} bytes")
+        self.received = received
+
+
+def log_disconnect(request, gone: ClientGone) -> None:
+    """One line for an aborted upload (it is the client's choice, not a server error)."""
+    client = request.client
+    who = f"{client.host}:{client.port}" if client else "a client"
+    log.info("%s %s: %s disconnected after sending %d bytes of its body", request.method, request.url.path,
+             who, gone.received)
+
+
+async def _read_body(request, limit: int, too_big: str, timeout: float) -> bytes:
+    """The request body, refused (413) as soon as it passes ``limit`` bytes, and (408) when it
+    has not arrived whole within ``timeout`` seconds: an overall deadline, so a client sending
+    one byte now and then cannot hold the request open."""
+    from starlette.requests import ClientDisconnect
+
     length = request.headers.get("content-length")
     if length is not None:
         try:
@@ -412,22 +456,36 @@ async def _read_body(request, limit: int, too_big: str) -> bytes:
         except ValueError:
             raise UploadError(400, f"bad Content-Length: {length[:40]!r}") from None
     chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise UploadError(413, too_big)
-        chunks.append(chunk)
+
+    async def receive_all() -> None:
+        nonlocal size
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise UploadError(413, too_big)
+            chunks.append(chunk)
+
+    try:
+        await asyncio.wait_for(receive_all(), timeout)
+    except asyncio.TimeoutError:
+        raise UploadError(408, f"upload too slow: {size} bytes arrived in {timeout:g} s, and the whole "
+                               "request must arrive within that (--upload_timeout)") from None
+    except ClientDisconnect:
+        raise ClientGone(size) from None
     return b"".join(chunks)
 
 
-async def _read_upload(request, limit: int, too_big: str) -> tuple[bytes, Optional[str]]:
+async def read_upload(request, settings: ServeSettings) -> tuple[bytes, Optional[str]]:
     """Audio bytes from a raw body, or from the one file of a multipart form
     (``curl -F file=@clip.wav``); with the file name the form gave."""
     from starlette.requests import Request
 
+    limit = settings.max_upload_bytes
+    too_big = too_big_message(limit)
     # Any body but a multipart form is the audio itself, whatever its Content-Type: `curl
     # --data-binary @clip.wav` labels it application/x-www-form-urlencoded.
-    body = await _read_body(request, limit + 64 * 1024 if _is_form(request) else limit, too_big)
+    body = await _read_body(request, limit + 64 * 1024 if _is_form(request) else limit, too_big,
+                            settings.upload_timeout)
     if not _is_form(request):
         return body, None
     replayed = False
@@ -483,25 +541,124 @@ def bind_socket(host: str, port: int) -> socket.socket:
 
 
 def url_for(sock: socket.socket, host: str, scheme: str = "http") -> str:
+    """The URL to open on this machine: an unspecified address (``0.0.0.0``, ``::``) is not
+    one a browser can open, so it is shown as loopback of the same family."""
     port = sock.getsockname()[1]
-    shown = "127.0.0.1" if host in ("0.0.0.0", "") else host
-    shown = f"[{shown}]" if ":" in shown and not shown.startswith("[") else shown
+    shown = host.strip("[]")
+    if shown in ("", "0.0.0.0"):
+        shown = "127.0.0.1"
+    elif _is_unspecified(shown):
+        shown = "::1"
+    shown = f"[{shown}]" if ":" in shown else shown
     return f"{scheme}://{shown}:{port}/"
 
 
-def _server(service: LabelService, host: str, access_log: bool):
+def _is_unspecified(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_unspecified
+    except ValueError:
+        return host == ""
+
+
+def network_urls(sock: socket.socket, host: str, scheme: str = "http") -> list[str]:
+    """URLs other machines can use when listening on every address (``0.0.0.0``, ``::``): this
+    machine's address on the interface of its default route, per family (no packet is sent;
+    an offline machine has none)."""
+    if not _is_unspecified(host):
+        return [] if is_loopback(host) else [url_for(sock, host, scheme)]
+    port = sock.getsockname()[1]
+    families = [(socket.AF_INET, "192.0.2.1")]
+    if sock.family == socket.AF_INET6:
+        families.append((socket.AF_INET6, "2001:db8::1"))
+    urls = []
+    for family, probe in families:
+        try:
+            with socket.socket(family, socket.SOCK_DGRAM) as s:
+                s.connect((probe, 9))
+                address = s.getsockname()[0]
+        except OSError:
+            continue
+        if not ipaddress.ip_address(address).is_loopback:
+            urls.append(f"{scheme}://{f'[{address}]' if ':' in address else address}:{port}/")
+    return urls
+
+
+def _protocol_class(header_timeout: float):
+    """uvicorn's h11 protocol with a deadline for a request's headers: from the connection
+    (or the previous answer) until the request line and headers have arrived. uvicorn has
+    none, so a client sending a header byte now and then held its connection for ever, and
+    enough of them filled ``limit_concurrency``. The body has its own deadline (the app's)."""
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+
+    class DeadlineH11Protocol(H11Protocol):
+        header_timer = None
+
+        def _arm_header_timer(self) -> None:
+            self._cancel_header_timer()
+            self.header_timer = self.loop.call_later(header_timeout, self._headers_too_slow)
+
+        def _cancel_header_timer(self) -> None:
+            if self.header_timer is not None:
+                self.header_timer.cancel()
+                self.header_timer = None
+
+        def _headers_too_slow(self) -> None:
+            self.header_timer = None
+            if not self.transport.is_closing():
+                self.transport.close()
+
+        def connection_made(self, transport) -> None:
+            super().connection_made(transport)
+            self._arm_header_timer()
+
+        def connection_lost(self, exc) -> None:
+            self._cancel_header_timer()
+            super().connection_lost(exc)
+
+        def handle_events(self) -> None:
+            cycle = self.cycle
+            super().handle_events()
+            if self.cycle is not cycle:  # a request's headers arrived
+                self._cancel_header_timer()
+
+        def on_response_complete(self) -> None:
+            if not self.transport.is_closing():
+                self._arm_header_timer()  # before: a pipelined request may start inside
+            super().on_response_complete()
+
+    return DeadlineH11Protocol
+
+
+def _server(service: LabelService, host: str, access_log: bool, app=None):
     import uvicorn
 
     settings = service.settings
-    app = create_app(service, loopback_only=is_loopback(host))
+    app = app or create_app(service, loopback_only=is_loopback(host))
+    # Connections, not requests waiting for the model: a request holds one only until its
+    # deadlines (headers, then the body), so the limit is generous.
     config = uvicorn.Config(app, log_level="info" if access_log else "warning", access_log=access_log,
-                            timeout_keep_alive=5, limit_concurrency=max(64, 2 * settings.max_waiting),
+                            timeout_keep_alive=5, limit_concurrency=max(256, 4 * settings.max_waiting),
+                            http=_protocol_class(settings.upload_timeout),
                             server_header=False, ssl_certfile=settings.ssl_certfile, ssl_keyfile=settings.ssl_keyfile)
     return uvicorn.Server(config)
 
 
+def log_like_uvicorn(level: int = logging.INFO) -> None:
+    """This module's lines in uvicorn's format (``INFO:     ...``) on stderr, beside its own."""
+    if log.handlers:
+        return
+    from uvicorn.logging import DefaultFormatter
+
+    handler = logging.StreamHandler()
+    handler.setFormatter(DefaultFormatter("%(levelprefix)s %(message)s"))
+    log.addHandler(handler)
+    log.setLevel(level)
+    log.propagate = False
+
+
 def serve(service: LabelService, sock: socket.socket, access_log: bool = True) -> None:
     """Run the server on ``sock`` until Ctrl-C (uvicorn handles the signal)."""
+    log_like_uvicorn()
     server = _server(service, service.settings.host, access_log)
     asyncio.run(server.serve(sockets=[sock]))
 

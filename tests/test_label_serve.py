@@ -6,6 +6,7 @@ import base64
 import io
 import json
 import os
+import re
 import signal
 import statistics
 import subprocess
@@ -28,7 +29,7 @@ from label.labeling import AudioInput, label_files, resolve_image_input, result_
 from label.mic import TriggerSettings, trigger_parameters  # noqa: E402
 from label.models import load_labeler  # noqa: E402
 from label.serve import (BackgroundServer, LabelService, ServeSettings, _host_name, bind_socket,  # noqa: E402
-                         is_loopback)
+                         is_loopback, network_urls, url_for)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -399,6 +400,119 @@ def test_a_full_queue_answers_503_and_recovers(sirens):
         assert httpx.post(url + "v1/label", content=data, timeout=30).status_code == 200
 
 
+def _half_sent_upload(url: str, declared: int = 100_000, sent: bytes = b"RIFF"):
+    """A socket that sent a POST /v1/label's headers and the first bytes of its body, then waits."""
+    import socket
+    from urllib.parse import urlsplit
+
+    where = urlsplit(url)
+    s = socket.create_connection((where.hostname, where.port), timeout=60)
+    s.sendall(b"POST /v1/label HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: %d\r\n\r\n" % declared + sent)
+    return s
+
+
+def _read_all(s) -> bytes:
+    chunks = []
+    while True:
+        chunk = s.recv(65536)
+        if not chunk:
+            return b"".join(chunks)
+        chunks.append(chunk)
+
+
+def test_slow_uploads_never_block_other_clients(sirens):
+    """Issue 19 item 1: half-sent uploads held every place in the queue (503 for everyone,
+    for as long as they stayed open). Only fully received requests wait for the model now, and
+    a body that has not arrived by the deadline is answered 408 and its connection closed."""
+    service = make_service(sirens.tflite, max_waiting=4, upload_timeout=3.0)
+    data = wav_bytes(example_clip("siren", 1, 0))
+    with BackgroundServer(service) as url:
+        stalled = [_half_sent_upload(url) for _ in range(12)]  # three times the queue
+        try:
+            for _ in range(3):
+                got = httpx.post(url + "v1/label", content=data, timeout=60)
+                assert got.status_code == 200 and got.json()["label"] == "siren", got.text
+            assert service.waiting == 0
+            for s in stalled:  # the deadline answers each, then closes (the test waits up to 60 s)
+                answer = _read_all(s).decode("latin-1")
+                assert answer.startswith("HTTP/1.1 408"), answer[:200]
+                assert "upload too slow" in answer and "--upload_timeout" in answer
+        finally:
+            for s in stalled:
+                s.close()
+        assert httpx.post(url + "v1/label", content=data, timeout=60).status_code == 200
+
+
+def test_a_request_whose_headers_never_end_is_closed(sirens):
+    """A client sending a header byte now and then held its connection for ever (uvicorn
+    has no deadline for headers): it is closed at the deadline, and others are answered."""
+    import socket
+    from urllib.parse import urlsplit
+
+    service = make_service(sirens.tflite, upload_timeout=2.0)
+    with BackgroundServer(service) as url:
+        where = urlsplit(url)
+        idle = socket.create_connection((where.hostname, where.port), timeout=60)
+        partial = socket.create_connection((where.hostname, where.port), timeout=60)
+        partial.sendall(b"POST /v1/label HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: ")
+        try:
+            assert httpx.get(url + "v1/model", timeout=60).status_code == 200
+            assert _read_all(idle) == b"" and _read_all(partial) == b""  # closed, nothing answered
+        finally:
+            idle.close()
+            partial.close()
+
+
+def test_an_aborted_upload_is_one_log_line(sirens, caplog):
+    """Issue 19 item 7: one aborted upload logged 132 lines and two tracebacks."""
+    import logging
+
+    service = make_service(sirens.tflite)
+    with BackgroundServer(service) as url:
+        caplog.clear()
+        with caplog.at_level(logging.INFO):
+            s = _half_sent_upload(url)
+            s.close()
+            deadline = time.monotonic() + 60
+            while not caplog.records and time.monotonic() < deadline:
+                time.sleep(0.05)
+            time.sleep(0.5)  # anything else it would log comes with it
+            assert httpx.get(url + "v1/model", timeout=60).status_code == 200
+    records = [r for r in caplog.records if r.name.startswith(("label", "uvicorn")) and r.levelno >= logging.INFO]
+    assert len(records) == 1, [r.getMessage() for r in records]
+    (record,) = records
+    assert record.levelno == logging.INFO and record.exc_info is None
+    assert re.search(r"^POST /v1/label: 127\.0\.0\.1:\d+ disconnected after sending [04] bytes of its body$",
+                     record.getMessage()), record.getMessage()
+
+
+def test_the_printed_url_can_be_opened():
+    """Issue 19 item 11: `--host ::` printed http://[::]:PORT/, which no browser opens."""
+    import socket
+
+    v4 = bind_socket("0.0.0.0", 0)
+    try:
+        assert url_for(v4, "0.0.0.0") == f"http://127.0.0.1:{v4.getsockname()[1]}/"
+        for other in network_urls(v4, "0.0.0.0"):
+            assert not other.startswith("http://0.0.0.0") and other.endswith(f":{v4.getsockname()[1]}/")
+    finally:
+        v4.close()
+    assert network_urls(bind_socket("127.0.0.1", 0), "127.0.0.1") == []
+    try:
+        v6 = bind_socket("::", 0)
+    except OSError:
+        pytest.skip("no IPv6 on this machine")
+    try:
+        port = v6.getsockname()[1]
+        assert url_for(v6, "::") == f"http://[::1]:{port}/"
+        assert url_for(v6, "[::]", "https") == f"https://[::1]:{port}/"
+        assert all("[::]" not in u for u in network_urls(v6, "::"))
+        with socket.create_connection(("::1", port), timeout=10):
+            pass  # the printed address is one the server answers on
+    finally:
+        v6.close()
+
+
 # --- the command line ----------------------------------------------------------------
 
 
@@ -452,9 +566,15 @@ def test_label_image_serve_runs_until_ctrl_c(sirens):
         assert info["labels"] == sirens.labels and info["pool_size"] == 2
         got = httpx.post(url + "v1/label", content=wav_bytes(example_clip("siren", 6, 0)), timeout=30).json()
         assert got["label"] == "siren"
+        _half_sent_upload(url).close()  # an aborted upload: one line in the log, no traceback
+        time.sleep(1.0)
+        assert httpx.get(url + "v1/model").status_code == 200
         proc.send_signal(signal.SIGINT)
         assert proc.wait(timeout=30) == 0
-        assert "stopped" in proc.stderr.read()
+        log = proc.stderr.read()
+        assert "stopped" in log
+        assert "Traceback" not in log and "ERROR" not in log, log
+        assert len([line for line in log.splitlines() if "disconnected" in line]) == 1, log
     finally:
         if proc.poll() is None:
             proc.kill()
