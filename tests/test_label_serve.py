@@ -529,6 +529,9 @@ def test_serve_flags_are_checked(sirens, capsys):
     assert "--max_upload_mb" in capsys.readouterr().err
     assert main(["label_image", "--serve", "--graph", sirens.tflite, "--pool_size", "0"]) == 2
     assert "--pool_size" in capsys.readouterr().err
+    for bad in ("0", "nan"):
+        assert main(["label_image", "--serve", "--graph", sirens.tflite, "--upload_timeout", bad]) == 2
+        assert "--upload_timeout" in capsys.readouterr().err
 
 
 def test_serve_port_in_use_and_missing_model(sirens, tmp_path, capsys):
