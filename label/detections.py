@@ -2,7 +2,9 @@
 
 A recording is labelled window by window (``label_image``'s windows: the training
 duration every ``--hop_seconds``). Every class whose probability in a window reaches
-``--min_confidence`` is a detection of that window's time span; with
+``--min_confidence`` is a detection of that window's time span (never past the
+recording's end: a clip shorter than a window is padded to be labelled, not detected
+longer than it lasts); with
 ``--merge_consecutive``, detections of the same class in windows that overlap or touch
 become one, from the first window's start to the last one's end, with the highest
 confidence among them. Silent windows detect nothing.
@@ -66,16 +68,20 @@ class DetectionSettings:
 
 
 def detect(source: str, windows: Sequence, labels: Sequence[str], window_seconds: float,
-           settings: DetectionSettings) -> list[Detection]:
+           settings: DetectionSettings, duration: Optional[float] = None) -> list[Detection]:
     """Detections of one recording from its :class:`label.labeling.WindowResult` s,
-    sorted by start time, then label."""
+    sorted by start time, then label. ``duration`` (seconds of audio) ends every
+    detection at the recording's end: a clip shorter than a window is padded to one
+    window, but what it detects lasts only as long as the clip."""
     found: list[Detection] = []
     for w in windows:
         if getattr(w, "silent", False):
             continue
         p = np.asarray(w.probabilities)
+        start = float(w.start)
+        end = start + window_seconds if duration is None else max(start, min(start + window_seconds, float(duration)))
         for c in np.flatnonzero(p >= settings.min_confidence):
-            found.append(Detection(source, float(w.start), float(w.start) + window_seconds, labels[c], float(p[c])))
+            found.append(Detection(source, start, end, labels[c], float(p[c])))
     if settings.merge_consecutive:
         found = merge_consecutive(found)
     return sorted(found, key=lambda d: (d.start, d.label))
@@ -218,7 +224,8 @@ class DetectionRun:
 
     def add(self, result) -> list[Detection]:
         """The detections of a :class:`label.labeling.LabelResult` (written at once)."""
-        found = detect(result.source, result.windows, self.labels, self.window_seconds, self.settings)
+        found = detect(result.source, result.windows, self.labels, self.window_seconds, self.settings,
+                       result.duration)
         self.count += len(found)
         if self.writer is not None:
             duration = result.duration

@@ -278,3 +278,54 @@ def test_a_silent_long_recording_is_an_error_not_a_guess(audio_model, tmp_path, 
     labeler = load_labeler(audio_model)
     with pytest.raises(LabelInputError, match="silent"):
         label_long_recording(labeler, path, AudioInput(spectrogram_settings_for(labeler)), progress=False)
+
+
+# ------------------------------------------------------------------ hardening (issue 19)
+
+
+def test_a_detection_ends_at_its_recordings_end():
+    """A window is padded to the training duration, but a clip shorter than it is not."""
+    found = detect("short.wav", windows([[0.9, 0.1, 0.0]]), LABELS, 4.0, DetectionSettings(0.5), duration=0.01)
+    assert [(d.start, d.end) for d in found] == [(0.0, 0.01)]
+    # windows of a long recording end at the recording's end too (the last is aligned to it)
+    found = detect("long.wav", windows([[0.9, 0, 0], [0.9, 0, 0]], hop=1.0), LABELS, 1.5, DetectionSettings(0.5),
+                   duration=2.5)
+    assert [(d.start, d.end) for d in found] == [(0.0, 1.5), (1.0, 2.5)]
+
+
+def test_a_clip_shorter_than_a_window_is_detected_within_its_length_in_every_table(audio_model, tmp_path, capsys):
+    """Probe: a 10 ms clip got a 0-1 s detection (the window's length), which overlapped the
+    next file in the combined Raven table."""
+    (tmp_path / "rec").mkdir()
+    write_wav(tmp_path / "rec" / "a_short.wav", make_clip("tone", seconds=0.01))
+    write_wav(tmp_path / "rec" / "b_long.wav", scene(seconds_each=1.0, order=("chirp", "noise")))
+    lengths = {"a_short.wav": 0.01, "b_long.wav": 2.0}
+    for combined in ((), ("--combine_detections",)):
+        out_dir = tmp_path / f"out{len(combined)}"
+        code, out, err = run(capsys, "--graph", audio_model, "--audio_dir", str(tmp_path / "rec"), "--json",
+                             "--min_confidence", "0.3", "--detections_dir", str(out_dir), *combined)
+        assert code == 0, err
+        for result in json.loads(out)["results"]:
+            name = os.path.basename(result["source"])
+            assert result["detections"] and all(d["end"] <= lengths[name] for d in result["detections"])
+        tables = list(out_dir.iterdir())
+        for path in tables:
+            if path.name.endswith(".labels.txt"):
+                ends = [float(line.split("\t")[1]) for line in path.read_text().splitlines()]
+                assert ends and max(ends) <= lengths[path.name.replace(".labels.txt", ".wav")]
+            elif path.name.endswith(".csv"):
+                for row in csv.DictReader(open(path)):
+                    assert float(row["end_s"]) <= lengths[os.path.basename(row["file"])]
+            else:
+                rows = list(csv.DictReader(open(path), delimiter="\t"))
+                assert rows
+                for row in rows:
+                    offset = float(row["File Offset (s)"]) if "File Offset (s)" in row else 0.0
+                    length = lengths[os.path.basename(row.get("Begin Path") or path.name.replace(
+                        ".selections.txt", ".wav"))]
+                    assert float(row["End Time (s)"]) - float(row["Begin Time (s)"]) + offset <= length + 1e-6
+                if combined:  # the short file's selections end before the next file begins
+                    first = [r for r in rows if r["Begin Path"].endswith("a_short.wav")]
+                    second = [r for r in rows if r["Begin Path"].endswith("b_long.wav")]
+                    assert max(float(r["End Time (s)"]) for r in first) <= min(
+                        float(r["Begin Time (s)"]) for r in second)
