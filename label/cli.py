@@ -355,11 +355,14 @@ def _print_result(result, labeler, settings: LabelSettings, header: bool) -> Non
             print(f"#   window {w.start:7.2f} s: {best} {score:.5f}{' (silent)' if w.silent else ''}")
 
 
-def _detections(settings: LabelSettings, labeler, audio_input, root: str):
-    """A :class:`label.detections.DetectionRun` when --min_confidence asks for detections."""
+def _detections(settings: LabelSettings, labeler, audio_input, root: str, sources: Sequence[str]):
+    """A :class:`label.detections.DetectionRun` when --min_confidence asks for detections.
+    Tables an earlier run left where this run writes are named now, before labelling, since
+    they will be replaced (atomically, like --output_csv and the exports)."""
     if not settings.detecting:
         return None
     from label.detections import DetectionRun, DetectionSettings, DetectionWriter
+    from label.labeling import LabelInputError
 
     spectrogram = audio_input.settings
     writer = None
@@ -367,7 +370,15 @@ def _detections(settings: LabelSettings, labeler, audio_input, root: str):
         nyquist = (labeler.sample_rate or spectrogram.sample_rate) / 2
         high = spectrogram.fmax if spectrogram.fmax and not labeler.sample_rate else nyquist
         writer = DetectionWriter(settings.detections_dir, settings.detections_format, settings.combine_detections,
-                                 os.path.abspath(root), float(spectrogram.fmin), float(high))
+                                 os.path.abspath(root), float(spectrogram.fmin), float(high), sources)
+        if settings.output_csv and os.path.abspath(settings.output_csv) in map(os.path.abspath, writer.planned_paths()):
+            raise LabelInputError(f"--output_csv {settings.output_csv} is also a detection table of this run; "
+                                  "choose another name")
+        existing = writer.existing()
+        if existing:
+            print(f"{PROG}: note: {len(existing)} detection table(s) in {settings.detections_dir} from an earlier "
+                  f"run will be replaced ({os.path.relpath(existing[0], settings.detections_dir)}"
+                  f"{', ...' if len(existing) > 1 else ''})", file=sys.stderr)
     return DetectionRun(labeler.labels, spectrogram.duration,
                         DetectionSettings(settings.min_confidence, settings.merge_consecutive), writer)
 
@@ -404,7 +415,8 @@ def _run_files(settings: LabelSettings, labeler) -> int:
     if settings.images and labeler.input_kind != "image":
         raise LabelInputError(f"{settings.graph} labels audio (its module takes waveforms): use --audio")
     folders = [os.path.dirname(os.path.abspath(p)) for p in settings.audio]
-    detections = _detections(settings, labeler, audio_input, os.path.commonpath(folders) if folders else ".")
+    detections = _detections(settings, labeler, audio_input, os.path.commonpath(folders) if folders else ".",
+                             settings.audio)
     jobs = [("image", list(settings.images)), ("audio", list(settings.audio))]
     shown, failures = [], []
     for kind, paths in jobs:
@@ -453,7 +465,7 @@ def _run_dir(settings: LabelSettings, labeler) -> int:
     if not paths:
         raise LabelInputError(f"no {kind} files under {folder}")
     image_input, audio_input = _inputs(settings, labeler)
-    detections = _detections(settings, labeler, audio_input, folder)
+    detections = _detections(settings, labeler, audio_input, folder, paths)
     results, shown, errors = [], [], []
     for path, result, error in label_files(
         labeler, paths, kind, image_input=image_input, audio_input=audio_input,

@@ -150,14 +150,62 @@ class RecordingInfo:
     duration: float
 
 
+def table_stems(sources: Sequence[str], root: Optional[str]) -> list[str]:
+    """A unique name (before the format's suffix) for each recording's tables, in order.
+
+    A recording's name is its path below ``root`` without its extension
+    (``site1/dawn.wav`` -> ``site1/dawn``); recordings that would share a name keep their
+    extension (``rec.wav`` and ``rec.flac`` -> ``rec.wav``, ``rec.flac``), compared
+    case-insensitively since macOS and Windows disks are; names that are still equal (the
+    same file given twice) are numbered in input order: ``rec.wav (2)``.
+    """
+    full = [_relative_name(s, root) for s in sources]
+    names = [os.path.splitext(f)[0] for f in full]
+    while True:  # each pass gives at least one more name its extension, so it ends
+        clashing = [i for group in _same_names(names).values() if len({full[j].casefold() for j in group}) > 1
+                    for i in group if names[i] != full[i]]
+        if not clashing:
+            break
+        for i in clashing:
+            names[i] = full[i]
+    taken = {n.casefold() for n in names}
+    for group in _same_names(names).values():
+        for i in group[1:]:
+            k, name = 2, f"{names[i]} (2)"
+            while name.casefold() in taken:
+                k += 1
+                name = f"{names[i]} ({k})"
+            taken.add(name.casefold())
+            names[i] = name
+    return names
+
+
+def _relative_name(source: str, root: Optional[str]) -> str:
+    if root:
+        rel = os.path.relpath(os.path.abspath(source), root)
+        if not rel.startswith(os.pardir):
+            return rel
+    return os.path.basename(source)
+
+
+def _same_names(names: Sequence[str]) -> dict[str, list[int]]:
+    groups: dict[str, list[int]] = {}
+    for i, name in enumerate(names):
+        groups.setdefault(name.casefold(), []).append(i)
+    return groups
+
+
 class DetectionWriter:
     """Writes each recording's tables as soon as it is labelled (a long run killed half
     way keeps what it finished), and the combined tables at the end. Files are written
-    atomically; their names keep the recordings' folders below ``root`` so two
-    ``a/x.wav`` and ``b/x.wav`` do not collide."""
+    atomically; their names (:func:`table_stems`) keep the recordings' folders below
+    ``root`` so two ``a/x.wav`` and ``b/x.wav`` do not collide, and their extensions
+    where two recordings would share a name. ``sources``: the recordings the run will
+    label, in order, so the names are fixed (and checked, :meth:`existing`) before
+    labelling starts; a recording not among them gets a name no other table has."""
 
     def __init__(self, folder: str, formats: Sequence[str], combined: bool, root: Optional[str],
-                 low_hz: float, high_hz: float) -> None:
+                 low_hz: float, high_hz: float, sources: Sequence[str] = ()) -> None:
         self.folder = folder
         self.formats = tuple(formats)
         self.combined = combined
@@ -166,23 +214,49 @@ class DetectionWriter:
         self.recordings: list[RecordingInfo] = []
         self.detections: list[Detection] = []
         self.written: list[str] = []
+        self._planned: dict[str, list[str]] = {}  # source -> its stems, one per time it is given
+        for source, stem in zip(sources, table_stems(sources, root)):
+            self._planned.setdefault(source, []).append(stem)
+        self._used: set = set()  # stems taken this run (casefolded)
 
     def per_recording_formats(self) -> tuple[str, ...]:
         # A label track belongs to one recording: Audacity is never combined.
         return tuple(f for f in self.formats if not self.combined or f == "audacity")
 
+    def planned_paths(self) -> list[str]:
+        """Every table this run will write, for the recordings given as ``sources``."""
+        paths = [os.path.join(self.folder, stem + SUFFIXES[fmt]) for stems in self._planned.values()
+                 for stem in stems for fmt in self.per_recording_formats()]
+        if self.combined:
+            paths += [os.path.join(self.folder, COMBINED[f]) for f in self.formats if f in COMBINED]
+        return paths
+
+    def existing(self) -> list[str]:
+        """The tables this run will replace: an earlier run's, in the same folder."""
+        return [p for p in self.planned_paths() if os.path.lexists(p)]
+
     def stem(self, source: str) -> str:
-        if self.root:
-            rel = os.path.relpath(os.path.abspath(source), self.root)
-            if not rel.startswith(os.pardir):
-                return os.path.splitext(rel)[0]
-        return os.path.splitext(os.path.basename(source))[0]
+        """The name of ``source``'s next tables: the planned one, else one not taken yet."""
+        planned = self._planned.get(source)
+        if planned:
+            name = planned.pop(0)
+        else:
+            base = table_stems([source], self.root)[0]
+            name, k = base, 2
+            while name.casefold() in self._used or any(name.casefold() == s.casefold()
+                                                       for stems in self._planned.values() for s in stems):
+                name, k = f"{base} ({k})", k + 1
+        if name.casefold() in self._used:  # never silently: table_stems makes planned names unique
+            raise RuntimeError(f"two recordings' detection tables would both be named {name!r}")
+        self._used.add(name.casefold())
+        return name
 
     def add(self, source: str, duration: float, detections: Sequence[Detection]) -> None:
         self.recordings.append(RecordingInfo(source, duration))
         self.detections.extend(detections)
+        stem = self.stem(source)
         for fmt in self.per_recording_formats():
-            path = os.path.join(self.folder, self.stem(source) + SUFFIXES[fmt])
+            path = os.path.join(self.folder, stem + SUFFIXES[fmt])
             atomic_files.write_text(path, self._text(fmt, detections))
             self.written.append(path)
 

@@ -329,3 +329,66 @@ def test_a_clip_shorter_than_a_window_is_detected_within_its_length_in_every_tab
                     second = [r for r in rows if r["Begin Path"].endswith("b_long.wav")]
                     assert max(float(r["End Time (s)"]) for r in first) <= min(
                         float(r["Begin Time (s)"]) for r in second)
+
+
+def test_table_names_are_unique_and_deterministic():
+    from label.detections import table_stems
+
+    root = "/rec"
+    sources = ["/rec/rec.wav", "/rec/rec.flac", "/rec/site/dawn.wav", "/rec/rec.wav.mp3", "/rec/Dusk.wav",
+               "/rec/dusk.ogg", "/rec/site/dawn.wav"]
+    assert table_stems(sources, root) == ["rec.wav", "rec.flac", "site/dawn", "rec.wav.mp3", "Dusk.wav",
+                                          "dusk.ogg", "site/dawn (2)"]
+    assert table_stems(sources, root) == table_stems(list(sources), root)  # the same every run
+    assert table_stems(["/a/x.wav", "/b/x.wav"], None) == ["x", "x (2)"]  # outside any root: base names
+
+
+def test_recordings_with_one_name_in_one_folder_get_their_own_tables(audio_model, tmp_path, capsys):
+    """Probe: rec.wav and rec.flac in one folder: 9 files reported, 6 written, rec.flac's lost;
+    with --combine_detections the Audacity track was still overwritten."""
+    (tmp_path / "rec").mkdir()
+    write_wav(tmp_path / "rec" / "rec.wav", scene(seconds_each=1.0, order=("tone", "noise")))
+    sf.write(str(tmp_path / "rec" / "rec.flac"), scene(seconds_each=1.0, order=("chirp",), seed=7), SR)
+    write_wav(tmp_path / "rec" / "other.wav", scene(seconds_each=1.0, order=("noise",), seed=9))
+    out_dir = tmp_path / "out"
+    code, _, err = run(capsys, "--graph", audio_model, "--audio_dir", str(tmp_path / "rec"),
+                       "--min_confidence", "0.5", "--detections_dir", str(out_dir))
+    assert code == 0, err
+    assert "in 9 file(s) under" in err
+    assert sorted(os.listdir(out_dir)) == sorted(
+        f"{stem}{suffix}" for stem in ("rec.wav", "rec.flac", "other")
+        for suffix in (".detections.csv", ".labels.txt", ".selections.txt"))
+    for name in ("rec.wav", "rec.flac"):  # each table holds its own recording
+        rows = list(csv.DictReader(open(out_dir / f"{name}.detections.csv")))
+        assert rows and {os.path.basename(r["file"]) for r in rows} == {name}
+    assert "chirp" in (out_dir / "rec.flac.labels.txt").read_text()
+    assert "chirp" not in (out_dir / "rec.wav.labels.txt").read_text()
+    combined = tmp_path / "combined"
+    code, _, err = run(capsys, "--graph", audio_model, "--audio_dir", str(tmp_path / "rec"), "--min_confidence",
+                       "0.5", "--detections_dir", str(combined), "--combine_detections")
+    assert code == 0, err
+    assert sorted(os.listdir(combined)) == ["detections.csv", "detections.selections.txt", "other.labels.txt",
+                                            "rec.flac.labels.txt", "rec.wav.labels.txt"]
+    assert "in 5 file(s) under" in err
+
+
+def test_tables_of_an_earlier_run_are_named_before_they_are_replaced(audio_model, tmp_path, capsys):
+    (tmp_path / "rec").mkdir()
+    write_wav(tmp_path / "rec" / "a.wav", scene(seconds_each=1.0, order=("tone", "noise")))
+    out_dir = tmp_path / "out"
+    args = ["--graph", audio_model, "--audio_dir", str(tmp_path / "rec"), "--detections_dir", str(out_dir)]
+    code, _, err = run(capsys, *args, "--min_confidence", "0.5")
+    assert code == 0 and "note" not in err
+    (out_dir / "unrelated.txt").write_text("mine")
+    code, _, err = run(capsys, *args, "--min_confidence", "0.99", "--detections_format", "csv,raven")
+    assert code == 0, err
+    note, = [line for line in err.splitlines() if "note" in line]
+    assert note == (f"label_image: note: 2 detection table(s) in {out_dir} from an earlier run will be "
+                    "replaced (a.detections.csv, ...)")
+    assert (out_dir / "unrelated.txt").read_text() == "mine"
+    assert len((out_dir / "a.detections.csv").read_text().splitlines()) < 3  # this run's table
+    # --output_csv cannot be one of the tables either
+    code, _, err = run(capsys, *args, "--min_confidence", "0.5", "--output_csv", str(out_dir / "a.detections.csv"))
+    assert code == 1 and err.strip().splitlines() == [
+        f"label_image: error: --output_csv {out_dir / 'a.detections.csv'} is also a detection table of this run; "
+        "choose another name"]
