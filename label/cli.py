@@ -291,7 +291,7 @@ def main(argv: Sequence[str]) -> int:
 
 def run_settings(settings: LabelSettings) -> int:
     """Do what ``settings`` asks; print results; return the exit code."""
-    from label.labeling import LabelInputError
+    from label.labeling import LabelInputError, LabelSettingsError
     from label.mic import NoInputDeviceError
     from label.models import ModelLoadError, ModelRunError
 
@@ -304,6 +304,8 @@ def run_settings(settings: LabelSettings) -> int:
         if settings.mode == "dir":
             return _run_dir(settings, labeler)
         return _run_files(settings, labeler)
+    except LabelSettingsError as e:  # a flag the model makes absurd
+        return _error(str(e), 2)
     except (ModelLoadError, ModelRunError, LabelInputError, NoInputDeviceError) as e:
         return _error(str(e))
     except OSError as e:  # writing --output_csv

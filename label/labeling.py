@@ -29,6 +29,16 @@ class LabelInputError(ValueError):
     """An input cannot be labelled (unreadable image, silent or corrupt audio); one line."""
 
 
+class LabelSettingsError(LabelInputError):
+    """A setting the model makes impossible or absurd (a bad flag, for the command); one line."""
+
+
+#: At most this many windows overlap any instant: a hop below 1/100 of the window labels
+#: nearly the same audio again and again (a window every sample was 573k windows for a
+#: 30 s file, minutes of work with nothing shown).
+MAX_WINDOWS_PER_WINDOW = 100
+
+
 @dataclass(frozen=True)
 class ImageInput:
     """How an image becomes model input: resized to ``height`` x ``width`` (bilinear),
@@ -138,6 +148,26 @@ class AudioInput:
     hop_seconds: Optional[float] = None  # None: the settings' window hop (or duration)
     image_input: Optional[ImageInput] = None  # None for a waveform model
 
+    def __post_init__(self) -> None:
+        problem = hop_problem(float(self.settings.duration), self.hop_seconds, int(self.settings.sample_rate))
+        if problem:
+            raise LabelSettingsError(problem)
+
+
+def hop_problem(window_seconds: float, hop_seconds: Optional[float], sample_rate: int) -> Optional[str]:
+    """Why ``hop_seconds`` between windows of ``window_seconds`` is refused, or None: more
+    than :data:`MAX_WINDOWS_PER_WINDOW` windows would overlap (a hop is at least a sample)."""
+    if hop_seconds is None:
+        return None
+    hop = max(float(hop_seconds), 1.0 / sample_rate)
+    if window_seconds / hop <= MAX_WINDOWS_PER_WINDOW * (1 + 1e-9):
+        return None
+    smallest = window_seconds / MAX_WINDOWS_PER_WINDOW
+    return (f"--hop_seconds {hop_seconds:g} would cut {1 / hop:,.0f} windows per second of audio "
+            f"({3600 / hop:,.0f} an hour), {window_seconds / hop:,.0f} overlapping at any moment of the model's "
+            f"{window_seconds:g} s windows; give --hop_seconds {smallest:g} or more (at most "
+            f"{MAX_WINDOWS_PER_WINDOW} overlap)")
+
 
 def audio_rates(labeler: Labeler, audio_input: AudioInput) -> list[int]:
     """The sample rates audio is needed at: the spectrogram's for image models (and
@@ -216,15 +246,31 @@ def audio_model_inputs(
 
 
 def label_windows(labeler: Labeler, ys: dict, audio_input: AudioInput, batch_size: int = 32,
-                  source: str = "") -> "LabelResult":
+                  source: str = "", progress: Optional[bool] = False) -> "LabelResult":
     """Label audio window by window, ``batch_size`` windows per model call, so memory
-    stays flat however long the recording (an hour at a 4 s hop is 900 images)."""
+    stays flat however long the recording (an hour at a 4 s hop is 900 images).
+    ``progress``: a bar in seconds of audio when there is more than one batch (None: only
+    on a terminal)."""
     starts, silent, windows = audio_windows(ys, audio_input)
-    probs = [predict_inputs(labeler, window_model_inputs(windows, labeler, audio_input, i, i + batch_size))
-             for i in range(0, len(starts), batch_size)]
-    summary, results = summarise(starts, silent, np.concatenate(probs))
     first = next(iter(ys))
-    return LabelResult(source, "audio", summary, results, len(ys[first]) / first)
+    duration = len(ys[first]) / first
+    probs = []
+    with _seconds_bar(duration, source, progress if len(starts) > batch_size else False) as bar:
+        for i in range(0, len(starts), batch_size):
+            probs.append(predict_inputs(labeler, window_model_inputs(windows, labeler, audio_input, i, i + batch_size)))
+            last = starts[min(i + batch_size, len(starts)) - 1]
+            bar.update(min(bar.total, last + audio_input.settings.duration) - bar.n)
+    summary, results = summarise(starts, silent, np.concatenate(probs))
+    return LabelResult(source, "audio", summary, results, duration)
+
+
+def _seconds_bar(seconds: float, source: str, progress: Optional[bool]):
+    """A tqdm bar over ``seconds`` of audio; ``progress`` None: only on a terminal."""
+    from tqdm import tqdm
+
+    name = os.path.basename(source) if source else "audio"
+    return tqdm(total=round(seconds, 1), unit="s", desc=name[:30], disable=None if progress is None else not progress,
+                leave=False, bar_format="{desc}: {percentage:3.0f}%|{bar}| {n:.0f}/{total:.0f} s [{elapsed}<{remaining}]")
 
 
 #: Recordings longer than this are decoded block by block (:func:`label_long_recording`).
@@ -248,8 +294,6 @@ def label_long_recording(labeler: Labeler, path: str, audio_input: AudioInput, b
     block, a batch of windows and the per-window probabilities, never the recording
     (an hour at 48 kHz would be 690 MB). Same windows and probabilities as decoding whole.
     ``progress``: a bar in seconds of audio (None: only on a terminal)."""
-    from tqdm import tqdm
-
     from soundretrain.audio import AudioReadError, is_silent
     from soundretrain.audio_stream import AudioStream, stream_windows
 
@@ -268,10 +312,7 @@ def label_long_recording(labeler: Labeler, path: str, audio_input: AudioInput, b
                 for sr in rates:
                     batch[sr] = []
 
-        name = os.path.basename(path)
-        disable = None if progress is None else not progress  # None: only on a terminal
-        with tqdm(total=round(reference.duration, 1), unit="s", desc=name[:30], disable=disable, leave=False,
-                  bar_format="{desc}: {percentage:3.0f}%|{bar}| {n:.0f}/{total:.0f} s [{elapsed}<{remaining}]") as bar:
+        with _seconds_bar(reference.duration, path, progress) as bar:
             windows = zip(*(stream_windows(streams[sr], settings.duration, hop, settings.pad_mode) for sr in rates))
             for per_rate in windows:
                 start, y = per_rate[0]
@@ -405,7 +446,8 @@ def label_files(
                 if len(starts) > batch_size:  # a long recording: on its own, in chunks
                     yield from flush()
                     queued = 0
-                    yield path, label_windows(labeler, ys, audio_input, batch_size, path), None
+                    yield path, label_windows(labeler, ys, audio_input, batch_size, path,
+                                              True if progress else None), None
                     continue
                 batch = window_model_inputs(windows, labeler, audio_input)
                 first = next(iter(ys))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 
 import numpy as np
@@ -146,6 +147,49 @@ def test_long_audio_is_labelled_batch_by_batch(tiny, tmp_path):
     assert max(calls) <= 4
     np.testing.assert_allclose([w.probabilities for w in result.windows], predict(batch), atol=1e-5)
     np.testing.assert_allclose(first.probabilities, last.probabilities, atol=1e-6)
+
+
+@pytest.mark.parametrize("mode", ["--audio", "--audio_dir"])
+def test_a_tiny_hop_is_refused_with_the_numbers(tiny, tmp_path, capsys, mode):
+    """Probe: --hop_seconds 1e-6 meant a window every sample (573k windows for a 30 s
+    file) and minutes with nothing shown; here 1.1 s gives 801 windows, labelled before."""
+    (tmp_path / "rec").mkdir()
+    wav = write_wav(tmp_path / "rec" / "x.wav", make_clip("tone", seconds=1.1))
+    code, out, err = run(capsys, "--graph", tiny.paths["output_tflite"], mode,
+                         wav if mode == "--audio" else str(tmp_path / "rec"), "--hop_seconds", "1e-6")
+    assert code == 2 and out == ""
+    assert one_error_line(err) == (
+        "label_image: error: --hop_seconds 1e-06 would cut 8,000 windows per second of audio (28,800,000 an hour), "
+        "8,000 overlapping at any moment of the model's 1 s windows; give --hop_seconds 0.01 or more "
+        "(at most 100 overlap)")
+    # the smallest hop allowed still labels
+    code, out, err = run(capsys, "--graph", tiny.paths["output_tflite"], "--audio", wav, "--hop_seconds", "0.01",
+                         "--json")
+    assert code == 0, err
+    assert len(json.loads(out)["results"][0]["windows"]) == 11
+
+
+def test_hop_problem_bounds():
+    from label.labeling import MAX_WINDOWS_PER_WINDOW, hop_problem
+
+    assert hop_problem(4.0, None, 22050) is None
+    assert hop_problem(4.0, 4.0 / MAX_WINDOWS_PER_WINDOW, 22050) is None
+    assert "--hop_seconds 0.04 or more" in hop_problem(4.0, 0.039, 22050)
+    assert "22,050 windows per second" in hop_problem(4.0, 0.0, 22050)  # a hop is at least one sample
+
+
+def test_a_long_whole_decoded_file_shows_progress(tiny, tmp_path, capsys):
+    """Many windows of a file decoded whole: a bar in seconds of audio, as streamed files have."""
+    from label.labeling import AudioInput, label_files, resolve_image_input
+    from label.models import load_labeler
+
+    wav = write_wav(tmp_path / "minute.wav", np.tile(make_clip("noise", seed=3), 60))
+    labeler = load_labeler(tiny.paths["output_tflite"])
+    audio = AudioInput(tiny.settings, 0.1, resolve_image_input(labeler))
+    (_, result, error), = label_files(labeler, [wav], "audio", audio_input=audio, batch_size=64, progress=True)
+    assert error is None and len(result.windows) == 591
+    err = capsys.readouterr().err
+    assert "minute.wav" in err and len(re.findall(r"\d+/60 s", err)) >= 2
 
 
 def test_audio_at_another_sample_rate_is_resampled(tiny, tmp_path, capsys):
