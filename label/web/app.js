@@ -1,5 +1,7 @@
-// The page of `label_image --serve`: record, upload or listen; show what the model says.
-// It talks to the server only through the documented API (GET /v1/model, POST /v1/label).
+// The page of `label_image --serve` and `label_image --export_web`: record, upload or listen;
+// show what the model says. Every answer comes through backend.js (the server's API, or the
+// model running in this browser), as the JSON of GET /v1/model and POST /v1/label.
+import { createBackend } from "./backend.js";
 import { EventDetector, Reblocker } from "./trigger.js";
 import { encodeWav } from "./wav.js";
 
@@ -7,7 +9,7 @@ const $ = (id) => document.getElementById(id);
 const HISTORY_KEY = "soundretrain-history";
 const HISTORY_MAX = 200;
 
-const state = { model: null, capture: null, mode: null, history: loadHistory(), busy: 0 };
+const state = { backend: null, model: null, capture: null, mode: null, history: loadHistory(), busy: 0 };
 
 // --- status line --------------------------------------------------------------------
 
@@ -30,7 +32,7 @@ class Capture {
     });
     this.context = new AudioContext();
     this.rate = this.context.sampleRate;  // known before the first chunk arrives
-    await this.context.audioWorklet.addModule("/static/capture-worklet.js");
+    await this.context.audioWorklet.addModule(new URL("./capture-worklet.js", import.meta.url));
     const source = this.context.createMediaStreamSource(this.stream);
     this.node = new AudioWorkletNode(this.context, "capture");
     this.node.port.onmessage = (e) => onChunk(e.data);
@@ -168,18 +170,13 @@ async function send(blob, name, note = "") {
   state.busy += 1;
   if (state.mode !== "record") status(`labelling ${name}…`);
   try {
-    const response = await fetch(`/v1/label?display=1&filename=${encodeURIComponent(name)}`, {
-      method: "POST", body: blob, headers: { "Content-Type": blob.type || "application/octet-stream" },
-    });
-    let answer;
-    try { answer = await response.json(); } catch { answer = { error: `HTTP ${response.status}` }; }
-    if (!response.ok) throw new Error(answer.error || `HTTP ${response.status}`);
+    const answer = await state.backend.label(blob, name, { display: true });
     answer.note = note;
     showResult(answer);
     addHistory(answer);
     if (state.mode !== "listen") status(`${name}: ${answer.label} (${percent(answer.score)})`);
   } catch (e) {
-    status(e.message === "Failed to fetch" ? "the server cannot be reached" : e.message, true);
+    status(e.message, true);
   } finally {
     state.busy -= 1;
   }
@@ -386,9 +383,8 @@ function clock(date) {
 
 async function main() {
   try {
-    const response = await fetch("/v1/model");
-    state.model = await response.json();
-    if (!response.ok) throw new Error(state.model.error || `HTTP ${response.status}`);
+    state.backend = await createBackend();
+    state.model = await state.backend.model();
   } catch (e) {
     $("model-info").textContent = `cannot load the model description: ${e.message}`;
     return;
@@ -398,6 +394,7 @@ async function main() {
   $("model-info").textContent = `${m.model} · ${m.labels.length} labels (${m.labels.join(", ")}) · ${accuracy} · `
     + `${m.sample_rate} Hz, ${seconds(m.window_seconds)} windows`;
   document.title = `${m.model}: what is this sound?`;
+  if (m.runs_in) $("runs-in").textContent = m.runs_in;
   if (micAvailable()) {
     $("record").disabled = $("listen").disabled = false;
   } else {
