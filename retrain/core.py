@@ -588,7 +588,8 @@ def checkpoint_path(settings: RetrainSettings, run_dir: Optional[str]) -> Option
 
 
 def _default_tag(settings: RetrainSettings, prepared: Prepared) -> str:
-    module = prepared.backbone.name.split(",")[0][:24]
+    # Every module: "aisfx" stood for aisfx,soundnet,efficientnet_lite0 and for aisfx alone.
+    module = "+".join(part.strip()[:32] for part in prepared.backbone.name.split(","))
     if settings.split == "folds":
         where = "test" + "-".join(str(f) for f in settings.test_folds)
     else:

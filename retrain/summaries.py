@@ -4,8 +4,10 @@
 (retrain.py deleted the whole folder at every start). Scalars ``accuracy`` and
 ``cross_entropy`` at every evaluation step, ``learning_rate``, histograms of the head's
 weights, biases and activations and the flags as text in ``train``; at the end the test
-set's own run: its accuracy, a confusion-matrix image (rows normalised, counts in the cells)
-and the per-class precision / recall table. Watch with
+set's own run: its accuracy on a chart of its own (``test_accuracy``), a confusion-matrix
+image (rows normalised, counts in the cells, sized for TensorBoard's Images card) and the
+per-class precision / recall table. Run names name every module
+(``aisfx+soundnet+efficientnet_lite0-test2``). Watch with
 ``tensorboard --logdir training_summaries``.
 """
 from __future__ import annotations
@@ -26,7 +28,7 @@ from soundretrain import atomic_files
 
 def make_run_dir(summaries_dir: str, tag: str) -> str:
     """A fresh ``<summaries_dir>/<time>-<tag>`` folder (a suffix keeps it unique)."""
-    tag = re.sub(r"[^A-Za-z0-9._-]+", "_", tag).strip("_")[:60] or "run"
+    tag = re.sub(r"[^A-Za-z0-9._+-]+", "_", tag).strip("_")[:100] or "run"
     base = os.path.join(summaries_dir, f"{time.strftime('%Y%m%d-%H%M%S')}-{tag}")
     path, n = base, 1
     while True:
@@ -53,11 +55,23 @@ def precision_recall(cm: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return precision, recall
 
 
+def _short(label: str, most: int) -> str:
+    label = str(label)
+    return label if len(label) <= most else label[: most - 1] + "\u2026"
+
+
+# TensorBoard's Time Series tab (its default) fits an image into a card's 367 x 215 px box.
+CARD_WIDTH, CARD_HEIGHT = 360, 212
+
+
 def confusion_matrix_png(cm: np.ndarray, labels: Sequence[str], title: str) -> bytes:
-    """The confusion matrix as a PNG meant to be read in TensorBoard's Images tab: each row
-    normalised (the colour is the share of that true class, so small classes read as well as
-    large ones), each cell annotated with its count and share, and large enough for the
-    labels: about 70 px per class."""
+    """The confusion matrix as a PNG readable at TensorBoard's default size. The Time Series
+    tab shrinks an image to fit a 367 x 215 px box (a 700-px matrix became 214 px, its text 3 px
+    high), so up to 10 classes the picture is laid out for that box: rows ``k name (count)``,
+    columns numbered ``k`` (rotated names would take half the height), counts in the cells, the
+    colour the share of the row's true class (small classes read as well as large ones). It is
+    drawn at twice that size, so TensorBoard's "actual size" and high-density screens get sharp
+    text. More classes get cells of at least 12 px and a bigger picture (shrunk in the card)."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -67,29 +81,34 @@ def confusion_matrix_png(cm: np.ndarray, labels: Sequence[str], title: str) -> b
     totals = counts.sum(axis=1, keepdims=True)
     with np.errstate(invalid="ignore", divide="ignore"):
         shares = np.where(totals > 0, counts / np.maximum(totals, 1), 0.0)
-    cell = 0.7 if n <= 20 else 0.5  # inches
-    longest = max((len(str(label)) for label in labels), default=1)
-    margin = 1.5 + 0.075 * min(longest, 40)  # room for the tick labels
-    side = min(60.0, max(7.0, cell * n + margin))
-    fig, ax = plt.subplots(figsize=(side, side * 0.92), dpi=100)
-    ax.imshow(shares, cmap="Blues", vmin=0.0, vmax=1.0)
-    ax.set_xticks(range(n), labels, rotation=90, fontsize=10 if n <= 20 else 8)
-    ax.set_yticks(range(n), [f"{label} ({int(t)})" for label, t in zip(labels, totals[:, 0])],
-                  fontsize=10 if n <= 20 else 8)
-    ax.set_xlabel("predicted", fontsize=12)
-    ax.set_ylabel("true (test images)", fontsize=12)
-    ax.set_title(f"{title}\nrows normalised: share of each true class; count and share per cell",
-                 fontsize=12)
+    # Geometry in card pixels: title line, grid, column numbers; row names on the left.
+    top, bottom, right = 30, 26, 6
+    cell_h = max(12.0, min(28.0, (CARD_HEIGHT - top - bottom) / max(n, 1)))
+    font = max(7.0, min(11.0, 0.62 * cell_h))  # px
+    char = 0.55 * font
+    rows = [f"{k} {_short(name, 22)} ({int(t)})" for k, (name, t) in enumerate(zip(labels, totals[:, 0]))]
+    left = 8 + char * max(len(r) for r in rows) + 6
+    cell_w = max(cell_h, min(34.0, (CARD_WIDTH - left - right) / max(n, 1)))
+    width, height = left + n * cell_w + right, top + n * cell_h + bottom
+    scale = 2  # drawn at twice the card's pixels
+    points = 72 / 100  # px -> pt at 100 dpi
+    fig = plt.figure(figsize=(width / 100, height / 100), dpi=100 * scale)
+    ax = fig.add_axes((left / width, bottom / height, n * cell_w / width, n * cell_h / height))
+    ax.imshow(shares, cmap="Blues", vmin=0.0, vmax=1.0, aspect="auto")
+    ax.set_xticks(range(n), [str(k) for k in range(n)], fontsize=font * points)
+    ax.set_yticks(range(n), rows, fontsize=font * points)
+    ax.tick_params(length=2, pad=2)
+    ax.set_xlabel("predicted", fontsize=font * points, labelpad=1)
+    fig.text(4 / width, 1 - 3 / height, title, ha="left", va="top", fontsize=(font + 2) * points, weight="bold")
+    fig.text(4 / width, 1 - (6 + font + 2) / height, "rows: true class (count) · colour: share of the row",
+             ha="left", va="top", fontsize=(font - 1) * points, color="#555555")
     for i in range(n):
         for j in range(n):
-            if counts[i, j] == 0:
-                continue
-            text = f"{counts[i, j]}\n{shares[i, j] * 100:.0f}%" if n <= 30 else str(counts[i, j])
-            ax.text(j, i, text, ha="center", va="center", fontsize=9 if n <= 20 else 6,
-                    color="white" if shares[i, j] > 0.5 else "black")
-    fig.tight_layout()
+            if counts[i, j]:
+                ax.text(j, i, str(counts[i, j]), ha="center", va="center", fontsize=font * points,
+                        color="white" if shares[i, j] > 0.5 else "black")
     buf = io.BytesIO()
-    fig.savefig(buf, format="png")
+    fig.savefig(buf, format="png", dpi=100 * scale)
     plt.close(fig)
     return buf.getvalue()
 
@@ -204,16 +223,19 @@ class RunSummaries:
         return table
 
     def _final(self, step, cm, labels, test_accuracy, test_cross_entropy, table) -> None:
-        png = confusion_matrix_png(cm, labels, f"test accuracy {test_accuracy * 100:.1f}%")
+        png = confusion_matrix_png(cm, labels, f"test accuracy {test_accuracy * 100:.1f}% (N={int(cm.sum())})")
         atomic_files.write_bytes(os.path.join(self.run_dir, "confusion_matrix.png"), png)
         self.test = tf.summary.create_file_writer(os.path.join(self.run_dir, "test"))
         with self.test.as_default():
-            tf.summary.scalar("accuracy", test_accuracy, step=step)
+            # Their own charts: one point under "accuracy" sat on the right edge of the
+            # train/validation chart, half outside its axis.
+            tf.summary.scalar("test_accuracy", test_accuracy, step=step)
             if test_cross_entropy is not None and np.isfinite(test_cross_entropy):
-                tf.summary.scalar("cross_entropy", test_cross_entropy, step=step)
+                tf.summary.scalar("test_cross_entropy", test_cross_entropy, step=step)
             image = tf.image.decode_png(png, channels=4)[tf.newaxis]
             tf.summary.image("confusion_matrix", image, step=step)
-            tf.summary.text("per_class_precision_recall", table, step=step)
+            headline = f"**test accuracy {test_accuracy * 100:.1f}%** (N={int(cm.sum())}, step {step})\n\n"
+            tf.summary.text("per_class_precision_recall", headline + table, step=step)
 
     def close(self) -> None:
         for writer in (self.train, self.validation, self.test):

@@ -2,6 +2,7 @@
 lines, outputs, TensorBoard events, flag files, cross-validation and every bad input."""
 from __future__ import annotations
 
+import io
 import json
 import os
 import re
@@ -104,22 +105,60 @@ def test_tensorboard_run_folder_holds_the_summaries(tmp_path, tiny, image_dir):
     assert [s for s, _ in val["accuracy"]] == [0, 20, 40, 59]
     # The test set is its own run beside train and validation: its accuracy, the confusion
     # matrix and the per-class table; no one-point per-class charts.
+    # test_accuracy has a chart of its own (as "accuracy" its one point sat on the right edge of
+    # the train/validation chart, half outside its axis).
     test = read_scalars(runs[0], "test")
-    assert set(test) == {"accuracy", "cross_entropy", "confusion_matrix", "per_class_precision_recall"}
+    assert set(test) == {"test_accuracy", "test_cross_entropy", "confusion_matrix", "per_class_precision_recall"}
     assert not any(t.startswith("test") for t in val)
     from tensorboard.util import tensor_util
     flags_text = tensor_util.make_ndarray(train["flags"][0][1]).item().decode()
     assert "--random_seed=7" in flags_text
     table = tensor_util.make_ndarray(test["per_class_precision_recall"][0][1]).item().decode()
-    assert table.splitlines()[0] == "| class | precision | recall | support |"
+    assert table.splitlines()[0].startswith("**test accuracy ")
+    assert "| class | precision | recall | support |" in table.splitlines()
     from PIL import Image
     image = Image.open(runs[0] / "confusion_matrix.png")
-    assert min(image.size) >= 600  # readable in the Images tab
+    # drawn at twice the size of TensorBoard's image card (367 x 215 px), so it is not shrunk
+    assert image.size[0] <= 2 * 367 and image.size[1] <= 2 * 215
     # Each run has its own checkpoint by default (retrain.py's was shared by every run).
     assert main([a for a in base_args(tmp_path, tiny, image_dir) if not a.startswith("--checkpoint_path")]
                 + ["--run_tag=own"]) == 0
     own = next(r for r in (tmp_path / "ts").iterdir() if r.name.endswith("-own"))
     assert (own / "checkpoint" / "head.index").is_file()
+
+
+def test_confusion_matrix_fits_tensorboards_image_card():
+    """Issue 17 item 8: TensorBoard's Time Series tab fits an image into a 367 x 215 px box; up to
+    10 classes the matrix is laid out for it (drawn at 2x), more classes get cells of 12 px at least."""
+    from PIL import Image
+
+    from retrain.summaries import confusion_matrix, confusion_matrix_png
+
+    rng = np.random.default_rng(0)
+    names = ["air_conditioner", "car_horn", "children_playing", "dog_bark", "drilling", "engine_idling",
+             "gun_shot", "jackhammer", "siren", "street_music"]
+    for n in (2, 10):
+        y = rng.integers(0, n, 200)
+        png = confusion_matrix_png(confusion_matrix(y, y, n), names[:n], "test accuracy 100.0%")
+        width, height = Image.open(io.BytesIO(png)).size
+        assert width <= 2 * 367 and height <= 2 * 215, (n, width, height)
+    y = rng.integers(0, 50, 500)
+    width, height = Image.open(io.BytesIO(confusion_matrix_png(confusion_matrix(y, y, 50),
+                                                               [f"class {k}" for k in range(50)], "t"))).size
+    assert height >= 2 * 50 * 12  # 50 rows of 12 px (at 2x): shrunk in the card, readable at actual size
+
+
+def test_run_names_name_every_module():
+    """`aisfx` stood for aisfx,soundnet,efficientnet_lite0 too (issue 17 item 8)."""
+    from types import SimpleNamespace
+
+    from retrain.core import _default_tag
+
+    prepared = SimpleNamespace(backbone=SimpleNamespace(name="aisfx,soundnet,efficientnet_lite0"))
+    assert _default_tag(SimpleNamespace(split="folds", test_folds=[2]), prepared) == \
+        "aisfx+soundnet+efficientnet_lite0-test2"
+    prepared.backbone.name = "aisfx"
+    assert _default_tag(SimpleNamespace(split="hash"), prepared) == "aisfx-hash"
 
 
 def test_flagfile_and_retrain_py_distortion_flags(tmp_path, tiny, image_dir, capsys):
