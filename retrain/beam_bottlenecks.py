@@ -31,7 +31,7 @@ from typing import Callable, Optional
 import numpy as np
 
 from retrain.bottlenecks import (BottleneckStore, InputMaker, backbone_parts, compute_batch,
-                                 image_to_input)
+                                 image_to_input, part_key)
 from retrain.errors import RetrainError
 from retrain.images import ImageRecord, list_images
 from soundretrain import filesystems
@@ -101,7 +101,7 @@ def _image_job(record: ImageRecord, part) -> tuple[str, Callable[[], np.ndarray]
             raise RetrainError(f"cannot read image ({_reason(err)})") from None
         return image_to_input(pixels, int(spec.height), int(spec.width))
 
-    return hashlib.sha1(data).hexdigest(), make
+    return part_key(part, hashlib.sha1(data).hexdigest()), make
 
 
 def process_unit(parts, records: list[ImageRecord], bottleneck_dir: str, spectrogram_settings=None) -> dict:

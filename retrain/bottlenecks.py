@@ -2,7 +2,8 @@
 
 The cache is content-addressed: ``<bottleneck_dir>/<module>/<key[:2]>/<key>.npy`` where
 ``key`` is the SHA-1 of the image file's bytes (image modules) or of the source audio's
-path, size, mtime and window (waveform modules), so a changed image is recomputed, two
+path, size, mtime and window (waveform modules), mixed with the digest of the module's
+weights where it has one (:func:`part_key`), so a changed image is recomputed, two
 folders with the same images share entries, and the cache never goes stale. Each file
 is written atomically (temp name, then ``os.replace``) as soon as its batch is done, so a
 killed run resumes where it stopped. Each entry is a one-record ``.npy`` holding the vector,
@@ -120,6 +121,16 @@ class AudioSegments:
         text = (f"wav|{filesystems.abspath(record.source)}|{st.size}|{st.mtime_ns}|"
                 f"{record.start:.6f}|{self.sample_rate}|{s.duration}|{s.pad_mode}")
         return hashlib.sha1(text.encode()).hexdigest()
+
+
+def part_key(part: Backbone, key: str) -> str:
+    """The cache key of ``part``'s vector for an input whose own key is ``key``: with the
+    digest of the part's weights when it has one, so vectors computed with other weights
+    (a cache of wrong weights, another version of a package) are never reused."""
+    digest = getattr(part, "weights_digest", None)
+    if not digest:
+        return key
+    return hashlib.sha1(f"{key}|weights={digest}".encode()).hexdigest()
 
 
 def file_sha1(path: str) -> str:
@@ -304,9 +315,9 @@ class InputMaker:
 
     def key(self, record: ImageRecord) -> str:
         if self.spec.kind == "waveform":
-            return self.audio.key(record)
+            return part_key(self.part, self.audio.key(record))
         if record.path not in self._image_keys:
-            self._image_keys[record.path] = file_sha1(record.path)
+            self._image_keys[record.path] = part_key(self.part, file_sha1(record.path))
         return self._image_keys[record.path]
 
     def raw(self, record: ImageRecord) -> np.ndarray:

@@ -2,8 +2,10 @@
 file formats (a zip PyTorch checkpoint, an object .npy), so tests run without them."""
 from __future__ import annotations
 
+import contextlib
 from collections import OrderedDict
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 
@@ -65,3 +67,18 @@ def write_fake_soundnet(path: Path, seed: int = 0) -> dict:
     raw = random_weights(seed)
     np.save(path, np.array(raw, dtype=object), allow_pickle=True)
     return raw
+
+
+@contextlib.contextmanager
+def trusted_as_published(module, source: Path) -> Iterator[str]:
+    """Tests only: within the block, ``module`` (aisfx or soundnet) takes the conversion of
+    ``source`` (random weights in its package's format) for its published weights, so its
+    cache keeps and verifies them like the real ones; yields their digest."""
+    from soundretrain.backbones.converted_cache import weights_digest
+
+    digest = weights_digest(module.conversion(source).convert())
+    module.KNOWN_WEIGHTS[digest] = f"random test weights from {source}"
+    try:
+        yield digest
+    finally:
+        module.KNOWN_WEIGHTS.pop(digest, None)

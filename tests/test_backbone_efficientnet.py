@@ -114,10 +114,10 @@ def test_second_load_reuses_the_cache(lite0_cache, monkeypatch):
     marker = folder / lite0.MARKER_FILE
     stamp = marker.stat().st_mtime_ns
 
-    def no_conversion(tmp):
-        raise AssertionError("the cached model should have been reused")
+    def no_conversion(state):
+        raise AssertionError("the cached weights should have been reused")
 
-    monkeypatch.setattr(lite0, "_build_cache", no_conversion)
+    monkeypatch.setattr(lite0, "convert_state_dict", no_conversion)
     start = time.perf_counter()
     again = lite0.load(lite0_cache["dir"])
     load_s = time.perf_counter() - start
@@ -128,19 +128,20 @@ def test_second_load_reuses_the_cache(lite0_cache, monkeypatch):
                                atol=1e-6)
 
 
-@pytest.mark.parametrize("damage", ["truncate_variables", "drop_marker", "garbage_graph"])
+@pytest.mark.parametrize("damage", ["truncate_weights", "drop_marker", "garbage_weights"])
 def test_corrupt_cache_is_rebuilt(tmp_path, lite0_cache, backbone, damage, capsys):
     folder = lite0.cached_model_dir(tmp_path)
     shutil.copytree(lite0.cached_model_dir(lite0_cache["dir"]), folder)
-    if damage == "truncate_variables":
-        data = next((folder / "variables").glob("variables.data-*"))
-        data.write_bytes(data.read_bytes()[:1000])
+    weights = folder / "weights.npz"
+    if damage == "truncate_weights":
+        weights.write_bytes(weights.read_bytes()[:1000])
     elif damage == "drop_marker":
         (folder / lite0.MARKER_FILE).unlink()
     else:
-        (folder / "saved_model.pb").write_bytes(b"not a protobuf")
+        weights.write_bytes(b"not a zip file")
     rebuilt = lite0.load(tmp_path)
-    assert "converting" in capsys.readouterr().err
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "converting" in err[0] and "warning" in err[0]
     assert json.loads((folder / lite0.MARKER_FILE).read_text())["name"] == "efficientnet_lite0"
     images = probe_images()[:1]
     np.testing.assert_allclose(rebuilt.compute(images), backbone.compute(images), atol=1e-6)
@@ -183,27 +184,27 @@ def test_a_cache_another_process_finished_meanwhile_is_kept(tmp_path, lite0_cach
     """Two first uses at once (two retrain runs): the slower converter used to move the
     faster one's fresh cache aside, under the feet of the process loading it."""
     target = lite0.cached_model_dir(tmp_path)
-    build = lite0._build_module
+    convert = lite0.convert_state_dict
 
-    def build_while_another_process_finishes(arrays):
+    def convert_while_another_process_finishes(state):
         shutil.copytree(lite0.cached_model_dir(lite0_cache["dir"]), target)
         (target / "theirs").write_text("")
-        return build(arrays)
+        return convert(state)
 
-    monkeypatch.setattr(lite0, "_build_module", build_while_another_process_finishes)
-    lite0.convert_checkpoint(target)
+    monkeypatch.setattr(lite0, "convert_state_dict", convert_while_another_process_finishes)
+    lite0.load(tmp_path)
     assert (target / "theirs").exists()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temp folders left
 
 
-def test_cached_saved_model_is_a_plain_tf2_module(lite0_cache, backbone):
-    """The cache folder also works as a generic SavedModel image module."""
-    import tensorflow as tf
-
-    loaded = tf.saved_model.load(str(lite0.cached_model_dir(lite0_cache["dir"])))
-    images = probe_images()[:2]
-    np.testing.assert_allclose(loaded(tf.constant(images)).numpy(), backbone.compute(images),
-                               atol=1e-5)
+def test_the_cache_holds_arrays_and_a_marker_only(lite0_cache, backbone):
+    """No graph is cached (the network is this module's code): the weights as arrays, and a
+    marker that records their digest for people."""
+    folder = lite0.cached_model_dir(lite0_cache["dir"])
+    assert sorted(p.name for p in folder.iterdir()) == [lite0.MARKER_FILE, "weights.npz"]
+    marker = json.loads((folder / lite0.MARKER_FILE).read_text())
+    assert marker["weights_sha256"] == backbone.weights_digest
+    assert marker["cache_format"] == lite0.CACHE_FORMAT and marker["license"] == "Apache-2.0"
 
 
 def test_tf_callable_freezes_into_a_constant_graph(backbone):
@@ -271,12 +272,12 @@ def test_temp_folders_of_killed_conversions_are_cleared(tmp_path):
     target = lite0.cached_model_dir(tmp_path)
     target.parent.mkdir(parents=True, exist_ok=True)
     old = target.parent / f".{target.name}.abandoned"
-    (old / "variables").mkdir(parents=True)
-    (old / "variables" / "variables.data-00000-of-00001").write_bytes(b"\0" * 1000)
+    old.mkdir(parents=True)
+    (old / "weights.npz").write_bytes(b"\0" * 1000)
     os.utime(old, (time.time() - 3600, time.time() - 3600))
     recent = target.parent / f".{target.name}.running"  # another process converting now
     recent.mkdir()
-    lite0.convert_checkpoint(target)
+    lite0.load(tmp_path)
     assert not old.exists() and recent.exists()
 
 

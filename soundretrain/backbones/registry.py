@@ -55,6 +55,10 @@ class Backbone(abc.ABC):
     name: str
     input_spec: InputSpec
     feature_size: int
+    #: SHA-256 of the weights, for networks converted from a weights package (verified
+    #: against the published weights' digest); part of every bottleneck cache key, so
+    #: features computed with other weights are never reused. None: the name suffices.
+    weights_digest: Optional[str] = None
 
     @abc.abstractmethod
     def compute(self, inputs: np.ndarray) -> np.ndarray:

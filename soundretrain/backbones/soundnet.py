@@ -39,7 +39,7 @@ import numpy as np
 
 from soundretrain.backbones import cache_root
 from soundretrain.backbones.converted_cache import (
-    load_or_convert, load_saved_weights, packaged_weights_file, save_waveform_module)
+    Conversion, as_variables, load_or_convert, packaged_weights_file)
 from soundretrain.backbones.registry import Backbone, InputSpec, ModuleError
 from soundretrain.backbones.restricted_pickle import UnsafePickleError, load_object_npy
 
@@ -71,8 +71,15 @@ LAYERS = (
     ("conv6", 512, 4, 1, 2, None, None),
 )
 
-CACHE_FORMAT = 1
+# 1: a SavedModel (loading it ran the cache's own graph); 2: verified arrays only.
+CACHE_FORMAT = 2
 CACHE_FOLDER = f"{NAME}-v{CACHE_FORMAT}"
+#: Digests (converted_cache.weights_digest) of this module's conversion of the published
+#: weights; a cache or weights file that converts to anything else is not trusted as them.
+KNOWN_WEIGHTS = {
+    "4f2979a8f902e3ba09e6f4953b04ac30e1de64ae9b9e7b2497a1435cb14be61f":
+        f"{PACKAGE} {PACKAGE_VERSION} soundnet/models/sound8.npy (SoundNet-8)",
+}
 
 
 def weights_path() -> Path:
@@ -174,21 +181,24 @@ def cached_model_dir(cache_dir: Optional[str | os.PathLike] = None) -> Path:
     return cache_root(cache_dir) / CACHE_FOLDER
 
 
-def _build_cache(tmp: Path, source: Optional[Path] = None) -> dict:
-    """The converted weights as a plain TF2 waveform module in ``tmp`` (its
-    ``sample_rate`` attribute says the rate); returns the marker's contents."""
-    source = Path(source) if source is not None else weights_path()
-    try:
-        raw = load_object_npy(source)
-    except (UnsafePickleError, OSError) as err:
-        raise ModuleError(f"cannot read the SoundNet weights {source}: {err}") from None
-    if not isinstance(raw, Mapping):
-        raise ModuleError(f"{source} does not hold SoundNet's dict of layers; reinstall it: "
-                          f"{PIP_COMMAND}")
-    marker = save_waveform_module(tmp, convert_weights(raw), _features, name=NAME,
-                                  sample_rate=SAMPLE_RATE, source=source, license=LICENSE,
-                                  attribution=ATTRIBUTION, feature_size=FEATURE_SIZE)
-    return {**marker, "features": f"{FEATURE_LAYER}, mean over time"}
+def conversion(weights_file: Optional[str | os.PathLike] = None) -> Conversion:
+    """How the weights are converted (from ``weights_file``, else the packaged file) and checked."""
+    def convert() -> Dict[str, np.ndarray]:
+        source = Path(weights_file) if weights_file is not None else weights_path()
+        try:
+            raw = load_object_npy(source)
+        except (UnsafePickleError, OSError) as err:
+            raise ModuleError(f"cannot read the SoundNet weights {source}: {err}") from None
+        if not isinstance(raw, Mapping):
+            raise ModuleError(f"{source} does not hold SoundNet's dict of layers; reinstall it: "
+                              f"{PIP_COMMAND}")
+        return convert_weights(raw)
+
+    return Conversion(NAME, CACHE_FORMAT, expected_weight_shapes(), KNOWN_WEIGHTS, convert,
+                      {"license": LICENSE, "attribution": ATTRIBUTION, "feature_size": FEATURE_SIZE,
+                       "input": f"float32 [N, samples] mono at {SAMPLE_RATE} Hz in [-1, 1]",
+                       "features": f"{FEATURE_LAYER}, mean over time"},
+                      "the packaged SoundNet weights (MIT)")
 
 
 # ---------------------------------------------------------------------------
@@ -202,12 +212,12 @@ class SoundNet(Backbone):
     input_spec = InputSpec(kind="waveform", sample_rate=SAMPLE_RATE)
     feature_size = FEATURE_SIZE
 
-    def __init__(self, weights: Mapping, saved_model_dir: Optional[Path] = None,
+    def __init__(self, weights: Mapping, weights_digest: Optional[str] = None,
                  tile_samples: int = TILE_SAMPLES):
         import tensorflow as tf
 
-        self._weights = dict(weights)
-        self.saved_model_dir = saved_model_dir
+        self._weights = as_variables(weights)
+        self.weights_digest = weights_digest
         self.tile_samples = int(tile_samples)
         if self.tile_samples != TILE_SAMPLES:
             self.name = f"{NAME}_tile{self.tile_samples}"
@@ -244,6 +254,7 @@ class SoundNet(Backbone):
         desc.update({
             "license": LICENSE, "attribution": ATTRIBUTION,
             "weights": f"{PACKAGE} {PACKAGE_VERSION} soundnet/models/sound8.npy (SoundNet-8)",
+            "weights_sha256": self.weights_digest,
             "features": f"{FEATURE_LAYER} (batch norm, ReLU), mean over time",
             "input_scale": INPUT_SCALE,
             "tile_seconds": self.tile_samples / SAMPLE_RATE,
@@ -253,13 +264,9 @@ class SoundNet(Backbone):
 
 def load(cache_dir: Optional[str | os.PathLike] = None,
          weights_file: Optional[str | os.PathLike] = None) -> SoundNet:
-    """The SoundNet backbone; converts the packaged weights on first use and caches the
-    SavedModel in ``cache_root(cache_dir)`` (rebuilt when corrupt). ``weights_file``: read
-    ``sound8.npy`` from there instead of the installed package."""
-    folder = cached_model_dir(cache_dir)
-    shapes = expected_weight_shapes()
-    weights = load_or_convert(NAME, folder, CACHE_FORMAT,
-                              lambda f: load_saved_weights(f, shapes),
-                              lambda tmp: _build_cache(tmp, weights_file),
-                              "the packaged SoundNet weights (MIT)")
-    return SoundNet(weights, saved_model_dir=folder)
+    """The SoundNet backbone; converts the packaged weights on first use and keeps them in
+    ``cache_root(cache_dir)`` (converted again when the cache fails its check).
+    ``weights_file``: convert ``sound8.npy`` from there instead of the installed package's."""
+    converted = load_or_convert(conversion(weights_file), cached_model_dir(cache_dir),
+                                from_source=weights_file is not None)
+    return SoundNet(converted.arrays, weights_digest=converted.digest)

@@ -98,6 +98,7 @@ class FineTunedBackbone(Backbone):
         for v in split.tail.trainable_variables:
             digest.update(np.ascontiguousarray(v.numpy()).tobytes())
         self.name = f"{self.base.name}+fine_tuned_{split.blocks}-{digest.hexdigest()[:12]}"
+        self.weights_digest = self.base.weights_digest  # the trunk's (the tail's is in the name)
         self.input_spec: InputSpec = self.base.input_spec
         self.feature_size = int(self.base.feature_size)
         spec = self.input_spec
