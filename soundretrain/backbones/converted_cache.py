@@ -214,8 +214,8 @@ def load_or_convert(conversion: Conversion, folder: Path, *, from_source: bool =
         digest = weights_digest(arrays) if arrays is not None else None
         if digest in c.known:
             return ConvertedWeights(arrays, digest)
-        found = "unreadable" if arrays is None else f"of unknown digest {digest[:16]}"
-        _warn(c.name, f"the cache in {folder} is not {c.what} (its weights are {found}); "
+        what = "unreadable" if arrays is None else f"of unknown digest {digest[:16]}"
+        _warn(c.name, f"the cache in {folder} is not {c.what} (its weights are {what}); "
                       "converting them again")
     elif folder.exists():
         _warn(c.name, f"the cache in {folder} is incomplete or of another format; converting "
