@@ -71,6 +71,8 @@ class FileSource:
     def blocks(self, frames: int) -> Iterator[np.ndarray]:
         import soundfile as sf
 
+        from soundretrain.audio import to_mono  # channels in opposite phase do not cancel
+
         start = time.monotonic()
         done = 0
         for block in sf.blocks(self.path, blocksize=frames, dtype="float32", always_2d=True):
@@ -79,7 +81,7 @@ class FileSource:
                 if wait > 0:
                     time.sleep(wait)
             done += len(block)
-            yield block.mean(axis=1)
+            yield to_mono(block, self.sample_rate)
 
 
 class SoundDeviceSource:

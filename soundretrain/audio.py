@@ -25,6 +25,14 @@ class AudioReadError(Exception):
         super().__init__(f"{self.path}: {self.reason}")
 
 
+#: A channel mix that keeps less than this share of its channels' mean energy (-20 dB)
+#: cancels: channels in opposite phase (L = -R: a miswired cable or microphone, an M/S
+#: recording decoded wrongly), whose plain mean is silence.
+CANCELLING_MIX = 0.01
+#: The mix is judged over blocks of this many seconds of the file, counted from its start,
+#: so a file decoded whole and one decoded block by block mix the same samples the same way.
+MIX_BLOCK_SECONDS = 1.0
+
 #: Seconds decoded beyond ``max_seconds``, so resampling the prefix gives exactly the
 #: samples resampling the whole file would (soxr's filter reaches far less than this).
 PREFIX_MARGIN_SECONDS = 1.0
@@ -34,7 +42,7 @@ def load_audio(path: str | os.PathLike, sr: int, max_seconds: Optional[float] = 
     """Decode ``path`` to float32 mono ``y`` at ``sr`` Hz (soxr resampling).
 
     Any format soundfile reads (wav 8/16/24/32-bit and float, flac, ogg, mp3, aiff),
-    any sample rate or channel count. Raises :class:`AudioReadError` with a one-line
+    any sample rate or channel count (mixed by :func:`to_mono`). Raises :class:`AudioReadError` with a one-line
     reason for missing, empty, corrupt, non-audio or unreadable files.
 
     ``max_seconds``: only the start is needed (``--long_clips=cut``); at least that much
@@ -64,6 +72,43 @@ def load_audio(path: str | os.PathLike, sr: int, max_seconds: Optional[float] = 
     if not np.all(np.isfinite(y)):
         raise AudioReadError(path, "audio contains NaN or infinite samples")
     return np.ascontiguousarray(y, dtype=np.float32)
+
+
+def mix_block_frames(sr: int) -> int:
+    """Frames (at the file's own rate ``sr``) of a block :func:`to_mono` judges at once."""
+    return max(1, int(MIX_BLOCK_SECONDS * sr))
+
+
+def to_mono(y: np.ndarray, sr: int) -> np.ndarray:
+    """Mix ``y`` (``[frames, channels]`` at the file's rate ``sr``) to float32 mono.
+
+    The channels' mean, as ``librosa.to_mono`` (and so the training images) has it,
+    except in a block (:data:`MIX_BLOCK_SECONDS`) where that mean cancels
+    (:data:`CANCELLING_MIX`): there each channel is first turned to the polarity of the
+    loudest one (the first channel keeps its own), so a file with L = -R is labelled as
+    the sound it holds, not called silent. Blocks are counted from ``y[0]``, which is the
+    file's first frame for every caller.
+    """
+    y = np.asarray(y, dtype=np.float32)
+    if y.ndim == 1:
+        return y
+    mono = y.mean(axis=1, dtype=np.float32)
+    channels = y.shape[1]
+    if channels < 2:
+        return mono
+    block = mix_block_frames(sr)
+    for start in range(0, y.shape[0], block):
+        part = y[start:start + block]
+        part64 = part.astype(np.float64)
+        gram = part64.T @ part64
+        if gram.sum() / channels**2 >= CANCELLING_MIX * np.trace(gram) / channels:  # (silence: 0 >= 0)
+            continue
+        loudest = int(np.argmax(np.diag(gram)))
+        signs = np.where(gram[loudest] < 0, -1.0, 1.0).astype(np.float32)
+        if signs[0] < 0 and gram[0, 0] > 0:
+            signs = -signs
+        mono[start:start + block] = (part * signs).mean(axis=1, dtype=np.float32)
+    return mono
 
 
 def fit_duration(y: np.ndarray, sr: int, duration: float, pad_mode: str = "repeat") -> np.ndarray:
@@ -120,17 +165,20 @@ def is_silent(y: np.ndarray) -> bool:
 
 
 def _decode(path: str, sr: int, max_seconds: Optional[float] = None) -> np.ndarray:
-    """What ``librosa.load(path, sr=sr, mono=True)`` returns, without importing
-    librosa's audio module (scipy.signal and numba: about 3 s of a labelling command's
-    cold start). Formats libsndfile cannot read still go through librosa (audioread)."""
+    """What ``librosa.load(path, sr=sr, mono=True)`` returns (but mixed by :func:`to_mono`,
+    so channels in opposite phase do not cancel), without importing librosa's audio module
+    (scipy.signal and numba: about 3 s of a labelling command's cold start). Formats
+    libsndfile cannot read still go through librosa (audioread)."""
     import soundfile as sf
 
     try:
         with sf.SoundFile(path) as f:
             _refuse_truncated(f)
             native_sr = f.samplerate
-            frames = -1 if max_seconds is None else \
-                int(np.ceil((max_seconds + PREFIX_MARGIN_SECONDS) * native_sr))
+            frames = -1
+            if max_seconds is not None:  # whole mix blocks, so the prefix mixes as the whole file
+                block = mix_block_frames(native_sr)
+                frames = -(-int(np.ceil((max_seconds + PREFIX_MARGIN_SECONDS) * native_sr)) // block) * block
             y = f.read(frames=frames, dtype="float32", always_2d=True)
     except sf.LibsndfileError as e:
         import librosa
@@ -139,7 +187,7 @@ def _decode(path: str, sr: int, max_seconds: Optional[float] = None) -> np.ndarr
             with warnings.catch_warnings():
                 # librosa warns before falling back to audioread; the reason we report suffices.
                 warnings.simplefilter("ignore")
-                y, _ = librosa.load(path, sr=sr, mono=True)
+                y, native_sr = librosa.load(path, sr=None, mono=False)
         except Exception as fallback:
             # Both decoders failed: name libsndfile's reason ("Format not recognised") rather
             # than audioread's bare exception type (a text file gave "EOFError").
@@ -148,8 +196,8 @@ def _decode(path: str, sr: int, max_seconds: Optional[float] = None) -> np.ndarr
                 raise RuntimeError(why) from None
             other = str(fallback).strip().splitlines()[0] if str(fallback).strip() else type(fallback).__name__
             raise RuntimeError(f"{why} (libsndfile); {other} (audioread)") from None
-        return y
-    return to_sample_rate(y.mean(axis=1, dtype=np.float32), native_sr, sr)
+        y = y.T if y.ndim == 2 else y  # librosa: [channels, frames]
+    return to_sample_rate(to_mono(y, native_sr), native_sr, sr)
 
 
 _DATA_LENGTH_WRONG = re.compile(r"^\s*data\s*:\s*(\d+)\s*\(should be (\d+)\)", re.MULTILINE)

@@ -15,7 +15,7 @@ from typing import Iterator, Optional
 
 import numpy as np
 
-from soundretrain.audio import AudioReadError, fit_duration, load_audio, window_starts
+from soundretrain.audio import AudioReadError, fit_duration, load_audio, mix_block_frames, to_mono, window_starts
 
 #: Seconds decoded per block: large enough for soxr and libsndfile to run at full speed,
 #: small enough that a block is a few MB.
@@ -84,7 +84,8 @@ class AudioStream:
             # The quality load_audio's to_sample_rate asks of soxr.resample ("soxr_hq").
             resampler = soxr.ResampleStream(self.native_sr, self.sr, 1, dtype="float32", quality="HQ")
         emitted = 0
-        step = max(1, int(self.block_seconds * self.native_sr))
+        mix_block = mix_block_frames(self.native_sr)  # whole mix blocks: mixed as load_audio mixes
+        step = max(1, round(self.block_seconds * self.native_sr / mix_block)) * mix_block
         try:
             with sf.SoundFile(self.path) as f:
                 _refuse_truncated(f)
@@ -93,7 +94,7 @@ class AudioStream:
                     block = f.read(frames=step, dtype="float32", always_2d=True)
                     read += len(block)
                     last = len(block) < step or read >= self.frames
-                    y = block.mean(axis=1, dtype=np.float32)
+                    y = to_mono(block, self.native_sr)
                     if not np.all(np.isfinite(y)):
                         raise AudioReadError(self.path, "audio contains NaN or infinite samples")
                     if resampler is not None:

@@ -192,6 +192,36 @@ def test_a_long_whole_decoded_file_shows_progress(tiny, tmp_path, capsys):
     assert "minute.wav" in err and len(re.findall(r"\d+/60 s", err)) >= 2
 
 
+def test_anti_phase_stereo_is_labelled_as_its_sound_in_every_path(tiny, tmp_path, capsys):
+    """Probe: L = -R mixed to silence ("the audio is silent"). The files, folders, detections
+    and long-recording paths all mix through soundretrain.audio, so all hear the sound."""
+    import soundfile as sf
+
+    from label.labeling import AudioInput, label_files, resolve_image_input
+    from label.models import load_labeler
+
+    y = np.concatenate([make_clip("chirp", seed=4), make_clip("tone", seed=4)])
+    (tmp_path / "rec").mkdir()
+    anti = str(tmp_path / "rec" / "anti.wav")
+    sf.write(anti, np.stack([y, -y], axis=1), SR, subtype="FLOAT")
+    mono = str(tmp_path / "mono.wav")
+    sf.write(mono, y, SR, subtype="FLOAT")
+    model = tiny.paths["output_tflite"]
+    code, out, err = run(capsys, "--graph", model, "--audio", anti, mono, "--json")
+    assert code == 0, err
+    got, expected = json.loads(out)["results"]
+    assert [w["top"][0]["label"] for w in got["windows"]] == ["chirp", "tone"]
+    assert got["top"] == expected["top"]
+    code, out, err = run(capsys, "--graph", model, "--audio_dir", str(tmp_path / "rec"), "--min_confidence", "0.5")
+    assert code == 0, err
+    assert [line.split("\t")[3] for line in out.splitlines()] == ["chirp", "tone"]
+    labeler = load_labeler(model)
+    audio = AudioInput(tiny.settings, None, resolve_image_input(labeler))
+    (_, streamed, error), = label_files(labeler, [anti], "audio", audio_input=audio, stream_seconds=0.5)
+    assert error is None and [labeler.labels[int(np.argmax(w.probabilities))] for w in streamed.windows] == [
+        "chirp", "tone"]
+
+
 def test_audio_at_another_sample_rate_is_resampled(tiny, tmp_path, capsys):
     import librosa
 

@@ -78,6 +78,14 @@ def test_quiet_file_gives_no_event(tmp_path):
     assert list(detect_events(FileSource(wav), TriggerSettings())) == []
 
 
+def test_anti_phase_stereo_events_are_heard(tmp_path):
+    """L = -R mixed to silence: --mic_file heard no event (the same mix as --audio now)."""
+    y = two_events()
+    wav = write_wav(tmp_path / "anti.wav", np.stack([y, -y], axis=1), SR)
+    events = list(detect_events(FileSource(wav), TriggerSettings(record_seconds=1.0)))
+    assert [round(e.start_seconds) for e in events] == [1, 6]
+
+
 def test_mic_loop_labels_each_event(tiny, tmp_path, capsys):
     wav = write_wav(tmp_path / "events.wav", two_events(), SR)
     code = main(["label_image", "--graph", tiny.paths["output_tflite"], "--mic_file", wav,

@@ -631,3 +631,14 @@ def test_trigger_parameters_cover_the_trigger():
     assert p["record_seconds"] == 1.5 and p["trigger_db"] == 9.0
     assert {"block_seconds", "preroll_seconds", "adapt_seconds", "min_floor_db", "silence_db", "silence_rms",
             "loud_slowdown"} <= set(p)
+
+
+def test_anti_phase_stereo_is_labelled_not_called_silent(client):
+    """Probe: an upload with L = -R got 422 "the audio is silent" (its mono mix cancels)."""
+    y = example_clip("siren", 1, 0)
+    anti = client.post("/v1/label", content=wav_bytes(np.stack([y, -y], axis=1), subtype="FLOAT"),
+                       params={"filename": "anti.wav"})
+    mono = client.post("/v1/label", content=wav_bytes(y, subtype="FLOAT"))
+    assert anti.status_code == 200, anti.text
+    assert anti.json()["label"] == "siren" == mono.json()["label"]
+    assert anti.json()["top"] == mono.json()["top"]
