@@ -28,6 +28,7 @@ from soundretrain.command_line import (CommandLineExit, FlagGroup, FlagGroups, I
 from soundretrain.command_line import error as print_error
 
 PROG = "label_image"
+MIC_RECORD_SECONDS = 3.0  # --mic's --record_seconds when not given
 DETECTION_FORMATS = ("csv", "audacity", "raven")  # label.detections.FORMATS, without importing it here
 USAGE = f"""{PROG}: label images, audio or the microphone with an exported model.
 
@@ -75,12 +76,18 @@ def define_flags(fv: flags.FlagValues) -> None:
     define("string", "mic_device", None, "Input device name or index for --mic (default: the system default).", group="microphone")
     define("string", "mic_file", None, "Drive the --mic loop from an audio file instead of a device.", group="microphone")
     define("boolean", "mic_realtime", False, "Stream --mic_file at real-time speed, as a microphone would.", group="microphone")
-    define("float", "record_seconds", 3.0, "Seconds recorded after a sound event starts.", group="microphone")
+    define("float", "record_seconds", None, "Seconds recorded after a sound event starts (--mic: 3; --serve: "
+           "the model's window, also what the page's Record button records).", group="microphone")
     define("float", "trigger_db", 12.0, "An event starts when a 50 ms block is this many dB above the noise floor.", group="microphone")
     define("integer", "num_threads", None, "Threads for the TFLite interpreter (default: its own choice).", group="model")
     define("boolean", "keep_going", True, "Go on after an input that cannot be labelled. Each failure is reported "
            "and the exit status is 1 if any input failed; --nokeep_going stops at the first.", group="inputs")
     define("boolean", "serve", False, "Serve a web page and HTTP API (POST /v1/label, GET /v1/model) for the model; Ctrl-C stops.", group="serve")
+    define("string", "project_dir", None, "With --serve: the studio. Collect clips into this folder (one folder "
+           "per class, as train and spectrograms read them), train and use the model in the page; "
+           "--graph is optional (an empty folder is the normal start).", group="serve")
+    define("string", "train_flagfile", None, "With --project_dir: flags for the train command the page's Train "
+           "button runs (e.g. --tfhub_module, --how_many_training_steps).", group="serve")
     define("string", "host", "127.0.0.1", "Address to listen on; anything but loopback lets other machines use the model.", group="serve")
     define("integer", "port", 8000, "TCP port (0: any free port).", group="serve")
     define("float", "max_upload_mb", 25.0, "Largest upload accepted, in MB.", group="serve")
@@ -129,11 +136,13 @@ class LabelSettings:
     mic_device: Optional[str] = None
     mic_file: Optional[str] = None
     mic_realtime: bool = False
-    record_seconds: float = 3.0
+    record_seconds: Optional[float] = None  # None: 3 s for --mic, the model's window for --serve
     trigger_db: float = 12.0
     num_threads: Optional[int] = None
     keep_going: bool = True
     serve: bool = False
+    project_dir: Optional[str] = None
+    train_flagfile: Optional[str] = None
     host: str = "127.0.0.1"
     port: int = 8000
     max_upload_mb: float = 25.0
@@ -183,8 +192,16 @@ class LabelSettings:
             p.append("--output_csv goes with --image_dir or --audio_dir")
         elif self.output_csv and os.path.isdir(self.output_csv):
             p.append(f"--output_csv {self.output_csv} is a folder; give a file name (labels.csv)")
-        if not self.graph and any(chosen):
+        if not self.graph and any(chosen) and not (self.serve and self.project_dir):
             p.append("no model given: pass --graph (a .pb, a SavedModel folder or a .tflite file)")
+        if (self.project_dir or self.train_flagfile) and not self.serve:
+            p.append(f"{'--project_dir' if self.project_dir else '--train_flagfile'} goes with --serve")
+        elif self.train_flagfile and not self.project_dir:
+            p.append("--train_flagfile goes with --project_dir")
+        elif self.train_flagfile and not os.path.isfile(self.train_flagfile):
+            p.append(f"--train_flagfile {self.train_flagfile}: no such file")
+        if self.project_dir and os.path.exists(self.project_dir) and not os.path.isdir(self.project_dir):
+            p.append(f"--project_dir {self.project_dir} is a file; give a folder")
         p += self._detection_problems()
         return p
 
@@ -241,7 +258,7 @@ def settings_from_flags(fv: flags.FlagValues, extra: Sequence[str]) -> LabelSett
         mic=fv.mic, mic_device=fv.mic_device, mic_file=fv.mic_file, mic_realtime=fv.mic_realtime,
         record_seconds=fv.record_seconds, trigger_db=fv.trigger_db, num_threads=fv.num_threads,
         keep_going=fv.keep_going,
-        serve=fv.serve, host=fv.host, port=fv.port, max_upload_mb=fv.max_upload_mb, max_seconds=fv.max_seconds,
+        serve=fv.serve, project_dir=fv.project_dir, train_flagfile=fv.train_flagfile, host=fv.host, port=fv.port, max_upload_mb=fv.max_upload_mb, max_seconds=fv.max_seconds,
         pool_size=fv.pool_size, upload_timeout=fv.upload_timeout, ssl_certfile=fv.ssl_certfile,
         ssl_keyfile=fv.ssl_keyfile,
         min_confidence=fv.min_confidence, merge_consecutive=fv.merge_consecutive,
@@ -500,7 +517,8 @@ def _run_mic(settings: LabelSettings) -> int:
     from label.labeling import label_waveform, top_k
     from label.mic import FileSource, SoundDeviceSource, TriggerSettings, detect_events
 
-    trigger = TriggerSettings(record_seconds=settings.record_seconds, trigger_db=settings.trigger_db)
+    record = MIC_RECORD_SECONDS if settings.record_seconds is None else settings.record_seconds
+    trigger = TriggerSettings(record_seconds=record, trigger_db=settings.trigger_db)
     problems = trigger.problems()
     if problems:
         return _error(problems[0], 2)
@@ -553,8 +571,10 @@ def _run_serve(settings: LabelSettings) -> int:
     options = serve.ServeSettings(
         host=settings.host, port=settings.port, max_upload_bytes=int(settings.max_upload_mb * 2**20),
         max_seconds=settings.max_seconds, top_k=settings.top_k, batch_size=settings.batch_size,
-        trigger=TriggerSettings(record_seconds=settings.record_seconds, trigger_db=settings.trigger_db),
+        trigger=TriggerSettings(record_seconds=MIC_RECORD_SECONDS if settings.record_seconds is None
+                                else settings.record_seconds, trigger_db=settings.trigger_db),
         pool_size=settings.pool_size, upload_timeout=settings.upload_timeout,
+        record_seconds=settings.record_seconds,
         ssl_certfile=settings.ssl_certfile, ssl_keyfile=settings.ssl_keyfile,
     )
     problems = options.problems()
@@ -562,12 +582,13 @@ def _run_serve(settings: LabelSettings) -> int:
         return _error(problems[0], 2)
     options.check_certificate()  # fail before the slow model load
     sock = serve.bind_socket(settings.host, settings.port)
+    studio = None
     try:
-        labelers = [_load(settings) for _ in range(options.pool_size)]
-        _, audio_input = _inputs(settings, labelers[0])
-        options = dataclasses.replace(options, top_k=min(settings.top_k, len(labelers[0].labels)))
-        service = serve.LabelService(labelers, audio_input, options)
-        service.warm_up()
+        service = None
+        if settings.graph:
+            service = _serve_model(settings, options, settings.graph)
+        if settings.project_dir:
+            studio = _open_studio(settings, options, service)
         if not serve.is_loopback(settings.host):
             mic = "" if settings.ssl_certfile else " (and the page's microphone needs https: --ssl_certfile)"
             others = serve.network_urls(sock, settings.host, options.scheme)
@@ -575,14 +596,57 @@ def _run_serve(settings: LabelSettings) -> int:
             print(f"{PROG}: warning: listening on {settings.host}: anyone who can reach this machine can use "
                   f"the model{mic}{where}", file=sys.stderr)
         url = serve.url_for(sock, settings.host, options.scheme)
-        print(f"serving {settings.graph} at {url} (Ctrl-C stops)", file=sys.stderr, flush=True)
-        serve.serve(service, sock)
+        what = f"the project {settings.project_dir}" if studio else settings.graph
+        print(f"serving {what} at {url} (Ctrl-C stops)", file=sys.stderr, flush=True)
+        serve.serve(service, sock, studio=studio)
     except KeyboardInterrupt:  # during the model load; uvicorn handles it once serving
         pass
     finally:
         sock.close()
+        if studio is not None:
+            studio.shutdown()
+            studio.project.close()
     print("stopped", file=sys.stderr)
     return 0
+
+
+def _serve_model(settings: LabelSettings, options, graph: str):
+    """A :class:`label.serve.LabelService` for the model ``graph`` (``--pool_size`` copies)."""
+    from label import serve
+
+    model_settings = dataclasses.replace(settings, graph=graph)
+    labelers = [_load(model_settings) for _ in range(options.pool_size)]
+    _, audio_input = _inputs(model_settings, labelers[0])
+    options = dataclasses.replace(options, top_k=min(settings.top_k, len(labelers[0].labels)))
+    service = serve.LabelService(labelers, audio_input, options)
+    service.warm_up()
+    return service
+
+
+def _open_studio(settings: LabelSettings, options, service):
+    """The project folder (locked), its model (``--graph`` wins at start; training replaces
+    it), and a training interrupted by a kill resumed."""
+    from label.project import Project, ProjectError
+    from label.studio import Studio
+    from soundretrain.spectrogram_settings import SpectrogramSettings
+
+    try:
+        project = Project(settings.project_dir).open()
+    except ProjectError as e:
+        raise OSError(e.message) from None
+    studio = Studio(project, lambda path: _serve_model(settings, options, path), options, SpectrogramSettings(),
+                    train_flagfile=os.path.abspath(settings.train_flagfile) if settings.train_flagfile else None,
+                    log_line=lambda line: print(f"{PROG}: {line}", file=sys.stderr, flush=True))
+    try:
+        if service is not None:
+            studio.service, studio.model_path = service, settings.graph
+            studio.worker.resume()
+        else:
+            studio.start()
+    except BaseException:
+        project.close()
+        raise
+    return studio
 
 
 def run() -> None:

@@ -27,6 +27,7 @@ bad upload is a 4xx JSON ``{"error": "..."}``.
 import asyncio
 import base64
 import contextlib
+import dataclasses
 import io
 import ipaddress
 import logging
@@ -66,6 +67,7 @@ class ServeSettings:
     batch_size: int = 32
     max_waiting: int = 32  # requests waiting for the model before 503
     upload_timeout: float = 60.0  # seconds a request may take to arrive whole (headers, then body)
+    record_seconds: Optional[float] = None  # the page's recordings; None: the model's window
     pool_size: int = 1  # copies of the model labelling in parallel
     trigger: TriggerSettings = field(default_factory=TriggerSettings)
     ssl_certfile: Optional[str] = None  # https: browsers allow the microphone off localhost
@@ -243,8 +245,17 @@ class LabelService:
             "pool_size": self.pool_size,
             "limits": {"max_upload_bytes": self.settings.max_upload_bytes,
                        "max_seconds": self.settings.max_seconds},
-            "trigger": trigger_parameters(self.settings.trigger),
+            "record_seconds": self.record_seconds,
+            "trigger": trigger_parameters(dataclasses.replace(self.settings.trigger,
+                                                              record_seconds=self.record_seconds)),
         }
+
+    @property
+    def record_seconds(self) -> float:
+        """What the page records (and the trigger after an event): ``--record_seconds``, else
+        the model's window (a 3 s recording padded to a 4 s window looped in its spectrogram)."""
+        explicit = self.settings.record_seconds
+        return float(self.audio_input.settings.duration if explicit is None else explicit)
 
     def label_bytes(self, data: bytes, filename: Optional[str] = None, top_k: Optional[int] = None,
                     display: bool = False) -> dict:
@@ -268,8 +279,8 @@ class LabelService:
         answer.update(label=best["label"], score=best["score"],
                       duration=round(reference.shape[0] / self.rates[0], 3),
                       window_seconds=float(self.audio_input.settings.duration))
-        for w in answer["windows"]:
-            w["end"] = round(min(w["start"] + answer["window_seconds"], max(answer["duration"], answer["window_seconds"])), 3)
+        for w in answer["windows"]:  # a short clip's window ends where the clip does (padded to the window)
+            w["end"] = round(min(w["start"] + answer["window_seconds"], answer["duration"]), 3)
         if display:
             self._add_display(answer, ys)
         answer["elapsed_ms"] = round((time.perf_counter() - started) * 1000, 1)
@@ -285,31 +296,7 @@ class LabelService:
             path = os.path.join(tmp, "upload" + suffix)
             with open(path, "wb") as f:
                 f.write(data)
-            self._check_duration(path, name)
-            try:
-                ys = decode_audio(path, self.rates)
-            except LabelInputError as e:
-                raise UploadError(422, str(e).replace(path, name)) from None
-        seconds = ys[self.rates[0]].shape[0] / self.rates[0]
-        if seconds > self.settings.max_seconds:  # a format we could not measure before decoding
-            raise UploadError(413, self._too_long(name, seconds))
-        return ys
-
-    def _too_long(self, name: str, seconds: float) -> str:
-        return (f"{name}: {seconds:.1f} s of audio is longer than the limit of "
-                f"{self.settings.max_seconds:g} s (--max_seconds)")
-
-    def _check_duration(self, path: str, name: str) -> None:
-        """Refuse a long recording before decoding it whole, when libsndfile can say."""
-        import soundfile as sf
-
-        try:
-            info = sf.info(path)
-            seconds = info.frames / info.samplerate if info.samplerate > 0 else 0.0
-        except Exception:  # not readable by libsndfile: decode_audio gives the reason
-            return
-        if seconds > self.settings.max_seconds:
-            raise UploadError(413, self._too_long(name, seconds))
+            return decode_file(path, name, self.rates, self.settings.max_seconds)
 
     def _add_display(self, answer: dict, ys: dict) -> None:
         """Each window's spectrogram as the model saw it, and the waveform envelope."""
@@ -326,13 +313,76 @@ class LabelService:
         answer["spectrogram_as_model_input"] = self.labeler.input_kind == "image" or bool(
             getattr(self.labeler, "audio_in", False))
         answer["waveform"] = waveform_envelope(ys[self.rates[0]])
+        answer["clip_spectrogram"] = clip_spectrogram(ys[rate], rate, settings)
+        answer["pad_mode"] = settings.pad_mode
+
+
+def _too_long(name: str, seconds: float, max_seconds: float) -> str:
+    return f"{name}: {seconds:.1f} s of audio is longer than the limit of {max_seconds:g} s (--max_seconds)"
+
+
+def decode_file(path: str, name: str, rates: Sequence[int], max_seconds: float) -> dict:
+    """``{rate: y}`` of an uploaded file, or :class:`UploadError`: 413 longer than
+    ``max_seconds`` (from the header before decoding, when libsndfile can say), 422 what
+    ``label_image`` refuses (not audio, truncated, silent, NaN), named ``name``."""
+    import soundfile as sf
+
+    try:
+        info = sf.info(path)
+        seconds = info.frames / info.samplerate if info.samplerate > 0 else 0.0
+    except Exception:  # not readable by libsndfile: decode_audio gives the reason
+        seconds = 0.0
+    if seconds > max_seconds:
+        raise UploadError(413, _too_long(name, seconds, max_seconds))
+    try:
+        ys = decode_audio(path, rates)
+    except LabelInputError as e:
+        raise UploadError(422, str(e).replace(path, name)) from None
+    seconds = ys[rates[0]].shape[0] / rates[0]
+    if seconds > max_seconds:  # a format we could not measure before decoding
+        raise UploadError(413, _too_long(name, seconds, max_seconds))
+    return ys
+
+
+def clip_spectrogram(y: np.ndarray, sr: int, settings, max_columns: int = 1500) -> dict:
+    """The whole clip's log-mel spectrogram for display under its waveform (not the square
+    model input): the model's mel bands, ``frames`` columns ``hop_seconds`` apart (neighbours
+    max-pooled past ``max_columns``), as a palette PNG with the frequency of each band, so
+    the page can draw time and frequency axes lined up with the waveform."""
+    import librosa
+    from PIL import Image
+
+    from soundretrain.audio import to_sample_rate
+    from soundretrain.render import colormap_lut, log_mel
+
+    rate = int(settings.sample_rate)
+    y = to_sample_rate(np.asarray(y, np.float32), sr, rate)
+    S = log_mel(y, rate, settings)  # [n_mels, frames], dB below the clip's loudest bin
+    step = max(1, -(-S.shape[1] // max_columns))
+    if step > 1:
+        width = -(-S.shape[1] // step) * step
+        S = np.pad(S, ((0, 0), (0, width - S.shape[1])), constant_values=-settings.top_db)
+        S = S.reshape(S.shape[0], -1, step).max(axis=2)
+    indices = np.clip((S[::-1] + settings.top_db) * (255.0 / settings.top_db) + 0.5, 0, 255).astype(np.uint8)
+    image = Image.fromarray(indices, mode="P")
+    colormap = settings.colormap if settings.coloured else "viridis"
+    image.putpalette(colormap_lut(colormap).astype(np.uint8).ravel().tolist())
+    buf = io.BytesIO()
+    image.save(buf, format="PNG")
+    fmax = float(settings.fmax or rate / 2)
+    centres = librosa.mel_frequencies(settings.n_mels + 2, fmin=float(settings.fmin), fmax=fmax)[1:-1]
+    return {"image": "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii"),
+            "seconds": round(len(y) / rate, 4), "column_seconds": step * settings.hop_length / rate,
+            "fmin": float(settings.fmin), "fmax": fmax, "band_hz": [round(float(f), 1) for f in centres],
+            "top_db": float(settings.top_db)}
 
 
 # --- the web application ----------------------------------------------------------
 
 
-def create_app(service: LabelService, loopback_only: bool = True):
-    """The FastAPI application: the page, ``/static``, ``/v1/model`` and ``/v1/label``."""
+def create_app(service: Optional[LabelService], loopback_only: bool = True, studio=None):
+    """The FastAPI application: the page, ``/static``, ``/v1/model`` and ``/v1/label``; with a
+    :class:`label.studio.Studio`, its project's API too, and the model it has trained (none at first)."""
     from fastapi import FastAPI, Request
     from fastapi.exceptions import RequestValidationError
     from fastapi.responses import FileResponse, JSONResponse
@@ -342,6 +392,7 @@ def create_app(service: LabelService, loopback_only: bool = True):
 
     app = FastAPI(title="soundretrain label_image --serve", docs_url=None, redoc_url=None, openapi_url=None)
     app.state.service = service
+    settings = studio.settings if studio is not None else service.settings
 
     def error(status: int, message: str, headers: Optional[dict] = None) -> JSONResponse:
         return JSONResponse({"error": message}, status_code=status, headers=headers)
@@ -383,9 +434,12 @@ def create_app(service: LabelService, loopback_only: bool = True):
 
     app.mount("/static", StaticFiles(directory=WEB_DIR), name="static")
 
+    def current() -> Optional[LabelService]:
+        return studio.service if studio is not None else service
+
     @app.get("/v1/model")
     async def model():
-        return service.model_info()
+        return studio.model_info() if studio is not None else service.model_info()
 
     @app.post("/v1/label")
     async def label(request: Request, filename: Optional[str] = None, top_k: Optional[int] = None,
@@ -393,12 +447,15 @@ def create_app(service: LabelService, loopback_only: bool = True):
         # Only a request whose body has fully arrived waits for the model: a slow or stalled
         # upload holds a connection until its deadline, never a place in the queue.
         try:
-            data, form_name = await read_upload(request, service.settings)
+            data, form_name = await read_upload(request, settings)
         except UploadError as e:
             return upload_error(e)
         except ClientGone as e:
             log_disconnect(request, e)
             return error(400, "the client disconnected")
+        service = current()
+        if service is None:
+            return error(409, "no model yet: add clips of at least 2 classes and train (POST /v1/train)")
         if service.waiting >= service.settings.max_waiting:
             return error(503, f"busy: {service.waiting} requests are waiting for the model; retry shortly",
                          {"Retry-After": "1"})
@@ -414,6 +471,10 @@ def create_app(service: LabelService, loopback_only: bool = True):
         finally:
             service.waiting -= 1
 
+    if studio is not None:
+        from label.studio import add_routes
+
+        add_routes(app, studio)
     return app
 
 
@@ -629,11 +690,11 @@ def _protocol_class(header_timeout: float):
     return DeadlineH11Protocol
 
 
-def _server(service: LabelService, host: str, access_log: bool, app=None):
+def _server(service: Optional[LabelService], host: str, access_log: bool, studio=None):
     import uvicorn
 
-    settings = service.settings
-    app = app or create_app(service, loopback_only=is_loopback(host))
+    settings = studio.settings if studio is not None else service.settings
+    app = create_app(service, loopback_only=is_loopback(host), studio=studio)
     # Connections, not requests waiting for the model: a request holds one only until its
     # deadlines (headers, then the body), so the limit is generous.
     config = uvicorn.Config(app, log_level="info" if access_log else "warning", access_log=access_log,
@@ -656,10 +717,11 @@ def log_like_uvicorn(level: int = logging.INFO) -> None:
     log.propagate = False
 
 
-def serve(service: LabelService, sock: socket.socket, access_log: bool = True) -> None:
+def serve(service: Optional[LabelService], sock: socket.socket, access_log: bool = True, studio=None) -> None:
     """Run the server on ``sock`` until Ctrl-C (uvicorn handles the signal)."""
     log_like_uvicorn()
-    server = _server(service, service.settings.host, access_log)
+    settings = studio.settings if studio is not None else service.settings
+    server = _server(service, settings.host, access_log, studio)
     asyncio.run(server.serve(sockets=[sock]))
 
 
@@ -667,10 +729,11 @@ class BackgroundServer:
     """The server on a thread of this process, for tests and benchmarks:
     ``with BackgroundServer(service) as url: ...``; stops on exit."""
 
-    def __init__(self, service: LabelService, host: str = "127.0.0.1", port: int = 0) -> None:
+    def __init__(self, service: Optional[LabelService], host: str = "127.0.0.1", port: int = 0, studio=None) -> None:
         self.sock = bind_socket(host, port)
-        self.url = url_for(self.sock, host, service.settings.scheme)
-        self.server = _server(service, host, access_log=False)
+        settings = studio.settings if studio is not None else service.settings
+        self.url = url_for(self.sock, host, settings.scheme)
+        self.server = _server(service, host, access_log=False, studio=studio)
         self.thread = threading.Thread(target=lambda: asyncio.run(self.server.serve(sockets=[self.sock])),
                                        name="label-serve", daemon=True)
 

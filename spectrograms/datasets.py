@@ -13,11 +13,11 @@ from __future__ import annotations
 import csv
 import os
 import re
-import unicodedata
 from dataclasses import dataclass, field
 from typing import Iterable, Optional, Sequence
 
 from soundretrain.filesystems import Tree
+from soundretrain.labels import normalise_label  # noqa: F401  (the spectrograms stage's name for it)
 from soundretrain.manifest import dataset_recording_id
 
 LAYOUTS = ("urbansound8k", "esc50", "folders")
@@ -55,14 +55,6 @@ class DatasetListing:
     missing: list[str] = field(default_factory=list)  # listed in metadata, absent on disk
     notes: list[str] = field(default_factory=list)  # other one-line remarks (ignored files, ...)
     rejected: list[tuple[str, str]] = field(default_factory=list)  # (source, reason): not rendered
-
-
-def normalise_label(name: str) -> str:
-    """retrain.py's label rule: lowercase, non-alphanumeric runs -> one space (trimmed).
-
-    Letters and digits of every script are kept (``Bär`` -> ``bär``, not ``b r``); names are
-    NFC-normalised first, so a folder name macOS stores decomposed gives the same label."""
-    return re.sub(r"[\W_]+", " ", unicodedata.normalize("NFC", name).lower()).strip()
 
 
 def group_of(file_name: str) -> str:

@@ -49,7 +49,7 @@ def make_service(model_path: str, copies: int = 1, **settings) -> LabelService:
 def server(sirens):
     """(url, service) of a server with small limits (1 MB, 20 s) and two copies of the model."""
     service = make_service(sirens.tflite, copies=2, max_upload_bytes=2**20, max_seconds=20.0,
-                           trigger=TriggerSettings(record_seconds=2.0), pool_size=2)
+                           trigger=TriggerSettings(record_seconds=2.0), record_seconds=2.0, pool_size=2)
     service.warm_up()
     with BackgroundServer(service) as url:
         yield url, service
