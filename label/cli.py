@@ -24,7 +24,8 @@ from typing import Optional, Sequence  # noqa: E402
 from absl import flags
 
 from soundretrain.command_line import (CommandLineExit, FlagGroup, FlagGroups, InterruptWatch,
-                                       import_tensorflow_quietly, non_finite_float_flags, parse_flags)
+                                       audio_warnings_as_lines, import_tensorflow_quietly, non_finite_float_flags,
+                                       parse_flags)
 from soundretrain.command_line import error as print_error
 
 PROG = "label_image"
@@ -288,6 +289,7 @@ def json_text(document, **kwargs) -> str:
     return json.dumps(_finite(document), allow_nan=False, **kwargs)
 
 
+@audio_warnings_as_lines(PROG)
 def main(argv: Sequence[str]) -> int:
     """Run the command for ``argv`` (``argv[0]`` is the program name); return the exit code."""
     fv = flags.FlagValues()

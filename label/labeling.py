@@ -278,14 +278,15 @@ STREAM_SECONDS = 120.0
 
 
 def recording_seconds(path: str) -> Optional[float]:
-    """The length of an audio file from its header, or None when libsndfile cannot tell."""
-    try:
-        import soundfile as sf
+    """The length of an audio file from its header (an MP3's from its frames), or None when
+    libsndfile cannot tell."""
+    from soundretrain.audio import audio_header
 
-        info = sf.info(path)
+    try:
+        frames, samplerate, _ = audio_header(path)
     except Exception:  # not for libsndfile: decoded whole, as always
         return None
-    return info.frames / info.samplerate if info.samplerate > 0 and info.frames > 0 else None
+    return frames / samplerate if samplerate > 0 and frames > 0 else None
 
 
 def label_long_recording(labeler: Labeler, path: str, audio_input: AudioInput, batch_size: int = 32,

@@ -43,19 +43,17 @@ class FileSource:
     """
 
     def __init__(self, path: str, realtime: bool = False) -> None:
-        import soundfile as sf
-
-        from soundretrain.audio import AudioReadError, refuse_truncated
+        from soundretrain.audio import AudioReadError, open_audio, read_blocks, refuse_truncated
 
         if not os.path.isfile(path):  # libsndfile says only "System error"
             raise NoInputDeviceError(f"cannot open {path} as an input: "
                                      f"{'it is a folder' if os.path.isdir(path) else 'no such file'}")
         try:
-            with sf.SoundFile(path) as f:
+            with open_audio(path) as f:  # an MP3 to its last frame, whatever its header says
                 refuse_truncated(f)
                 self.sample_rate = int(f.samplerate)
                 frames = 0
-                for block in f.blocks(blocksize=1 << 16, dtype="float32", always_2d=True):
+                for block in read_blocks(f, 1 << 16):
                     frames += len(block)
                     if not np.all(np.isfinite(block)):
                         raise AudioReadError(path, "audio contains NaN or infinite samples")
@@ -69,19 +67,18 @@ class FileSource:
         self.realtime = realtime
 
     def blocks(self, frames: int) -> Iterator[np.ndarray]:
-        import soundfile as sf
-
-        from soundretrain.audio import to_mono  # channels in opposite phase do not cancel
+        from soundretrain.audio import open_audio, read_blocks, to_mono  # to_mono: opposite phases do not cancel
 
         start = time.monotonic()
         done = 0
-        for block in sf.blocks(self.path, blocksize=frames, dtype="float32", always_2d=True):
-            if self.realtime:
-                wait = start + done / self.sample_rate - time.monotonic()
-                if wait > 0:
-                    time.sleep(wait)
-            done += len(block)
-            yield to_mono(block, self.sample_rate)
+        with open_audio(self.path, warn=False) as f:  # __init__ warned
+            for block in read_blocks(f, frames):
+                if self.realtime:
+                    wait = start + done / self.sample_rate - time.monotonic()
+                    if wait > 0:
+                        time.sleep(wait)
+                done += len(block)
+                yield to_mono(block, self.sample_rate)
 
 
 class SoundDeviceSource:

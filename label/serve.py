@@ -325,11 +325,11 @@ def decode_file(path: str, name: str, rates: Sequence[int], max_seconds: float) 
     """``{rate: y}`` of an uploaded file, or :class:`UploadError`: 413 longer than
     ``max_seconds`` (from the header before decoding, when libsndfile can say), 422 what
     ``label_image`` refuses (not audio, truncated, silent, NaN), named ``name``."""
-    import soundfile as sf
+    from soundretrain.audio import audio_header  # an MP3's frames, not a header that lies
 
     try:
-        info = sf.info(path)
-        seconds = info.frames / info.samplerate if info.samplerate > 0 else 0.0
+        frames, samplerate, _ = audio_header(path)
+        seconds = frames / samplerate if samplerate > 0 else 0.0
     except Exception:  # not readable by libsndfile: decode_audio gives the reason
         seconds = 0.0
     if seconds > max_seconds:

@@ -23,7 +23,7 @@ from absl import flags
 from retrain.augment import AugmentSettings
 from soundretrain.beam_runner import (BeamError, check_paths_for_runner, configure_filesystems,
                                       define_runner_flags, runner_settings)
-from soundretrain.command_line import (CommandLineExit, FlagGroup, FlagGroups, error,
+from soundretrain.command_line import (CommandLineExit, FlagGroup, FlagGroups, audio_warnings_as_lines, error,
                                        import_tensorflow_quietly, non_finite_float_flags, parse_flags)
 from retrain.errors import RetrainError
 from soundretrain.presets import define_preset_flag, set_by_preset
@@ -334,6 +334,7 @@ def _usage(fv: flags.FlagValues, full: bool = False) -> str:
     )
 
 
+@audio_warnings_as_lines(PROG)
 def main(argv: Sequence[str]) -> int:
     """Run the stage; returns the exit status (0 ok, 1 failure, 2 bad flags)."""
     fv = make_flags()

@@ -5,10 +5,12 @@ waveform modules, labelling), so a clip decodes to the same samples everywhere.
 """
 from __future__ import annotations
 
+import contextlib
+import functools
 import os
 import re
 import warnings
-from typing import Optional
+from typing import Iterator, Optional
 
 import numpy as np
 
@@ -23,6 +25,11 @@ class AudioReadError(Exception):
         self.path = os.fspath(path)
         self.reason = " ".join(str(reason).split()) or "unreadable"
         super().__init__(f"{self.path}: {self.reason}")
+
+
+class AudioWarning(UserWarning):
+    """A file was decoded, but something about it needs saying (one line, naming it): the
+    commands print it as ``PROG: warning: ...``."""
 
 
 #: A channel mix that keeps less than this share of its channels' mean energy (-20 dB)
@@ -72,6 +79,121 @@ def load_audio(path: str | os.PathLike, sr: int, max_seconds: Optional[float] = 
     if not np.all(np.isfinite(y)):
         raise AudioReadError(path, "audio contains NaN or infinite samples")
     return np.ascontiguousarray(y, dtype=np.float32)
+
+
+@contextlib.contextmanager
+def open_audio(path: str | os.PathLike, warn: bool = True) -> Iterator:
+    """``soundfile.SoundFile(path)``, except that an MP3 whose header misstates its length
+    is read to its last frame (:mod:`soundretrain.mp3_frames`): libsndfile stops where the
+    header says the sound ends, so a damaged or lying tag silently cut recordings short.
+    Such a file is named in an :class:`AudioWarning` (``warn``), since other programs
+    still stop early."""
+    import soundfile as sf
+
+    path = os.fspath(path)
+    with sf.SoundFile(path) as f:
+        found = _mp3_misstated(path, f)
+        if found is None:
+            yield f
+            return
+        header_seconds = f.frames / f.samplerate
+    view = None
+    try:
+        if found.first.layer == 3:  # mpg123 reads an info tag only in layer III streams
+            from soundretrain import mp3_frames
+
+            view = mp3_frames.repaired(path, found)
+            repaired = sf.SoundFile(view)
+    except Exception:  # a view libsndfile will not take: the file as it is, said so
+        view = view.close() if view is not None else None
+    if view is None:
+        if warn:
+            warnings.warn(f"{path}: its MP3 header says {_seconds(header_seconds)} s but its frames hold "
+                          f"{_seconds(found.frames_seconds)} s; only what the header says could be decoded",
+                          AudioWarning)
+        with sf.SoundFile(path) as f:
+            yield f
+        return
+    try:
+        if warn:
+            seconds = repaired.frames / repaired.samplerate
+            what = (f"decoded to the last frame (other programs may stop at {_seconds(header_seconds)} s)"
+                    if seconds > header_seconds else "decoded what is there")
+            warnings.warn(f"{path}: its MP3 header says {_seconds(header_seconds)} s but its frames hold "
+                          f"{_seconds(seconds)} s; {what}", AudioWarning)
+        yield repaired
+    finally:
+        repaired.close()
+        view.close()
+
+
+def _seconds(x: float) -> str:
+    return f"{x:.1f}" if x >= 1 else f"{x:.3f}"
+
+
+def read_blocks(f, frames: int) -> Iterator[np.ndarray]:
+    """float32 ``[n, channels]`` blocks of up to ``frames`` from the open
+    ``soundfile.SoundFile`` ``f``, to its end: ``f.blocks`` (which ends at ``f.frames``),
+    except that an MP3 is read without soundfile's seek around every read. libsndfile's MP3
+    decoder (1.2) is not sample-exact across a seek, even to where it already is: read block
+    by block through ``f.read``, an MP3 came out with runs of near-silence after each block
+    (tested against one whole read, which is right)."""
+    import soundfile as sf
+
+    raw = f.format == "MP3" and all(hasattr(x, a) for x, a in ((sf, "_snd"), (sf, "_ffi"), (f, "_file")))
+    if not raw:
+        if f.format == "MP3":  # a soundfile without those internals: one read is still exact
+            yield f.read(dtype="float32", always_2d=True)
+            return
+        while True:
+            block = f.read(frames=frames, dtype="float32", always_2d=True)
+            if len(block):
+                yield block
+            if len(block) < frames:
+                return
+    while True:
+        out = np.empty((frames, f.channels), np.float32)
+        n = int(sf._snd.sf_readf_float(f._file, sf._ffi.cast("float *", sf._ffi.from_buffer(out)), frames))
+        if n < 0 or f._errorcode:
+            raise sf.LibsndfileError(f._errorcode)
+        if n:
+            yield out[:n]
+        if n < frames:
+            return
+
+
+def audio_header(path: str | os.PathLike) -> tuple[int, int, int]:
+    """``(frames, sample_rate, channels)`` of what :func:`open_audio` reads; raises what
+    libsndfile raises for a file it cannot open."""
+    with open_audio(path, warn=False) as f:
+        return int(f.frames), int(f.samplerate), int(f.channels)
+
+
+def _mp3_misstated(path: str, f) -> Optional[object]:
+    """The :class:`~soundretrain.mp3_frames.Mp3Scan` of an MP3 whose length as libsndfile
+    reads it (``f.frames``) is not what its frames hold, else None."""
+    if f.format != "MP3":
+        return None
+    stat = os.stat(path)
+    found = _mp3_scan(path, stat.st_size, stat.st_mtime_ns)
+    if found is None:
+        return None
+    if found.tag_frames is not None:  # encoders differ on counting the tag's own frame: 1 is no lie
+        return None if abs(found.tag_frames - found.audio_frames) <= 1 else found
+    # No frame count in a tag: libsndfile estimated it from the size and the first bit rate.
+    return None if abs(f.frames - found.audio_frames * found.samples_per_frame) <= found.samples_per_frame else found
+
+
+@functools.lru_cache(maxsize=64)
+def _mp3_scan(path: str, size: int, mtime_ns: int):
+    """The file's frames counted once per version of it (the header is read, then the
+    file decoded, per sample rate)."""
+    from soundretrain import mp3_frames
+
+    try:
+        return mp3_frames.scan(path)
+    except (OSError, ValueError):  # unreadable here: libsndfile's length stands
+        return None
 
 
 def mix_block_frames(sr: int) -> int:
@@ -172,7 +294,7 @@ def _decode(path: str, sr: int, max_seconds: Optional[float] = None) -> np.ndarr
     import soundfile as sf
 
     try:
-        with sf.SoundFile(path) as f:
+        with open_audio(path) as f:
             _refuse_truncated(f)
             native_sr = f.samplerate
             frames = -1

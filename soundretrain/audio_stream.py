@@ -15,7 +15,8 @@ from typing import Iterator, Optional
 
 import numpy as np
 
-from soundretrain.audio import AudioReadError, fit_duration, load_audio, mix_block_frames, to_mono, window_starts
+from soundretrain.audio import (AudioReadError, audio_header, fit_duration, load_audio, mix_block_frames, open_audio,
+                                read_blocks, to_mono, window_starts)
 
 #: Seconds decoded per block: large enough for soxr and libsndfile to run at full speed,
 #: small enough that a block is a few MB.
@@ -32,8 +33,6 @@ class AudioStream:
     """
 
     def __init__(self, path: str | os.PathLike, sr: int, block_seconds: float = BLOCK_SECONDS) -> None:
-        import soundfile as sf
-
         self.path = os.fspath(path)
         self.sr = int(sr)
         self.block_seconds = float(block_seconds)
@@ -45,8 +44,7 @@ class AudioStream:
         if size == 0:
             raise AudioReadError(self.path, "empty file (0 bytes)")
         try:
-            info = sf.info(self.path)
-            frames, native_sr = int(info.frames), int(info.samplerate)
+            frames, native_sr, _ = audio_header(self.path)  # an MP3's real length, not its header's
         except Exception:  # not for libsndfile (or a header it rejects): decode whole, as load_audio does
             frames, native_sr = -1, 0
         if frames <= 0 or native_sr <= 0:
@@ -73,8 +71,6 @@ class AudioStream:
         yield from self._decode_blocks()
 
     def _decode_blocks(self) -> Iterator[np.ndarray]:
-        import soundfile as sf
-
         from soundretrain.audio import _refuse_truncated
 
         resampler = None
@@ -87,13 +83,13 @@ class AudioStream:
         mix_block = mix_block_frames(self.native_sr)  # whole mix blocks: mixed as load_audio mixes
         step = max(1, round(self.block_seconds * self.native_sr / mix_block)) * mix_block
         try:
-            with sf.SoundFile(self.path) as f:
+            with open_audio(self.path) as f:
                 _refuse_truncated(f)
-                read = 0
+                blocks = read_blocks(f, step)
+                block = next(blocks, np.zeros((0, f.channels), np.float32))
                 while True:
-                    block = f.read(frames=step, dtype="float32", always_2d=True)
-                    read += len(block)
-                    last = len(block) < step or read >= self.frames
+                    following = next(blocks, None)  # one block ahead: soxr must know the last
+                    last = following is None
                     y = to_mono(block, self.native_sr)
                     if not np.all(np.isfinite(y)):
                         raise AudioReadError(self.path, "audio contains NaN or infinite samples")
@@ -105,6 +101,7 @@ class AudioStream:
                         yield y
                     if last:
                         break
+                    block = following
         except AudioReadError:
             raise
         except Exception as e:  # libsndfile and soxr raise their own types

@@ -12,6 +12,7 @@ defines a flag, so a new flag lands in the right place of the help by saying so:
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import re
@@ -19,8 +20,9 @@ import shutil
 import signal
 import sys
 import textwrap
+import warnings
 from dataclasses import dataclass
-from typing import Callable, Optional, Sequence
+from typing import Callable, Iterator, Optional, Sequence
 
 from absl import flags
 
@@ -182,6 +184,27 @@ class CommandLineExit(Exception):
 def error(prog: str, message: object) -> None:
     """Print ``prog: error: message`` folded onto one line."""
     print(f"{prog}: error: {' '.join(str(message).split())}", file=sys.stderr)
+
+
+@contextlib.contextmanager
+def audio_warnings_as_lines(prog: str) -> Iterator[None]:
+    """Print each :class:`soundretrain.audio.AudioWarning` (a file decoded, with something to
+    say about it) once, as one ``prog: warning: ...`` line; other warnings as Python would.
+    Also a decorator: ``@audio_warnings_as_lines(PROG)`` on a command's ``main``."""
+    from soundretrain.audio import AudioWarning
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("default", AudioWarning)  # once per file (the message names it)
+        shown = warnings.showwarning
+
+        def show(message, category, filename, lineno, file=None, line=None):
+            if issubclass(category, AudioWarning):
+                print(f"{prog}: warning: {' '.join(str(message).split())}", file=sys.stderr, flush=True)
+            else:
+                shown(message, category, filename, lineno, file, line)
+
+        warnings.showwarning = show
+        yield
 
 
 def parse_flags(fv: flags.FlagValues, argv: Sequence[str], prog: str,

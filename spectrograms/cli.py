@@ -16,7 +16,7 @@ from absl import flags
 
 from soundretrain.beam_runner import (BeamError, check_paths_for_runner, configure_filesystems,
                                       define_runner_flags, runner_settings)
-from soundretrain.command_line import CommandLineExit, error, parse_flags
+from soundretrain.command_line import CommandLineExit, audio_warnings_as_lines, error, parse_flags
 from soundretrain.filesystems import is_remote
 from soundretrain.presets import define_preset_flag
 from spectrograms.datasets import LAYOUTS, DatasetError, list_dataset
@@ -124,6 +124,7 @@ def _parse_folds(values: Optional[Sequence[str]]) -> Optional[list[int]]:
         raise ValueError(f"--folds takes whole numbers, not {','.join(values)}") from None
 
 
+@audio_warnings_as_lines(PROG)
 def main(argv: Sequence[str]) -> int:
     """Run the stage; returns the exit status (0 ok, 1 nothing written / failure, 2 bad flags)."""
     fv = make_flags()
