@@ -21,6 +21,7 @@ from typing import Optional
 
 import numpy as np
 
+from soundretrain.model_folder import ModelFolderError, check_artifact as check_model_folder
 from soundretrain.sidecar import (SidecarError, file_sha256, labels_sha256, read_labels, read_sidecar,
                                   sidecar_problem)
 
@@ -394,6 +395,10 @@ def load_labeler(
         raise ModelLoadError(str(e)) from None
     side = sidecar or {}
     _check_artifact(path, side)
+    try:  # in a model folder, the folder must be the one export its manifest lists
+        check_model_folder(path, labels_path)
+    except ModelFolderError as e:
+        raise ModelLoadError(str(e)) from None
     kind = detect_format(path)
     if kind == "frozen_graph":
         model = FrozenGraphModel(

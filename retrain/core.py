@@ -364,7 +364,10 @@ def export(settings: RetrainSettings, prepared: Prepared, head: ClassificationHe
             audio_saved_model_dir=settings.audio_saved_model_dir if with_other_outputs else None,
             output_audio_tflite=settings.output_audio_tflite if with_other_outputs else None,
             input_tensor_name=INPUT_TENSOR_NAME,
-            final_tensor_name=settings.final_tensor_name)
+            final_tensor_name=settings.final_tensor_name,
+            # An intermediate graph joins the others in their folder; the final export's
+            # outputs, when they share a folder, replace it whole (one consistent set).
+            whole_folder=with_other_outputs)
     except ExportError as err:
         raise RetrainError(str(err)) from None
     except Exception as err:  # noqa: BLE001 - TensorFlow reports a full disk as an OpError
@@ -376,6 +379,7 @@ def export(settings: RetrainSettings, prepared: Prepared, head: ClassificationHe
         # TF names its staging file (".sm.1a2b3c4d.tmp/variables/..."): name the artifact.
         failing = os_error.filename or ""
         targets = [output_graph, settings.saved_model_dir, settings.output_tflite, settings.output_labels]
+        targets += [os.path.dirname(os.path.abspath(t)) for t in targets if t]  # a model folder's staging
         target = next((t for t in targets if t and f"{os.sep}.{os.path.basename(t)}." in failing), failing)
         raise OSError(os_error.errno, f"{os_error.strerror} (exporting the model)", target) from None
 

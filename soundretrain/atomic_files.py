@@ -201,15 +201,18 @@ def _make_temp_folder(parent: str, target_name: str, suffix: str = "tmp") -> str
 
 
 @contextlib.contextmanager
-def replacing_folder(path: str | os.PathLike, *, durable: bool = True) -> Iterator[str]:
+def replacing_folder(path: str | os.PathLike, *, durable: bool = True,
+                     check: bool = True) -> Iterator[str]:
     """Yield a fresh temporary folder beside ``path``; on success it replaces ``path``.
 
     On an exception the temporary folder is removed and ``path`` is left untouched.
     Only a missing path, an empty folder or a SavedModel folder is replaced
-    (:func:`check_folder_target`).
+    (:func:`check_folder_target`), unless the caller made its own check (``check=False``:
+    :mod:`soundretrain.model_folder`).
     """
     path = os.path.abspath(os.fspath(path))
-    check_folder_target(path)
+    if check:
+        check_folder_target(path)
     parent = os.path.dirname(path)
     os.makedirs(parent, exist_ok=True)
     tmp = _make_temp_folder(parent, os.path.basename(path))
@@ -321,19 +324,24 @@ def exclusive_folders(*folders: str) -> Iterator[None]:
             os.close(fd)  # releases the lock
 
 
+def is_leftover_of(entry: str, target_name: str) -> bool:
+    """Whether ``entry`` is a temp file or folder a writer of ``target_name`` (or of its
+    ``.json`` sidecar) made beside it."""
+    return bool(re.match(rf"^\.{re.escape(target_name)}(\.json)?\.[A-Za-z0-9_]{{8}}\.(tmp|old)$", entry))
+
+
 def remove_leftovers_of(target: str) -> int:
     """Remove the temp files and folders that writers of ``target`` (and of its ``.json``
     sidecar) killed mid-write left beside it; return how many. Hold
     :func:`exclusive_folders` on its folder while calling it."""
     folder, name = os.path.split(os.path.abspath(target))
-    pattern = re.compile(rf"^\.{re.escape(name)}(\.json)?\.[A-Za-z0-9_]{{8}}\.(tmp|old)$")
     removed = 0
     try:
         names = os.listdir(folder)
     except OSError:
         return 0
     for entry in names:
-        if not pattern.match(entry):
+        if not is_leftover_of(entry, name):
             continue
         removed += _remove_entry(os.path.join(folder, entry))
     return removed

@@ -24,7 +24,10 @@ Every artifact gets a JSON sidecar (see :mod:`soundretrain.sidecar`); a file art
 sidecar records the file's SHA-256, so a model and a sidecar of two different exports (one
 killed between the two renames) are refused when loaded, as are labels files of another run
 (``labels_sha256``). Everything is written atomically: re-exporting over an old artifact
-never leaves a broken one.
+never leaves a broken one. When all the artifacts go into one folder, the set is atomic too:
+the folder is built aside and swapped in whole, with a manifest of its files' digests
+(:mod:`soundretrain.model_folder`), so a killed export never leaves a new ``.pb`` beside an
+old TFLite.
 """
 from __future__ import annotations
 
@@ -35,7 +38,7 @@ import re
 import shutil
 from typing import Any, Optional, Sequence
 
-from soundretrain import atomic_files
+from soundretrain import atomic_files, model_folder
 from soundretrain.sidecar import SIDECAR_FORMAT, labels_sha256, labels_text, write_sidecar, SAVED_MODEL_SIDECAR
 
 TFLITE_QUANTIZATIONS = ("none", "float16", "dynamic")
@@ -76,6 +79,7 @@ def export_model(
     output_audio_tflite: Optional[str] = None,
     input_tensor_name: str = "Placeholder",
     final_tensor_name: str = "final_result",
+    whole_folder: bool = True,
 ) -> dict[str, str]:
     """Write the requested artifacts of ``backbone`` + ``head``; return ``{kind: path}``.
 
@@ -87,6 +91,11 @@ def export_model(
     ``output_tflite`` and ``<key>_sidecar`` for the sidecars.
     ``audio_saved_model_dir`` / ``output_audio_tflite``: models that take sound, the
     spectrogram front-end inside (:mod:`soundretrain.audio_export`; keys of the same names).
+    ``whole_folder``: when every artifact goes into one folder that can be replaced whole
+    (:func:`soundretrain.model_folder.swappable_folder`), build that folder aside and swap it
+    in at once with a manifest of its files; False for a caller already writing into a
+    :func:`soundretrain.model_folder.staged_model_folder`. Every sidecar records the
+    export's id (``export_id``).
     """
     labels = [str(label) for label in labels]
     problem = tensor_name_problem(final_tensor_name, input_tensor_name)
@@ -109,6 +118,8 @@ def export_model(
             check_audio_export(backbone, sidecar, quantization if output_audio_tflite else "none")
         except AudioExportError as e:
             raise ExportError(str(e)) from None
+    export_id = model_folder.new_export_id()
+    sidecar = dict(sidecar or {}, export_id=export_id)
     spec = backbone.input_spec
     backbone_fn = backbone.tf_callable() if spec.kind == "image" else None
     head_only = backbone_fn is None
@@ -121,28 +132,44 @@ def export_model(
         sidecar, backbone, labels, head_only=head_only,
         input_tensor_name=input_tensor_name, final_tensor_name=final_tensor_name,
     )
-    targets = [p for p in (output_graph, output_labels, saved_model_dir, output_tflite,
-                           audio_saved_model_dir, output_audio_tflite) if p]
+    paths = {"output_graph": output_graph, "output_labels": output_labels,
+             "saved_model_dir": saved_model_dir, "output_tflite": output_tflite,
+             "audio_saved_model_dir": audio_saved_model_dir, "output_audio_tflite": output_audio_tflite}
+    targets = [p for p in paths.values() if p]
+
+    def write_all(at: dict) -> dict[str, str]:
+        written = _write_artifacts(
+            backbone, head, labels, full_sidecar, head_only, output_graph=at["output_graph"],
+            output_labels=at["output_labels"], saved_model_dir=at["saved_model_dir"],
+            output_tflite=at["output_tflite"], quantization=quantization,
+            input_tensor_name=input_tensor_name, final_tensor_name=final_tensor_name)
+        if at["audio_saved_model_dir"] or at["output_audio_tflite"]:  # models that take sound
+            from soundretrain.audio_export import AudioExportError, export_audio_model
+
+            try:
+                written.update(export_audio_model(
+                    backbone, head, labels, sidecar, audio_saved_model_dir=at["audio_saved_model_dir"],
+                    output_audio_tflite=at["output_audio_tflite"], tflite_quantization=quantization))
+            except AudioExportError as e:
+                raise ExportError(str(e)) from None
+        return written
+
+    folder = model_folder.swappable_folder(targets) if whole_folder else None
+    if folder:
+        # One folder holds the whole set: build it aside, swap it in at once (a kill leaves
+        # the old set or the new one, never a mix) with a manifest that label_image checks.
+        owned = [os.path.basename(os.path.abspath(p)) for p in targets]
+        with model_folder.staged_model_folder(folder, export_id, owned) as stage:
+            inside = {k: p and os.path.join(stage, os.path.relpath(os.path.abspath(p), folder))
+                      for k, p in paths.items()}
+            written = write_all(inside)
+        return {k: os.path.join(folder, os.path.relpath(p, stage)) for k, p in written.items()}
     # One export into a folder at a time; under that lock the temp files of killed exports
     # (a .pb part, a SavedModel half-built or swapped out) are removed before writing anew.
     with atomic_files.exclusive_folders(*(os.path.dirname(os.path.abspath(p)) for p in targets)):
         for path in targets:
             atomic_files.remove_leftovers_of(path)
-        written = _write_artifacts(
-            backbone, head, labels, full_sidecar, head_only, output_graph=output_graph,
-            output_labels=output_labels, saved_model_dir=saved_model_dir, output_tflite=output_tflite,
-            quantization=quantization, input_tensor_name=input_tensor_name,
-            final_tensor_name=final_tensor_name)
-        if audio_saved_model_dir or output_audio_tflite:  # models that take sound
-            from soundretrain.audio_export import AudioExportError, export_audio_model
-
-            try:
-                written.update(export_audio_model(
-                    backbone, head, labels, sidecar, audio_saved_model_dir=audio_saved_model_dir,
-                    output_audio_tflite=output_audio_tflite, tflite_quantization=quantization))
-            except AudioExportError as e:
-                raise ExportError(str(e)) from None
-        return written
+        return write_all(paths)
 
 
 def _write_artifacts(backbone, head, labels, full_sidecar, head_only, *, output_graph, output_labels,

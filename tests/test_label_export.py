@@ -185,9 +185,10 @@ def test_reexport_replaces_artifacts_atomically(tiny, images, tmp_path):
         assert labeler.labels == ["x", "y"]
         np.testing.assert_allclose(labeler.predict(images), other.predict(tiny.backbone.compute(images)), atol=1e-4)
     assert open(paths["output_labels"]).read() == "x\ny\n"
-    # No temporary files or folders left behind.
+    # No temporary files or folders left behind; one folder held them all: a model folder.
     assert sorted(os.listdir(tmp_path)) == sorted(
-        ["g.pb", "g.pb.json", "sm", "m.tflite", "m.tflite.json", "labels.txt"])
+        ["g.pb", "g.pb.json", "sm", "m.tflite", "m.tflite.json", "labels.txt",
+         "soundretrain_manifest.json"])
 
 
 def test_failed_write_keeps_the_old_artifact(tmp_path):
