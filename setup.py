@@ -28,7 +28,8 @@ setup(
     + ["soundretrain.configs"],
     package_dir={"soundretrain.configs": "configs"},
     package_data={"soundretrain.configs": ["*.cfg"],
-                  "label": ["web/*"]},  # the --serve page's HTML, JS and CSS
+                  # the --serve page's HTML, JS and CSS, and TF.js vendored for --export_web
+                  "label": ["web/*", "web/vendor/*"]},
     include_package_data=True,
     license_files=["LICENSE", "NOTICE"],
     install_requires=[

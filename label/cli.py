@@ -89,6 +89,8 @@ def define_flags(fv: flags.FlagValues) -> None:
            "--graph is optional (an empty folder is the normal start).", group="serve")
     define("string", "train_flagfile", None, "With --project_dir: flags for the train command the page's Train "
            "button runs (e.g. --tfhub_module, --how_many_training_steps).", group="serve")
+    define("string", "export_web", None, "Write the labelling page as a static folder here that runs the model in the "
+           "browser (TF.js; no server, nothing leaves the device); --graph: a retrain --output_tfjs folder.", group="serve")
     define("string", "host", "127.0.0.1", "Address to listen on; anything but loopback lets other machines use the model.", group="serve")
     define("integer", "port", 8000, "TCP port (0: any free port).", group="serve")
     define("float", "max_upload_mb", 25.0, "Largest upload accepted, in MB.", group="serve")
@@ -144,6 +146,7 @@ class LabelSettings:
     serve: bool = False
     project_dir: Optional[str] = None
     train_flagfile: Optional[str] = None
+    export_web: Optional[str] = None
     host: str = "127.0.0.1"
     port: int = 8000
     max_upload_mb: float = 25.0
@@ -166,6 +169,8 @@ class LabelSettings:
     def mode(self) -> str:
         if self.serve:
             return "serve"
+        if self.export_web:
+            return "export_web"
         if self.mic or self.mic_file:
             return "mic"
         if self.image_dir or self.audio_dir:
@@ -175,11 +180,11 @@ class LabelSettings:
     def problems(self) -> list[str]:
         p = []
         chosen = [bool(self.images or self.audio), bool(self.image_dir or self.audio_dir), bool(self.mic or self.mic_file),
-                  self.serve]
+                  self.serve, bool(self.export_web)]
         if not any(chosen):
-            p.append("nothing to label: pass --image, --audio, --image_dir, --audio_dir, --mic or --serve")
+            p.append("nothing to label: pass --image, --audio, --image_dir, --audio_dir, --mic, --serve or --export_web")
         elif sum(chosen) > 1 or (self.image_dir and self.audio_dir):
-            p.append("choose one of: --image/--audio files, --image_dir, --audio_dir, --mic, --serve")
+            p.append("choose one of: --image/--audio files, --image_dir, --audio_dir, --mic, --serve, --export_web")
         for name in ("input_mean", "input_std", "hop_seconds", "record_seconds", "trigger_db",
                      "max_upload_mb", "max_seconds", "upload_timeout"):
             value = getattr(self, name)
@@ -259,7 +264,7 @@ def settings_from_flags(fv: flags.FlagValues, extra: Sequence[str]) -> LabelSett
         mic=fv.mic, mic_device=fv.mic_device, mic_file=fv.mic_file, mic_realtime=fv.mic_realtime,
         record_seconds=fv.record_seconds, trigger_db=fv.trigger_db, num_threads=fv.num_threads,
         keep_going=fv.keep_going,
-        serve=fv.serve, project_dir=fv.project_dir, train_flagfile=fv.train_flagfile, host=fv.host, port=fv.port, max_upload_mb=fv.max_upload_mb, max_seconds=fv.max_seconds,
+        serve=fv.serve, export_web=fv.export_web, project_dir=fv.project_dir, train_flagfile=fv.train_flagfile, host=fv.host, port=fv.port, max_upload_mb=fv.max_upload_mb, max_seconds=fv.max_seconds,
         pool_size=fv.pool_size, upload_timeout=fv.upload_timeout, ssl_certfile=fv.ssl_certfile,
         ssl_keyfile=fv.ssl_keyfile,
         min_confidence=fv.min_confidence, merge_consecutive=fv.merge_consecutive,
@@ -319,6 +324,8 @@ def run_settings(settings: LabelSettings) -> int:
             return _run_mic(settings)
         if settings.mode == "serve":
             return _run_serve(settings)
+        if settings.mode == "export_web":
+            return _run_export_web(settings)
         labeler = _load(settings)
         if settings.mode == "dir":
             return _run_dir(settings, labeler)
@@ -561,6 +568,23 @@ def _run_mic(settings: LabelSettings) -> int:
         except KeyboardInterrupt:
             print("stopped", file=sys.stderr)
             return 0
+
+
+def _run_export_web(settings: LabelSettings) -> int:
+    from label.mic import TriggerSettings
+    from label.web_export import WebExportError, WebExportSettings, export_web
+
+    options = WebExportSettings(top_k=settings.top_k, max_upload_bytes=int(settings.max_upload_mb * 2**20),
+                                max_seconds=settings.max_seconds,
+                                trigger=TriggerSettings(record_seconds=settings.record_seconds,
+                                                        trigger_db=settings.trigger_db))
+    try:
+        folder = export_web(settings.graph, settings.export_web, options)
+    except WebExportError as e:
+        return _error(e)
+    print(f"Wrote the in-browser page to {folder}: serve it with any static file server, e.g.\n"
+          f"    python -m http.server --bind 127.0.0.1 --directory {folder} 8000   # then open http://127.0.0.1:8000/")
+    return 0
 
 
 def _run_serve(settings: LabelSettings) -> int:

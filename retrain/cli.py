@@ -177,6 +177,9 @@ def make_flags() -> flags.FlagValues:
            "the spectrogram front-end inside. Empty: none.", group="export")
     define("string", "output_audio_tflite", "", "Also save a TFLite model that takes sound "
            "(as --audio_saved_model_dir). Empty: none.", group="export")
+    define("string", "output_tfjs", "", "Also save the model that takes sound as a TensorFlow.js "
+           "graph model in this folder, for the browser (label_image --export_web makes a page of "
+           "it). Empty: none.", group="export")
     define("integer", "bottleneck_batch_size", 32, "Images per forward pass of the module.",
            group="run")
     # Fine-tuning the module's last blocks (retrain.fine_tune).
@@ -262,6 +265,7 @@ def settings_from_flags(fv: flags.FlagValues) -> RetrainSettings:
         tflite_quantization=fv.tflite_quantization,
         audio_saved_model_dir=_blank(fv.audio_saved_model_dir),
         output_audio_tflite=_blank(fv.output_audio_tflite),
+        output_tfjs=_blank(fv.output_tfjs),
         intermediate_output_graphs_dir=_blank(fv.intermediate_output_graphs_dir),
         intermediate_store_frequency=fv.intermediate_store_frequency,
         final_tensor_name=fv.final_tensor_name or "final_result",
@@ -304,7 +308,7 @@ def compatibility_warnings(fv: flags.FlagValues) -> list[str]:
 
 
 EXPORT_FLAGS = ("output_graph", "output_labels", "saved_model_dir", "output_tflite",
-                "audio_saved_model_dir", "output_audio_tflite",
+                "audio_saved_model_dir", "output_audio_tflite", "output_tfjs",
                 "intermediate_store_frequency", "checkpoint_path")
 
 

@@ -363,6 +363,7 @@ def export(settings: RetrainSettings, prepared: Prepared, head: ClassificationHe
             tflite_quantization=settings.tflite_quantization,
             audio_saved_model_dir=settings.audio_saved_model_dir if with_other_outputs else None,
             output_audio_tflite=settings.output_audio_tflite if with_other_outputs else None,
+            output_tfjs=settings.output_tfjs if with_other_outputs else None,
             input_tensor_name=INPUT_TENSOR_NAME,
             final_tensor_name=settings.final_tensor_name,
             # An intermediate graph joins the others in their folder; the final export's
@@ -395,13 +396,14 @@ def check_output_targets(settings: RetrainSettings) -> None:
                  settings.output_audio_tflite):
         if path:
             check_file_target(path)
-    for folder in (settings.saved_model_dir, settings.audio_saved_model_dir):
+    for folder in (settings.saved_model_dir, settings.audio_saved_model_dir, settings.output_tfjs):
         if folder:
             check_folder_target(folder)
     run_folder = os.path.join(settings.summaries_dir, "run") if settings.summaries_dir else None
     for path in (settings.output_graph, settings.output_labels, settings.output_tflite,
                  settings.saved_model_dir, settings.checkpoint_path,
-                 settings.output_audio_tflite, settings.audio_saved_model_dir, run_folder):
+                 settings.output_audio_tflite, settings.audio_saved_model_dir, settings.output_tfjs,
+                 run_folder):
         if path:  # the nearest existing folder above it must be a folder, not a file
             parent = os.path.dirname(os.path.abspath(path))
             while not os.path.lexists(parent):
@@ -483,6 +485,15 @@ def check_exports(settings: RetrainSettings, backbone: Backbone, spectrogram_set
             check_audio_export(backbone, {"spectrogram": spectrogram}, quantization or "none")
         except AudioExportError as err:
             raise RetrainError(str(err)) from None
+    if settings.output_tfjs:
+        from soundretrain.audio_export import AudioExportError
+        from soundretrain.tfjs_export import check_tfjs_export
+
+        spectrogram = spectrogram_settings.to_dict() if spectrogram_settings is not None else None
+        try:
+            check_tfjs_export(backbone, {"spectrogram": spectrogram})
+        except AudioExportError as err:
+            raise RetrainError(f"--output_tfjs: {err}") from None
 
 
 def can_freeze(backbone: Backbone) -> bool:

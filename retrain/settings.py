@@ -123,6 +123,7 @@ class RetrainSettings:
     tflite_quantization: Optional[str] = None
     audio_saved_model_dir: Optional[str] = None  # audio-in models (soundretrain.audio_export)
     output_audio_tflite: Optional[str] = None
+    output_tfjs: Optional[str] = None  # the audio-in model for the browser (soundretrain.tfjs_export)
     intermediate_output_graphs_dir: Optional[str] = None
     intermediate_store_frequency: int = 0
     final_tensor_name: str = "final_result"
@@ -192,6 +193,7 @@ class RetrainSettings:
                            ("--output_tflite", self.output_tflite), ("--saved_model_dir", self.saved_model_dir),
                            ("--output_audio_tflite", self.output_audio_tflite),
                            ("--audio_saved_model_dir", self.audio_saved_model_dir),
+                           ("--output_tfjs", self.output_tfjs),
                            ("--checkpoint_path", self.checkpoint_path)):
             if path:
                 out[flag] = os.path.abspath(os.path.expanduser(path))
@@ -211,7 +213,7 @@ class RetrainSettings:
             if path in seen:
                 return [f"{seen[path]} and {flag} are the same path ({path}); give each artifact its own"]
             seen[path] = flag
-        for folder_flag in ("--saved_model_dir", "--audio_saved_model_dir"):
+        for folder_flag in ("--saved_model_dir", "--audio_saved_model_dir", "--output_tfjs"):
             folder = paths.get(folder_flag)
             for flag, path in paths.items():
                 if folder and flag != folder_flag and path.startswith(folder + os.sep):

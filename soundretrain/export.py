@@ -77,6 +77,7 @@ def export_model(
     tflite_quantization: Optional[str] = None,
     audio_saved_model_dir: Optional[str] = None,
     output_audio_tflite: Optional[str] = None,
+    output_tfjs: Optional[str] = None,
     input_tensor_name: str = "Placeholder",
     final_tensor_name: str = "final_result",
     whole_folder: bool = True,
@@ -96,6 +97,8 @@ def export_model(
     in at once with a manifest of its files; False for a caller already writing into a
     :func:`soundretrain.model_folder.staged_model_folder`. Every sidecar records the
     export's id (``export_id``).
+    ``output_tfjs``: the same audio-in model as a TF.js graph model in that folder
+    (:mod:`soundretrain.tfjs_export`; key ``output_tfjs``).
     """
     labels = [str(label) for label in labels]
     problem = tensor_name_problem(final_tensor_name, input_tensor_name)
@@ -118,6 +121,14 @@ def export_model(
             check_audio_export(backbone, sidecar, quantization if output_audio_tflite else "none")
         except AudioExportError as e:
             raise ExportError(str(e)) from None
+    if output_tfjs:
+        from soundretrain.audio_export import AudioExportError
+        from soundretrain.tfjs_export import check_tfjs_export
+
+        try:
+            check_tfjs_export(backbone, sidecar)
+        except AudioExportError as e:
+            raise ExportError(f"--output_tfjs: {e}") from None
     export_id = model_folder.new_export_id()
     sidecar = dict(sidecar or {}, export_id=export_id)
     spec = backbone.input_spec
@@ -134,7 +145,8 @@ def export_model(
     )
     paths = {"output_graph": output_graph, "output_labels": output_labels,
              "saved_model_dir": saved_model_dir, "output_tflite": output_tflite,
-             "audio_saved_model_dir": audio_saved_model_dir, "output_audio_tflite": output_audio_tflite}
+             "audio_saved_model_dir": audio_saved_model_dir, "output_audio_tflite": output_audio_tflite,
+             "output_tfjs": output_tfjs}
     targets = [p for p in paths.values() if p]
 
     def write_all(at: dict) -> dict[str, str]:
@@ -152,6 +164,14 @@ def export_model(
                     output_audio_tflite=at["output_audio_tflite"], tflite_quantization=quantization))
             except AudioExportError as e:
                 raise ExportError(str(e)) from None
+        if at["output_tfjs"]:  # the same audio-in model for the browser
+            from soundretrain.audio_export import AudioExportError
+            from soundretrain.tfjs_export import export_tfjs_model
+
+            try:
+                written.update(export_tfjs_model(backbone, head, labels, sidecar, at["output_tfjs"]))
+            except AudioExportError as e:
+                raise ExportError(f"--output_tfjs: {e}") from None
         return written
 
     folder = model_folder.swappable_folder(targets) if whole_folder else None
