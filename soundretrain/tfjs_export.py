@@ -21,9 +21,9 @@ The graph is the very function the audio-in SavedModel and TFLite serve, convert
   empty stand-in for TFDF when that is not installed.
 * TF.js has no ``UnsortedSegmentSum`` (the front-end's mel filterbank: two sparse layers,
   :func:`soundretrain.render_tf.mel_layers`), and its WASM back-end has no complex numbers
-  (no ``RFFT``). :func:`rewrite_for_tfjs` rewrites both as matrix products (a 0/1 matrix,
-  which adds the same terms plus exact zeros; the DFT's cosine and sine tables) in the frozen
-  graph before conversion. The front-end's bit-cast constants are folded into plain float32
+  (no ``RFFT``). :func:`rewrite_for_tfjs` rewrites both with matrix products (a 0/1 matrix,
+  which adds the same terms plus exact zeros; the DFT in two stages of small products,
+  :func:`real_dft_function`) in the frozen graph before conversion. The front-end's bit-cast constants are folded into plain float32
   constants by the converter's own graph optimisation.
 """
 from __future__ import annotations
@@ -181,6 +181,7 @@ class _GraphEdit:
         self.consts = {n.name: n for n in graph_def.node if n.op == "Const"}
         self.int32 = self.attr(type=self.dtype_enum(np.int32))
         self.float32 = self.attr(type=self.dtype_enum(np.float32))
+        self._same_values: dict = {}  # equal constants are written once (the model's size)
 
     @staticmethod
     def dtype_enum(dtype) -> int:
@@ -204,24 +205,23 @@ class _GraphEdit:
         return name
 
     def const(self, name: str, value: np.ndarray) -> str:
+        import hashlib
+
         from tensorflow.python.framework import tensor_util
 
-        return self.node(name, "Const", dtype=self.attr(type=self.dtype_enum(value.dtype)),
-                         value=self.attr(tensor=tensor_util.make_tensor_proto(value)))
+        key = (value.dtype.str, value.shape, hashlib.sha256(np.ascontiguousarray(value).tobytes()).hexdigest())
+        if key not in self._same_values:
+            self._same_values[key] = self.node(name, "Const", dtype=self.attr(type=self.dtype_enum(value.dtype)),
+                                               value=self.attr(tensor=tensor_util.make_tensor_proto(value)))
+        return self._same_values[key]
 
-    def matmul_last_axis(self, base: str, data: str, matrix: np.ndarray, leading: bool) -> str:
-        """``data`` times ``matrix`` along one axis, whatever the other axes (TF.js's MatMul
-        takes two dimensions): ``leading`` -> ``matrix [m, S] @ data [S, ...]`` giving
-        ``[m, ...]``; else ``data [..., S] @ matrix [S, m]`` giving ``[..., m]``."""
-        size = matrix.shape[1] if leading else matrix.shape[0]
-        flat_shape = np.array([size, -1] if leading else [-1, size], np.int32)
-        flat = self.node(base + "/flat", "Reshape", [data, self.const(base + "/flat_shape", flat_shape)],
-                         T=self.float32, Tshape=self.int32)
-        operands = [self.const(base + "/matrix", matrix.astype(np.float32)), flat]
-        product = self.node(base + "/matmul", "MatMul", operands if leading else operands[::-1], T=self.float32,
-                            transpose_a=self.attr(b=False), transpose_b=self.attr(b=False))
-        shape = self.node(base + "/shape", "Shape", [data], T=self.float32, out_type=self.int32)
+    def reshape(self, name: str, data: str, shape: str) -> str:
+        return self.node(name, "Reshape", [data, shape], T=self.float32, Tshape=self.int32)
+
+    def shape_with(self, base: str, data: str, new: int, leading: bool) -> str:
+        """The shape of ``data`` with its first (``leading``) or last axis replaced by ``new``."""
         zero = self.attr(i=0)
+        shape = self.node(base + "/shape", "Shape", [data], T=self.float32, out_type=self.int32)
         begin, end = (1, 0) if leading else (0, -1)
         kept = self.node(base + "/kept", "StridedSlice",
                          [shape, self.const(base + "/begin", np.array([begin], np.int32)),
@@ -230,11 +230,45 @@ class _GraphEdit:
                          T=self.int32, Index=self.int32, begin_mask=self.attr(i=0 if leading else 1),
                          end_mask=self.attr(i=1 if leading else 0), ellipsis_mask=zero, new_axis_mask=zero,
                          shrink_axis_mask=zero)
-        new = self.const(base + "/new", np.array([matrix.shape[0] if leading else matrix.shape[1]], np.int32))
-        parts = [new, kept] if leading else [kept, new]
-        out_shape = self.node(base + "/out_shape", "ConcatV2", parts + [self.const(base + "/axis", np.array(0, np.int32))],
-                              T=self.int32, Tidx=self.int32, N=self.attr(i=2))
-        return self.node(base + "/out", "Reshape", [product, out_shape], T=self.float32, Tshape=self.int32)
+        size = self.const(base + "/new", np.array([new], np.int32))
+        return self.node(base + "/out_shape", "ConcatV2",
+                         ([size, kept] if leading else [kept, size]) + [self.const(base + "/axis", np.array(0, np.int32))],
+                         T=self.int32, Tidx=self.int32, N=self.attr(i=2))
+
+    def matmul_first_axis(self, base: str, data: str, matrix: np.ndarray) -> str:
+        """``matrix [m, S] @ data [S, ...]`` -> ``[m, ...]`` (TF.js's MatMul takes two dimensions)."""
+        flat = self.reshape(base + "/flat", data, self.const(base + "/flat_shape", np.array([matrix.shape[1], -1], np.int32)))
+        product = self.node(base + "/matmul", "MatMul", [self.const(base + "/matrix", matrix.astype(np.float32)), flat],
+                            T=self.float32, transpose_a=self.attr(b=False), transpose_b=self.attr(b=False))
+        return self.reshape(base + "/out", product, self.shape_with(base, data, matrix.shape[0], leading=True))
+
+    def splice(self, prefix: str, function, inputs: Sequence[str]) -> list[str]:
+        """Copy the graph of the concrete ``function`` in under ``prefix``, its placeholders
+        fed by ``inputs``; returns the names of its outputs."""
+        graph_def = function.graph.as_graph_def()
+        placeholders = [t.name.split(":")[0] for t in function.inputs]
+        feeds = dict(zip(placeholders, inputs))
+
+        def renamed(ref: str) -> str:
+            control = ref.startswith("^")
+            name, _, port = ref.lstrip("^").partition(":")
+            return ("^" if control else "") + prefix + name + (":" + port if port else "")
+
+        for original in graph_def.node:
+            n = type(original)()
+            n.CopyFrom(original)
+            n.name = prefix + original.name
+            n.ClearField("device")
+            if original.name in feeds:
+                dtype = n.attr["dtype"].type
+                n.op = "Identity"
+                n.ClearField("attr")
+                n.attr["T"].CopyFrom(self.attr(type=dtype))
+                n.input[:] = [feeds[original.name]]
+            else:
+                n.input[:] = [renamed(i) for i in original.input]
+            self.new_nodes.append(n)
+        return [renamed(t.name) for t in function.outputs]
 
     def finish(self, removed: set) -> None:
         kept = [n for n in self.graph_def.node if n.name not in removed]
@@ -242,14 +276,53 @@ class _GraphEdit:
         self.graph_def.node.extend(kept + self.new_nodes)
 
 
+def real_dft_function(n_fft: int):
+    """``frames [N, n_fft] -> (real, imag) [N, n_fft // 2 + 1]``: TensorFlow's ``rfft`` with
+    real-valued ops only, as two stages of small matrix products (Cooley-Tukey with
+    ``n_fft = n1 * n2``: ``n1`` DFTs of ``n2`` points' interleaved samples, twiddle factors,
+    then DFTs of ``n2`` points; ``2 * n1 + 4 * n2`` products per sample instead of
+    ``n_fft + 2``, and tables of ``n1**2 + n2**2 + n_fft`` floats instead of ``n_fft**2``)."""
+    import tensorflow as tf
+
+    n1 = max(d for d in range(1, int(np.sqrt(n_fft)) + 1) if n_fft % d == 0)
+    n2 = n_fft // n1
+    bins, k2s = n_fft // 2 + 1, n2 // 2 + 1
+    j1 = np.arange(n1)
+    c1, s1 = np.cos(2 * np.pi * np.outer(j1, j1) / n1), np.sin(2 * np.pi * np.outer(j1, j1) / n1)
+    twiddle = 2 * np.pi * np.outer(np.arange(n2), j1) / n_fft  # [j2, k1]
+    tr, ti = np.cos(twiddle), -np.sin(twiddle)
+    angle2 = 2 * np.pi * np.outer(np.arange(n2), np.arange(k2s)) / n2  # [j2, k2]
+    c2, s2 = np.cos(angle2), np.sin(angle2)
+    f32 = lambda a: tf.constant(a.astype(np.float32))  # noqa: E731
+
+    @tf.function(input_signature=[tf.TensorSpec([None, n_fft], tf.float32)])
+    def rdft(x):
+        x = tf.reshape(tf.transpose(tf.reshape(x, [-1, n1, n2]), [0, 2, 1]), [-1, n1])  # rows (frame, j2), j1
+        ar, ai = tf.matmul(x, f32(c1)), -tf.matmul(x, f32(s1))  # rows (frame, j2), k1
+        ar, ai = tf.reshape(ar, [-1, n2, n1]), tf.reshape(ai, [-1, n2, n1])
+        br, bi = ar * f32(tr) - ai * f32(ti), ar * f32(ti) + ai * f32(tr)
+        br = tf.reshape(tf.transpose(br, [0, 2, 1]), [-1, n2])  # rows (frame, k1), j2
+        bi = tf.reshape(tf.transpose(bi, [0, 2, 1]), [-1, n2])
+        # One product each (no MatMul + Add: the converter would fuse the second product in as
+        # a "bias", which TF.js refuses): xr = br c2 + bi s2, xi = bi c2 - br s2.
+        xr = tf.matmul(tf.concat([br, bi], 1), f32(np.concatenate([c2, s2])))  # rows (frame, k1), k2
+        xi = tf.matmul(tf.concat([bi, br], 1), f32(np.concatenate([c2, -s2])))
+
+        def bins_in_order(z):  # bin k1 + n1 * k2
+            return tf.reshape(tf.transpose(tf.reshape(z, [-1, n1, k2s]), [0, 2, 1]), [-1, k2s * n1])[:, :bins]
+
+        return bins_in_order(xr), bins_in_order(xi)
+
+    return rdft.get_concrete_function()
+
+
 def rewrite_for_tfjs(graph_def) -> dict[str, int]:
-    """Rewrite, in place, what TF.js cannot run on every back-end into plain matrix products:
+    """Rewrite, in place, what TF.js cannot run on every back-end:
 
     * ``UnsortedSegmentSum(data [S, ...], ids const, n const)`` (the mel filterbank's sparse
       layers): a product with a 0/1 matrix ``[n, S]``. TF.js has no such op.
-    * ``RFFT(frames [..., n_fft])`` and its ``Real``/``Imag``: products with the DFT's cosine
-      and sine tables. TF.js's WASM back-end has no complex numbers (no RFFT), and its WebGL
-      FFT failed on these shapes; the tables are ``n_fft * (n_fft / 2 + 1)`` floats each.
+    * ``RFFT(frames [..., n_fft])`` and its ``Real``/``Imag``: :func:`real_dft_function`. TF.js's
+      WASM back-end has no complex numbers (no RFFT), and its WebGL FFT failed on these shapes.
 
     Returns how many nodes of each kind were rewritten. A segment sum with ids computed at
     run time, or an FFT used other than through Real and Imag, raises AudioExportError."""
@@ -260,6 +333,7 @@ def rewrite_for_tfjs(graph_def) -> dict[str, int]:
     for n in graph_def.node:
         for ref in n.input:
             consumers.setdefault(ref.split(":")[0].lstrip("^"), []).append(n)
+    dfts: dict = {}
     for n in list(graph_def.node):
         if n.op == "UnsortedSegmentSum":
             ids, segments = edit.const_value(n.input[1]), edit.const_value(n.input[2])
@@ -270,8 +344,7 @@ def rewrite_for_tfjs(graph_def) -> dict[str, int]:
             onehot = np.zeros((segments, ids.shape[0]), np.float32)
             keep = (ids >= 0) & (ids < segments)
             onehot[ids[keep], np.nonzero(keep)[0]] = 1.0
-            out = edit.matmul_last_axis(n.name + "/tfjs", n.input[0], onehot, leading=True)
-            _become_identity(n, out, edit.float32)
+            _become_identity(n, edit.matmul_first_axis(n.name + "/tfjs", n.input[0], onehot), edit.float32)
             counts["UnsortedSegmentSum"] += 1
         elif n.op == "RFFT":
             length = edit.const_value(n.input[1])
@@ -279,17 +352,20 @@ def rewrite_for_tfjs(graph_def) -> dict[str, int]:
                 raise AudioExportError(f"cannot export the model to TF.js: FFT {n.name} has a length "
                                        "computed at run time")
             n_fft = int(length.reshape(-1)[0])
-            k = np.arange(n_fft // 2 + 1)[None, :]
-            t = np.arange(n_fft)[:, None]
-            angle = 2.0 * np.pi * ((t * k) % n_fft) / n_fft
-            parts = {"Real": np.cos(angle), "Imag": -np.sin(angle)}
-            for user in consumers.get(n.name, []):
-                if user.op not in parts:
+            users = consumers.get(n.name, [])
+            for user in users:
+                if user.op not in ("Real", "Imag"):
                     raise AudioExportError(f"cannot export the model to TF.js: FFT {n.name} feeds "
                                            f"{user.op}, which has no real-valued form here")
-                out = edit.matmul_last_axis(f"{n.name}/tfjs_{user.op.lower()}", n.input[0], parts[user.op],
-                                            leading=False)
-                _become_identity(user, out, edit.float32)
+            base = n.name + "/tfjs"
+            if n_fft not in dfts:
+                dfts[n_fft] = real_dft_function(n_fft)
+            flat = edit.reshape(base + "/flat", n.input[0], edit.const(base + "/flat_shape", np.array([-1, n_fft], np.int32)))
+            real, imag = edit.splice(base + "/dft/", dfts[n_fft], [flat])
+            shape = edit.shape_with(base, n.input[0], n_fft // 2 + 1, leading=False)
+            for user in users:
+                part = real if user.op == "Real" else imag
+                _become_identity(user, edit.reshape(f"{base}/{user.op.lower()}", part, shape), edit.float32)
             removed.add(n.name)
             counts["RFFT"] += 1
     edit.finish(removed)

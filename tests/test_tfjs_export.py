@@ -62,6 +62,19 @@ def test_rewrite_for_tfjs_keeps_segment_sums_and_ffts():
     np.testing.assert_allclose(run(tf.constant(x)).numpy(), f(x).numpy(), rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("n_fft", [2048, 512, 400, 17])
+def test_real_dft_function_is_rfft(n_fft):
+    """The two-stage real DFT (n_fft = n1 * n2; a prime is one stage) against numpy's rfft."""
+    from soundretrain.tfjs_export import real_dft_function
+
+    x = np.random.default_rng(n_fft).standard_normal((3, n_fft)).astype(np.float32)
+    real, imag = (t.numpy() for t in real_dft_function(n_fft)(x))
+    expected = np.fft.rfft(x.astype(np.float64))
+    scale = np.abs(expected).max()
+    np.testing.assert_allclose(real, expected.real, atol=2e-6 * scale)
+    np.testing.assert_allclose(imag, expected.imag, atol=2e-6 * scale)
+
+
 @needs_converter
 def test_output_tfjs_writes_a_graph_model_that_describes_itself(tfjs_model):
     folder = Path(tfjs_model["output_tfjs"])
@@ -72,8 +85,13 @@ def test_output_tfjs_writes_a_graph_model_that_describes_itself(tfjs_model):
     assert sidecar["labels"] == LABELS and sidecar["model_input"] == "waveform"
     assert sidecar["input"]["sample_rate"] > 0 and sidecar["input"]["num_samples"] > 0
     assert sidecar["artifact"] == "tfjs_graph_model" and sidecar["test_accuracy"] == 0.9
-    ops = {n["op"] for n in model["modelTopology"]["node"]}
+    nodes = model["modelTopology"]["node"]
+    ops = {n["op"] for n in nodes}
     assert not ops & {"UnsortedSegmentSum", "RFFT", "Complex", "Bitcast"}
+    consts = {n["name"] for n in nodes if n["op"] == "Const"}
+    for n in nodes:  # TF.js takes only a constant (rank-1) bias in a fused product
+        if n["op"] in ("_FusedMatMul", "_FusedConv2D"):
+            assert all(i.split(":")[0] in consts for i in n["input"][2:]), n["name"]
     shards = [p for group in model["weightsManifest"] for p in group["paths"]]
     assert shards and all((folder / p).is_file() for p in shards)
     assert json.loads((folder / "soundretrain.json").read_text())["labels"] == LABELS

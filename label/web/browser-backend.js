@@ -32,20 +32,27 @@ function topK(probabilities, labels, k) {
   return order.slice(0, k).map((i) => ({ label: labels[i], score: round(probabilities[i], 6) }));
 }
 
+// TF.js and its back-end, set up once per page (a second create, e.g. a script's, shares it).
+let started = null;
+
+async function startTfjs(vendor) {
+  const tf = await loadTfjs(vendor);
+  const wanted = new URLSearchParams(location.search).get("backend");
+  for (const name of wanted ? [wanted] : BACKENDS) {
+    try {
+      if (await tf.setBackend(name)) { await tf.ready(); return { tf, chosen: name }; }
+    } catch { /* not available here: the next one */ }
+  }
+  throw new Error(`no TF.js back-end runs here (tried ${wanted || BACKENDS.join(", ")})`);
+}
+
 export class BrowserBackend {
   static async create(configUrl) {
     const response = await fetch(configUrl);
     if (!response.ok) throw new Error(`cannot read ${configUrl.pathname}: HTTP ${response.status}`);
     const config = await response.json();
-    const tf = await loadTfjs(new URL(config.vendor || "vendor/", configUrl));
-    const wanted = new URLSearchParams(location.search).get("backend");
-    let chosen = null;
-    for (const name of wanted ? [wanted] : BACKENDS) {
-      try {
-        if (await tf.setBackend(name)) { await tf.ready(); chosen = name; break; }
-      } catch { /* not available here: the next one */ }
-    }
-    if (!chosen) throw new Error(`no TF.js back-end runs here (tried ${wanted || BACKENDS.join(", ")})`);
+    started = started || startTfjs(new URL(config.vendor || "vendor/", configUrl));
+    const { tf, chosen } = await started;
     const model = await tf.loadGraphModel(new URL(config.model, configUrl).href);
     return new BrowserBackend(tf, model, config, chosen);
   }
