@@ -381,8 +381,10 @@ function showReview() {
     // the project's classes, and the model's labels that have none (a click creates it)
     const classes = state.dataset.classes.map((c) => c.name);
     for (const label of state.model.labels) if (!api.classOfLabel(state.dataset, label) && label !== "_background_") classes.push(label);
-    const first = api.classOfLabel(state.dataset, scope === "clip" ? answer.label : predicted)
-      || (scope === "clip" ? answer.label : predicted);
+    // the class the model says (a long clip has none: its windows say different things)
+    let said = scope === "window" ? predicted : answer.windows.length > 1 ? null : answer.label;
+    if (said === "unknown" || said === "_background_") said = null;
+    const first = said === null ? null : api.classOfLabel(state.dataset, said) || said;
     const ordered = first ? [first, ...classes.filter((c) => c !== first)] : classes;
     for (const name of ordered) {
       const button = Object.assign(document.createElement("button"), { type: "button", className: "small add-to",

@@ -40,7 +40,9 @@ export function startStudio(ctx) {
   }
 
   function showDataset(data) {
-    $("clip-length").textContent = seconds(ctx.recordSeconds());
+    const m = ctx.model();
+    $("clip-length").textContent = `${seconds(ctx.recordSeconds())} a clip`
+      + (Math.abs(ctx.recordSeconds() - m.window_seconds) < 1e-6 ? ": the model's window" : "");
     const holder = $("classes");
     const names = data.classes.map((c) => c.name);
     holder.replaceChildren(...data.classes.map((c) => classCard(c, names)));
@@ -251,7 +253,7 @@ export function startStudio(ctx) {
       playButton.addEventListener("click", () => playRegion(r));
       const remove = el("button", { type: "button", className: "small", textContent: "✕" });
       remove.addEventListener("click", () => { s.regions.splice(k, 1); showRegions(); drawImport(); });
-      return el("li", {}, playButton, el("span", { textContent: ` ${k + 1}: ${r.start.toFixed(2)}–${r.end.toFixed(2)} s ` }), remove);
+      return el("li", {}, playButton, el("span", { textContent: ` ${r.start.toFixed(2)}–${r.end.toFixed(2)} s ` }), remove);
     }));
     showImportButtons();
   }
@@ -391,7 +393,7 @@ export function startStudio(ctx) {
     const running = t.state === "running";
     $("train-cancel").hidden = !running;
     $("train-start").disabled = running || $("train-start").title !== "";
-    $("train-start").textContent = t.state === "idle" ? "Train" : "Train again";
+    $("train-start").textContent = ctx.model().model === null ? "Train" : "Train again";
     const box = $("train-state");
     const text = {
       idle: "Not trained yet.",
@@ -456,8 +458,10 @@ export function startStudio(ctx) {
     const ev = r.evaluation || {};
     const how = { kfold: `grouped ${ev.k || ""}-fold cross-validation`, holdout: "a held-out test set" }[ev.method] || ev.method || "";
     $("report-accuracy").textContent = typeof r.accuracy === "number" ? `accuracy ${percent(r.accuracy)}` : "not evaluated";
-    $("report-how").textContent = [how && `measured by ${how}${ev.count ? ` on ${ev.count} clips` : ""}`, ev.reason]
-      .filter(Boolean).join(": ");
+    // the train command's reason says how and why in a sentence; else say how
+    const why = ev.reason ? ev.reason[0].toUpperCase() + ev.reason.slice(1) : "";
+    $("report-how").textContent = why ? `${why}${ev.count ? ` (${ev.count} evaluated clips)` : ""}.`
+      : how ? `Measured by ${how}${ev.count ? ` on ${ev.count} clips` : ""}.` : "";
     const rows = $("report-classes").querySelector("tbody");
     rows.replaceChildren(...(r.classes || []).map((c) => {
       const tr = el("tr", {}, el("td", { textContent: c.label }),
