@@ -258,7 +258,7 @@ def shifted_features(prepared, indices: Sequence[int], shifts: int, settings) ->
     records = prepared.images.records
     blocks = []
     for part in backbone_parts(prepared.backbone):
-        maker = InputMaker(part, prepared.spectrogram_settings)
+        maker = InputMaker(part, prepared.spectrogram_settings, backbone_parts(prepared.backbone))
         store = BottleneckStore(settings.bottleneck_dir, part.name, part.feature_size)
         axis = 0 if part.input_spec.kind == "waveform" else 1
 

@@ -2,6 +2,14 @@
 
     .venv/bin/python -m benchmarks.bench_audio_model                   # everything (~10-20 min on 2 cores)
     .venv/bin/python -m benchmarks.bench_audio_model --clips 100 --no_hour   # a quicker look
+    .venv/bin/python -m benchmarks.bench_audio_model --preset urbansound8k --parts agreement,warm \
+        --spec_dir /tmp/us8k_spec --bottleneck_dir /tmp/us8k_bn     # the presets' model (aisfx,soundnet,efficientnet_lite0)
+
+With ``--preset``, the head is trained on fold 1 exactly as ``retrain --preset NAME
+--test_folds=2`` trains it (the preset's flags, seed 0), and the reference is
+``label_image``'s Python path for it: the head-only TFLite, each module run in Python on
+the window resampled to its rate (``label_files``, what ``label_image --audio_dir`` runs).
+Results go to ``bench_audio_model_<preset>.json``.
 
 On the shared UrbanSound8K folds 1-2 (skips without them): spectrograms of both folds
 (rendered by this checkout's ``render_clip``), ``efficientnet_lite0`` bottlenecks, a head
@@ -81,6 +89,26 @@ def train(work: Path, module: str, steps: int):
     return prepared, head, acc
 
 
+def train_preset(work: Path, preset: str, spec_dir: Path, bottleneck_dir: Path):
+    """The head ``retrain --preset PRESET --test_folds=2 --random_seed=0`` trains (fold 1),
+    through the same functions (no export: :func:`export_all` writes every variant)."""
+    from retrain.cli import make_flags, settings_from_flags
+    from retrain.core import make_split, prepare, split_partition, train_and_evaluate
+    from soundretrain.command_line import parse_flags
+
+    fv = make_flags()
+    parse_flags(fv, ["retrain", "--preset", preset, f"--image_dir={spec_dir}", "--test_folds=2",
+                     f"--bottleneck_dir={bottleneck_dir}", "--summaries_dir=", "--checkpoint_path=",
+                     "--output_graph=", "--output_labels=", "--output_tflite=", "--saved_model_dir=",
+                     "--output_audio_tflite=", "--noprogress"], "retrain", lambda: "", presets="retrain")
+    settings = settings_from_flags(fv)
+    prepared = prepare(settings, log=log)
+    split = make_split(settings, prepared.images)
+    outcome = train_and_evaluate(settings, prepared, split, 0, "bench", split_partition(settings, prepared), log=log)
+    log(f"preset head trained on fold 1: {outcome.test_accuracy * 100:.1f} % on fold 2's cached bottlenecks")
+    return prepared, outcome.head, outcome.test_accuracy
+
+
 def export_all(work: Path, prepared, head) -> dict:
     from retrain.core import sidecar_for
     from soundretrain.export import export_model
@@ -88,17 +116,70 @@ def export_all(work: Path, prepared, head) -> dict:
     out = {}
     sidecar = sidecar_for(prepared, float("nan"), "final_result")
     labels = list(prepared.images.labels)
+    image_in = prepared.backbone.input_spec.kind == "image" and not getattr(prepared.backbone, "parts", None)
     for q in VARIANTS:
         t0 = time.perf_counter()
+        # Image-in exports of every variant; for a model of several modules, the head alone
+        # (float32): label_image's Python path runs the modules.
+        head_tflite = image_in or q == "none"
         paths = export_model(prepared.backbone, head, labels, sidecar,
-                             output_tflite=str(work / f"image_{q}.tflite"),
+                             output_tflite=str(work / f"image_{q}.tflite") if head_tflite else None,
                              output_audio_tflite=str(work / f"audio_{q}.tflite"),
                              audio_saved_model_dir=str(work / "audio_saved_model") if q == "none" else None,
                              tflite_quantization=q)
         log(f"exported {q} in {time.perf_counter() - t0:.0f} s")
-        out.update({f"image_{q}": paths["output_tflite"], f"audio_{q}": paths["output_audio_tflite"]})
+        out[f"audio_{q}"] = paths["output_audio_tflite"]
+        if head_tflite:
+            out[f"image_{q}"] = paths["output_tflite"]
         if q == "none":
             out["audio_saved_model"] = paths["audio_saved_model_dir"]
+    return out
+
+
+def agreement_label_image(prepared, models: dict, clips: list) -> dict:
+    """A model of several modules: every audio-in variant against label_image's Python path
+    (the head-only TFLite behind the modules run in Python), clip by clip as ``label_image
+    --audio_dir`` labels them (windows, silent windows left out of the mean)."""
+    from label.labeling import AudioInput, label_files, spectrogram_settings_for
+    from label.models import load_labeler
+
+    labels = list(prepared.images.labels)
+    paths = [p for p, _ in clips]
+    truth = np.asarray([labels.index(label) for _, label in clips])
+    probabilities, seconds = {}, {}
+    for name, path in {"python_path": models["image_none"], **models}.items():
+        if name == "image_none":
+            continue
+        labeler = load_labeler(path)
+        audio_input = AudioInput(spectrogram_settings_for(labeler))
+        t0 = time.perf_counter()
+        rows = []
+        for k, (source, result, error) in enumerate(label_files(labeler, paths, "audio", audio_input=audio_input)):
+            if error:
+                raise RuntimeError(f"{source}: {error}")
+            rows.append(result.probabilities)
+            if (k + 1) % 200 == 0:
+                log(f"  {name}: {k + 1}/{len(paths)} clips, {time.perf_counter() - t0:.0f} s")
+        probabilities[name], seconds[name] = np.stack(rows), time.perf_counter() - t0
+        log(f"  {name}: {len(rows)} clips in {seconds[name]:.0f} s")
+    reference = probabilities.pop("python_path")
+    out = {"clips": len(clips), "python_path_accuracy": float(np.mean(reference.argmax(1) == truth)),
+           "python_path_seconds": seconds["python_path"]}
+    for name, ps in probabilities.items():
+        diff = np.abs(ps - reference).max(axis=1)
+        out[name] = {
+            "top1_agreement": float(np.mean(ps.argmax(1) == reference.argmax(1))),
+            "top1_disagreements": int(np.sum(ps.argmax(1) != reference.argmax(1))),
+            "max_abs_diff": float(diff.max()),
+            "p99_abs_diff": float(np.quantile(diff, 0.99)),
+            "clips_within_0.01": float(np.mean(diff <= 0.01)),
+            "accuracy": float(np.mean(ps.argmax(1) == truth)),
+            "seconds": seconds[name],
+        }
+        if name != "audio_none":  # quantised variants: against the float32 audio-in model too
+            base = probabilities["audio_none"]
+            out[name]["top1_agreement_with_float32"] = float(np.mean(ps.argmax(1) == base.argmax(1)))
+            out[name]["max_abs_diff_with_float32"] = float(np.abs(ps - base).max())
     return out
 
 
@@ -179,6 +260,29 @@ def warm_latency(models: dict, clip: str, settings, repeats: int) -> dict:
         render.append((time.perf_counter() - t0) * 1e3)
     out = {name: statistics.median(v) for name, v in times.items()}
     out["render_clip_only"] = statistics.median(render)
+    return out
+
+
+def warm_latency_audio(models: dict, clip: str, sample_rate: int, duration: float, repeats: int) -> dict:
+    """ms per window with the model loaded, on one core (``num_threads=1``, batch 1),
+    the variants taking turns call by call; ratios to the float32 model of the same run."""
+    from label.models import load_labeler
+    from soundretrain.audio import fit_duration, load_audio
+
+    y = fit_duration(load_audio(clip, sample_rate), sample_rate, duration)[None]
+    labelers = {name: load_labeler(path, num_threads=1) for name, path in models.items()}
+    times = {name: [] for name in labelers}
+    for labeler in labelers.values():
+        labeler.predict(y)  # first invoke: allocation, delegate set-up
+    for _ in range(repeats):
+        for name, labeler in labelers.items():
+            t0 = time.perf_counter()
+            labeler.predict(y)
+            times[name].append((time.perf_counter() - t0) * 1e3)
+    out = {name: {"median_ms": statistics.median(v), "min_ms": min(v)} for name, v in times.items()}
+    base = out["audio_none"]["median_ms"]
+    for name in out:
+        out[name]["ratio_to_float32"] = out[name]["median_ms"] / base
     return out
 
 
@@ -310,6 +414,7 @@ def hour(models: dict, clips: list, work: Path, settings) -> dict:
 
 
 def main() -> None:
+    global SHARED_US8K
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--work", default="/tmp/bench_audio_model", help="scratch folder (spectrograms, caches, models)")
     parser.add_argument("--module", default="efficientnet_lite0")
@@ -321,7 +426,13 @@ def main() -> None:
     parser.add_argument("--parts", default="agreement,warm,cold,hour",
                         help="which measurements (others are kept from the last results file)")
     parser.add_argument("--reuse_models", action="store_true", help="keep models exported by an earlier run")
+    parser.add_argument("--preset", default="", help="train the head as retrain --preset NAME does (its modules)")
+    parser.add_argument("--spec_dir", default="", help="spectrograms of the shared folds already rendered "
+                        "with the preset (default: rendered into --work)")
+    parser.add_argument("--bottleneck_dir", default="", help="bottleneck cache (default: in --work)")
+    parser.add_argument("--data_dir", default=str(SHARED_US8K), help="the shared UrbanSound8K folds 1-2")
     args = parser.parse_args()
+    SHARED_US8K = Path(args.data_dir)
     parts = set(args.parts.split(","))
     if args.no_hour:
         parts.discard("hour")
@@ -330,12 +441,27 @@ def main() -> None:
         return
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
-    result = json.loads(RESULTS.read_text()) if RESULTS.is_file() and parts != {"agreement", "warm", "cold", "hour"} else {}
+    results = RESULTS.with_name(f"bench_audio_model_{args.preset}.json") if args.preset else RESULTS
+    result = json.loads(results.read_text()) if results.is_file() and parts != {"agreement", "warm", "cold", "hour"} else {}
     result.update({"machine": f"{platform.machine()}, {os.cpu_count()} cores", "module": args.module,
                    "load_average_start": os.getloadavg()[0]})
-    prepared, head, acc = train(work, args.module, args.steps)
+    if args.preset:
+        spec_dir = Path(args.spec_dir) if args.spec_dir else work / "spec"
+        if not (spec_dir / "manifest.csv").is_file():
+            log(f"rendering spectrograms of {SHARED_US8K} into {spec_dir} ...")
+            subprocess.run([sys.executable, "-m", "spectrograms", f"--preset={args.preset}",
+                            f"--data_dir={SHARED_US8K}", f"--output_dir={spec_dir}"], check=True, cwd=ROOT)
+        if spec_dir != work / "spec" and not (work / "spec").exists():
+            (work / "spec").symlink_to(spec_dir.resolve())
+        prepared, head, acc = train_preset(work, args.preset, spec_dir,
+                                           Path(args.bottleneck_dir) if args.bottleneck_dir else work / "bn")
+        result["module"] = prepared.backbone.name
+        result["preset"] = args.preset
+    else:
+        prepared, head, acc = train(work, args.module, args.steps)
     result["head_fold2_accuracy_cached_bottlenecks"] = acc
-    names = [f"{kind}_{q}" for q in VARIANTS for kind in ("image", "audio")]
+    several = bool(getattr(prepared.backbone, "parts", None))
+    names = [f"{kind}_{q}" for q in VARIANTS for kind in ("image", "audio") if not several or kind == "audio" or q == "none"]
     if args.reuse_models and all((work / f"{n}.tflite").is_file() for n in names):
         models = {n: str(work / f"{n}.tflite") for n in names}
         models["audio_saved_model"] = str(work / "audio_saved_model")
@@ -347,12 +473,27 @@ def main() -> None:
         clips = clips[: args.clips]
     if "agreement" in parts:
         log(f"agreement on {len(clips)} fold-2 clips ...")
-        compared = {k: v for k, v in models.items() if k != "image_none"}
-        result["agreement"] = agreement(prepared, head, compared, clips)
+        if several:
+            result["agreement"] = agreement_label_image(
+                prepared, {k: models[k] for k in ("image_none", "audio_none", "audio_float16", "audio_dynamic")}, clips)
+        else:
+            compared = {k: v for k, v in models.items() if k != "image_none"}
+            result["agreement"] = agreement(prepared, head, compared, clips)
     settings = prepared.spectrogram_settings
     import soundfile as sf
 
     clip = next(p for p, _ in clips if sf.info(p).duration >= settings.duration)
+    if several and "warm" in parts:
+        log("warm latency, one core ...")
+        from label.models import load_labeler
+
+        rate = load_labeler(models["audio_none"]).sample_rate
+        result["warm_one_core"] = warm_latency_audio({k: v for k, v in models.items() if k.startswith("audio_")
+                                                      and k != "audio_saved_model"}, clip, rate,
+                                                     settings.duration, args.repeats)
+        parts.discard("warm")
+    if several:
+        parts -= {"cold", "hour"}  # the efficientnet_lite0 model's measurements (run without --preset)
     if "warm" in parts:
         log("warm latency ...")
         result["warm_ms"] = warm_latency({k: v for k, v in models.items() if k.startswith(("image_", "audio_"))
@@ -364,8 +505,8 @@ def main() -> None:
         log("one hour of audio ...")
         result["hour"] = hour(models, fold_clips(work / "spec", 2), work, settings)
     result["load_average_end"] = os.getloadavg()[0]
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(result, indent=2) + "\n")
+    results.parent.mkdir(parents=True, exist_ok=True)
+    results.write_text(json.dumps(result, indent=2) + "\n")
     log(json.dumps(result, indent=2))
 
 

@@ -173,7 +173,7 @@ def audio_rates(labeler: Labeler, audio_input: AudioInput) -> list[int]:
     """The sample rates audio is needed at: the spectrogram's for image models (and
     image parts of a backbone), each waveform module's own rate. The first one is the
     reference for windows and silence."""
-    if labeler.audio_in:
+    if labeler.audio_in or labeler.module_rates is not None:  # one rate, resampled per module inside
         return [int(labeler.sample_rate)]
     rates = []
     for part in labeler.backbone_parts or [None]:
@@ -223,8 +223,14 @@ def window_model_inputs(windows: dict, labeler: Labeler, audio_input: AudioInput
     for part in labeler.backbone_parts:
         spec = part.input_spec
         if spec.kind == "waveform":
-            wins = windows[int(spec.sample_rate)][first:stop]
-            x = np.stack([w for _, w in wins]).astype(np.float32)
+            rate = int(spec.sample_rate)
+            if rate in windows:
+                x = np.stack([w for _, w in windows[rate][first:stop]]).astype(np.float32)
+            else:  # windows at the model's one rate, resampled as the bottleneck stage did
+                from soundretrain.resample import resample
+
+                source = next(iter(windows))
+                x = resample(np.stack([w for _, w in windows[source][first:stop]]), source, rate)
         else:  # image part: [0, 1] input as in the bottleneck stage
             x = images(int(settings.sample_rate), ImageInput(int(spec.height), int(spec.width), 0.0, 255.0))
         features.append(np.asarray(part.compute(x), dtype=np.float32))

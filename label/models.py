@@ -317,9 +317,24 @@ class Labeler:
 
     @property
     def sample_rate(self) -> Optional[int]:
+        """The rate the model hears: an audio-in model's input rate; for a head-only model
+        of several modules, the one rate they are fed from (sidecar ``audio``,
+        :mod:`soundretrain.module_inputs`), else its first module's."""
         if self.audio_in:
             return int(self.sidecar["input"]["sample_rate"])
-        return self.backbone.input_spec.sample_rate if self.backbone is not None else None
+        if self.backbone is None:
+            return None
+        if self.module_rates is not None:
+            return int(self.module_rates["sample_rate"])
+        return self.backbone.input_spec.sample_rate
+
+    @property
+    def module_rates(self) -> Optional[dict]:
+        """The sidecar's ``audio`` entry of a head-only model: its modules are fed windows
+        at one rate, resampled per module by the shared filter. None for models exported
+        before it (each module then decodes the file at its own rate)."""
+        audio = (self.sidecar or {}).get("audio")
+        return audio if self.backbone is not None and isinstance(audio, dict) else None
 
     def predict(self, batch: np.ndarray) -> np.ndarray:
         batch = np.asarray(batch, dtype=np.float32)

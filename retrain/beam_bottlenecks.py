@@ -111,7 +111,7 @@ def process_unit(parts, records: list[ImageRecord], bottleneck_dir: str, spectro
     computed = cached = damaged = 0
     for part in parts:
         store = BottleneckStore(bottleneck_dir, part.name, part.feature_size)
-        maker = InputMaker(part, spectrogram_settings)
+        maker = InputMaker(part, spectrogram_settings, parts)
         jobs = []
         for r in records:
             if r.relpath in failed:

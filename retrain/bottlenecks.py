@@ -68,10 +68,15 @@ def image_to_input(image: np.ndarray, height: int, width: int) -> np.ndarray:
 
 class AudioSegments:
     """The audio window behind a manifest row, at a module's sample rate, fitted to the
-    spectrogram duration with the same functions ``spectrograms`` used."""
+    spectrogram duration with the same functions ``spectrograms`` used.
 
-    def __init__(self, sample_rate: int, settings) -> None:
+    ``model_rate``: the backbone's one rate (:mod:`soundretrain.module_inputs`). The clip
+    is decoded and cut at that rate, then the window resampled to the module's rate by the
+    shared polyphase filter, exactly as ``label_image`` and the audio-in model do."""
+
+    def __init__(self, sample_rate: int, settings, model_rate: Optional[int] = None) -> None:
         self.sample_rate = sample_rate
+        self.model_rate = int(model_rate or sample_rate)
         self.settings = settings
         self._recent: collections.OrderedDict[str, np.ndarray] = collections.OrderedDict()
         self._lock = threading.Lock()  # inputs are decoded in several threads
@@ -85,7 +90,7 @@ class AudioSegments:
                 return self._recent[source]
         try:
             with filesystems.local_file(source) as path:
-                y = load_audio(path, self.sample_rate)
+                y = load_audio(path, self.model_rate)
         except (AudioReadError, OSError) as err:  # OSError: a remote source that cannot be fetched
             reason = err.reason if isinstance(err, AudioReadError) else " ".join(str(err).split())
             raise RetrainError(f"cannot read source audio {source!r} ({reason}); a "
@@ -97,17 +102,25 @@ class AudioSegments:
         return y
 
     def segment(self, record: ImageRecord) -> np.ndarray:
+        """The record's window at the model rate (:meth:`resampled` makes it the module's)."""
         from soundretrain.audio import fit_duration
 
         if not record.source:
             raise RetrainError(f"{record.relpath}: a waveform module needs the source audio, "
                                "but there is no manifest.csv with a source column; render the "
                                "images with spectrograms or use an image module")
-        sr, duration = self.sample_rate, self.settings.duration
+        sr, duration = self.model_rate, self.settings.duration
         y = self._audio(record.source)
         start = int(round(record.start * sr))
-        return fit_duration(y[start:start + int(round(duration * sr))], sr, duration,
-                            self.settings.pad_mode)
+        return fit_duration(y[start:start + int(round(duration * sr))], sr, duration, self.settings.pad_mode)
+
+    def resampled(self, window: np.ndarray) -> np.ndarray:
+        """A window at the model rate as the module hears it."""
+        if self.model_rate == self.sample_rate:
+            return window
+        from soundretrain.resample import resample
+
+        return resample(window, self.model_rate, self.sample_rate)
 
     def key(self, record: ImageRecord) -> str:
         try:
@@ -120,6 +133,10 @@ class AudioSegments:
         s = self.settings
         text = (f"wav|{filesystems.abspath(record.source)}|{st.size}|{st.mtime_ns}|"
                 f"{record.start:.6f}|{self.sample_rate}|{s.duration}|{s.pad_mode}")
+        if self.model_rate != self.sample_rate:  # decoded at another rate, then resampled
+            from soundretrain.resample import RESAMPLER
+
+            text += f"|from {self.model_rate}|{RESAMPLER}"
         return hashlib.sha1(text.encode()).hexdigest()
 
 
@@ -303,7 +320,9 @@ def compute_batch(backbone: Backbone, inputs: np.ndarray) -> np.ndarray:
 class InputMaker:
     """Builds backbone inputs and cache keys for records, for one backbone part."""
 
-    def __init__(self, part: Backbone, spectrogram_settings=None) -> None:
+    def __init__(self, part: Backbone, spectrogram_settings=None, parts: Optional[Sequence[Backbone]] = None) -> None:
+        """``parts``: every module of the backbone ``part`` belongs to (its one sample rate
+        depends on all of them); ``part`` alone when None."""
         self.part = part
         self.spec = part.input_spec
         self._image_keys: dict[str, str] = {}
@@ -311,7 +330,10 @@ class InputMaker:
             if spectrogram_settings is None:
                 from soundretrain.spectrogram_settings import SpectrogramSettings
                 spectrogram_settings = SpectrogramSettings()
-            self.audio = AudioSegments(int(self.spec.sample_rate), spectrogram_settings)
+            from soundretrain.module_inputs import model_rate
+
+            self.audio = AudioSegments(int(self.spec.sample_rate), spectrogram_settings,
+                                       model_rate(list(parts or [part]), spectrogram_settings))
 
     def key(self, record: ImageRecord) -> str:
         if self.spec.kind == "waveform":
@@ -321,15 +343,15 @@ class InputMaker:
         return self._image_keys[record.path]
 
     def raw(self, record: ImageRecord) -> np.ndarray:
-        """uint8 image at its own size, or the float32 waveform window."""
+        """uint8 image at its own size, or the float32 waveform window at the model rate."""
         if self.spec.kind == "waveform":
             return self.audio.segment(record)
         return read_image(record.path)
 
     def finish(self, raw: np.ndarray) -> np.ndarray:
-        """Raw example -> the backbone's input."""
+        """Raw example -> the backbone's input (a window resampled to the module's rate)."""
         if self.spec.kind == "waveform":
-            return raw.astype(np.float32)
+            return self.audio.resampled(raw.astype(np.float32))
         return image_to_input(raw, int(self.spec.height), int(self.spec.width))
 
 
@@ -344,8 +366,9 @@ def compute_bottlenecks(backbone: Backbone, records: Sequence[ImageRecord], bott
     """Feature vectors ``[len(records), backbone.feature_size]`` for ``records``, from the
     cache where possible; returns them and the number of vectors computed."""
     blocks, computed = [], 0
-    for part in backbone_parts(backbone):
-        maker = InputMaker(part, spectrogram_settings)
+    parts = backbone_parts(backbone)
+    for part in parts:
+        maker = InputMaker(part, spectrogram_settings, parts)
         store = BottleneckStore(bottleneck_dir, part.name, part.feature_size)
         jobs = [Job(maker.key(r), lambda r=r: maker.finish(maker.raw(r))) for r in records]
         feats, n = run_jobs(part, store, jobs, batch_size, progress, desc=f"bottlenecks {part.name}")
@@ -365,8 +388,9 @@ def compute_augmented_bottlenecks(backbone: Backbone, records: Sequence[ImageRec
     if not plan:
         return np.zeros((0, backbone.feature_size), np.float32), 0
     blocks, computed = [], 0
-    for part in backbone_parts(backbone):
-        maker = InputMaker(part, spectrogram_settings)
+    parts = backbone_parts(backbone)
+    for part in parts:
+        maker = InputMaker(part, spectrogram_settings, parts)
         store = BottleneckStore(bottleneck_dir, part.name, part.feature_size)
         augment = augment_waveform if part.input_spec.kind == "waveform" else augment_image
         extra, fill = {}, None

@@ -22,10 +22,12 @@ name is not ``metadata`` on purpose: TFLite orders signatures by name and applie
 XNNPACK CPU delegate to the first subgraph only, so the serving signature must sort first
 ("metadata" < "serving_default" < "sidecar"); with it second the network ran 3-4x slower.
 
-Image backbones (and concatenations of them) get the front-end and Pillow-exact resizing
-to each part's input size; waveform backbones with a ``tf_callable`` take the window
-directly when their rate is the model's. A backbone that cannot be traced into a
-TensorFlow graph is refused with one line.
+Any concatenation of modules with a ``tf_callable`` exports: image parts get the
+front-end and Pillow-exact resizing to each part's input size; waveform parts get the
+window, resampled by :func:`soundretrain.resample.resample_tf` when their rate is not the
+model's (:mod:`soundretrain.module_inputs`: the spectrograms' rate when any part takes
+images, else the highest module rate), exactly as the bottleneck stage fed them. A
+backbone that cannot be traced into a TensorFlow graph is refused with one line.
 """
 from __future__ import annotations
 
@@ -37,6 +39,7 @@ from dataclasses import dataclass
 from typing import Optional, Sequence
 
 from soundretrain import atomic_files
+from soundretrain.module_inputs import SIDECAR_KEY, describe, model_rate, part_rate, parts_of
 from soundretrain.sidecar import SIDECAR_FORMAT, labels_sha256, write_sidecar, SAVED_MODEL_SIDECAR
 from soundretrain.spectrogram_settings import SpectrogramSettings
 
@@ -70,22 +73,13 @@ class AudioModelSpec:
 
 
 def _parts(backbone) -> list:
-    return list(getattr(backbone, "parts", None) or [backbone])
+    return parts_of(backbone)
 
 
 def audio_model_spec(backbone, settings: SpectrogramSettings) -> AudioModelSpec:
-    """The input of ``backbone``'s audio-in model: the spectrogram rate when any part
-    takes images, else the waveform parts' common rate; one ``settings.duration`` window."""
-    rates = set()
-    for part in _parts(backbone):
-        spec = part.input_spec
-        rates.add(int(settings.sample_rate) if spec.kind == "image" else int(spec.sample_rate))
-    if len(rates) > 1:
-        raise AudioExportError(
-            f"module {backbone.name} takes audio at {' and '.join(f'{r} Hz' for r in sorted(rates))}; an "
-            "audio-in model takes one rate (export its parts' model with --saved_model_dir/--output_tflite "
-            "and label with label_image, which resamples for each part)")
-    rate = rates.pop()
+    """The input of ``backbone``'s audio-in model: one ``settings.duration`` window at the
+    model rate (:func:`soundretrain.module_inputs.model_rate`)."""
+    rate = model_rate(_parts(backbone), settings)
     num_samples = int(round(settings.duration * rate))
     hop_samples = max(1, int(round(settings.hop_seconds * rate)))
     return AudioModelSpec(rate, num_samples, hop_samples)
@@ -116,6 +110,7 @@ def audio_features_fn(backbone, settings: SpectrogramSettings, spec: AudioModelS
     """``waveform [N, num_samples] -> features [N, feature_size]`` as TensorFlow ops:
     the front-end and each part's ``tf_callable``, features concatenated in order."""
     from soundretrain.render_tf import SpectrogramFrontEnd
+    from soundretrain.resample import resample_tf
 
     parts = _parts(backbone)
     fns = []
@@ -139,8 +134,8 @@ def audio_features_fn(backbone, settings: SpectrogramSettings, spec: AudioModelS
                 from soundretrain.render_tf import resize_pixels, scale_pixels
 
                 x = scale_pixels(resize_pixels(rgb, int(s.height), int(s.width)), 0.0, 255.0)
-            else:
-                x = y
+            else:  # the bottleneck stage's window, resampled by the same filter
+                x = resample_tf(y, spec.sample_rate, part_rate(part, settings))
             out.append(tf.cast(fn(x), tf.float32))
         return out[0] if len(out) == 1 else tf.concat(out, axis=1)
 
@@ -168,6 +163,9 @@ def audio_sidecar(sidecar: dict, backbone, labels: Sequence[str], settings: Spec
         "hop_samples": spec.hop_samples,
         "pad_mode": settings.pad_mode,
     }
+    audio = describe(_parts(backbone), settings)
+    if audio is not None:
+        out[SIDECAR_KEY] = audio
     return out
 
 
@@ -315,6 +313,26 @@ def _convert_tflite(tf, serve, metadata, quantization: str) -> bytes:
         raise AudioExportError(f"cannot convert the audio-in model to TFLite: {str(e).strip().splitlines()[0]}") from None
 
 
+def tflite_operators(flatbuffer: bytes, subgraph: int = 0) -> dict[str, int]:
+    """How many of each operator a TFLite model's ``subgraph`` runs (``{"CONV_2D": 8,
+    ...}``; custom operators as ``CUSTOM:<name>``, TensorFlow fallbacks as ``FLEX...``),
+    read with TensorFlow's schema module: what an app's TFLite runtime must provide."""
+    from collections import Counter
+
+    from tensorflow.lite.python import schema_py_generated as schema
+
+    model = schema.Model.GetRootAs(bytearray(flatbuffer), 0)
+    names = {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}
+    graph = model.Subgraphs(subgraph)
+    counts: Counter = Counter()
+    for i in range(graph.OperatorsLength()):
+        code = model.OperatorCodes(graph.Operators(i).OpcodeIndex())
+        builtin = max(code.BuiltinCode(), code.DeprecatedBuiltinCode())
+        custom = code.CustomCode()
+        counts[f"CUSTOM:{custom.decode()}" if custom else names.get(builtin, str(builtin))] += 1
+    return dict(counts)
+
+
 def read_model_metadata(signature_call) -> dict:
     """The sidecar a model's ``sidecar`` signature carries, from the call's outputs."""
     out = signature_call
@@ -327,4 +345,4 @@ def read_model_metadata(signature_call) -> dict:
 
 
 __all__ = ["AudioExportError", "AudioModelSpec", "audio_model_spec", "audio_features_fn", "export_audio_model",
-           "INPUT_NAME", "OUTPUT_NAME", "METADATA_SIGNATURE", "read_model_metadata"]
+           "INPUT_NAME", "OUTPUT_NAME", "METADATA_SIGNATURE", "read_model_metadata", "tflite_operators"]

@@ -288,7 +288,24 @@ def complete_sidecar(
     if head_only:
         inp["feature_size"] = int(backbone.feature_size)
     out["input"] = inp
+    audio = _module_rates(backbone, out.get("spectrogram"))
+    if audio is not None:  # several rates: how label_image must feed each module
+        from soundretrain.module_inputs import SIDECAR_KEY
+
+        out[SIDECAR_KEY] = audio
     return out
+
+
+def _module_rates(backbone, spectrogram: Optional[dict]) -> Optional[dict]:
+    """:func:`soundretrain.module_inputs.describe` for the settings the images had."""
+    from soundretrain.module_inputs import describe, parts_of
+    from soundretrain.spectrogram_settings import SpectrogramSettings
+
+    try:
+        settings = SpectrogramSettings.from_dict(spectrogram or {})
+    except (TypeError, ValueError):
+        return None
+    return describe(parts_of(backbone), settings)
 
 
 def _freeze(tf, backbone_fn, head, input_shape, input_name: str, final_name: str):

@@ -111,6 +111,7 @@ _TOP_LEVEL = {
     "model_input": (lambda v: v in ("image", "features", "waveform"), '"image", "features" or "waveform"'),
     "artifact": (lambda v: isinstance(v, str), "a string"),
     "tflite_quantization": (lambda v: isinstance(v, str), "a string"),
+    "audio": (lambda v: isinstance(v, dict), "an object"),
 }
 _INPUT = {
     "kind": (lambda v: v in ("image", "waveform"), '"image" or "waveform"'),
@@ -124,6 +125,13 @@ _INPUT = {
     "hop_samples": (_is_count, "a positive whole number"),
     "window_seconds": (lambda v: _is_number(v) and v > 0, "a positive number"),
 }
+# soundretrain.module_inputs.describe: the one rate a model of several modules hears.
+_AUDIO = {
+    "sample_rate": (_is_count, "a positive whole number"),
+    "resampler": (_is_text, "a non-empty string"),
+    "module_rates": (lambda v: isinstance(v, list) and all(_is_count(r) for r in v),
+                     "a list of positive whole numbers"),
+}
 _MODULE = {
     "name": (_is_text, "a non-empty string"),
     "source": (lambda v: v is None or isinstance(v, str), "a string"),
@@ -134,10 +142,10 @@ _MODULE = {
 def sidecar_problem(data: dict) -> Optional[str]:
     """What is wrong with a sidecar's keys (the first problem), or None. Unknown keys are
     allowed: a newer toolkit may add some."""
-    for table, where in ((_TOP_LEVEL, data), (_INPUT, data.get("input")), (_MODULE, data.get("module"))):
+    for table, where, prefix in ((_TOP_LEVEL, data, ""), (_INPUT, data.get("input"), "input."),
+                                 (_MODULE, data.get("module"), "module."), (_AUDIO, data.get("audio"), "audio.")):
         if not isinstance(where, dict):
             continue
-        prefix = "" if where is data else ("input." if table is _INPUT else "module.")
         for key, (check, what) in table.items():
             if key in where and not check(where[key]):
                 return f"{prefix}{key} must be {what}, not {json.dumps(where[key])[:60]}"

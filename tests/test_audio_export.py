@@ -300,7 +300,7 @@ def test_export_refuses_what_cannot_take_sound_before_writing(tiny, tmp_path):
         export_model(_Untraceable(), tiny.head, LABELS, {}, output_labels=labels, output_tflite=tflite,
                      output_audio_tflite=str(tmp_path / "a.tflite"))
     assert "\n" not in str(info.value)
-    with pytest.raises(ExportError, match="takes audio at 22050 Hz and 48000 Hz"):
+    with pytest.raises(ExportError, match="module 'untraceable' audio-in: it cannot be traced"):
         export_model(ConcatBackbone([tiny.backbone, _Untraceable()]), tiny.head, LABELS,
                      {"spectrogram": {"sample_rate": 22050}}, output_labels=labels,
                      audio_saved_model_dir=str(tmp_path / "a"))
@@ -337,24 +337,148 @@ def test_retrain_exports_an_audio_model_that_labels_recordings(tmp_path, capsys)
         assert lines[0].split()[0] == label
 
 
-def test_retrain_refuses_an_audio_model_for_a_mixed_rate_module_before_training(tmp_path, capsys):
+def test_retrain_exports_an_audio_model_of_modules_at_several_rates(tmp_path, capsys):
+    """An image module (spectrograms at 8 kHz) and a 16 kHz waveform module: the model takes
+    8 kHz, the waveform module hears it resampled inside, as it did in training."""
     from retrain.cli import main as retrain
+    from label.cli import main as label_image
     from tiny_models import make_tiny_image_module, make_tiny_waveform_module, make_tone_spectrogram_dir
 
-    make_tone_spectrogram_dir(tmp_path, recordings=2)
+    make_tone_spectrogram_dir(tmp_path, recordings=3)
     image = make_tiny_image_module(tmp_path / "img")
     wave_module = make_tiny_waveform_module(tmp_path / "wave", sample_rate=16000)
+    model = tmp_path / "out" / "model_audio.tflite"
     args = ["retrain", f"--image_dir={tmp_path / 'spec'}", f"--tfhub_module={image},{wave_module}",
+            f"--bottleneck_dir={tmp_path / 'bn'}", "--summaries_dir=", "--checkpoint_path=", "--output_graph=",
+            f"--output_audio_tflite={model}", f"--saved_model_dir={tmp_path / 'out' / 'head'}",
+            "--split=folds", "--test_folds=3", "--how_many_training_steps=300", "--optimizer=adam",
+            "--learning_rate=0.05", "--random_seed=1", "--noprogress"]
+    assert retrain(args) == 0
+    capsys.readouterr()
+    sidecar = json.load(open(f"{model}.json"))
+    assert sidecar["input"]["sample_rate"] == 8000 and sidecar["audio"]["module_rates"] == [8000, 16000]
+    for label in ("low", "high"):
+        wav = str(tmp_path / "audio" / f"{label}0.wav")
+        audio_in = label_json(capsys, "--graph", str(model), "--audio", wav)["results"][0]
+        python_path = label_json(capsys, "--graph", str(tmp_path / "out" / "head"), "--audio", wav)["results"][0]
+        assert audio_in["top"][0]["label"] == python_path["top"][0]["label"] == label
+        assert abs(audio_in["top"][0]["score"] - python_path["top"][0]["score"]) < 1e-4
+
+
+def test_retrain_refuses_a_module_that_cannot_take_sound_before_the_bottlenecks(tmp_path, capsys, monkeypatch):
+    from retrain import core
+    from retrain.cli import main as retrain
+    from soundretrain.backbones.registry import ConcatBackbone, load_module
+    from tiny_models import make_tiny_image_module, make_tone_spectrogram_dir
+
+    make_tone_spectrogram_dir(tmp_path, recordings=2)
+    image = load_module(make_tiny_image_module(tmp_path / "img"))
+    monkeypatch.setattr(core, "load_module", lambda *a, **k: ConcatBackbone([image, _Untraceable()]))
+    args = ["retrain", f"--image_dir={tmp_path / 'spec'}", "--tfhub_module=anything",
             f"--bottleneck_dir={tmp_path / 'bn'}", "--summaries_dir=", "--checkpoint_path=", "--output_graph=",
             f"--output_audio_tflite={tmp_path / 'a.tflite'}", "--split=folds", "--test_folds=2",
             "--how_many_training_steps=50", "--noprogress"]
     assert retrain(args) == 1
     captured = capsys.readouterr()
-    assert "Step 0" not in captured.out
     assert "Bottlenecks:" not in captured.out  # refused before any bottleneck is computed
     assert not (tmp_path / "bn").exists() or not any(p.is_file() for p in (tmp_path / "bn").rglob("*"))
-    assert "takes audio at 8000 Hz and 16000 Hz" in captured.err
+    assert "cannot export module 'untraceable' audio-in" in captured.err
     assert not (tmp_path / "a.tflite").exists()
+
+
+# ------------------------------------------------------------------ modules at several rates
+
+
+@pytest.fixture(scope="module")
+def several_rates(tmp_path_factory):
+    """Two backbones of three tiny modules and a head each, exported audio-in and head-only:
+    ``image`` (a 32-pixel image module, 16 kHz and 8 kHz waveform modules; spectrograms at
+    8 kHz, so the model takes 8 kHz) and ``waveform`` (16 and 8 kHz: the model takes 16 kHz)."""
+    from retrain.head import ClassificationHead
+    from soundretrain.backbones.registry import ConcatBackbone, load_module
+    from soundretrain.export import export_model
+    from soundretrain.spectrogram_settings import SpectrogramSettings
+    from tiny_models import make_tiny_image_module, make_tiny_waveform_module
+
+    root = tmp_path_factory.mktemp("several_rates")
+    settings = SpectrogramSettings(sample_rate=SR, duration=1.0, n_fft=256, hop_length=64, n_mels=32, image_size=32)
+    image = load_module(make_tiny_image_module(root / "img", image_size=24, feature_size=5, seed=1))
+    wide = load_module(make_tiny_waveform_module(root / "w16", sample_rate=16000, feature_size=4, seed=2))
+    narrow = load_module(make_tiny_waveform_module(root / "w8", sample_rate=8000, feature_size=3, seed=3))
+    out = {}
+    for name, parts in (("image", [image, wide, narrow]), ("waveform", [wide, narrow])):
+        backbone = ConcatBackbone(parts)
+        head = ClassificationHead(backbone.feature_size, len(LABELS), seed=4)
+        folder = root / name
+        paths = export_model(backbone, head, LABELS, {"spectrogram": settings.to_dict()},
+                             output_tflite=str(folder / "head.tflite"), saved_model_dir=str(folder / "head"),
+                             output_audio_tflite=str(folder / "model_audio.tflite"),
+                             audio_saved_model_dir=str(folder / "model_audio"))
+        out[name] = dict(paths, backbone=backbone, head=head, settings=settings)
+    return out
+
+
+def python_path_probabilities(model: dict, y: np.ndarray, rate: int) -> np.ndarray:
+    """What the bottleneck stage computes: each part on the window resampled to its rate
+    (image parts: the spectrogram rendered at the model rate), then the head."""
+    from retrain.bottlenecks import image_to_input
+    from soundretrain.render import render_clip
+    from soundretrain.resample import resample
+
+    features = []
+    for part in model["backbone"].parts:
+        spec = part.input_spec
+        if spec.kind == "image":
+            x = np.stack([image_to_input(render_clip(w, rate, model["settings"]), spec.height, spec.width) for w in y])
+        else:
+            x = resample(y, rate, spec.sample_rate)
+        features.append(part.compute(x))
+    return model["head"].predict(np.concatenate(features, axis=1))
+
+
+@pytest.mark.parametrize("kind,rate", [("image", 8000), ("waveform", 16000)])
+@pytest.mark.parametrize("artifact", ["output_audio_tflite", "audio_saved_model_dir"])
+def test_modules_at_several_rates_export_audio_in(several_rates, kind, rate, artifact):
+    from label.models import load_labeler
+    from soundretrain.resample import RESAMPLER
+
+    model = several_rates[kind]
+    labeler = load_labeler(model[artifact])
+    assert labeler.audio_in and labeler.sample_rate == rate
+    assert labeler.sidecar["audio"] == {"sample_rate": rate, "resampler": RESAMPLER,
+                                        "module_rates": [8000, 16000, 8000] if kind == "image" else [16000, 8000]}
+    from soundretrain.audio import to_sample_rate
+
+    clips = [to_sample_rate(make_clip(k, seed=40 + s, amplitude=a), SR, rate)
+             for k in LABELS for s, a in enumerate((0.5, 0.05))] + [np.zeros(rate, np.float32)]
+    y = np.stack(clips).astype(np.float32)
+    np.testing.assert_allclose(labeler.predict(y), python_path_probabilities(model, y, rate), atol=2e-5)
+
+
+@pytest.mark.parametrize("kind", ["image", "waveform"])
+def test_label_image_feeds_a_head_only_model_as_its_audio_in_twin(several_rates, kind, tmp_path, capsys):
+    """label_image's Python path (the head-only model: each module run in Python) decodes at
+    the model rate and resamples per module like the graph: same windows, same scores."""
+    wav = long_recording(tmp_path / "long.wav")  # 8 kHz, resampled to 16 kHz for "waveform"
+    model = several_rates[kind]
+    head = label_json(capsys, "--graph", model["output_tflite"], "--audio", wav)["results"][0]
+    audio_in = label_json(capsys, "--graph", model["output_audio_tflite"], "--audio", wav)["results"][0]
+    assert [w["start"] for w in head["windows"]] == [w["start"] for w in audio_in["windows"]]
+    for a, b in zip(head["windows"] + [head], audio_in["windows"] + [audio_in]):
+        assert [t["label"] for t in a["top"]] == [t["label"] for t in b["top"]]
+        assert max(abs(ta["score"] - tb["score"]) for ta, tb in zip(a["top"], b["top"])) < 1e-4
+
+
+def test_detections_of_a_model_at_several_rates(several_rates, tmp_path, capsys):
+    """Detection tables from the audio-in model and from its head-only twin agree."""
+    wav = long_recording(tmp_path / "long.wav")
+    tables = {}
+    for name in ("output_tflite", "output_audio_tflite"):
+        out = tmp_path / name
+        label_json(capsys, "--graph", several_rates["image"][name], "--audio", wav, "--min_confidence", "0.2",
+                   "--detections_dir", str(out))
+        tables[name] = [line.split(",")[:4] for line in (out / "long.detections.csv").read_text().splitlines()]
+    assert len(tables["output_tflite"]) > 1 and tables["output_tflite"] == tables["output_audio_tflite"]
 
 
 # ------------------------------------------------------------------ numpy + LiteRT only
@@ -380,14 +504,16 @@ def only_numpy_and_litert(folder: Path) -> Path:
     return folder
 
 
-@pytest.mark.parametrize("clip", ["chirp_long", "tone_short_stereo"])
+@pytest.mark.parametrize("clip,model", [("chirp_long", "one_rate"), ("tone_short_stereo", "one_rate"),
+                                        ("chirp_long", "several_rates")])
 def test_readme_example_runs_with_only_numpy_and_litert_and_agrees_with_label_image(
-        audio_models, tmp_path, capsys, clip):
+        audio_models, several_rates, tmp_path, capsys, clip, model):
     import soundfile as sf
 
     work = tmp_path / "app"
     work.mkdir()
-    shutil.copy(audio_models["output_audio_tflite"], work / "model_audio.tflite")  # no sidecar beside it
+    path = audio_models["output_audio_tflite"] if model == "one_rate" else several_rates["image"]["output_audio_tflite"]
+    shutil.copy(path, work / "model_audio.tflite")  # no sidecar beside it
     if clip == "chirp_long":
         y = np.concatenate([make_clip("chirp", 2.5, seed=21), 0.3 * make_clip("noise", 0.8, seed=22)])
     else:

@@ -330,20 +330,49 @@ def test_tf_callable_freezes_into_a_constant_graph(fake):
     np.testing.assert_allclose(frozen(tf.constant(y))[0].numpy(), fake["backbone"].compute(y), atol=1e-5)
 
 
-@pytest.mark.slow
-def test_tf_callable_converts_to_tflite(fake):
+def test_front_end_of_an_exported_graph_is_the_bottleneck_stages(fake):
+    """A known number of samples (an exported model) frames with static slices, not
+    tf.signal.frame (which TFLite cannot take); the spectrogram is the same."""
     import tensorflow as tf
 
+    from soundretrain.backbones.aisfx import _log_mel
+
+    y = np.stack(list(generated_sounds(SR, seconds=2.0).values())[:3])
+    static = tf.function(lambda x: _log_mel(fake["backbone"]._weights, x),
+                         input_signature=[tf.TensorSpec([None, y.shape[1]], tf.float32)])
+    np.testing.assert_allclose(static(y).numpy(), fake["backbone"].log_mel(y), atol=1e-6)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("quantization", ["none", "float16"])
+def test_tf_callable_converts_to_tflite_builtins(fake, tmp_path, quantization):
+    """Front-end and network as TFLite builtins (no TensorFlow fallback), batch size free;
+    float16 rounds the network's weights only (the front-end's constants stay exact)."""
+    import tensorflow as tf
+
+    from label.models import _tflite_interpreter
+    from soundretrain.audio_export import tflite_operators
+
     features_of = fake["backbone"].tf_callable()
-    fn = tf.function(features_of, input_signature=[tf.TensorSpec([1, 4 * SR], tf.float32)])
-    converter = tf.lite.TFLiteConverter.from_concrete_functions([fn.get_concrete_function()])
-    interpreter = tf.lite.Interpreter(model_content=converter.convert())
-    interpreter.allocate_tensors()
-    y = generated_sounds(SR)["siren"][None]
-    interpreter.set_tensor(interpreter.get_input_details()[0]["index"], y)
-    interpreter.invoke()
-    out = interpreter.get_tensor(interpreter.get_output_details()[0]["index"])
-    np.testing.assert_allclose(out, fake["backbone"].compute(y), atol=1e-4)
+
+    @tf.function(input_signature=[tf.TensorSpec([None, 4 * SR], tf.float32)])
+    def features(y):  # a named function: the TFLite signature's name
+        return features_of(y)
+
+    converter = tf.lite.TFLiteConverter.from_concrete_functions([features.get_concrete_function()], tf.Module())
+    if quantization == "float16":
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        converter.target_spec.supported_types = [tf.float16]
+    model = converter.convert()
+    ops = tflite_operators(model)
+    assert ops["RFFT2D"] == 1 and ops["CONV_2D"] == 8 and ops["BATCH_MATMUL"] == 1
+    assert not [op for op in ops if op.startswith(("CUSTOM", "FLEX"))]
+    (tmp_path / "aisfx.tflite").write_bytes(model)
+    runner = _tflite_interpreter(str(tmp_path / "aisfx.tflite"), 1).get_signature_runner()
+    y = np.stack([generated_sounds(SR)["siren"], generated_sounds(SR)["drill"]])
+    out = next(iter(runner(**{next(iter(runner.get_input_details())): y}).values()))
+    expected = fake["backbone"].compute(y)
+    np.testing.assert_allclose(out, expected, atol=1e-4 if quantization == "none" else 0.05 * np.abs(expected).max())
 
 
 def test_registry_names_resolve(fake, monkeypatch):

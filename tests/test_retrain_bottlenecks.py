@@ -189,6 +189,43 @@ def test_waveform_module_reads_source_audio_windows(tmp_path):
         compute_bottlenecks(wave, images.records, str(tmp_path / "bn2"), settings, progress=False)
 
 
+def test_a_module_at_another_rate_hears_the_model_rate_window_resampled(tmp_path):
+    """In a backbone of several rates each clip is decoded and cut at the model's one rate
+    (here the spectrograms' 8 kHz) and the window resampled by the shared filter, exactly
+    what the audio-in graph and label_image feed the module; the cache keys say so."""
+    from retrain.bottlenecks import InputMaker
+    from soundretrain.audio import fit_duration, load_audio
+    from soundretrain.backbones.registry import ConcatBackbone
+    from soundretrain.resample import resample
+    from soundretrain.spectrogram_settings import SpectrogramSettings
+
+    make_tone_spectrogram_dir(tmp_path, recordings=2)
+    images = list_images(str(tmp_path / "spec"))
+    settings = SpectrogramSettings.load_json(tmp_path / "spec" / "spectrogram_config.json")
+    wide = load_module(make_tiny_waveform_module(tmp_path / "w16", sample_rate=16000, feature_size=4))
+    native = load_module(make_tiny_waveform_module(tmp_path / "w8", sample_rate=8000, feature_size=3, seed=1))
+    both = ConcatBackbone([wide, native])  # no image part: the highest rate, 16 kHz
+    image = load_module(make_tiny_image_module(tmp_path / "img", image_size=32, feature_size=5))
+    with_image = ConcatBackbone([image, wide])  # an image part: the spectrograms' 8 kHz
+
+    feats, computed = compute_bottlenecks(with_image, images.records, str(tmp_path / "bn"), settings,
+                                          progress=False)
+    assert computed == 2 * len(images.records)
+    r = images.records[3]
+    window = fit_duration(load_audio(r.source, 8000)[int(r.start * 8000):][:8000], 8000, 1.0)
+    np.testing.assert_allclose(feats[3, 5:], wide.compute(resample(window, 8000, 16000)[None])[0], atol=1e-6)
+
+    feats, _ = compute_bottlenecks(both, images.records, str(tmp_path / "bn"), settings, progress=False)
+    window16 = fit_duration(load_audio(r.source, 16000)[int(r.start * 16000):][:16000], 16000, 1.0)
+    np.testing.assert_allclose(feats[3, :4], wide.compute(window16[None])[0], atol=1e-6)
+    np.testing.assert_allclose(feats[3, 4:], native.compute(resample(window16, 16000, 8000)[None])[0],
+                               atol=1e-6)
+    # Resampled windows are other inputs than decoding at the module's own rate: other keys.
+    alone = InputMaker(wide, settings).key(r)
+    assert alone == InputMaker(wide, settings, both.parts).key(r)  # 16 kHz is the model rate
+    assert InputMaker(wide, settings, with_image.parts).key(r) != alone
+
+
 def test_waveform_module_needs_a_manifest(tmp_path, images):
     wave = load_module(make_tiny_waveform_module(tmp_path / "w"))
     with pytest.raises(RetrainError, match="needs the source audio|not found"):

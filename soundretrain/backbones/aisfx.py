@@ -155,19 +155,40 @@ def hann_window() -> np.ndarray:
 # ---------------------------------------------------------------------------
 
 def _log_mel(weights: Mapping, y):
-    """``[N, samples]`` at 44.1 kHz -> normalised log-mel ``[N, frames, 96]``."""
+    """``[N, samples]`` at 44.1 kHz -> normalised log-mel ``[N, frames, 96]``.
+
+    With a known number of samples (an exported graph) the frames are static slices and
+    every constant is kept exact under TFLite's quantisers (``render_tf.exact``), so the
+    front-end converts to TFLite builtins that XNNPACK takes; the values are the same as
+    ``tf.signal.frame``'s (the bottleneck stage, any length)."""
     import tensorflow as tf
+
+    from soundretrain.render_tf import exact, frame_static
 
     y = tf.cast(y, tf.float32)
     peak = tf.reduce_max(tf.abs(y), axis=1, keepdims=True)
-    y = y / tf.where(peak > 0, peak, tf.ones_like(peak))
+    y = y / tf.where(peak > 0, peak, exact(1.0, y))
     y = tf.pad(y, [[0, 0], [N_FFT // 2, N_FFT // 2]])  # centred frames, zero padding
-    window = weights["window"]
-    stft = tf.signal.stft(y, frame_length=N_FFT, frame_step=HOP_LENGTH, fft_length=N_FFT,
-                          window_fn=lambda length, dtype: tf.cast(window, dtype))
+    length = y.shape[1]
+    if length is None:
+        frames = tf.signal.frame(y, N_FFT, HOP_LENGTH)
+    else:
+        frames = frame_static(y, N_FFT, HOP_LENGTH, 1 + (int(length) - N_FFT) // HOP_LENGTH)
+    # tf.signal.stft's steps: frames times the window, then rfft
+    stft = tf.signal.rfft(frames * exact(_array(weights["window"]), y), fft_length=[N_FFT])
     power = tf.math.square(tf.math.real(stft)) + tf.math.square(tf.math.imag(stft))
-    mel = tf.tensordot(power, weights["mel_matrix"], axes=[[2], [0]])
-    return tf.math.log(LOG_SCALE * mel + 1.0) / (np.log(10.0) * SPEC_MAX)
+    mel = tf.linalg.matmul(power, exact(_array(weights["mel_matrix"]), y))  # [N, T, F] x [F, 96]
+    return tf.math.log(exact(LOG_SCALE, y) * mel + exact(1.0, y)) / exact(np.log(10.0) * SPEC_MAX, y)
+
+
+def _array(value) -> np.ndarray:
+    """A weight's values, read eagerly even while a ``tf.function`` is traced."""
+    if isinstance(value, np.ndarray):
+        return value
+    import tensorflow as tf
+
+    with tf.init_scope():
+        return np.asarray(value.numpy() if hasattr(value, "numpy") else value)
 
 
 def _embed(weights: Mapping, spec):
@@ -189,6 +210,9 @@ def _pad_frames(spec, frames: int):
     short spectrogram with zeros to one block)."""
     import tensorflow as tf
 
+    have = spec.shape[1]
+    if have is not None:  # known when exported: no shape arithmetic in the graph
+        return spec if int(have) >= frames else tf.pad(spec, [[0, 0], [0, frames - int(have)], [0, 0]])
     missing = tf.maximum(frames - tf.shape(spec)[1], 0)
     return tf.pad(spec, [[0, 0], [0, missing], [0, 0]])
 

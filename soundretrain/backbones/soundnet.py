@@ -152,6 +152,9 @@ def _tile_to(y, samples: int):
     than ``samples``, ``int(samples / n + 1)`` copies."""
     import tensorflow as tf
 
+    if y.shape[1] is not None:  # known when exported: a fixed tiling, no control flow in the graph
+        n = int(y.shape[1])
+        return tf.tile(y, [1, samples // n + 1]) if n < samples else y
     n = tf.shape(y)[1]
     return tf.cond(n < samples, lambda: tf.tile(y, [1, samples // n + 1]), lambda: y)
 
