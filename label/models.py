@@ -453,9 +453,25 @@ def load_labeler(
         raise ModelLoadError(
             f"{labels_path} is not the labels file {path} was trained with (its checksum differs from "
             "the sidecar's); drop --labels to use the labels recorded with the model, or re-export")
-    if side.get("model_input") == "features" and backbone is None:
-        backbone = _load_backbone(side)
+    if side.get("model_input") == "features":
+        _check_resampler(path, side)
+        if backbone is None:
+            backbone = _load_backbone(side)
     return Labeler(path=path, model=model, labels=labels, sidecar=sidecar, backbone=backbone)
+
+
+def _check_resampler(path: str, side: dict) -> None:
+    """A head-only model whose modules were fed through another resampling filter than this
+    toolkit's cannot be fed as it was trained (an audio-in model carries its own)."""
+    audio = side.get("audio")
+    if not isinstance(audio, dict):
+        return
+    from soundretrain.resample import RESAMPLER
+
+    if audio.get("resampler") != RESAMPLER:
+        raise ModelLoadError(f"{path} was trained on audio resampled by {audio.get('resampler')!r}, which this "
+                             f"version of the toolkit does not have ({RESAMPLER}); label it with the version "
+                             "that trained it, or train it again")
 
 
 def _check_artifact(path: str, side: dict) -> None:

@@ -469,6 +469,19 @@ def test_label_image_feeds_a_head_only_model_as_its_audio_in_twin(several_rates,
         assert max(abs(ta["score"] - tb["score"]) for ta, tb in zip(a["top"], b["top"])) < 1e-4
 
 
+def test_a_head_only_model_resampled_by_another_filter_is_refused(several_rates, tmp_path):
+    from label.models import ModelLoadError, load_labeler
+
+    folder = tmp_path / "head"
+    shutil.copytree(several_rates["image"]["saved_model_dir"], folder)
+    sidecar = json.loads((folder / "soundretrain.json").read_text())
+    sidecar["audio"]["resampler"] = "sinc-fastest-v0"
+    (folder / "soundretrain.json").write_text(json.dumps(sidecar))
+    with pytest.raises(ModelLoadError, match="resampled by 'sinc-fastest-v0', which this version") as info:
+        load_labeler(str(folder))
+    assert "\n" not in str(info.value)
+
+
 def test_detections_of_a_model_at_several_rates(several_rates, tmp_path, capsys):
     """Detection tables from the audio-in model and from its head-only twin agree."""
     wav = long_recording(tmp_path / "long.wav")
