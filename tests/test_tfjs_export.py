@@ -144,21 +144,32 @@ def test_a_missing_converter_is_one_line_before_training(tmp_path, capsys, monke
     assert not (tmp_path / "web_model").exists()
 
 
-def test_output_tfjs_is_refused_for_a_module_that_cannot_take_sound(tmp_path, capsys):
+def test_output_tfjs_is_refused_for_a_module_that_cannot_take_sound(tmp_path, capsys, monkeypatch):
+    from retrain import core
     from retrain.cli import main as retrain
-    from tiny_models import make_tiny_image_module, make_tiny_waveform_module, make_tone_spectrogram_dir
+    from soundretrain.backbones.registry import ConcatBackbone, InputSpec, load_module
+    from tiny_models import make_tiny_image_module, make_tone_spectrogram_dir
+
+    class Untraceable:  # a module that runs outside TensorFlow (no graph to put in a model)
+        name, feature_size, input_spec = "untraceable", 4, InputSpec("waveform", sample_rate=16000)
+
+        def tf_callable(self):
+            return None
+
+        def description(self):
+            return {"name": self.name}
 
     make_tone_spectrogram_dir(tmp_path, recordings=2)
-    image = make_tiny_image_module(tmp_path / "img")
-    wave_module = make_tiny_waveform_module(tmp_path / "wave", sample_rate=16000)
-    args = ["retrain", f"--image_dir={tmp_path / 'spec'}", f"--tfhub_module={image},{wave_module}",
+    image = load_module(make_tiny_image_module(tmp_path / "img"))
+    monkeypatch.setattr(core, "load_module", lambda *a, **k: ConcatBackbone([image, Untraceable()]))
+    args = ["retrain", f"--image_dir={tmp_path / 'spec'}", "--tfhub_module=anything",
             f"--bottleneck_dir={tmp_path / 'bn'}", "--summaries_dir=", "--checkpoint_path=", "--output_graph=",
             f"--output_tfjs={tmp_path / 'web_model'}", "--split=folds", "--test_folds=2",
             "--how_many_training_steps=20", "--noprogress"]
     assert retrain(args) == 1
     captured = capsys.readouterr()
     assert "Bottlenecks:" not in captured.out
-    assert "--output_tfjs: module" in captured.err and "takes audio at 8000 Hz and 16000 Hz" in captured.err
+    assert "--output_tfjs: cannot export module 'untraceable' audio-in" in captured.err
 
 
 # ---------------------------------------------------------------- label_image --export_web
