@@ -263,8 +263,10 @@ class Job:
 
 def run_jobs(backbone: Backbone, store: BottleneckStore, jobs: Sequence[Job],
              batch_size: int = DEFAULT_BATCH_SIZE, progress: bool = True,
-             desc: str = "bottlenecks") -> tuple[np.ndarray, int]:
-    """Vectors for all ``jobs`` ``[len(jobs), feature_size]``, and how many were computed."""
+             desc: str = "bottlenecks",
+             on_batch: Optional[Callable[[int, int], None]] = None) -> tuple[np.ndarray, int]:
+    """Vectors for all ``jobs`` ``[len(jobs), feature_size]``, and how many were computed.
+    ``on_batch(done, total)`` after each computed batch (a supervising process's progress)."""
     from tqdm import tqdm
 
     features = np.zeros((len(jobs),) + store.shape, store.dtype)
@@ -305,6 +307,8 @@ def run_jobs(backbone: Backbone, store: BottleneckStore, jobs: Sequence[Job],
                 store.put(jobs[i].key, vec)
                 features[i] = vec
             bar.update(len(batch))
+            if on_batch is not None:
+                on_batch(bar.n, len(missing))
     return features, len(missing)
 
 
@@ -362,7 +366,8 @@ def backbone_parts(backbone: Backbone) -> list[Backbone]:
 
 def compute_bottlenecks(backbone: Backbone, records: Sequence[ImageRecord], bottleneck_dir: str,
                         spectrogram_settings=None, batch_size: int = DEFAULT_BATCH_SIZE,
-                        progress: bool = True) -> tuple[np.ndarray, int]:
+                        progress: bool = True,
+                        on_batch: Optional[Callable[[int, int], None]] = None) -> tuple[np.ndarray, int]:
     """Feature vectors ``[len(records), backbone.feature_size]`` for ``records``, from the
     cache where possible; returns them and the number of vectors computed."""
     blocks, computed = [], 0
@@ -371,7 +376,8 @@ def compute_bottlenecks(backbone: Backbone, records: Sequence[ImageRecord], bott
         maker = InputMaker(part, spectrogram_settings, parts)
         store = BottleneckStore(bottleneck_dir, part.name, part.feature_size)
         jobs = [Job(maker.key(r), lambda r=r: maker.finish(maker.raw(r))) for r in records]
-        feats, n = run_jobs(part, store, jobs, batch_size, progress, desc=f"bottlenecks {part.name}")
+        feats, n = run_jobs(part, store, jobs, batch_size, progress, desc=f"bottlenecks {part.name}",
+                            on_batch=on_batch)
         blocks.append(feats)
         computed += n
     return np.concatenate(blocks, axis=1), computed

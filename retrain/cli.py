@@ -28,7 +28,8 @@ from soundretrain.command_line import (CommandLineExit, FlagGroup, FlagGroups, a
 from retrain.errors import RetrainError
 from soundretrain.presets import define_preset_flag, set_by_preset
 from soundretrain.backbones.registry import ModuleError, registry_names
-from retrain.settings import OPTIMIZERS, SPLITS, FineTuneSettings, HeadSettings, RetrainSettings
+from retrain.settings import (EVALUATIONS, OPTIMIZERS, SPLITS, FineTuneSettings, HeadSettings,
+                              RetrainSettings)
 from soundretrain.backbones.split import parse_blocks
 
 PROG = "retrain"
@@ -76,11 +77,13 @@ def make_flags() -> flags.FlagValues:
            group="retrain.py")
     define("float", "learning_rate", 0.01, "Learning rate of the head's optimizer.",
            group="retrain.py")
-    define("integer", "testing_percentage", 10, "With --split=hash: percentage of recordings "
-           "used as the test set.", group="splits")
+    define("integer", "testing_percentage", 10, "With --split=stratified or hash: percentage of "
+           "recordings used as the test set (stratified: of each class, at least one). 0: no "
+           "evaluation, every recording trains.", group="splits")
     define("integer", "validation_percentage", 10, "Percentage of recordings used for "
-           "validation. With --split=folds and no --validation_folds: of the training folds.",
-           group="splits")
+           "validation, kept only when something reads it (--early_stopping, --autotune) or when "
+           "this flag is given; otherwise they train the head. With --split=folds and no "
+           "--validation_folds: of the training folds.", group="splits")
     define("integer", "eval_step_interval", 10, "How often to evaluate the training results.",
            group="retrain.py")
     define("integer", "train_batch_size", 100, "How many images to train on at a time.",
@@ -120,9 +123,17 @@ def make_flags() -> flags.FlagValues:
            "(retrain.py's shared /tmp/_retrain_checkpoint let concurrent runs clash). Runs given "
            "the same path write it one after another.", group="export")
     # New flags.
-    define("enum", "split", "hash", "hash: retrain.py's stable SHA-1 split computed per "
-           "recording (group); folds: the manifest's folds (--test_folds, --validation_folds).",
-           enum_values=list(SPLITS), group="splits")
+    define("enum", "split", "stratified", "stratified: by recording, per class (retrain.py's "
+           "hash order with quotas), so every class keeps training recordings; a set too small "
+           "for a held-out test is evaluated by grouped k-fold (--evaluation). hash: retrain.py's "
+           "stable SHA-1 split computed per recording (group); folds: the manifest's folds "
+           "(--test_folds, --validation_folds).", enum_values=list(SPLITS), group="splits")
+    define("enum", "evaluation", "auto", "With --split=stratified: holdout (a test slice), "
+           "kfold (grouped k-fold cross-validation, then the exported model trains on every "
+           "recording) or auto: k-fold when the smallest class would have fewer than 5 test "
+           "recordings.", enum_values=list(EVALUATIONS), group="splits")
+    define("integer", "kfold", 0, "k of the k-fold evaluation; 0: the smallest class's "
+           "recordings, at most 5.", lower_bound=0, group="splits")
     define("list", "test_folds", [], "With --split=folds: the test fold(s), e.g. 10.",
            group="splits")
     define("list", "validation_folds", [], "With --split=folds: the validation fold(s); default a "
@@ -180,6 +191,10 @@ def make_flags() -> flags.FlagValues:
     define("string", "output_tfjs", "", "Also save the model that takes sound as a TensorFlow.js "
            "graph model in this folder, for the browser (label_image --export_web makes a page of "
            "it). Empty: none.", group="export")
+    define("float", "open_set_reject_rate", 0.05, "The \"unknown\" threshold stored in the "
+           "model's sidecar: calibrated so that this share of held-out recordings of the known "
+           "classes would be called unknown (label_image then says unknown for sounds unlike any "
+           "class). 0: no threshold.", group="export")
     define("integer", "bottleneck_batch_size", 32, "Images per forward pass of the module.",
            group="run")
     # Fine-tuning the module's last blocks (retrain.fine_tune).
@@ -252,6 +267,9 @@ def settings_from_flags(fv: flags.FlagValues) -> RetrainSettings:
         module_cache_dir=_blank(fv.module_cache_dir), bottleneck_dir=fv.bottleneck_dir,
         bottleneck_batch_size=fv.bottleneck_batch_size, split=fv.split,
         testing_percentage=fv.testing_percentage, validation_percentage=fv.validation_percentage,
+        evaluation=fv.evaluation, kfold=fv.kfold, open_set_reject_rate=fv.open_set_reject_rate,
+        keep_validation=bool(fv.validation_folds) or (
+            fv["validation_percentage"].present > 0 and not set_by_preset(fv, PROG, "validation_percentage")),
         test_folds=_folds(fv.test_folds, "test_folds"),
         validation_folds=_folds(fv.validation_folds, "validation_folds"),
         how_many_training_steps=fv.how_many_training_steps,
@@ -374,6 +392,14 @@ def main(argv: Sequence[str]) -> int:
         if not quiet or "Final test accuracy" in line or "Cross-validation accuracy" in line:
             print(line, flush=True)
 
+    images = plan = None
+    if runner is None and not fv.bottlenecks_only and not fv.cross_validate:
+        try:  # the per-class table, and any refusal, before TensorFlow's start-up
+            from retrain.split_plan import plan_run
+            images, plan = plan_run(settings, log)
+        except RetrainError as err:
+            fail(err, PROG)
+            return 1
     if fv.logging_verbosity != "DEBUG":
         import_tensorflow_quietly()
     try:
@@ -392,7 +418,7 @@ def main(argv: Sequence[str]) -> int:
             cross_validate(settings, fv.random_seed, cv_folds or None, log=log)
         else:
             from retrain.core import retrain
-            retrain(settings, fv.random_seed, log=log)
+            retrain(settings, fv.random_seed, log=log, images=images, plan=plan)
     except (RetrainError, ModuleError, BeamError) as err:
         fail(err, PROG)
         return 1

@@ -1,7 +1,8 @@
 """The retrain story, start to end:
 
-list images -> split -> load module -> cache bottlenecks -> (augment) -> train the head
--> evaluate -> export.
+list images -> plan the split (a table, before TensorFlow) -> load module -> cache
+bottlenecks -> (augment) -> (k-fold evaluation of a small set) -> train the head -> evaluate
+-> export.
 
 Every step is a plain function of a :class:`RetrainSettings`; the CLI only builds the
 settings. Console lines follow retrain.py (``Step N: Train accuracy = x%``, ...).
@@ -26,8 +27,11 @@ from retrain.fine_tune import fine_tune
 from retrain.head import (ClassificationHead, EarlyStopping, Evaluation, HeadTrainer,
                           accuracy_and_xent, eval_steps, fit)
 from retrain.images import ImageSet, list_images
+from retrain.observer import RunObserver
+from retrain.split_plan import (SplitPlan, check_labels, found_line, plan_run,  # noqa: F401
+                                plan_split, split_table)
 from soundretrain.backbones.registry import Backbone, ModuleError, load_module
-from retrain.splits import Split, fold_split, hash_split, missing_classes
+from retrain.splits import Split, fold_split, hash_split, missing_classes, stratified_split
 
 from retrain.settings import SPLITS, RetrainSettings  # noqa: F401 - re-exported
 
@@ -67,14 +71,17 @@ def load_spectrogram_settings(images: ImageSet):
 
 def prepare(settings: RetrainSettings, log: Callable[[str], None] = print,
             check: Optional[Callable[[ImageSet], object]] = None,
-            check_backbone: Optional[Callable[[Backbone, object], object]] = None) -> Prepared:
-    """List the images, load the module, compute the bottlenecks. ``check(images)`` runs
-    before the module loads (the split), so a bad fold or percentage fails in a second,
-    not after minutes of bottlenecks; ``check_backbone(backbone, spectrogram_settings)``
-    runs before the bottlenecks (an export the module cannot make)."""
-    images = list_images(settings.image_dir)
-    log(f"Found {len(images.records)} images in {len(images.labels)} classes in "
-        f"{images.image_dir} ({'manifest.csv' if images.from_manifest else 'class folders'})")
+            check_backbone: Optional[Callable[[Backbone, object], object]] = None,
+            images: Optional[ImageSet] = None,
+            observer: Optional[RunObserver] = None) -> Prepared:
+    """List the images (unless ``images`` were listed already), load the module, compute
+    the bottlenecks. ``check(images)`` runs before the module loads (the split), so a bad
+    fold or percentage fails in a second, not after minutes of bottlenecks;
+    ``check_backbone(backbone, spectrogram_settings)`` runs before the bottlenecks (an
+    export the module cannot make)."""
+    if images is None:
+        images = list_images(settings.image_dir)
+        log(found_line(images))
     check_labels(images.labels)
     if check is not None:
         check(images)
@@ -84,22 +91,15 @@ def prepare(settings: RetrainSettings, log: Callable[[str], None] = print,
     log(f"Module {backbone.name}: {kinds} input, {backbone.feature_size} features")
     if check_backbone is not None:
         check_backbone(backbone, spectrogram_settings)
+    observer = observer or RunObserver()
+    observer.stage("bottlenecks", len(images.records))
     features, computed = compute_bottlenecks(
         backbone, images.records, settings.bottleneck_dir, spectrogram_settings,
-        settings.bottleneck_batch_size, settings.progress)
+        settings.bottleneck_batch_size, settings.progress, on_batch=observer.advance)
     log(f"Bottlenecks: {computed} computed, {len(images.records) * _parts(backbone) - computed} "
         f"from the cache in {os.path.abspath(settings.bottleneck_dir)}")
     return Prepared(images, backbone, spectrogram_settings, features,
                     np.asarray(images.class_ids(), np.int32))
-
-
-def check_labels(labels: Sequence[str]) -> None:
-    """Labels become lines of the labels file: a class name that cannot be one line would
-    fail the export after all the training; refuse it before any work."""
-    for label in labels:
-        if not label.strip() or any(c in label for c in "\n\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029"):
-            raise RetrainError(f"class {label!r}: a class name must be one non-empty line (it becomes a "
-                               "line of the labels file); rename its folder")
 
 
 def _parts(backbone: Backbone) -> int:
@@ -107,22 +107,21 @@ def _parts(backbone: Backbone) -> int:
 
 
 def make_split(settings: RetrainSettings, images: ImageSet) -> Split:
+    """The split as asked, validation slice included (what the head levers' benchmarks
+    and tests use); a run goes by :func:`checked_split`'s plan."""
     if settings.split == "folds":
         return fold_split(images.records, settings.test_folds, settings.validation_folds,
                           settings.validation_percentage)
+    if settings.split == "stratified":
+        return stratified_split(images.records, images.class_ids(), settings.validation_percentage,
+                                settings.testing_percentage)
     return hash_split(images.records, settings.validation_percentage, settings.testing_percentage)
 
 
-def checked_split(settings: RetrainSettings, images: ImageSet) -> Split:
-    """:func:`make_split`, refused when a class has no training or no test images."""
-    split = make_split(settings, images)
-    if settings.split == "folds":
-        where = f"this split (test folds {list(settings.test_folds)})"
-    else:
-        where = (f"this split (--split hash, --testing_percentage {settings.testing_percentage:g}, "
-                 f"--validation_percentage {settings.validation_percentage:g})")
-    missing_classes(split, images.class_ids(), images.labels, where)
-    return split
+def checked_split(settings: RetrainSettings, images: ImageSet) -> SplitPlan:
+    """The run's :class:`SplitPlan`, refused (one line naming the class, its recordings and
+    the flags that would work) when a class cannot be trained and evaluated."""
+    return plan_split(settings, images)
 
 
 def split_partition(settings: RetrainSettings, prepared: Prepared) -> Callable[[int], object]:
@@ -165,6 +164,7 @@ class TrainOutcome:
     validation_accuracy: Optional[float]
     backbone: Optional[Backbone] = None  # with --fine_tune_blocks: the tuned backbone
     features: Optional[np.ndarray] = None  # every image's features through ``backbone``
+    test_probabilities: Optional[np.ndarray] = None  # [len(test_indices), classes]
 
 
 def _stamp() -> str:
@@ -196,8 +196,12 @@ def train_and_evaluate(settings: RetrainSettings, prepared: Prepared, split: Spl
                        tag: str, partition: Callable[[int], object],
                        log: Callable[[str], None] = print,
                        on_intermediate: Optional[Callable[[int, ClassificationHead], None]] = None,
-                       run_dir: Optional[str] = None) -> TrainOutcome:
-    """Train a fresh head on ``split.train`` and report retrain.py's console lines."""
+                       run_dir: Optional[str] = None,
+                       held_out: Optional["HeldOut"] = None,
+                       observer: Optional[RunObserver] = None) -> TrainOutcome:
+    """Train a fresh head on ``split.train`` and report retrain.py's console lines.
+    ``held_out``: a k-fold evaluation's out-of-fold predictions, reported (console,
+    TensorBoard's test run) in place of a test set the split does not have."""
     from retrain.summaries import RunSummaries, confusion_matrix
 
     if not split.train:
@@ -262,6 +266,8 @@ def train_and_evaluate(settings: RetrainSettings, prepared: Prepared, split: Spl
                     log(f"{_stamp()}: Step {i}: Validation accuracy = {val_acc * 100:.1f}% "
                         f"(N={len(batch)})")
                 last_val_acc[0] = val_acc
+                if observer is not None:
+                    observer.evaluation(i, total, evaluation.train_accuracy, val_acc)
                 if summaries:
                     summaries.scalars(i, evaluation.train_accuracy, evaluation.train_cross_entropy,
                                       trainer.learning_rate, val_acc, val_xent)
@@ -293,17 +299,23 @@ def train_and_evaluate(settings: RetrainSettings, prepared: Prepared, split: Spl
         test_idx = list(split.test)
         if 0 <= settings.test_batch_size < len(test_idx):
             test_idx = rng.choice(test_idx, settings.test_batch_size, replace=False).tolist()
+        probs = np.zeros((0, len(labels)), np.float32)
         if test_idx:
             probs = head.predict(prepared.features[test_idx])
             predictions = np.argmax(probs, 1)
             test_acc, test_xent = accuracy_and_xent(probs, prepared.class_ids[test_idx])
             log(f"{_stamp()}: Final test accuracy = {test_acc * 100:.1f}% (N={len(test_idx)})")
-            if summaries:
-                cm = confusion_matrix(prepared.class_ids[test_idx], predictions, len(labels))
-                summaries.final(total - 1, cm, labels, test_acc, test_xent)
+        elif held_out is not None:  # a k-fold evaluation stands in for the test set
+            test_idx, probs = list(held_out.indices), held_out.probabilities
+            predictions = np.argmax(probs, 1)
+            test_acc, test_xent = accuracy_and_xent(probs, prepared.class_ids[test_idx])
+            log(f"{_stamp()}: {held_out.line(test_acc)}")
         else:
             predictions, test_acc = np.zeros(0, int), float("nan")
             log("No test images: final test accuracy not measured")
+        if test_idx and summaries:
+            cm = confusion_matrix(prepared.class_ids[test_idx], predictions, len(labels))
+            summaries.final(total - 1, cm, labels, test_acc, test_xent)
         if settings.print_misclassified_test_images and test_idx:
             log("=== MISCLASSIFIED TEST IMAGES ===")
             records = prepared.images.records
@@ -315,12 +327,81 @@ def train_and_evaluate(settings: RetrainSettings, prepared: Prepared, split: Spl
             summaries.close()
     return TrainOutcome(head, test_acc, len(test_idx), test_idx, predictions,
                         summaries.run_dir if summaries else None, val_acc, prepared.backbone,
-                        prepared.features)
+                        prepared.features, probs)
+
+
+def quiet_tensorflow_retracing() -> None:
+    """A fresh head per fold retraces its tf.functions, which is expected here: TensorFlow's
+    "triggered tf.function retracing" warning would bury the fold lines."""
+    import logging
+
+    import tensorflow as tf
+
+    class NoRetracing(logging.Filter):
+        def filter(self, record: logging.LogRecord) -> bool:
+            return "retracing" not in record.getMessage()
+
+    logger = tf.get_logger()
+    if not any(isinstance(f, NoRetracing) for f in logger.filters):
+        logger.addFilter(NoRetracing())
+
+
+@dataclass
+class HeldOut:
+    """Out-of-fold predictions of a k-fold evaluation: every image scored by the head of
+    the fold that left its recording out."""
+
+    indices: np.ndarray
+    probabilities: np.ndarray
+    fold_accuracies: list
+    k: int
+    recordings: int
+
+    def line(self, accuracy: float) -> str:
+        spread = (f"; folds {min(self.fold_accuracies) * 100:.0f}-{max(self.fold_accuracies) * 100:.0f}%"
+                  if self.fold_accuracies else "")
+        return (f"Cross-validation accuracy = {accuracy * 100:.1f}% (N={len(self.indices)} of "
+                f"{self.recordings} recordings, grouped {self.k}-fold: each tested once by a head "
+                f"that never heard it{spread})")
+
+
+def kfold_evaluation(settings: RetrainSettings, prepared: Prepared, plan: SplitPlan, seed: int,
+                     partition: Callable[[int], object], log: Callable[[str], None] = print,
+                     observer: Optional[RunObserver] = None) -> HeldOut:
+    """One head per fold of ``plan``, trained as the exported one will be (same settings and
+    seed) but without TensorBoard runs or exports; their predictions on the left-out
+    recordings."""
+    observer = observer or RunObserver()
+    quiet = dataclasses.replace(settings, summaries_dir=None, print_misclassified_test_images=False,
+                                intermediate_store_frequency=0, test_batch_size=-1)
+    quiet_tensorflow_retracing()
+
+    def fold_log(line: str) -> None:  # a fold's step lines would bury the story
+        if ": Step " not in line and "Final test accuracy" not in line \
+                and not line.startswith("Features standardised"):
+            log(line)
+
+    indices, probabilities, accuracies = [], [], []
+    observer.stage("evaluating", plan.k)
+    for j, split in enumerate(plan.folds):
+        outcome = train_and_evaluate(quiet, prepared, split, seed, f"fold{j + 1}", partition, fold_log)
+        log(f"{_stamp()}: Fold {j + 1}/{plan.k}: accuracy = {outcome.test_accuracy * 100:.1f}% "
+            f"(N={outcome.test_count}, {split.describe()})")
+        indices.append(np.asarray(outcome.test_indices, int))
+        probabilities.append(outcome.test_probabilities)
+        accuracies.append(outcome.test_accuracy)
+        observer.advance(j + 1, plan.k)
+    recordings = len({r.group for r in prepared.images.records})
+    return HeldOut(np.concatenate(indices), np.concatenate(probabilities), accuracies, plan.k,
+                   recordings)
 
 
 # ------------------------------------------------------------------ export
 
-def sidecar_for(prepared: Prepared, test_accuracy: float, final_tensor_name: str) -> dict:
+def sidecar_for(prepared: Prepared, test_accuracy: float, final_tensor_name: str,
+                extra: Optional[dict] = None) -> dict:
+    """The exported model's sidecar; ``extra``: keys a run adds (``evaluation``: how
+    ``test_accuracy`` was measured)."""
     spec = prepared.backbone.input_spec
     sidecar = {
         "spectrogram": prepared.spectrogram_settings.to_dict()
@@ -333,12 +414,13 @@ def sidecar_for(prepared: Prepared, test_accuracy: float, final_tensor_name: str
     if spec.kind == "image":
         sidecar["input"] = {"height": spec.height, "width": spec.width,
                             "input_mean": 0.0, "input_std": 255.0}
+    sidecar.update(extra or {})
     return sidecar
 
 
 def export(settings: RetrainSettings, prepared: Prepared, head: ClassificationHead,
            test_accuracy: float, output_graph: Optional[str] = None,
-           with_other_outputs: bool = True) -> dict[str, str]:
+           with_other_outputs: bool = True, extra_sidecar: Optional[dict] = None) -> dict[str, str]:
     """Write the requested artifacts with ``soundretrain.export.export_model``."""
     try:
         from soundretrain.export import ExportError, export_model
@@ -355,7 +437,7 @@ def export(settings: RetrainSettings, prepared: Prepared, head: ClassificationHe
     try:
         return export_model(
             prepared.backbone, head, list(prepared.images.labels),
-            sidecar_for(prepared, test_accuracy, settings.final_tensor_name),
+            sidecar_for(prepared, test_accuracy, settings.final_tensor_name, extra_sidecar),
             output_graph=output_graph,
             output_labels=settings.output_labels if with_other_outputs else None,
             saved_model_dir=settings.saved_model_dir if with_other_outputs else None,
@@ -515,12 +597,18 @@ def node_names_line(prepared: Prepared, final_tensor_name: str) -> str:
 
 @dataclass
 class RetrainResult:
-    test_accuracy: float
+    test_accuracy: float  # held-out test, or the k-fold evaluation's out-of-fold accuracy
     test_count: int
     run_dir: Optional[str]
     written: dict
     labels: tuple[str, ...]
     seed: int
+    plan: Optional[SplitPlan] = None
+    evaluation: Optional[dict] = None  # what the sidecar says: method, reason, k, accuracy
+    evaluated_indices: Optional[np.ndarray] = None  # images behind test_accuracy
+    evaluated_probabilities: Optional[np.ndarray] = None  # their predictions
+    images: Optional[ImageSet] = None
+    open_set: Optional[dict] = None  # the sidecar's open-set threshold block
 
 
 INTERRUPTED = {
@@ -535,30 +623,49 @@ INTERRUPTED = {
 
 
 def retrain(settings: RetrainSettings, seed: Optional[int] = None,
-            log: Callable[[str], None] = print) -> RetrainResult:
-    """One training run: the linear story of this module's docstring."""
+            log: Callable[[str], None] = print, images: Optional[ImageSet] = None,
+            plan: Optional[SplitPlan] = None,
+            observer: Optional[RunObserver] = None) -> RetrainResult:
+    """One training run: the linear story of this module's docstring. ``images`` and
+    ``plan``: listed and planned (and their table printed) by the caller already."""
     problems = settings.problems()
     if problems:
         raise RetrainError(problems[0])
     check_output_targets(settings)
+    if images is None or plan is None:
+        images, plan = plan_run(settings, log, images)
     if seed is None:
         seed = draw_seed()
         log(f"Random seed: {seed} (pass --random_seed={seed} to repeat this run)")
     # One seed for everything random, the augmented copies included (as for the head,
     # which takes ``seed`` below), so the printed seed repeats the run exactly.
     settings = dataclasses.replace(settings, augment=dataclasses.replace(settings.augment, seed=seed))
+    observer = observer or RunObserver()
     phase = "bottlenecks"
     try:
-        prepared = prepare(settings, log, check=lambda images: checked_split(settings, images),
-                           check_backbone=lambda backbone, spectrogram: check_exports(
-                               settings, backbone, spectrogram))
+        def check_backbone(backbone: Backbone, spectrogram) -> None:
+            nonlocal settings
+            try:
+                check_exports(settings, backbone, spectrogram)
+            except RetrainError as err:
+                if not settings.audio_export_fallback or not (settings.output_audio_tflite
+                                                               or settings.audio_saved_model_dir):
+                    raise
+                log(f"Note: no audio-in model ({err}); writing {settings.audio_export_fallback}, "
+                    "which label_image feeds with the module's features")
+                settings = dataclasses.replace(settings, output_audio_tflite=None,
+                                               audio_saved_model_dir=None,
+                                               output_tflite=settings.audio_export_fallback)
+                check_exports(settings, backbone, spectrogram)
+
+        prepared = prepare(settings, log, images=images, observer=observer,
+                           check_backbone=check_backbone)
         if settings.output_graph and not can_freeze(prepared.backbone):
             log(f"Note: no frozen graph for module {prepared.backbone.name} (it is not an image "
                 "network in TensorFlow); export with --saved_model_dir or --output_tflite")
             settings = dataclasses.replace(settings, output_graph=None)
-        split = make_split(settings, prepared.images)
-        log(f"Split ({settings.split}): {split.describe()}")
         tag = settings.run_tag or _default_tag(settings, prepared)
+        partition = split_partition(settings, prepared)
 
         def store_intermediate(step: int, head: ClassificationHead) -> None:
             folder = settings.intermediate_output_graphs_dir or "/tmp/intermediate_graph/"
@@ -567,13 +674,27 @@ def retrain(settings: RetrainSettings, seed: Optional[int] = None,
             export(settings, prepared, head, float("nan"), output_graph=path, with_other_outputs=False)
 
         phase = "training"
-        outcome = train_and_evaluate(settings, prepared, split, seed, tag,
-                                     split_partition(settings, prepared), log,
-                                     store_intermediate if settings.intermediate_store_frequency > 0 else None)
+        held_out = None
+        if plan.method == "kfold":
+            log(f"Evaluating by {plan.reason}")
+            held_out = kfold_evaluation(settings, prepared, plan, seed, partition, log, observer)
+            log(f"Training the exported model on every recording ({plan.final.describe()})")
+        observer.stage("training", settings.how_many_training_steps)
+        outcome = train_and_evaluate(settings, prepared, plan.final, seed, tag, partition, log,
+                                     store_intermediate if settings.intermediate_store_frequency > 0 else None,
+                                     held_out=held_out, observer=observer)
         prepared = dataclasses.replace(prepared, backbone=outcome.backbone)  # tuned: --fine_tune_blocks
+        evaluation = evaluation_summary(plan, outcome)
+        from retrain.calibration import calibrate
+
+        open_set = calibrate(settings, prepared, plan, outcome, held_out, seed, partition, log)
         phase = "export"
+        observer.stage("export")
+        extra = {"evaluation": evaluation}
+        if open_set is not None:
+            extra["open_set"] = open_set
         written = export(settings, prepared, outcome.head, outcome.test_accuracy,
-                         output_graph=settings.output_graph)
+                         output_graph=settings.output_graph, extra_sidecar=extra)
         for key, path in written.items():
             if not key.endswith("_sidecar"):
                 log(f"Wrote {key}: {path}")
@@ -588,7 +709,19 @@ def retrain(settings: RetrainSettings, seed: Optional[int] = None,
             raise
         raise RetrainInterrupted(INTERRUPTED[phase]) from None
     return RetrainResult(outcome.test_accuracy, outcome.test_count, outcome.run_dir, written,
-                         prepared.images.labels, seed)
+                         prepared.images.labels, seed, plan, evaluation,
+                         np.asarray(outcome.test_indices, int), outcome.test_probabilities,
+                         prepared.images, open_set)
+
+
+def evaluation_summary(plan: SplitPlan, outcome: TrainOutcome) -> dict:
+    """How the model was evaluated, for the sidecar and reports."""
+    accuracy = None if np.isnan(outcome.test_accuracy) else float(outcome.test_accuracy)
+    summary = {"method": plan.method, "reason": plan.reason, "accuracy": accuracy,
+               "count": int(outcome.test_count), "split": plan.split_name}
+    if plan.method == "kfold":
+        summary["k"] = plan.k
+    return summary
 
 
 def checkpoint_path(settings: RetrainSettings, run_dir: Optional[str]) -> Optional[str]:
@@ -608,7 +741,7 @@ def _default_tag(settings: RetrainSettings, prepared: Prepared) -> str:
     if settings.split == "folds":
         where = "test" + "-".join(str(f) for f in settings.test_folds)
     else:
-        where = "hash"
+        where = settings.split
     return f"{module}-{where}"
 
 

@@ -106,13 +106,28 @@ def _from_folders(image_dir: str, files: filesystems.Tree) -> list[ImageRecord]:
         names = sorted(n for n in files.listdir(folder) if n.lower().endswith(IMAGE_EXTENSIONS)
                        and files.isfile(files.join(folder, n)))
         if not names:
-            raise RetrainError(f"class folder {folder!r} holds no "
-                               f"{'/'.join(e[1:] for e in IMAGE_EXTENSIONS)} images; "
-                               "add images or remove the folder")
+            raise RetrainError(_no_images_message(image_dir, folder, files))
         for name in names:
             records.append(ImageRecord(path=files.join(folder, name), relpath=f"{label}/{name}",
                                        label=label, group=group_from_filename(name)))
     return records
+
+
+#: Audio files a user may pass as --image_dir by mistake (spectrograms reads these).
+AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".aiff", ".aif", ".aifc",
+                    ".au", ".caf", ".w64", ".m4a")
+
+
+def _no_images_message(image_dir: str, folder: str, files: filesystems.Tree) -> str:
+    """Why a class folder holds no images: audio (run spectrograms first), or nothing."""
+    audio = [n for n in files.listdir(folder) if n.lower().endswith(AUDIO_EXTENSIONS)]
+    if audio:
+        return (f"{image_dir!r} holds audio ({folder!r} has {len(audio)} audio file(s), no "
+                "spectrogram images): run spectrograms first (spectrograms "
+                f"--data_dir {image_dir} --output_dir SPEC, then retrain --image_dir SPEC), or "
+                f"train in one command: train --audio_dir {image_dir} --output_dir MODEL")
+    return (f"class folder {folder!r} holds no {'/'.join(e[1:] for e in IMAGE_EXTENSIONS)} "
+            "images; add images or remove the folder")
 
 
 def _from_manifest(image_dir: str, manifest: str, verify: bool = True) -> list[ImageRecord]:

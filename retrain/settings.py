@@ -87,7 +87,8 @@ class FineTuneSettings:
         return p
 
 
-SPLITS = ("hash", "folds")
+SPLITS = ("stratified", "hash", "folds")
+EVALUATIONS = ("auto", "holdout", "kfold")
 
 
 @dataclass(frozen=True)
@@ -99,9 +100,13 @@ class RetrainSettings:
     module_cache_dir: Optional[str] = None
     bottleneck_dir: str = "/tmp/bottleneck"
     bottleneck_batch_size: int = 32
-    split: str = "hash"
+    split: str = "stratified"
     testing_percentage: float = 10.0
     validation_percentage: float = 10.0
+    evaluation: str = "auto"  # stratified split: held-out test or grouped k-fold (split_plan)
+    kfold: int = 0  # k of the k-fold evaluation; 0: from the smallest class
+    keep_validation: bool = False  # keep the validation slice even when nothing reads it
+    open_set_reject_rate: float = 0.05  # soundretrain.open_set; 0: no unknown threshold
     test_folds: tuple[int, ...] = ()
     validation_folds: tuple[int, ...] = ()
     how_many_training_steps: int = 4000
@@ -124,6 +129,9 @@ class RetrainSettings:
     audio_saved_model_dir: Optional[str] = None  # audio-in models (soundretrain.audio_export)
     output_audio_tflite: Optional[str] = None
     output_tfjs: Optional[str] = None  # the audio-in model for the browser (soundretrain.tfjs_export)
+    # A module that cannot take sound: no audio-in model, and this TFLite (image or features
+    # in) is written instead. None: such a module is refused (as an explicit request is).
+    audio_export_fallback: Optional[str] = None
     intermediate_output_graphs_dir: Optional[str] = None
     intermediate_store_frequency: int = 0
     final_tensor_name: str = "final_result"
@@ -137,6 +145,12 @@ class RetrainSettings:
         p = list(self.head.problems()) + self.fine_tune.problems()
         if self.split not in SPLITS:
             p.append(f"--split must be one of {', '.join(SPLITS)}, not {self.split!r}")
+        if self.evaluation not in EVALUATIONS:
+            p.append(f"--evaluation must be one of {', '.join(EVALUATIONS)}, not {self.evaluation!r}")
+        if self.kfold < 0 or self.kfold == 1:
+            p.append(f"--kfold must be 0 (from the smallest class) or >= 2, not {self.kfold}")
+        if not 0 <= self.open_set_reject_rate < 1:
+            p.append(f"--open_set_reject_rate must be in [0, 1), not {self.open_set_reject_rate}")
         if self.how_many_training_steps <= 0:
             p.append(f"--how_many_training_steps must be positive, not {self.how_many_training_steps}")
         if self.eval_step_interval <= 0:

@@ -218,7 +218,7 @@ def ft_args(tmp_path, module, image_dir, *extra):
             "--learning_rate=0.01",
             "--testing_percentage=25", "--validation_percentage=25",
             "--fine_tune_steps=20", "--fine_tune_batch_size=8", "--fine_tune_learning_rate=0.01",
-            "--fine_tune_warmup_steps=2", "--random_seed=3", "--noprogress", *extra]
+            "--fine_tune_warmup_steps=2", "--random_seed=3", "--noprogress", "--split=hash", *extra]
 
 
 def test_fine_tuned_export_agrees_with_the_in_memory_model(tmp_path, registered, image_dir,

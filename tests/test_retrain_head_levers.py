@@ -117,7 +117,8 @@ def autotune_args(tmp_path, tiny, image_dir, seed, trials=3, run="ts"):
             "--output_graph=", "--output_labels=", "--checkpoint_path=",
             "--how_many_training_steps=60", "--eval_step_interval=10",
             "--testing_percentage=25", "--validation_percentage=25",
-            "--autotune", f"--autotune_trials={trials}", f"--random_seed={seed}", "--noprogress"]
+            "--autotune", f"--autotune_trials={trials}", f"--random_seed={seed}", "--noprogress",
+            "--split=hash"]  # one held-out split: one search (a k-fold plan searches per fold)
 
 
 def autotune_lines(out: str) -> list[str]:

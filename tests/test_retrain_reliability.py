@@ -135,14 +135,16 @@ def _group_landing_in(part: str, prefix: str) -> str:
     return next(f"{prefix}{k}" for k in range(10000) if which_set(f"{prefix}{k}", 10, 10) == part)
 
 
-@pytest.mark.parametrize("part,words", [("testing", "has no training images"),
-                                        ("training", "has no test images")])
+@pytest.mark.parametrize("part,words", [("testing", "has no training recordings"),
+                                        ("training", "has no test recordings")])
 def test_a_class_missing_from_the_split_stops_before_training(tmp_path, tiny, image_dir, capsys, part, words):
     group = _group_landing_in(part, "green")
     for w in range(3):  # every image of the class is one recording, on one side of the split
         write_colour_image(Path(image_dir) / "green" / f"{group}_nohash_{w}.png", COLOURS["blue"], seed=w)
-    line = one_error(capsys, 1, args_for(tmp_path, tiny, image_dir))
+    line = one_error(capsys, 1, args_for(tmp_path, tiny, image_dir, "--split=hash"))
     assert f"class 'green' {words}" in line and "--split hash" in line
+    assert "1 recording (3 clips: slices of one recording count once)" in line
+    assert "use --split stratified" in line  # the flags that would work
     assert not (tmp_path / "bn").exists()  # before the bottlenecks, not after training
 
 
