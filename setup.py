@@ -24,7 +24,7 @@ setup(
     python_requires=">=3.10",
     # configs/*.cfg (the --preset flag files) ship as package data in soundretrain/configs/,
     # so `--preset urbansound8k` works wherever the wheel is installed.
-    packages=find_packages(include=["soundretrain*", "spectrograms*", "retrain*", "label*"])
+    packages=find_packages(include=["soundretrain*", "spectrograms*", "retrain*", "label*", "flows*"])
     + ["soundretrain.configs"],
     package_dir={"soundretrain.configs": "configs"},
     package_data={"soundretrain.configs": ["*.cfg"],
@@ -70,6 +70,7 @@ setup(
             "spectrograms=spectrograms.cli:run",
             "retrain=retrain.cli:run",
             "label_image=label.cli:run",
+            "train=flows.train.cli:run",  # audio folders -> model folder (flows/, above the stages)
         ]
     },
     classifiers=[

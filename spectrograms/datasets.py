@@ -19,6 +19,7 @@ from typing import Iterable, Optional, Sequence
 from soundretrain.filesystems import Tree
 from soundretrain.labels import normalise_label  # noqa: F401  (the spectrograms stage's name for it)
 from soundretrain.manifest import dataset_recording_id
+from soundretrain.open_set import BACKGROUND_LABEL
 
 LAYOUTS = ("urbansound8k", "esc50", "folders")
 AUDIO_EXTENSIONS = (
@@ -265,7 +266,8 @@ def read_folders(root: str, files: Optional[Tree] = None) -> tuple[list[Clip], l
     folder_of: dict[str, str] = {}
     by_pattern = 0
     for d in _class_dirs(root, files):
-        label = normalise_label(d)
+        # _background_ (noise, silence) is kept as it is: retrain learns it, label never reports it.
+        label = BACKGROUND_LABEL if d == BACKGROUND_LABEL else normalise_label(d)
         if not label:
             notes.append(f"skipped folder {d!r}: no letters or digits to make a label from")
             continue

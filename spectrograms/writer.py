@@ -63,6 +63,7 @@ class WriteOptions:
     jobs: int = 0  # worker processes; 0 = all cores
     overwrite: bool = False  # redo every image, even up-to-date ones or other settings
     progress: bool = True  # tqdm bar on stderr (when it is a terminal)
+    on_progress: Optional[Callable[[int, int], None]] = None  # (clips done, clips to do): a supervisor's
 
 
 @dataclass
@@ -528,6 +529,8 @@ def _write_locked(listing: DatasetListing, output_dir: str, settings: Spectrogra
         with open(journal_path, "a", encoding="utf-8", newline="") as journal:
             for result in _results(todo, output_dir, settings, jobs):
                 bar.update(1)
+                if options.on_progress is not None:
+                    options.on_progress(bar.n, len(todo))
                 if result.error is not None:
                     summary.failed.append((result.source, result.error))
                     continue

@@ -1,7 +1,9 @@
-"""The package layers: the stages import the shared layer, never each other.
+"""The package layers: the stages import the shared layer, never each other; flows sit
+above them.
 
 spectrograms, retrain and label each depend only on ``soundretrain`` (and third-party
-packages); ``soundretrain`` depends on no stage. Checked with the standard library's
+packages); ``soundretrain`` depends on no stage; ``flows`` (commands that chain the stages)
+may import every stage, and nothing below imports it. Checked with the standard library's
 ``ast`` on every import statement, including the lazy ones inside functions.
 """
 from __future__ import annotations
@@ -14,6 +16,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 STAGES = ("spectrograms", "retrain", "label")
 SHARED = "soundretrain"
+FLOWS = "flows"
 
 
 def imported_packages(package: str) -> dict[str, set[str]]:
@@ -46,8 +49,20 @@ def test_the_shared_layer_imports_no_stage():
     assert not upward, f"{SHARED} imports stages: {upward}"
 
 
+@pytest.mark.parametrize("below", (*STAGES, SHARED))
+def test_nothing_below_imports_the_flows(below):
+    imports = imported_packages(below)
+    assert FLOWS not in imports, f"{below} imports {FLOWS}: {sorted(imports[FLOWS])}"
+
+
+def test_the_flows_use_the_stages_through_their_packages():
+    imports = imported_packages(FLOWS)
+    assert {"spectrograms", "retrain", SHARED} <= set(imports)  # the flow chains the stages
+
+
 def test_the_package_graph_has_no_cycle():
-    graph = {p: set(imported_packages(p)) & (set(STAGES) | {SHARED}) - {p} for p in (*STAGES, SHARED)}
+    layers = (*STAGES, SHARED, FLOWS)
+    graph = {p: set(imported_packages(p)) & set(layers) - {p} for p in layers}
     state: dict[str, str] = {}
 
     def visit(node: str, trail: tuple[str, ...]) -> None:

@@ -57,6 +57,31 @@ def make_tiny_image_module(path: str | os.PathLike, image_size: int = 32,
     return path
 
 
+class _TinyPoolingNet(tf.Module):
+    """The image averaged over a ``grid`` x ``grid`` grid of cells, every cell's three colours
+    a feature: keeps where the energy is (frequency band, time), which global pooling loses, so
+    generated sound classes separate as spectrograms the way a real network's features do."""
+
+    def __init__(self, image_size: int, grid: int) -> None:
+        super().__init__(name="tiny_pooling_module")
+        self.image_size, self.grid = image_size, grid
+        spec = tf.TensorSpec([None, image_size, image_size, 3], tf.float32, name="images")
+        self.__call__ = tf.function(self._features, input_signature=[spec])
+
+    def _features(self, images: tf.Tensor) -> tf.Tensor:
+        cell = self.image_size // self.grid
+        pooled = tf.nn.avg_pool2d(images, ksize=cell, strides=cell, padding="VALID")
+        return tf.reshape(pooled, [-1, self.grid * self.grid * 3])
+
+
+def make_tiny_pooling_module(path: str | os.PathLike, image_size: int = 32, grid: int = 4) -> str:
+    """Save :class:`_TinyPoolingNet` (``grid * grid * 3`` features) at ``path``; return ``str(path)``."""
+    module = _TinyPoolingNet(image_size, grid)
+    path = str(path)
+    tf.saved_model.save(module, path, signatures={"serving_default": module.__call__})
+    return path
+
+
 def make_module_archive(module_dir: str | os.PathLike, archive_path: str | os.PathLike) -> str:
     """Pack a SavedModel folder as a ``.tar.gz`` with the layout TF Hub serves
     (the folder's contents at the archive root)."""

@@ -1,0 +1,3 @@
+from flows.train.cli import run
+
+run()
