@@ -367,20 +367,28 @@ def _inputs(settings: LabelSettings, labeler):
 
 
 def _print_result(result, labeler, settings: LabelSettings, header: bool) -> None:
-    from label.labeling import top_k
+    from label.labeling import decision, top_k
+    from soundretrain.open_set import UNKNOWN
 
+    open_set = labeler.open_set
     windowed = result.kind == "audio" and len(result.windows) > 1
     if header or windowed:
         note = ""
         if windowed:
             note = f": {len(result.windows)} windows, summary = mean of the non-silent windows"
         print(f"# {result.source}{note}")
+    label, _ = decision(result.probabilities, labeler.labels, open_set)
+    if label == UNKNOWN:  # then the nearest classes, as always
+        print(f"{UNKNOWN} (no class reaches this model's threshold {open_set.threshold:.4g}, or "
+              "its background class wins); the nearest:")
     for label_name, score in top_k(result.probabilities, labeler.labels, settings.top_k):
         print(f"{label_name} {score:.5f}")
     if windowed:
         for w in result.windows:
             (best, score), = top_k(w.probabilities, labeler.labels, 1)
-            print(f"#   window {w.start:7.2f} s: {best} {score:.5f}{' (silent)' if w.silent else ''}")
+            said = decision(w.probabilities, labeler.labels, open_set)[0]
+            shown = f"{best} {score:.5f}" if said == best else f"{said} ({best} {score:.5f})"
+            print(f"#   window {w.start:7.2f} s: {shown}{' (silent)' if w.silent else ''}")
 
 
 def _detections(settings: LabelSettings, labeler, audio_input, root: str, sources: Sequence[str]):
@@ -408,13 +416,18 @@ def _detections(settings: LabelSettings, labeler, audio_input, root: str, source
                   f"run will be replaced ({os.path.relpath(existing[0], settings.detections_dir)}"
                   f"{', ...' if len(existing) > 1 else ''})", file=sys.stderr)
     return DetectionRun(labeler.labels, spectrogram.duration,
-                        DetectionSettings(settings.min_confidence, settings.merge_consecutive), writer)
+                        DetectionSettings(settings.min_confidence, settings.merge_consecutive,
+                                          labeler.open_set), writer)
 
 
 def _report_detections(run, settings: LabelSettings) -> None:
     written = run.finish()
     where = f" in {len(written)} file(s) under {settings.detections_dir}" if written else ""
-    print(f"{run.count} detection(s) at --min_confidence {settings.min_confidence:g}{where}", file=sys.stderr)
+    threshold = run.settings.open_set.threshold if run.settings.open_set is not None else 0.0
+    floor = (f" (and the model's unknown threshold {threshold:.4g})"
+             if threshold > settings.min_confidence else "")
+    print(f"{run.count} detection(s) at --min_confidence {settings.min_confidence:g}{floor}{where}",
+          file=sys.stderr)
 
 
 def _show(result, labeler, settings: LabelSettings, detections, header: bool):
@@ -430,7 +443,7 @@ def _show(result, labeler, settings: LabelSettings, detections, header: bool):
             for d in found:
                 print(detection_line(d))
         return None
-    d = result_dict(result, labeler.labels, settings.top_k)
+    d = result_dict(result, labeler.labels, settings.top_k, labeler.open_set)
     if found is not None:
         d["detections"] = [detection_dict(x) for x in found]
     return d
@@ -514,7 +527,7 @@ def _run_dir(settings: LabelSettings, labeler) -> int:
     if detections is not None:
         _report_detections(detections, settings)
     if settings.output_csv:
-        write_csv(settings.output_csv, results, labeler.labels)
+        write_csv(settings.output_csv, results, labeler.labels, labeler.open_set)
         print(f"wrote {len(results)} rows to {settings.output_csv}", file=sys.stderr)
     if settings.json:
         print(json_text({"model": settings.graph, "format": labeler.format, "results": shown,
@@ -523,7 +536,7 @@ def _run_dir(settings: LabelSettings, labeler) -> int:
 
 
 def _run_mic(settings: LabelSettings) -> int:
-    from label.labeling import label_waveform, top_k
+    from label.labeling import decision, label_waveform, top_k
     from label.mic import FileSource, SoundDeviceSource, TriggerSettings, detect_events
 
     record = MIC_RECORD_SECONDS if settings.record_seconds is None else settings.record_seconds
@@ -553,15 +566,18 @@ def _run_mic(settings: LabelSettings) -> int:
             for event in detect_events(source, trigger, stop=watch.check):
                 result = label_waveform(labeler, event.y, event.sr, audio_input, source=f"t={event.start_seconds:.2f}s")
                 best = top_k(result.probabilities, labeler.labels, settings.top_k)
+                said, score = decision(result.probabilities, labeler.labels, labeler.open_set)
                 stamp = event.wall_time.isoformat(timespec="milliseconds")
                 count += 1
                 if settings.json:
                     print(json_text({"time": stamp, "start": round(event.start_seconds, 3),
                                      "level_db": round(event.level_db, 1), "floor_db": round(event.floor_db, 1),
+                                     "label": said, "score": round(score, 6),
                                      "top": [{"label": n, "score": round(s, 6)} for n, s in best]}), flush=True)
                 else:
                     text = "  ".join(f"{n} {s:.3f}" for n, s in best)
-                    print(f"{stamp} t={event.start_seconds:.2f}s  {text}", flush=True)
+                    lead = "" if said == best[0][0] else f"{said}:  "  # unknown, then the nearest
+                    print(f"{stamp} t={event.start_seconds:.2f}s  {lead}{text}", flush=True)
             watch.check()
             print(f"end of {where}: {count} event(s)", file=sys.stderr)
             return 0

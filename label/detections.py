@@ -33,6 +33,7 @@ from typing import Iterable, Optional, Sequence
 import numpy as np
 
 from soundretrain import atomic_files
+from soundretrain.open_set import OpenSet
 
 FORMATS = ("csv", "audacity", "raven")
 #: File name endings, per recording (``<stem><suffix>``) and for the combined tables.
@@ -60,6 +61,7 @@ class Detection:
 class DetectionSettings:
     min_confidence: float = 0.5
     merge_consecutive: bool = False
+    open_set: Optional[OpenSet] = None  # the model's: background never detected, threshold applies
 
     def problems(self) -> list[str]:
         if not 0.0 < self.min_confidence <= 1.0:
@@ -74,13 +76,20 @@ def detect(source: str, windows: Sequence, labels: Sequence[str], window_seconds
     detection at the recording's end: a clip shorter than a window is padded to one
     window, but what it detects lasts only as long as the clip."""
     found: list[Detection] = []
+    floor = settings.min_confidence
+    never: set = set()
+    if settings.open_set is not None:  # an unknown sound is no detection, nor is the background
+        floor = max(floor, settings.open_set.threshold)
+        never = set(settings.open_set.background)
     for w in windows:
         if getattr(w, "silent", False):
             continue
         p = np.asarray(w.probabilities)
         start = float(w.start)
         end = start + window_seconds if duration is None else max(start, min(start + window_seconds, float(duration)))
-        for c in np.flatnonzero(p >= settings.min_confidence):
+        for c in np.flatnonzero(p >= floor):
+            if c in never:
+                continue
             found.append(Detection(source, start, end, labels[c], float(p[c])))
     if settings.merge_consecutive:
         found = merge_consecutive(found)

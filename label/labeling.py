@@ -488,11 +488,25 @@ def top_k(probabilities: np.ndarray, labels: Sequence[str], k: int) -> list[tupl
     return [(labels[i], float(probabilities[i])) for i in order]
 
 
-def result_dict(result: LabelResult, labels: Sequence[str], k: int) -> dict:
-    """A JSON-ready view of ``result``."""
+def decision(probabilities: np.ndarray, labels: Sequence[str], open_set=None) -> tuple[str, float]:
+    """The answer for one input: the best class, or ``unknown`` when the model's open-set
+    threshold says no class fits (or its ``_background_`` class wins); ``open_set``: a
+    :class:`soundretrain.open_set.OpenSet` (None: the best class, always)."""
+    if open_set is None:
+        (label, score), = top_k(probabilities, labels, 1)
+        return label, score
+    return open_set.label(probabilities, labels)
+
+
+def result_dict(result: LabelResult, labels: Sequence[str], k: int, open_set=None) -> dict:
+    """A JSON-ready view of ``result``: ``label``/``score`` is the :func:`decision` (for the
+    whole input and each window), ``top`` the ``k`` most probable classes."""
+    label, score = decision(result.probabilities, labels, open_set)
     d = {
         "source": result.source,
         "kind": result.kind,
+        "label": label,
+        "score": round(score, 6),
         "top": [{"label": label, "score": round(score, 6)} for label, score in top_k(result.probabilities, labels, k)],
     }
     if result.kind == "audio":
@@ -500,6 +514,7 @@ def result_dict(result: LabelResult, labels: Sequence[str], k: int) -> dict:
             {
                 "start": round(w.start, 3),
                 "silent": w.silent,
+                "label": decision(w.probabilities, labels, open_set)[0],
                 "top": [{"label": label, "score": round(score, 6)} for label, score in top_k(w.probabilities, labels, k)],
             }
             for w in result.windows
@@ -507,15 +522,16 @@ def result_dict(result: LabelResult, labels: Sequence[str], k: int) -> dict:
     return d
 
 
-def write_csv(path: str, rows: Sequence[LabelResult], labels: Sequence[str]) -> None:
-    """One row per input: ``path,windows,label,score`` then one column per class."""
+def write_csv(path: str, rows: Sequence[LabelResult], labels: Sequence[str], open_set=None) -> None:
+    """One row per input: ``path,windows,label,score`` (the :func:`decision`) then one column
+    per class."""
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
     writer.writerow(["path", "windows", "label", "score", *labels])
     for r in rows:
-        best = int(np.argmax(r.probabilities))
+        label, score = decision(r.probabilities, labels, open_set)
         writer.writerow(
-            [r.source, max(1, len(r.windows)), labels[best], f"{r.probabilities[best]:.6f}",
+            [r.source, max(1, len(r.windows)), label, f"{score:.6f}",
              *(f"{p:.6f}" for p in r.probabilities)]
         )
     atomic_files.write_text(path, buf.getvalue())

@@ -279,6 +279,14 @@ class Labeler:
         return self.model.format
 
     @property
+    def open_set(self):
+        """How probabilities become a decision: the sidecar's "unknown" threshold and the
+        ``_background_`` class (:class:`soundretrain.open_set.OpenSet`)."""
+        from soundretrain.open_set import OpenSet
+
+        return OpenSet.from_sidecar(self.sidecar, self.labels)
+
+    @property
     def head_only(self) -> bool:
         """The artifact holds the head only; features come from :attr:`backbone`."""
         return self.backbone is not None

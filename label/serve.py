@@ -273,11 +273,9 @@ class LabelService:
         ys = self._decode(data, name)
         with self.model() as labeler:
             result = label_windows(labeler, ys, self.audio_input, self.settings.batch_size, source=name)
-        answer = result_dict(result, self.labeler.labels, k)
-        best = answer["top"][0]
+        answer = result_dict(result, self.labeler.labels, k, self.labeler.open_set)  # label: "unknown" too
         reference = ys[self.rates[0]]
-        answer.update(label=best["label"], score=best["score"],
-                      duration=round(reference.shape[0] / self.rates[0], 3),
+        answer.update(duration=round(reference.shape[0] / self.rates[0], 3),
                       window_seconds=float(self.audio_input.settings.duration))
         for w in answer["windows"]:  # a short clip's window ends where the clip does (padded to the window)
             w["end"] = round(min(w["start"] + answer["window_seconds"], answer["duration"]), 3)
