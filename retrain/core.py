@@ -450,7 +450,7 @@ def export(settings: RetrainSettings, prepared: Prepared, head: ClassificationHe
             final_tensor_name=settings.final_tensor_name,
             # An intermediate graph joins the others in their folder; the final export's
             # outputs, when they share a folder, replace it whole (one consistent set).
-            whole_folder=with_other_outputs)
+            whole_folder=with_other_outputs and settings.whole_folder_export)
     except ExportError as err:
         raise RetrainError(str(err)) from None
     except Exception as err:  # noqa: BLE001 - TensorFlow reports a full disk as an OpError

@@ -132,6 +132,9 @@ class RetrainSettings:
     # A module that cannot take sound: no audio-in model, and this TFLite (image or features
     # in) is written instead. None: such a module is refused (as an explicit request is).
     audio_export_fallback: Optional[str] = None
+    # Outputs sharing a folder replace it whole (soundretrain.model_folder); False when the
+    # caller stages the folder itself (the train flow).
+    whole_folder_export: bool = True
     intermediate_output_graphs_dir: Optional[str] = None
     intermediate_store_frequency: int = 0
     final_tensor_name: str = "final_result"

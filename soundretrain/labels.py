@@ -10,6 +10,14 @@ import re
 import unicodedata
 
 
+def folder_label(folder_name: str) -> str:
+    """The label a class folder's name gives: :func:`normalise_label`, except the background
+    class ``_background_`` (noise, silence: trained on, never reported), kept as it is."""
+    from soundretrain.open_set import BACKGROUND_LABEL
+
+    return BACKGROUND_LABEL if folder_name == BACKGROUND_LABEL else normalise_label(folder_name)
+
+
 def normalise_label(name: str) -> str:
     """retrain.py's label rule: lowercase, non-alphanumeric runs -> one space (trimmed).
 

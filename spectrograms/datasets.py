@@ -17,9 +17,8 @@ from dataclasses import dataclass, field
 from typing import Iterable, Optional, Sequence
 
 from soundretrain.filesystems import Tree
-from soundretrain.labels import normalise_label  # noqa: F401  (the spectrograms stage's name for it)
+from soundretrain.labels import folder_label, normalise_label  # noqa: F401  (the spectrograms stage's name for it)
 from soundretrain.manifest import dataset_recording_id
-from soundretrain.open_set import BACKGROUND_LABEL
 
 LAYOUTS = ("urbansound8k", "esc50", "folders")
 AUDIO_EXTENSIONS = (
@@ -267,7 +266,7 @@ def read_folders(root: str, files: Optional[Tree] = None) -> tuple[list[Clip], l
     by_pattern = 0
     for d in _class_dirs(root, files):
         # _background_ (noise, silence) is kept as it is: retrain learns it, label never reports it.
-        label = BACKGROUND_LABEL if d == BACKGROUND_LABEL else normalise_label(d)
+        label = folder_label(d)
         if not label:
             notes.append(f"skipped folder {d!r}: no letters or digits to make a label from")
             continue

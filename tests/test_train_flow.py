@@ -115,6 +115,10 @@ def test_sigterm_cancels_and_leaves_the_old_model(tmp_path, tiny):
     old = {"report.json": '{"old": true}\n', "labels.txt": "a\nb\n"}
     for name, text in old.items():
         (model / name).write_text(text)
+    from soundretrain.model_folder import MANIFEST_FILENAME, write_manifest
+
+    write_manifest(str(model))  # an earlier model folder
+    old[MANIFEST_FILENAME] = (model / MANIFEST_FILENAME).read_text()
     status = tmp_path / "status.json"
     args = flow_args(tmp_path, tiny, audio, model, f"--status_file={status}",
                      "--how_many_training_steps=200000")
@@ -200,6 +204,7 @@ def test_an_output_folder_that_is_not_a_model_is_never_replaced(tmp_path, tiny):
     (tmp_path / "out" / "precious.wav").write_bytes(b"RIFF")
     code, out, err = run_flow(tmp_path, tiny, audio)
     assert code == 1 and "exists and is not a model folder; not replacing it" in err
+    assert len(err.strip().splitlines()) == 1
     assert os.listdir(tmp_path / "out") == ["precious.wav"]
     code, out, err = run_flow(tmp_path, tiny, audio, f"--output_dir={audio / 'siren'}")
     assert code == 2 and "overlap" in err

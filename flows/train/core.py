@@ -34,7 +34,6 @@ DEFAULT_MODULE = "aisfx,soundnet,efficientnet_lite0"
 #: windows, so every second of a field recording trains).
 SPECTROGRAM_PRESET = "urbansound8k"
 EVALUATIONS = ("auto", "holdout", "kfold", "none")
-MARKER = "report.json"  # a folder holding it is a model folder train may replace
 
 # What the model folder holds (docs/train.md).
 AUDIO_TFLITE = "model_audio.tflite"
@@ -241,6 +240,7 @@ def retrain_settings(settings: TrainSettings, spec_dir: str, work_dir: str, stag
         output_labels=os.path.join(staging, LABELS),
         output_audio_tflite=os.path.join(staging, AUDIO_TFLITE),
         audio_export_fallback=os.path.join(staging, TFLITE),
+        whole_folder_export=False,  # train stages the whole model folder itself
         progress=settings.progress,
         flags_text=f"train --audio_dir={settings.audio_dir} --output_dir={settings.output_dir}")
 
@@ -273,9 +273,11 @@ def train(settings: TrainSettings, log: Callable[[str], None] = print,
 
 def _train(settings: TrainSettings, output_dir: str, status: StatusFile, log, warn,
            start: float) -> TrainResult:
-    from soundretrain import atomic_files
+    from soundretrain import model_folder
 
-    atomic_files.check_folder_target(output_dir, (MARKER,))  # never replace a folder of recordings
+    if not model_folder.replaceable(output_dir):  # never replace a folder of recordings
+        raise FlowError(f"--output_dir {output_dir} exists and is not a model folder; not replacing it "
+                        "(choose a new or empty folder)")
     folders = check_audio_folders(settings.audio_dir, settings.background_dir,
                                   allow_single_recordings=settings.evaluation == "none")
     for note in folders.notes:
@@ -300,7 +302,7 @@ def _train(settings: TrainSettings, output_dir: str, status: StatusFile, log, wa
     from flows.train.report import write_report
     from retrain.core import retrain
 
-    with atomic_files.replacing_folder(output_dir, markers=(MARKER,)) as staging:
+    with model_folder.staged_model_folder(output_dir) as staging:
         rs = retrain_settings(settings, spec_dir, work_dir, staging)
         try:
             result = retrain(rs, settings.random_seed, log, images=images, plan=plan,

@@ -15,7 +15,8 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 from soundretrain.open_set import BACKGROUND_LABEL
-from spectrograms.datasets import group_of, is_audio_file, normalise_label
+from soundretrain.labels import folder_label
+from spectrograms.datasets import group_of, is_audio_file
 
 STAGING_FOLDER = "input"  # in the work folder: class folders linked, _background_ added
 
@@ -64,7 +65,7 @@ def _read_class_folder(name: str, path: str) -> ClassFolder:
             files.append(full)
         else:
             ignored.append(entry)
-    label = BACKGROUND_LABEL if name == BACKGROUND_LABEL else normalise_label(name)
+    label = folder_label(name)
     folder = ClassFolder(name, label, path, files, len({group_of(f) for f in files}), ignored)
     if nested:
         folder.ignored += [f"{n}/" for n in nested]
