@@ -160,6 +160,7 @@ class Project:
                     with contextlib.suppress(OSError):
                         os.unlink(path)
         atomic_files.remove_temp_files(self.root)
+        atomic_files.remove_temp_files(self.studio)  # a snapshot or model folder a kill left half-built
         for name in self.class_names():
             atomic_files.remove_temp_files(os.path.join(self.root, name))
 

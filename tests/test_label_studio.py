@@ -243,7 +243,9 @@ def test_what_a_kill_leaves_is_cleaned_at_the_next_start(tmp_path):
     (studio_dir / "trash" / "rain.1a2b3c4d").mkdir()
     (studio_dir / "trash" / "rain.1a2b3c4d" / "r.wav").write_bytes(b"x")
     (folder / "siren" / ".s.wav.1a2b3c4d.tmp").write_bytes(b"half")
+    (studio_dir / ".snapshot.1a2b3c4d.tmp" / "siren").mkdir(parents=True)  # a snapshot half-linked
     with Project(str(folder)) as project:
         assert os.listdir(studio_dir / "incoming") == [] and os.listdir(studio_dir / "trash") == []
+        assert not (studio_dir / ".snapshot.1a2b3c4d.tmp").exists()
         assert os.listdir(folder / "siren") == ["s.wav"]
         assert project.counts() == {"siren": 1}
