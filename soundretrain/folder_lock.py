@@ -76,8 +76,11 @@ def folder_lock(folder: str, what: str) -> Iterator[None]:
     fd = _acquire(path, folder, what)
     try:
         started = datetime.datetime.now().isoformat(timespec="seconds")
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}, started {started}\n".encode(), 0)
+        try:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}, started {started}\n".encode(), 0)
+        except OSError as err:  # a full disk: say where, before any work (the finally unlocks)
+            raise OSError(err.errno, err.strerror, path) from None
         yield
     finally:
         with contextlib.suppress(OSError):

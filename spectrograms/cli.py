@@ -192,6 +192,10 @@ def main(argv: Sequence[str]) -> int:
     except (OutputError, BeamError) as e:
         _err(e)
         return 1
+    except OSError as e:  # what the writers do not turn into an OutputError (Beam's manifest)
+        reason = e.strerror or " ".join(str(e).split())
+        _err(f"cannot write in --output_dir {fv.output_dir}: {f'{e.filename}: ' if e.filename else ''}{reason}")
+        return 1
     for source, reason in summary.failed[:MAX_LISTED]:
         _note(f"failed: {source}: {reason}")
     if len(summary.failed) > MAX_LISTED:

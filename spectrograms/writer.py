@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import errno
 import functools
 import io
 import multiprocessing
@@ -51,6 +52,8 @@ from soundretrain.render import colormap_lut, render_clip, render_clip_indices
 from soundretrain.spectrogram_settings import CONFIG_FILENAME, SpectrogramSettings
 
 JOURNAL_FILENAME = ".manifest-journal.csv"
+#: A full disk (or quota): every later write fails too, so the run stops at the first one.
+NO_SPACE = frozenset({errno.ENOSPC, errno.EDQUOT})
 FAILURES_FILENAME = "failures.csv"  # source,reason of each clip that failed or was missing
 
 
@@ -73,6 +76,7 @@ class SourceResult:
     source: str
     rows: list[ManifestRow] = field(default_factory=list)
     error: Optional[str] = None
+    no_space: bool = False  # the error is a full disk, not the file's fault
 
 
 @dataclass
@@ -179,9 +183,11 @@ def render_source(clip: Clip, output_dir: str, settings: SpectrogramSettings) ->
             size, sha256 = file_digest(data)
             result.rows.append(ManifestRow(image, clip.label, clip.fold, clip.group, clip.source, start, real,
                                            is_silent(window), size, sha256))
-    except Exception as e:  # a full disk or an odd file must not end the run
+    except Exception as e:  # a full disk or an odd file must not end the run here
         result.error = f"cannot render: {type(e).__name__}: {' '.join(str(e).split())}"
         result.rows = []
+        if isinstance(e, OSError) and e.errno in NO_SPACE:
+            result.no_space, result.error = True, _os_reason(e)
     return result
 
 
@@ -464,14 +470,30 @@ def locked_output_dir(output_dir: str) -> Iterator[None]:
         raise OutputError(f"cannot create --output_dir {output_dir}: {e.strerror or e}") from None
     if not os.access(output_dir, os.W_OK):
         raise OutputError(f"--output_dir {output_dir} is not writable")
-    try:
-        with folder_lock(output_dir, "spectrograms run"):
-            yield
-    except FolderBusy as e:
-        # Two runs into one folder would each rewrite manifest.csv from their own view (the
-        # other's classes vanish) and delete each other's in-flight temp files.
-        raise OutputError(f"{e}: runs into one --output_dir go one at a time (their manifests "
-                          "would overwrite each other)") from None
+    with contextlib.ExitStack() as stack:
+        try:
+            stack.enter_context(folder_lock(output_dir, "spectrograms run"))
+        except FolderBusy as e:
+            # Two runs into one folder would each rewrite manifest.csv from their own view (the
+            # other's classes vanish) and delete each other's in-flight temp files.
+            raise OutputError(f"{e}: runs into one --output_dir go one at a time (their manifests "
+                              "would overwrite each other)") from None
+        except OSError as e:  # a full disk: the lock file's first line cannot be written
+            raise OutputError(f"cannot write in --output_dir {output_dir}: {_os_reason(e)}") from None
+        yield
+
+
+def _os_reason(err: OSError) -> str:
+    """``path: No space left on device`` for an OSError, in one line."""
+    reason = err.strerror or " ".join(str(err).split())
+    return f"{err.filename}: {reason}" if err.filename else reason
+
+
+def _disk_full(output_dir: str, err: OSError, written: int) -> OutputError:
+    kept = (f"the {written} image(s) this run wrote are kept, and a rerun continues from them"
+            if written else "nothing was written")
+    return OutputError(f"no space left for {output_dir} ({_os_reason(err)}): {kept}; free some "
+                       "space and run again")
 
 
 def _write_locked(listing: DatasetListing, output_dir: str, settings: SpectrogramSettings,
@@ -500,8 +522,11 @@ def _write_locked(listing: DatasetListing, output_dir: str, settings: Spectrogra
                 os.remove(os.path.join(output_dir, name))
             except FileNotFoundError:
                 pass
-    settings.save_json(os.path.join(output_dir, CONFIG_FILENAME))
-    _prepare_class_folders(output_dir, listing, log)
+    try:
+        settings.save_json(os.path.join(output_dir, CONFIG_FILENAME))
+        _prepare_class_folders(output_dir, listing, log)
+    except OSError as e:
+        raise OutputError(f"cannot write in --output_dir {output_dir}: {_os_reason(e)}") from None
 
     todo, kept = [], {}
     for clip in listing.clips:
@@ -525,12 +550,16 @@ def _write_locked(listing: DatasetListing, output_dir: str, settings: Spectrogra
         _warm_up(settings)
     bar = tqdm(total=len(todo), unit="clip", desc="spectrograms", disable=None if options.progress else True,
                file=sys.stderr, dynamic_ncols=True)
+    full: Optional[OSError] = None  # the disk filled up: stop, keep what is done
     try:
         with open(journal_path, "a", encoding="utf-8", newline="") as journal:
             for result in _results(todo, output_dir, settings, jobs):
                 bar.update(1)
                 if options.on_progress is not None:
                     options.on_progress(bar.n, len(todo))
+                if result.no_space:
+                    full = OSError(errno.ENOSPC, result.error)
+                    break
                 if result.error is not None:
                     summary.failed.append((result.source, result.error))
                     continue
@@ -538,18 +567,30 @@ def _write_locked(listing: DatasetListing, output_dir: str, settings: Spectrogra
                 summary.written += len(result.rows)
                 summary.written_clips += 1
                 journal.write(format_rows(result.rows, header=False))
-                journal.flush()
+                journal.flush()  # a torn last line (a full disk) is ignored when read back
     except KeyboardInterrupt:
         summary.interrupted = True
+    except OSError as e:  # the journal itself could not be written
+        if e.errno not in NO_SPACE:
+            raise
+        full = OSError(e.errno, e.strerror, e.filename or journal_path)
     finally:
         bar.close()
         rows = [r for source_rows in done.values() for r in source_rows]
-        write_manifest(os.path.join(output_dir, MANIFEST_FILENAME), rows)
-        listed_images = {r.image for r in rows}
-        _remove_replaced_images(output_dir, [r for source in done if source not in kept
-                                             for r in earlier.get(source, ())] + dropped, listed_images)
-        if not summary.interrupted and os.path.exists(journal_path):
-            os.remove(journal_path)
+        try:
+            write_manifest(os.path.join(output_dir, MANIFEST_FILENAME), rows)
+        except OSError as e:  # the old manifest and the journal stay: a rerun picks them up
+            if e.errno not in NO_SPACE:
+                raise
+            full = full or e
+        else:
+            listed_images = {r.image for r in rows}
+            _remove_replaced_images(output_dir, [r for source in done if source not in kept
+                                                 for r in earlier.get(source, ())] + dropped, listed_images)
+            if not summary.interrupted and full is None and os.path.exists(journal_path):
+                os.remove(journal_path)
+    if full is not None:
+        raise _disk_full(output_dir, full, summary.written)
     return finish_summary(summary, listing, rows, output_dir)
 
 
@@ -609,4 +650,9 @@ def write_failures(output_dir: str, summary: WriteSummary) -> None:
     writer = csv.writer(buf, lineterminator="\n")
     writer.writerow(("source", "reason"))
     writer.writerows(records)
-    filesystems.write_text(path, buf.getvalue())
+    try:
+        filesystems.write_text(path, buf.getvalue())
+    except OSError as e:  # the images and the manifest are written; this list could not be
+        raise OutputError(f"cannot write {path} ({_os_reason(e)}); the images and {MANIFEST_FILENAME} "
+                          f"are written, only the list of the {len(records)} failed or missing "
+                          "file(s) is not") from None

@@ -4,7 +4,6 @@ cannot be written, a full disk, two runs sharing a checkpoint, Ctrl-C, and expor
 half-way."""
 from __future__ import annotations
 
-import contextlib
 import os
 import shutil
 import signal
@@ -16,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from retrain.cli import main
+from small_disk import fill, small_tmpfs
 from tiny_models import COLOURS, make_colour_image_folders, make_tiny_image_module, write_colour_image
 
 REPO = Path(__file__).resolve().parents[1]
@@ -47,34 +47,6 @@ def one_error(capsys, code, args) -> str:
     lines = [line for line in err.strip().splitlines() if line.startswith("retrain: error: ")]
     assert len(lines) == 1, err
     return lines[0]
-
-
-@contextlib.contextmanager
-def small_tmpfs(path: Path, size: str, read_only: bool = False):
-    """A tiny tmpfs at ``path`` (a full disk, or a read-only one); skips where mounting is
-    not allowed (not root, no mount namespace rights)."""
-    path.mkdir(parents=True, exist_ok=True)
-    options = f"size={size}" + (",ro" if read_only else "")
-    result = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(path)],
-                            capture_output=True, text=True)
-    if result.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here ({result.stderr.strip() or result.returncode})")
-    try:
-        yield path
-    finally:
-        subprocess.run(["umount", "-l", str(path)], capture_output=True)
-
-
-def fill(folder: Path) -> None:
-    """Fill the filesystem of ``folder`` to the last byte."""
-    fd = os.open(folder / "filler", os.O_WRONLY | os.O_CREAT, 0o644)
-    try:
-        while True:
-            os.write(fd, b"\0" * 4096)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 # --- finding 2: a diverged run --------------------------------------------------------
