@@ -226,9 +226,7 @@ def train_and_evaluate(settings: RetrainSettings, prepared: Prepared, split: Spl
             from retrain.autotune import autotune
 
             if not len(val_idx):
-                raise RetrainError("--autotune scores head settings on the validation images, "
-                                   "and this split has none; give --validation_percentage > 0 "
-                                   "or --validation_folds")
+                raise RetrainError(no_validation_for_autotune(settings, prepared, split))
             tuned = autotune(x, y, x_val, y_val, len(labels), head_settings, total,
                              settings.eval_step_interval, settings.autotune_trials, log,
                              os.path.join(summaries.run_dir, "autotune") if summaries else None)
@@ -547,10 +545,12 @@ def save_checkpoint(path: str, head: ClassificationHead, backbone: Optional[Back
 
 
 def check_exports(settings: RetrainSettings, backbone: Backbone, spectrogram_settings) -> None:
-    """Refuse, before the bottlenecks are computed, what this module cannot export: an
-    --output_graph asked for (not retrain.py's default path) or intermediate graphs when it
-    cannot be frozen into one graph; --audio_saved_model_dir / --output_audio_tflite when it
-    cannot take sound inside one graph."""
+    """Refuse, before the bottlenecks are computed, what this module cannot do: fine-tune
+    (--fine_tune_blocks, when it cannot be cut there); export an --output_graph asked for
+    (not retrain.py's default path) or intermediate graphs when it cannot be frozen into one
+    graph; --audio_saved_model_dir / --output_audio_tflite when it cannot take sound inside
+    one graph."""
+    check_fine_tune(settings, backbone)
     if not can_freeze(backbone):
         if settings.output_graph and settings.output_graph_explicit:
             raise RetrainError(f"module {backbone.name} cannot be frozen into one graph "
@@ -576,6 +576,32 @@ def check_exports(settings: RetrainSettings, backbone: Backbone, spectrogram_set
             check_tfjs_export(backbone, {"spectrogram": spectrogram})
         except AudioExportError as err:
             raise RetrainError(f"--output_tfjs: {err}") from None
+
+
+def no_validation_for_autotune(settings: RetrainSettings, prepared: Prepared, split: Split) -> str:
+    """Why --autotune has no validation images although it asked for some, and what works."""
+    records = prepared.images.records
+    recordings = len({records[i].group for i in split.train})
+    if settings.validation_folds:
+        asked = f"--validation_folds {','.join(map(str, settings.validation_folds))} hold no images"
+    else:
+        asked = (f"--validation_percentage {settings.validation_percentage:g} picked none of the "
+                 f"{recordings} training recording(s) (whole recordings go to one side, chosen by a "
+                 "hash of their names")
+        asked += f"; each is about {100 / recordings:.0f} %)" if recordings else ")"
+    return (f"--autotune scores head settings on validation images, but this split has none: "
+            f"{asked}; add recordings, raise --validation_percentage, name --validation_folds, "
+            "or drop --autotune")
+
+
+def check_fine_tune(settings: RetrainSettings, backbone: Backbone) -> None:
+    """Refuse --fine_tune_blocks for a module that cannot be cut there, before the
+    bottlenecks and the TensorBoard run (it used to come after both)."""
+    if settings.fine_tune.enabled:
+        try:  # the same cut the fine-tuning makes after the head (cheap: no activations yet)
+            backbone.split(settings.fine_tune.blocks)
+        except ModuleError as err:
+            raise RetrainError(str(err)) from None
 
 
 def can_freeze(backbone: Backbone) -> bool:

@@ -17,7 +17,7 @@ from typing import Callable, Optional, Sequence
 
 import numpy as np
 
-from retrain.core import (RetrainSettings, _default_tag, draw_seed, prepare, split_partition,
+from retrain.core import (RetrainSettings, _default_tag, check_fine_tune, draw_seed, prepare, split_partition,
                           train_and_evaluate)
 from retrain.errors import RetrainError
 from retrain.splits import cross_validation_splits, missing_classes
@@ -52,7 +52,8 @@ def cross_validate(settings: RetrainSettings, seed: Optional[int] = None,
     # One seed for everything random, the augmented copies included (as for the head,
     # which takes ``seed`` below), so the printed seed repeats the run exactly.
     settings = dataclasses.replace(settings, augment=dataclasses.replace(settings.augment, seed=seed))
-    prepared = prepare(settings, log, check=lambda images: _check_folds(settings, images, folds))
+    prepared = prepare(settings, log, check=lambda images: _check_folds(settings, images, folds),
+                       check_backbone=lambda backbone, _: check_fine_tune(settings, backbone))
     runs = cross_validation_splits(prepared.images.records, settings.validation_percentage, folds)
     partition = split_partition(settings, prepared)
     base_tag = settings.run_tag or _default_tag(dataclasses.replace(settings, split="hash"),
