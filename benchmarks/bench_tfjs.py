@@ -2,6 +2,8 @@
 
     nice -n 10 .venv/bin/python -m benchmarks.bench_tfjs                # 100 fold-2 clips (~10 min on 2 cores)
     nice -n 10 .venv/bin/python -m benchmarks.bench_tfjs --clips 30 --webgl_clips 5   # a quicker look
+    nice -n 10 .venv/bin/python -m benchmarks.bench_tfjs --audio_saved_model models/urbansound8k/model_audio \
+        --audio_tflite models/urbansound8k/model_audio.tflite --work /tmp/bench_tfjs_preset   # a model you trained
 
 On the shared UrbanSound8K spectrograms (``/tmp/us8k_spec``: the urbansound8k preset's images of
 folds 1-2, and their bottlenecks in ``/tmp/us8k_bn``; skips without them): a head trained on
@@ -190,6 +192,9 @@ def main(argv=None) -> int:
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--work", default="/tmp/bench_tfjs")
     parser.add_argument("--reuse", action="store_true", help="keep the models an earlier run left in --work")
+    parser.add_argument("--audio_saved_model", help="instead of training: an audio-in SavedModel (converted to "
+                        "TF.js here), with --audio_tflite, the same model as TFLite (label_image's reference)")
+    parser.add_argument("--audio_tflite")
     args = parser.parse_args(argv)
     spec_dir = Path(args.spec_dir)
     if not (spec_dir / "manifest.csv").is_file():
@@ -201,7 +206,18 @@ def main(argv=None) -> int:
             return 0
     work = Path(args.work)
     paths = {"output_audio_tflite": str(work / "model_audio.tflite"), "output_tfjs": str(work / "model_tfjs")}
-    if not (args.reuse and all(os.path.exists(p) for p in paths.values())):
+    if args.audio_saved_model:
+        from soundretrain.tfjs_export import convert_audio_saved_model
+
+        if not args.audio_tflite:
+            parser.error("--audio_saved_model goes with --audio_tflite")
+        work.mkdir(parents=True, exist_ok=True)
+        t0 = time.perf_counter()
+        sidecar = convert_audio_saved_model(args.audio_saved_model, str(work / "converted_tfjs"))
+        log(f"converted {args.audio_saved_model} to TF.js in {time.perf_counter() - t0:.0f} s")
+        args.module = (sidecar.get("module") or {}).get("name", args.module)
+        paths = {"output_audio_tflite": args.audio_tflite, "output_tfjs": str(work / "converted_tfjs")}
+    elif not (args.reuse and all(os.path.exists(p) for p in paths.values())):
         shutil.rmtree(work, ignore_errors=True)
         work.mkdir(parents=True)
         paths = train_and_export(spec_dir, Path(args.bottleneck_dir), args.module, args.steps, work)

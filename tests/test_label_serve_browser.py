@@ -24,6 +24,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
+from chromium import missing_browser, require, start_chromium
 from serve_models import SR, build_siren_model, example_clip
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -32,11 +33,8 @@ WAIT = 60  # seconds for anything the page does (the machine may be busy)
 
 
 def _missing() -> list[str]:
-    missing = []
-    for name, what in (("chromium", "Chromium"), ("chromedriver", "chromedriver")):
-        if not shutil.which(name):
-            missing.append(f"{what} (apt-get install {'chromium' if name == 'chromium' else 'chromium-driver'})")
-    for module, package in (("selenium", "selenium"), ("fastapi", "fastapi"), ("uvicorn", "uvicorn")):
+    missing = missing_browser()
+    for module, package in (("fastapi", "fastapi"), ("uvicorn", "uvicorn")):
         try:
             __import__(module)
         except ImportError:
@@ -46,12 +44,7 @@ def _missing() -> list[str]:
 
 @pytest.fixture(scope="module")
 def requirements():
-    missing = _missing()
-    if missing:
-        message = "browser test needs " + ", ".join(missing)
-        if os.environ.get("CI"):  # .ci/run installs them: a skip there would hide a broken set-up
-            pytest.fail(message)
-        pytest.skip(message)
+    require(_missing())  # .ci/run installs them: fails under CI=true rather than skip
 
 
 @pytest.fixture(scope="session")
@@ -105,21 +98,7 @@ def downloads(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def browser(requirements, mic_wav, downloads, tmp_path_factory):
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    options = webdriver.ChromeOptions()
-    options.binary_location = shutil.which("chromium")
-    for argument in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                     "--disable-component-update", "--no-first-run", "--disable-default-apps", "--disable-dev-shm-usage",
-                     f"--user-data-dir={tmp_path_factory.mktemp('chromium-profile')}",
-                     "--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream",
-                     f"--use-file-for-fake-audio-capture={mic_wav}", "--window-size=1100,1500"):
-        options.add_argument(argument)
-    options.add_experimental_option("prefs", {"download.default_directory": str(downloads),
-                                              "download.prompt_for_download": False})
-    driver = webdriver.Chrome(service=Service(shutil.which("chromedriver")), options=options)
-    driver.set_script_timeout(WAIT)
+    driver = start_chromium(str(tmp_path_factory.mktemp("chromium-profile")), mic_wav, downloads, script_timeout=WAIT)
     yield driver
     driver.quit()
 

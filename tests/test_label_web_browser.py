@@ -17,7 +17,6 @@ from __future__ import annotations
 import base64
 import json
 import os
-import shutil
 import subprocess
 import sys
 import time
@@ -27,6 +26,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
+from chromium import missing_browser, require, start_chromium
 from serve_models import SR, build_siren_model, example_clip
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -35,14 +35,7 @@ WAIT = 120  # seconds for anything the page does (the machine may be busy)
 
 
 def _missing() -> list[str]:
-    missing = []
-    for name, package in (("chromium", "chromium"), ("chromedriver", "chromium-driver")):
-        if not shutil.which(name):
-            missing.append(f"{name} (apt-get install {package})")
-    try:
-        __import__("selenium")
-    except ImportError:
-        missing.append("the selenium package (pip install '.[test]')")
+    missing = missing_browser()
     from label.web_vendor import missing_files
 
     if missing_files():
@@ -56,12 +49,7 @@ def _missing() -> list[str]:
 
 @pytest.fixture(scope="module")
 def requirements():
-    missing = _missing()
-    if missing:
-        message = "in-browser test needs " + ", ".join(missing)
-        if os.environ.get("CI"):  # .ci/run and make install provide them: a skip would hide a broken set-up
-            pytest.fail(message)
-        pytest.skip(message)
+    require(_missing(), "in-browser test")  # .ci/run and make install provide them: fails under CI=true
 
 
 @pytest.fixture(scope="module")
@@ -141,20 +129,9 @@ def mic_wav(tmp_path_factory) -> str:
 
 @pytest.fixture(scope="module")
 def page(requirements, static_server, mic_wav, tmp_path_factory):
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
     from selenium.webdriver.support.ui import WebDriverWait
 
-    options = webdriver.ChromeOptions()
-    options.binary_location = shutil.which("chromium")
-    for argument in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                     "--disable-component-update", "--no-first-run", "--disable-default-apps", "--disable-dev-shm-usage",
-                     f"--user-data-dir={tmp_path_factory.mktemp('chromium-profile')}",
-                     "--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream",
-                     f"--use-file-for-fake-audio-capture={mic_wav}", "--window-size=1100,1500"):
-        options.add_argument(argument)
-    driver = webdriver.Chrome(service=Service(shutil.which("chromedriver")), options=options)
-    driver.set_script_timeout(WAIT)
+    driver = start_chromium(str(tmp_path_factory.mktemp("chromium-profile")), mic_wav, script_timeout=WAIT)
     try:
         driver.get(f"{static_server}/site/")
         WebDriverWait(driver, WAIT).until(lambda d: d.execute_script(
