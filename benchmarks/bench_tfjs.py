@@ -190,6 +190,7 @@ def main(argv=None) -> int:
     parser.add_argument("--clips", type=int, default=100, help="fold-2 clips labelled with WASM")
     parser.add_argument("--webgl_clips", type=int, default=10, help="of those, labelled with WebGL too (slow on SwiftShader)")
     parser.add_argument("--repeats", type=int, default=20)
+    parser.add_argument("--backends", default="wasm,webgl", help="TF.js back-ends to measure, in order")
     parser.add_argument("--work", default="/tmp/bench_tfjs")
     parser.add_argument("--reuse", action="store_true", help="keep the models an earlier run left in --work")
     parser.add_argument("--audio_saved_model", help="instead of training: an audio-in SavedModel (converted to "
@@ -212,9 +213,13 @@ def main(argv=None) -> int:
         if not args.audio_tflite:
             parser.error("--audio_saved_model goes with --audio_tflite")
         work.mkdir(parents=True, exist_ok=True)
-        t0 = time.perf_counter()
-        sidecar = convert_audio_saved_model(args.audio_saved_model, str(work / "converted_tfjs"))
-        log(f"converted {args.audio_saved_model} to TF.js in {time.perf_counter() - t0:.0f} s")
+        converted = work / "converted_tfjs"
+        if args.reuse and (converted / "soundretrain.json").is_file():
+            sidecar = json.loads((converted / "soundretrain.json").read_text())
+        else:
+            t0 = time.perf_counter()
+            sidecar = convert_audio_saved_model(args.audio_saved_model, str(converted))
+            log(f"converted {args.audio_saved_model} to TF.js in {time.perf_counter() - t0:.0f} s")
         args.module = (sidecar.get("module") or {}).get("name", args.module)
         paths = {"output_audio_tflite": args.audio_tflite, "output_tfjs": str(work / "converted_tfjs")}
     elif not (args.reuse and all(os.path.exists(p) for p in paths.values())):
@@ -246,7 +251,8 @@ def main(argv=None) -> int:
         base = f"http://127.0.0.1:{port}"
         urls = [f"{base}/clips/{os.path.basename(c)}" for c in clips]
         browser = {}
-        for backend, count in (("wasm", len(urls)), ("webgl", args.webgl_clips)):
+        for backend in [b.strip() for b in args.backends.split(",") if b.strip()]:
+            count = args.webgl_clips if backend == "webgl" else len(urls)
             log(f"TF.js {backend} in headless Chromium on {count} clips ...")
             try:
                 browser[backend] = in_browser(f"{base}/site/", urls[:count], backend, args.repeats, work / f"profile-{backend}")

@@ -96,7 +96,8 @@ export class BrowserBackend {
       const batch = new Float32Array(part.length * this.n);
       part.forEach((w, j) => batch.set(w, j * this.n));
       const x = tf.tensor2d(batch, [part.length, this.n]);
-      const y = this.net.predict(x);
+      // executeAsync: graphs with control flow (a tf.cond in a module's front-end) need it
+      const y = await this.net.executeAsync(x);
       out.push(...(await y.array()));
       tf.dispose([x, y]);
     }
