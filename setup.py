@@ -2,7 +2,7 @@
 
 audio -> spectrogram image -> bottleneck -> head -> exported graph -> label
 """
-from setuptools import find_packages, setup
+from setuptools import find_namespace_packages, find_packages, setup
 
 # `label_image --serve`: the web page and HTTP API.
 SERVE = ["fastapi>=0.110", "uvicorn>=0.29", "python-multipart>=0.0.9"]
@@ -24,12 +24,14 @@ setup(
     python_requires=">=3.10",
     # configs/*.cfg (the --preset flag files) ship as package data in soundretrain/configs/,
     # so `--preset urbansound8k` works wherever the wheel is installed.
+    # label/web (the --serve page's HTML, JS and CSS) and label/web/vendor (TF.js, vendored for
+    # --export_web at install time) hold no Python: data packages, found as namespaces (as
+    # package data of "label" setuptools warned, 40 lines, on every install).
     packages=find_packages(include=["soundretrain*", "spectrograms*", "retrain*", "label*", "flows*"])
+    + find_namespace_packages(include=["label.web", "label.web.*"])
     + ["soundretrain.configs"],
     package_dir={"soundretrain.configs": "configs"},
-    package_data={"soundretrain.configs": ["*.cfg"],
-                  # the --serve page's HTML, JS and CSS, and TF.js vendored for --export_web
-                  "label": ["web/*", "web/vendor/*"]},
+    package_data={"soundretrain.configs": ["*.cfg"], "label.web": ["*"], "label.web.vendor": ["*"]},
     include_package_data=True,
     license_files=["LICENSE", "NOTICE"],
     install_requires=[

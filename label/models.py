@@ -521,6 +521,13 @@ def _load_backbone(side: dict):
         raise ModelLoadError("the sidecar of this head-only model names no backbone module")
     try:
         from soundretrain.backbones.registry import ModuleError, load_module
+        from soundretrain.command_line import import_tensorflow_quietly
+
+        # A head-only .tflite skipped the quiet import (it runs without TensorFlow), but its
+        # module needs TensorFlow (all but BirdNET, which runs in the TFLite runtime): without
+        # this, TF's C++ start-up lines (oneDNN, "E0000 ... failed call to cuInit") came first.
+        if any(not part.strip().startswith("birdnet") for part in name.split(",")):
+            import_tensorflow_quietly()
     except ImportError as e:
         raise ModelLoadError(f"cannot load backbone {name!r}: {_one_line(e)}") from None
     parts = module.get("parts") or []

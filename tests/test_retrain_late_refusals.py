@@ -61,8 +61,8 @@ def test_autotune_on_a_split_without_validation_images_says_what_happened(tmp_pa
     no recording into validation."""
     tiny = make_tiny_image_module(tmp_path / "m")
     images = make_colour_image_folders(tmp_path / "images", per_class=2)
-    line = one_error(capsys, ["retrain", f"--image_dir={images}", f"--tfhub_module={tiny}", "--autotune", "--split=hash",
-                              "--validation_percentage=1", "--testing_percentage=0",
+    line = one_error(capsys, ["retrain", f"--image_dir={images}", f"--tfhub_module={tiny}", "--autotune",
+                              "--split=hash", "--validation_percentage=1", "--testing_percentage=0",
                               f"--bottleneck_dir={tmp_path / 'bn'}", "--summaries_dir=",
                               "--how_many_training_steps=10", "--noprogress",
                               f"--output_graph={tmp_path / 'out' / 'g.pb'}"])
