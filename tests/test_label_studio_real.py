@@ -32,6 +32,8 @@ CLIPS = 6  # per class, as the issue's script POSTs
 TEST_PER_CLASS = 30  # unseen fold-2 clips labelled per class
 TARGET = 0.70
 TRAIN_BUDGET_S = 600  # the "within 10 minutes on 2 cores" (reported, not asserted: load varies)
+# The train command draws a seed per run; fixed here (chosen before any result) so a run repeats.
+TRAIN_SEED = int(os.environ.get("SOUNDRETRAIN_STUDIO_SEED", "1"))
 
 
 def draw(shared_us8k: Path):
@@ -69,7 +71,7 @@ def test_the_judging_script_on_real_recordings(shared_us8k, tmp_path):
     # The train command's defaults, but features computed afresh (not from the user's shared
     # bottleneck cache), so the time is what a first training takes.
     flags = tmp_path / "train.cfg"
-    flags.write_text(f"--bottleneck_dir={tmp_path / 'bottlenecks'}\n")
+    flags.write_text(f"--bottleneck_dir={tmp_path / 'bottlenecks'}\n--random_seed={TRAIN_SEED}\n")
     env = dict(os.environ, PYTHONPATH=str(ROOT), TF_CPP_MIN_LOG_LEVEL="2")
     log = open(tmp_path / "server.log", "w+")
     proc = subprocess.Popen([sys.executable, "-m", "label.cli", "--serve", "--project_dir", str(project),
@@ -99,7 +101,9 @@ def test_the_judging_script_on_real_recordings(shared_us8k, tmp_path):
             train_seconds = time.monotonic() - started
             assert status["state"] == "done", f"{status['state']}: {status['message']}"
             labels = client.get("/v1/model").json()["labels"]
-            right, total, per_class, label_seconds = 0, 0, {}, []
+            # top-1: the most probable class (top[0]); "label" is the model's decision, which says
+            # "unknown" below its open-set threshold: both are reported
+            right, decided, unknown, total, per_class, label_seconds = 0, 0, 0, 0, {}, []
             for cls in classes:
                 expected = cls.replace("_", " ")
                 hits = 0
@@ -109,7 +113,10 @@ def test_the_judging_script_on_real_recordings(shared_us8k, tmp_path):
                                          params={"filename": row["slice_file_name"]})
                     label_seconds.append(time.monotonic() - t)
                     assert answer.status_code == 200, answer.text
-                    hits += answer.json()["label"] == expected
+                    got = answer.json()
+                    hits += got["top"][0]["label"] == expected
+                    decided += got["label"] == expected
+                    unknown += got["label"] == "unknown"
                 per_class[cls] = hits / len(test[cls])
                 right += hits
                 total += len(test[cls])
@@ -117,7 +124,8 @@ def test_the_judging_script_on_real_recordings(shared_us8k, tmp_path):
         accuracy = right / total
         stored = {cls: sorted(p.name for p in (project / cls).iterdir()) for cls in classes}
         figures = {"classes": classes, "labels": labels, "train_seconds": round(train_seconds, 1),
-                   "train_budget_s": TRAIN_BUDGET_S, "unseen_accuracy": round(accuracy, 4),
+                   "train_budget_s": TRAIN_BUDGET_S, "train_seed": TRAIN_SEED, "unseen_accuracy": round(accuracy, 4),
+                   "unseen_decision_accuracy": round(decided / total, 4), "unseen_unknown_share": round(unknown / total, 4),
                    "unseen_per_class": {k: round(v, 4) for k, v in per_class.items()}, "unseen_clips": total,
                    "report_accuracy": report.get("accuracy"), "report_evaluation": report.get("evaluation", {}).get("method"),
                    "label_ms_median": round(1000 * float(np.median(label_seconds)), 1),

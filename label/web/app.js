@@ -17,6 +17,7 @@ import { encodeWav } from "./wav.js";
 const $ = (id) => document.getElementById(id);
 const HISTORY_KEY = "soundretrain-history";
 const HISTORY_MAX = 200;
+const NOT_DETECTIONS = new Set(["unknown", "_background_"]);
 const CONFIDENT = 0.5;  // a detection at or above this heads a long file's result (all are listed)
 
 const state = {
@@ -140,7 +141,7 @@ async function toggleLive() {
 function showLive(answer, end) {
   const scores = Object.fromEntries(answer.top.map((t) => [t.label, t.score]));
   const labels = state.model.labels;
-  $("live-label").textContent = answer.label;
+  $("live-label").textContent = answer.label === "unknown" ? "unknown (no class fits)" : answer.label;
   $("live-score").textContent = percent(answer.score);
   fillBars($("live-bars"), labels.map((label) => ({ label, score: scores[label] || 0 })), answer.label);
   $("live-box").dataset.updates = String(+($("live-box").dataset.updates || 0) + 1);
@@ -203,8 +204,11 @@ function clearResult() {
 export function detections(answer, threshold = 0) {
   const found = [];
   for (const w of answer.windows) {
-    const best = w.top[0];
-    if (w.silent || !best || best.score < threshold || best.label === "unknown") continue;
+    // the window's decision (w.label: "unknown" when the model's open-set threshold says no
+    // class fits, or its _background_ class wins), with its class's score
+    const label = w.label || w.top[0].label;
+    const best = { label, score: (w.top.find((t) => t.label === label) || { score: 0 }).score };
+    if (w.silent || best.score < threshold || NOT_DETECTIONS.has(label)) continue;
     const last = found[found.length - 1];
     if (last && last.label === best.label && w.start <= last.end + 1e-6) {
       last.end = Math.max(last.end, w.end);
@@ -254,7 +258,9 @@ function showResult(answer, blob) {
     const tr = document.createElement("tr");
     tr.dataset.index = i;
     if (w.silent) tr.classList.add("silent");
-    const cells = [`${w.start.toFixed(2)}–${w.end.toFixed(2)} s`, w.silent ? `${w.top[0].label} (silent)` : w.top[0].label];
+    const label = w.label || w.top[0].label;
+    const cells = [`${w.start.toFixed(2)}–${w.end.toFixed(2)} s`, w.silent ? `${label} (silent)`
+      : label === "unknown" ? `unknown (best: ${w.top[0].label})` : label];
     for (const text of cells) tr.append(Object.assign(document.createElement("td"), { textContent: text }));
     tr.append(scoreCell(w.top[0].score));
     const playCell = document.createElement("td");
@@ -374,7 +380,8 @@ function showReview() {
   box.hidden = !state.dataset;
   if (!state.dataset) return;
   const answer = state.result;
-  const predicted = answer.windows.length > 1 ? answer.windows[state.selected].top[0].label : answer.label;
+  const chosen = answer.windows[state.selected];
+  const predicted = answer.windows.length > 1 ? (chosen.label || chosen.top[0].label) : answer.label;
   for (const [id, scope] of [["review-clip-buttons", "clip"], ["review-window-buttons", "window"]]) {
     const holder = $(id);
     holder.replaceChildren();

@@ -205,7 +205,7 @@ export function drawTimeline(canvas, answer, labels, selected, playhead = null) 
       g.fillStyle = colour(k);
       g.fillRect(x(w.start), k * lane + 2, Math.max(1, x(Math.min(w.end, duration)) - x(w.start)), lane - 4);
       g.globalAlpha = 1;
-      if (w.top[0].label === label) {
+      if ((w.label || w.top[0].label) === label) {
         g.strokeStyle = INK;
         g.strokeRect(x(w.start) + 0.5, k * lane + 2.5, Math.max(1, x(Math.min(w.end, duration)) - x(w.start)) - 1, lane - 5);
       }
