@@ -268,8 +268,7 @@ class Project:
             if os.path.lexists(target) and not _same_entry(source, target):
                 raise ProjectError(409, f"class {new_name!r} exists already: move its clips or choose another name")
             self._check_label_free(new_name, ignore=os.path.basename(source))
-            os.rename(source, target)  # one step (a case-only rename too)
-            atomic_files.fsync_folder(self.root)
+            atomic_files.move_entry(source, target)  # one step (a case-only rename too)
             return new_name
 
     def delete_class(self, name: str) -> int:
@@ -278,8 +277,7 @@ class Project:
             source = self._class_dir(name)
             count = len(self.clips(name))
             gone = os.path.join(self.trash, f"{os.path.basename(source)}.{secrets.token_hex(4)}")
-            os.rename(source, gone)  # out of the dataset in one step; removed below
-            atomic_files.fsync_folder(self.root)
+            atomic_files.move_entry(source, gone)  # out of the dataset in one step; removed below
         shutil.rmtree(gone, ignore_errors=True)
         return count
 
@@ -372,9 +370,9 @@ class Project:
                 raise
         if os.path.isdir(target):
             gone = os.path.join(self.trash, f"snapshot.{secrets.token_hex(4)}")
-            os.rename(target, gone)
+            atomic_files.move_entry(target, gone, durable=False)
             shutil.rmtree(gone, ignore_errors=True)
-        os.rename(staging, target)
+        atomic_files.move_entry(staging, target)
         return counts
 
     def write_zip(self, target: str, extra: Iterator[tuple[str, str]] = ()) -> None:

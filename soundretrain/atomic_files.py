@@ -300,6 +300,49 @@ def exchange_paths(a: str, b: str) -> bool:
     raise OSError(code, os.strerror(code), b)
 
 
+_RENAME_NOREPLACE = 1  # linux/fs.h
+
+
+def move_entry(source: str, target: str, *, durable: bool = True) -> None:
+    """Give a file or folder a new name on the same filesystem in one atomic step that never
+    replaces an existing ``target`` (``FileExistsError``): Linux ``renameat2`` with
+    ``RENAME_NOREPLACE``; elsewhere a check then ``rename`` (callers serialise their own
+    moves). A case-only rename of one entry (``Dog`` -> ``dog`` on a case-insensitive disk)
+    is allowed. Both folders are fsynced unless ``durable=False``."""
+    same = os.path.lexists(target) and _same_entry(source, target)
+    if os.path.lexists(target) and not same:
+        raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), target)
+    if same or not _rename_noreplace(source, target):
+        os.rename(source, target)
+    if durable:
+        for folder in {os.path.dirname(os.path.abspath(source)), os.path.dirname(os.path.abspath(target))}:
+            fsync_folder(folder)
+
+
+def _same_entry(a: str, b: str) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+def _rename_noreplace(source: str, target: str) -> bool:
+    """``renameat2(RENAME_NOREPLACE)``; False (nothing done) where it is not supported."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
+    except (OSError, AttributeError):
+        return False
+    renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    if renameat2(_AT_FDCWD, os.fsencode(source), _AT_FDCWD, os.fsencode(target), _RENAME_NOREPLACE) == 0:
+        return True
+    code = ctypes.get_errno()
+    if code in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
+        return False
+    raise OSError(code, os.strerror(code), target)
+
+
 @contextlib.contextmanager
 def exclusive_folders(*folders: str) -> Iterator[None]:
     """Hold an exclusive lock on each folder (``flock`` on the folder itself: no lock file),

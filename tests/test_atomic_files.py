@@ -138,3 +138,22 @@ def test_only_atomic_files_renames_files_into_place():
                         and isinstance(node.func.value, ast.Name) and node.func.value.id == "os"):
                     offenders.append(f"{rel}:{node.lineno}")
     assert not offenders, f"use soundretrain.atomic_files instead of os.replace/rename: {offenders}"
+
+
+def test_move_entry_never_replaces_a_target(tmp_path):
+    """The studio's class renames and deletions: one atomic rename that fails rather than
+    replace an existing entry (renameat2 RENAME_NOREPLACE on Linux)."""
+    (tmp_path / "siren").mkdir()
+    (tmp_path / "siren" / "a.wav").write_bytes(b"a")
+    (tmp_path / "rain").mkdir()
+    with pytest.raises(FileExistsError):
+        atomic_files.move_entry(str(tmp_path / "siren"), str(tmp_path / "rain"))
+    assert (tmp_path / "siren" / "a.wav").read_bytes() == b"a" and list((tmp_path / "rain").iterdir()) == []
+    atomic_files.move_entry(str(tmp_path / "siren"), str(tmp_path / "alarm"))
+    assert (tmp_path / "alarm" / "a.wav").read_bytes() == b"a" and not (tmp_path / "siren").exists()
+    (tmp_path / "b.wav").write_bytes(b"b")
+    with pytest.raises(FileExistsError):
+        atomic_files.move_entry(str(tmp_path / "b.wav"), str(tmp_path / "alarm" / "a.wav"))
+    assert (tmp_path / "alarm" / "a.wav").read_bytes() == b"a"
+    atomic_files.move_entry(str(tmp_path / "alarm"), str(tmp_path / "alarm"))  # the same entry: nothing to refuse
+    assert (tmp_path / "alarm" / "a.wav").is_file()
