@@ -13,7 +13,6 @@ Screenshots of each step go to the test's folder, and to $SOUNDRETRAIN_SCREENSHO
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
 import time
@@ -23,7 +22,8 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from test_label_serve_browser import _missing, screenshot
+from chromium import missing_browser, require, start_chromium
+from test_label_serve_browser import screenshot
 
 ROOT = Path(__file__).resolve().parents[1]
 CLASSES = ("siren", "rain", "alarm")  # generated sounds the tiny module tells apart from 1.5 s clips
@@ -36,16 +36,14 @@ TRAIN_WAIT = 900  # the train command, on a busy 2-core machine
 
 @pytest.fixture(scope="module")
 def requirements():
-    missing = _missing()
-    try:
-        __import__("flows.train")
-    except ImportError:
-        missing.append("the flows package (the train command)")
-    if missing:
-        message = "studio browser test needs " + ", ".join(missing)
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
+    missing = missing_browser()
+    for module, what in (("fastapi", "the fastapi package (pip install '.[serve]')"),
+                         ("flows.train", "the flows package (the train command)")):
+        try:
+            __import__(module)
+        except ImportError:
+            missing.append(what)
+    require(missing, "studio browser test")
 
 
 def class_sound(cls: str, seconds: float, sr: int, seed: int) -> np.ndarray:
@@ -113,32 +111,14 @@ def server(requirements, project, tmp_path_factory):
     log.close()
 
 
-def open_browser(mic_wav: str, profile: Path, downloads: Path):
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    options = webdriver.ChromeOptions()
-    options.binary_location = shutil.which("chromium")
-    for argument in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                     "--disable-component-update", "--no-first-run", "--disable-default-apps", "--disable-dev-shm-usage",
-                     f"--user-data-dir={profile}", "--autoplay-policy=no-user-gesture-required",
-                     "--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream",
-                     f"--use-file-for-fake-audio-capture={mic_wav}", "--window-size=1100,1400"):
-        options.add_argument(argument)
-    options.add_experimental_option("prefs", {"download.default_directory": str(downloads),
-                                              "download.prompt_for_download": False})
-    driver = webdriver.Chrome(service=Service(shutil.which("chromedriver")), options=options)
-    driver.set_script_timeout(WAIT)
-    return driver
-
-
 @pytest.fixture(scope="module")
 def browsers(tmp_path_factory, mic_wavs):
     """``open(cls)``: a new browser whose microphone plays class ``cls``; all quit at the end."""
     opened = []
 
     def open_(cls: str):
-        driver = open_browser(mic_wavs[cls], tmp_path_factory.mktemp("profile"), tmp_path_factory.mktemp("downloads"))
+        driver = start_chromium(str(tmp_path_factory.mktemp("profile")), mic_wavs[cls],
+                                str(tmp_path_factory.mktemp("downloads")), script_timeout=WAIT)
         opened.append(driver)
         return driver
 
