@@ -344,10 +344,17 @@ def _load(settings: LabelSettings):
     if not str(settings.graph).endswith(".tflite"):
         import_tensorflow_quietly()  # a .tflite file runs without TensorFlow
 
-    return load_labeler(
+    labeler = load_labeler(
         settings.graph, labels_path=settings.labels, input_layer=settings.input_layer,
         output_layer=settings.output_layer, num_threads=settings.num_threads,
     )
+    from soundretrain.model_folder import other_exports_beside
+
+    for other in other_exports_beside(settings.graph, labeler.sidecar):
+        print(f"{PROG}: warning: {other} comes from another export than {settings.graph} (an export "
+              "interrupted half-way, or outputs exported again one by one); export them together, "
+              "or into one folder, to have one set", file=sys.stderr)
+    return labeler
 
 
 def _inputs(settings: LabelSettings, labeler):

@@ -184,6 +184,10 @@ def export_model(
                       for k, p in paths.items()}
             written = write_all(inside)
         return {k: os.path.join(folder, os.path.relpath(p, stage)) for k, p in written.items()}
+    # Scattered outputs cannot be swapped as one: each sidecar lists the export's other
+    # artifacts, and label_image warns when one of them now comes from another export.
+    listed = {k: os.path.abspath(p) for k, p in paths.items() if p}
+    sidecar["export_artifacts"] = full_sidecar["export_artifacts"] = listed
     # One export into a folder at a time; under that lock the temp files of killed exports
     # (a .pb part, a SavedModel half-built or swapped out) are removed before writing anew.
     with atomic_files.exclusive_folders(*(os.path.dirname(os.path.abspath(p)) for p in targets)):

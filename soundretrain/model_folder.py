@@ -156,6 +156,29 @@ def replaceable(folder: str, owned: Iterable[str] = ()) -> bool:
                for e in os.listdir(folder))
 
 
+def other_exports_beside(artifact: str, sidecar: Optional[dict]) -> list[str]:
+    """For an artifact of an export whose outputs were scattered (no model folder): the other
+    artifacts that export wrote (its sidecar's ``export_artifacts``) that now carry another
+    export's id: an export interrupted half-way, or some outputs exported again alone."""
+    from soundretrain.sidecar import SidecarError, read_sidecar
+
+    sidecar = sidecar or {}
+    own, listed = sidecar.get("export_id"), sidecar.get("export_artifacts")
+    if not own or not isinstance(listed, dict):
+        return []
+    others = []
+    for path in listed.values():
+        if not isinstance(path, str) or os.path.abspath(path) == os.path.abspath(artifact):
+            continue
+        try:
+            other = read_sidecar(path) if os.path.exists(path) else None
+        except SidecarError:
+            continue
+        if other and other.get("export_id") not in (None, own):
+            others.append(path)
+    return others
+
+
 def swappable_folder(paths: Iterable[Optional[str]]) -> Optional[str]:
     """The one folder that holds every path of an export, when it can be replaced whole
     (:func:`replaceable`); None otherwise (outputs in several folders, or in a folder with

@@ -222,6 +222,32 @@ def test_swappable_folder(tmp_path):
     assert model_folder.swappable_folder([str(own / "a.pb"), str(shared / "labels.txt")]) is None
 
 
+def test_scattered_outputs_of_two_exports_are_named_in_a_warning(tmp_path, capsys):
+    """Outputs in two folders cannot be swapped as one set: each sidecar lists the export's
+    artifacts, and labelling with one warns when another now comes from another export."""
+    from PIL import Image
+
+    from label.cli import main
+    from label_models import LABELS, build_tiny_model
+    from retrain.head import ClassificationHead
+    from soundretrain.export import export_model
+
+    tiny = build_tiny_model(str(tmp_path / "tiny"))
+    graph, tflite = tmp_path / "graphs" / "g.pb", tmp_path / "lite" / "m.tflite"
+    export_model(tiny.backbone, tiny.head, LABELS, {}, output_graph=str(graph), output_tflite=str(tflite))
+    assert not (graph.parent / MANIFEST_FILENAME).exists()  # one folder each: no model folder
+    image = tmp_path / "image.png"
+    Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(image)
+    assert main(["label_image", "--graph", str(tflite), "--image", str(image)]) == 0
+    assert "warning" not in capsys.readouterr().err
+
+    other = ClassificationHead(tiny.backbone.feature_size, len(LABELS), seed=9)
+    export_model(tiny.backbone, other, LABELS, {}, output_graph=str(graph))  # the .pb alone, again
+    assert main(["label_image", "--graph", str(tflite), "--image", str(image)]) == 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"label_image: warning: {graph} comes from another export")
+
+
 def test_outputs_in_several_folders_stay_per_artifact(tmp_path):
     """Scattered outputs (retrain.py's defaults put them in /tmp beside other things): each
     artifact is replaced atomically on its own, no manifest, nothing else touched."""
