@@ -157,6 +157,27 @@ def test_a_missing_file_is_named(two_exports, tmp_path):
         model_folder.check_artifact(str(folder / "model.tflite"))
 
 
+def test_only_what_is_loaded_and_small_files_are_hashed(tmp_path, monkeypatch):
+    """Labelling hashes the artifact it loads and every small file (sidecars, labels); other
+    large files are checked by size: a sibling from another export shows in its sidecar."""
+    out = tmp_path / "out"
+    with staged_model_folder(out) as stage:
+        Path(stage, "a.tflite").write_bytes(b"a" * 100)
+        Path(stage, "a.tflite.json").write_text('{"export_id": "1"}')
+        Path(stage, "b.tflite").write_bytes(b"b" * 100)
+        Path(stage, "b.tflite.json").write_text('{"export_id": "1"}')
+    monkeypatch.setattr(model_folder, "SMALL_FILE", 50)  # the .tflite files count as large
+    (out / "b.tflite").write_bytes(b"c" * 100)  # same size, other bytes
+    model_folder.check_artifact(str(out / "a.tflite"))  # b.tflite: size only
+    with pytest.raises(ModelFolderError, match="b.tflite is not the file"):
+        model_folder.check_artifact(str(out / "b.tflite"))
+    with pytest.raises(ModelFolderError, match="b.tflite is not the file"):
+        model_folder.verify(str(out))  # everything
+    (out / "b.tflite.json").write_text('{"export_id": "2"}')  # with its own sidecar: caught
+    with pytest.raises(ModelFolderError, match="b.tflite.json is not the file"):
+        model_folder.check_artifact(str(out / "a.tflite"))
+
+
 # ----------------------------------------------------------------- the folder API
 
 def test_staged_folder_replaces_whole_and_keeps_the_users_own_files(tmp_path):
