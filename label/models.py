@@ -155,6 +155,15 @@ class SavedModelModel:
         result = self.signature(**{self.input_key: self._tf.constant(batch, dtype=self._tf.float32)})
         return np.asarray(result[self.output_key].numpy(), dtype=np.float32)
 
+    def run_signature(self, name: str, x: np.ndarray) -> dict:
+        """Another signature of the model (a carried backbone part), on one input."""
+        fn = self._loaded.signatures[name]
+        (key,) = fn.structured_input_signature[1]
+        return {k: v.numpy() for k, v in fn(**{key: self._tf.constant(x, dtype=self._tf.float32)}).items()}
+
+    def signature_names(self) -> list:
+        return list(self._loaded.signatures)
+
 
 def _pick(named: dict, wanted: Optional[str], what: str, path: str) -> str:
     """The signature key for ``wanted`` (a name, maybe with ``:0``), or the only one."""
@@ -238,6 +247,16 @@ class TFLiteModel:
         self.num_outputs = int(out_detail["shape"][-1])
         self._batch = None
         self._invoked = False
+
+    def run_signature(self, name: str, x: np.ndarray) -> dict:
+        """Another signature of the model (a carried backbone part), on one input."""
+        runner = self.interpreter.get_signature_runner(name)
+        (key,) = runner.get_input_details()
+        with _quiet_stderr():
+            return runner(**{key: np.ascontiguousarray(x, dtype=np.float32)})
+
+    def signature_names(self) -> list:
+        return list(self.interpreter.get_signature_list())
 
     def predict(self, batch: np.ndarray) -> np.ndarray:
         if not self._invoked:  # the runtime announces its CPU delegate on the first invoke
@@ -464,7 +483,7 @@ def load_labeler(
     if side.get("model_input") == "features":
         _check_resampler(path, side)
         if backbone is None:
-            backbone = _load_backbone(side)
+            backbone = _load_backbone(side, model, path)
     return Labeler(path=path, model=model, labels=labels, sidecar=sidecar, backbone=backbone)
 
 
@@ -512,15 +531,17 @@ def _resolve_labels(path: str, labels_path: Optional[str], side: dict) -> list[s
     raise ModelLoadError(f"no labels for {path}: pass --labels (the --output_labels file retrain wrote)")
 
 
-def _load_backbone(side: dict):
+def _load_backbone(side: dict, model=None, path: str = ""):
     """The backbone a head-only artifact names: by registry name, else by the folder
-    it was loaded from (a local SavedModel's name carries a fingerprint, not a path)."""
+    it was loaded from (a local SavedModel's name carries a fingerprint, not a path).
+    Parts the artifact carries itself (a fine-tuned network: the sidecar names its
+    ``signature``) run from the artifact."""
     module = side.get("module") or {}
     name = module.get("name")
     if not name:
         raise ModelLoadError("the sidecar of this head-only model names no backbone module")
     try:
-        from soundretrain.backbones.registry import ModuleError, load_module
+        from soundretrain.backbones.registry import ConcatBackbone, ModuleError, load_module
         from soundretrain.command_line import import_tensorflow_quietly
 
         # A head-only .tflite skipped the quiet import (it runs without TensorFlow), but its
@@ -531,6 +552,9 @@ def _load_backbone(side: dict):
     except ImportError as e:
         raise ModelLoadError(f"cannot load backbone {name!r}: {_one_line(e)}") from None
     parts = module.get("parts") or []
+    if any(isinstance(p, dict) and p.get("signature") for p in [module, *parts]):
+        loaded = [_load_part(p, model, path) for p in (parts or [module])]
+        return ConcatBackbone(loaded) if parts else loaded[0]
     joined = ",".join(p.get("source") or p.get("name") or "" for p in parts) if parts else None
     first_error = None
     for handle in (name, module.get("source"), joined):
@@ -541,3 +565,59 @@ def _load_backbone(side: dict):
         except ModuleError as e:
             first_error = first_error or e
     raise ModelLoadError(f"cannot load backbone {name!r}: {_one_line(first_error)}")
+
+
+def _load_part(description: dict, model, path: str):
+    """One part of a head-only model's backbone: carried by the artifact, or by name."""
+    from soundretrain.backbones.registry import ModuleError, load_module
+
+    if description.get("signature"):
+        return CarriedPart(model, description, path)
+    first_error = None
+    for handle in (description.get("name"), description.get("source")):
+        if handle:
+            try:
+                return load_module(handle)
+            except ModuleError as e:
+                first_error = first_error or e
+    raise ModelLoadError(f"cannot load backbone {description.get('name')!r}: {_one_line(first_error)}")
+
+
+class CarriedPart:
+    """A backbone part that a head-only artifact carries as a signature (a fine-tuned
+    network): the :class:`soundretrain.backbones.registry.Backbone` interface
+    (``name``, ``input_spec``, ``feature_size``, ``compute``) over that signature."""
+
+    def __init__(self, model, description: dict, path: str) -> None:
+        from soundretrain.backbones.registry import InputSpec
+
+        self.signature = str(description["signature"])
+        names = model.signature_names() if hasattr(model, "signature_names") else []
+        if self.signature not in names:
+            raise ModelLoadError(f"{path} lacks the signature {self.signature!r} its sidecar names "
+                                 f"for module {description.get('name')!r}; export the model again")
+        self.model = model
+        self.name = str(description.get("name"))
+        kind = description.get("input_kind", "image")
+        self.input_spec = InputSpec(kind, height=description.get("height"),
+                                    width=description.get("width"),
+                                    sample_rate=description.get("sample_rate"),
+                                    num_samples=description.get("num_samples"))
+        self.feature_size = int(description.get("feature_size"))
+        self.path = path
+
+    def compute(self, inputs: np.ndarray) -> np.ndarray:
+        from soundretrain.export import PART_OUTPUT
+
+        try:
+            out = self.model.run_signature(self.signature, np.asarray(inputs, np.float32))[PART_OUTPUT]
+        except Exception as e:  # TF and TFLite raise many types for a bad feed
+            raise ModelRunError(f"{self.path}: module {self.name} failed on input of shape "
+                                f"{tuple(np.shape(inputs))}: {_one_line(e)}") from None
+        return np.asarray(out, dtype=np.float32)
+
+    def tf_callable(self):
+        return None
+
+    def description(self) -> dict:
+        return {"name": self.name, "signature": self.signature, "feature_size": self.feature_size}

@@ -288,11 +288,13 @@ def train_and_evaluate(settings: RetrainSettings, prepared: Prepared, split: Spl
                 f"entropy = {fitted.best_validation_cross_entropy:f})")
 
         if settings.fine_tune.enabled:
-            # The backbone's last blocks, trained together with this head; from here on
-            # the tuned backbone's features are evaluated and it is what gets exported.
+            # The backbone's last blocks, trained together with a head (a fresh one by
+            # default); from here on the tuned backbone's features are evaluated with that
+            # head, and both are what gets exported.
             tuned = fine_tune(settings, prepared, split, head, seed, log, summaries)
             prepared = dataclasses.replace(prepared, backbone=tuned.backbone,
                                            features=tuned.features)
+            head = tuned.head
             val_acc = tuned.validation_accuracy
         test_idx = list(split.test)
         if 0 <= settings.test_batch_size < len(test_idx):
@@ -550,7 +552,7 @@ def check_exports(settings: RetrainSettings, backbone: Backbone, spectrogram_set
     (not retrain.py's default path) or intermediate graphs when it cannot be frozen into one
     graph; --audio_saved_model_dir / --output_audio_tflite when it cannot take sound inside
     one graph."""
-    check_fine_tune(settings, backbone)
+    check_fine_tune(settings, backbone, spectrogram_settings)
     if not can_freeze(backbone):
         if settings.output_graph and settings.output_graph_explicit:
             raise RetrainError(f"module {backbone.name} cannot be frozen into one graph "
@@ -594,14 +596,15 @@ def no_validation_for_autotune(settings: RetrainSettings, prepared: Prepared, sp
             "or drop --autotune")
 
 
-def check_fine_tune(settings: RetrainSettings, backbone: Backbone) -> None:
+def check_fine_tune(settings: RetrainSettings, backbone: Backbone,
+                    spectrogram_settings=None) -> None:
     """Refuse --fine_tune_blocks for a module that cannot be cut there, before the
     bottlenecks and the TensorBoard run (it used to come after both)."""
     if settings.fine_tune.enabled:
-        try:  # the same cut the fine-tuning makes after the head (cheap: no activations yet)
-            backbone.split(settings.fine_tune.blocks)
-        except ModuleError as err:
-            raise RetrainError(str(err)) from None
+        from retrain.fine_tune import plan_cuts
+
+        # the same cuts the fine-tuning makes after the head (cheap: no activations yet)
+        plan_cuts(backbone, settings.fine_tune.blocks, spectrogram_settings)
 
 
 def can_freeze(backbone: Backbone) -> bool:
@@ -709,11 +712,12 @@ def retrain(settings: RetrainSettings, seed: Optional[int] = None,
         outcome = train_and_evaluate(settings, prepared, plan.final, seed, tag, partition, log,
                                      store_intermediate if settings.intermediate_store_frequency > 0 else None,
                                      held_out=held_out, observer=observer)
-        prepared = dataclasses.replace(prepared, backbone=outcome.backbone)  # tuned: --fine_tune_blocks
         evaluation = evaluation_summary(plan, outcome)
         from retrain.calibration import calibrate
 
+        # Still the frozen network: calibration's inner runs fine-tune as the final run did.
         open_set = calibrate(settings, prepared, plan, outcome, held_out, seed, partition, log)
+        prepared = dataclasses.replace(prepared, backbone=outcome.backbone)  # tuned: --fine_tune_blocks
         phase = "export"
         observer.stage("export")
         extra = {"evaluation": evaluation}

@@ -53,7 +53,8 @@ def cross_validate(settings: RetrainSettings, seed: Optional[int] = None,
     # which takes ``seed`` below), so the printed seed repeats the run exactly.
     settings = dataclasses.replace(settings, augment=dataclasses.replace(settings.augment, seed=seed))
     prepared = prepare(settings, log, check=lambda images: _check_folds(settings, images, folds),
-                       check_backbone=lambda backbone, _: check_fine_tune(settings, backbone))
+                       check_backbone=lambda backbone, spectrogram: check_fine_tune(settings, backbone,
+                                                                                 spectrogram))
     runs = cross_validation_splits(prepared.images.records, settings.validation_percentage, folds)
     partition = split_partition(settings, prepared)
     base_tag = settings.run_tag or _default_tag(dataclasses.replace(settings, split="hash"),

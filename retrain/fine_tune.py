@@ -1,24 +1,34 @@
 """Fine-tuning that keeps the cache: ``--fine_tune_blocks K``.
 
 The backbone is cut before its last K blocks (:meth:`Backbone.split`). The frozen trunk
-runs once per image and its activation map is cached on disk like a bottleneck
-(content-addressed by the image's SHA-1, written atomically, so a killed run resumes;
+runs once per input and its activation map is cached on disk like a bottleneck
+(content-addressed like the bottlenecks, written atomically, so a killed run resumes;
 float16, which changes the features by about 1e-4). Training then runs only the tail
-(the K blocks, the last convolution and the pooling) and the head, on the cached maps:
+(the K blocks, the last convolution and the pooling) and the head, on the cached maps.
 
-1. the head is trained on the pooled features as always (the pretrained tail's output),
-   so the tail's first gradients come from a sensible classifier, not a random one
-   (linear probing, then fine-tuning, as Kumar et al. 2022 advise);
-2. tail and head are trained together with Adam on batches of cached maps, augmented
-   on the fly: the maps keep the image's layout (rows: frequency, columns: time), so
-   they are rolled along time, masked in time and frequency bands (filled with the
-   trunk's response to a silent image), and blended with another clip of the same class;
-3. the tuned tail gives every image new features, on which the head (trained with it)
+The recipe (chosen by grouped cross-validation inside the training fold, docs/retrain.md):
+
+1. a fresh head, trained together with the tail from the first step. The head trained on
+   the frozen features before (4000 steps) has memorised the training set: its loss is
+   near zero, so the tail it would teach gets almost no gradient. A fresh head starts
+   with tiny weights, so the tail's first gradients are tiny too and the head leads
+   while the blocks adapt (``--fine_tune_head trained`` keeps the old start);
+2. Adam, a few epochs of the training set (``--fine_tune_epochs``), linear warm-up then
+   cosine decay, decoupled weight decay on the tail;
+3. the cached maps augmented on the fly: they keep the input's layout (for an image
+   network rows are frequency and columns time), so they are rolled along time, masked
+   in time and frequency bands (filled with the trunk's response to silence), and
+   blended with another clip of the same class;
+4. every input's features through the tuned tail, on which the head (trained with it)
    is evaluated. The exported model's backbone is the trunk plus the tuned tail
-   (:class:`FineTunedBackbone`), so the ``.pb``, SavedModel and TFLite all hold the
-   tuned blocks. (A fresh head trained on the tuned features afterwards scored about 4
-   points lower on validation: the tuned features of the training clips separate too
-   easily, and the head trained with the tail on augmented maps generalises better.)
+   (:class:`FineTunedBackbone`), an ordinary backbone, so every export holds the tuned
+   blocks.
+
+A concatenation (the presets' ``aisfx,soundnet,efficientnet_lite0``) tunes the parts
+named (a bare K: its image networks) and keeps the others' cached features: the head sees
+the concatenation, the frozen parts' features as they are and the tuned parts' through
+their tails, and the exported backbone is the same concatenation with the tuned parts
+swapped in.
 
 ``--fine_tune_blocks all`` tunes the whole network from the images (no cache: the images
 are the tail's input), for users with a GPU.
@@ -26,21 +36,68 @@ are the tail's input), for users with a GPU.
 from __future__ import annotations
 
 import dataclasses
+import math
 import time
 from typing import Callable, Optional, Sequence
 
 import numpy as np
 
 from retrain.augment import AugmentSettings
-from retrain.bottlenecks import BottleneckStore, InputMaker, Job, read_image, run_jobs
+from retrain.bottlenecks import (BottleneckStore, InputMaker, Job, backbone_parts, read_image,
+                                 run_jobs)
 from retrain.errors import RetrainError
 from retrain.images import ImageRecord
 from retrain.settings import FineTuneSettings, HeadSettings
-from soundretrain.backbones.registry import ModuleError
+from soundretrain.backbones.registry import Backbone, ConcatBackbone, ModuleError
 from soundretrain.backbones.split import BackboneSplit
 
 ACTIVATION_DTYPE = np.float16  # 2 bytes a value; features move by ~1e-4 (docs/retrain.md)
 PREDICT_BATCH = 64
+
+
+# ------------------------------------------------------------------ where to cut
+
+def plan_cuts(backbone: Backbone, blocks, spectrogram_settings=None) -> list[tuple[int, BackboneSplit]]:
+    """``(part index, split)`` for every part of ``backbone`` to fine-tune. ``blocks``: a
+    count or ``all`` (the module itself, or a concatenation's image networks), or
+    ``{name: count}`` naming parts of a concatenation."""
+    parts = backbone_parts(backbone)
+    names = [p.name for p in parts]
+    if isinstance(blocks, dict):
+        unknown = [n for n in blocks if n not in names]
+        if unknown:
+            raise RetrainError(f"--fine_tune_blocks names {unknown[0]}, which is not a module of "
+                               f"{backbone.name} (its modules: {', '.join(names)})")
+        wanted = [(i, blocks[p.name]) for i, p in enumerate(parts) if p.name in blocks]
+    elif len(parts) == 1:
+        wanted = [(0, blocks)]
+    else:
+        wanted = [(i, blocks) for i, p in enumerate(parts)
+                  if p.input_spec.kind == "image" and p.fine_tunable_blocks]
+        if not wanted:
+            raise RetrainError(f"modules {backbone.name} cannot be fine-tuned with a bare block "
+                               "count: none is an image network that can be cut; name the module "
+                               f"and its blocks, e.g. --fine_tune_blocks {names[0]}:1")
+    cuts = []
+    for i, count in wanted:
+        part = parts[i]
+        try:
+            if part.input_spec.kind == "waveform":
+                cuts.append((i, part.split(count, num_samples=_num_samples(part, spectrogram_settings))))
+            else:
+                cuts.append((i, part.split(count)))
+        except ModuleError as err:
+            raise RetrainError(str(err)) from None
+    return cuts
+
+
+def _num_samples(part: Backbone, spectrogram_settings) -> int:
+    """A waveform part's window (the spectrograms' duration at its rate): fixed, so its
+    maps have one shape and can be cached."""
+    from soundretrain.spectrogram_settings import SpectrogramSettings
+
+    settings = spectrogram_settings or SpectrogramSettings()
+    return int(round(settings.duration * int(part.input_spec.sample_rate)))
 
 
 # ------------------------------------------------------------------ activations
@@ -61,11 +118,12 @@ class _Trunk:
 
 
 def compute_activations(split: BackboneSplit, records: Sequence[ImageRecord], bottleneck_dir: str,
-                        batch_size: int = 32, progress: bool = True) -> tuple[np.ndarray, int]:
+                        batch_size: int = 32, progress: bool = True,
+                        spectrogram_settings=None) -> tuple[np.ndarray, int]:
     """The tail's input for every record: cached trunk activations ``[N, h, w, c]``
     (float16), or for full fine-tuning the images themselves (uint8, not cached: the
     image files are their own cache). Returns them and how many were computed."""
-    maker = InputMaker(split.backbone)
+    maker = InputMaker(split.backbone, spectrogram_settings)
     spec = split.backbone.input_spec
     if not split.cached:
         images = np.zeros((len(records),) + split.activation_shape, np.uint8)
@@ -101,9 +159,12 @@ def silence_colour(records: Sequence[ImageRecord], limit: int = 8,
     return best
 
 
-def silence_activation(split: BackboneSplit, colour: np.ndarray) -> np.ndarray:
-    """The tail's input for a silent image (every pixel the quietest colour): what a
-    masked band of a map is filled with, as masked image bands are painted silent."""
+def silence_activation(split: BackboneSplit, colour: Optional[np.ndarray] = None) -> np.ndarray:
+    """The tail's input for silence: what a masked band of a map is filled with, as
+    masked image bands are painted silent. An image network sees an image of the
+    quietest ``colour``; a waveform network a window of zeros."""
+    if split.backbone.input_spec.kind == "waveform":
+        return split.compute_trunk(np.zeros((1,) + split.input_shape, np.float32))[0]
     spec = split.backbone.input_spec
     image = np.broadcast_to(np.asarray(colour, np.float32) / 255.0,
                             (1, spec.height, spec.width, 3)).copy()
@@ -115,13 +176,19 @@ def silence_activation(split: BackboneSplit, colour: np.ndarray) -> np.ndarray:
 
 # ------------------------------------------------------------------ augmentation on maps
 
-def augment_maps(x, partners, seed, settings: AugmentSettings, silence):
-    """Augment a batch of maps ``[B, h, w, c]`` (float32; columns are time) in TF:
-    blend with the same-class ``partners`` (half of the time, by default), roll along
-    time, then time and frequency masks filled with ``silence`` ``[h, w, c]``. The
-    recipe of :mod:`retrain.augment`, on activations instead of pixels."""
+def augment_maps(x, partners, seed, settings: AugmentSettings, silence, time_axis: int = 2):
+    """Augment a batch of maps ``[B, h, w, c]`` (float32) in TF: blend with the
+    same-class ``partners`` (half of the time, by default), roll along time, then time
+    and frequency masks filled with ``silence`` ``[h, w, c]``. Time runs along
+    ``time_axis`` (2: columns, as in a spectrogram image; 1: rows). The recipe of
+    :mod:`retrain.augment`, on activations instead of pixels."""
     import tensorflow as tf
 
+    if time_axis == 1:  # work with time in the columns, then turn back
+        swap = [0, 2, 1, 3]
+        out = augment_maps(tf.transpose(x, swap), tf.transpose(partners, swap), seed, settings,
+                           tf.transpose(silence, [1, 0, 2]), 2)
+        return tf.transpose(out, swap)
     b = tf.shape(x)[0]
     h, w = int(x.shape[1]), int(x.shape[2])
 
@@ -163,53 +230,85 @@ def augment_maps(x, partners, seed, settings: AugmentSettings, silence):
 
 # ------------------------------------------------------------------ training
 
-class FineTuner:
-    """Trains ``split.tail`` and ``head`` together on in-memory maps ``x`` (float16
-    activations or uint8 images) with labels ``y``; Adam with decoupled weight decay."""
+@dataclasses.dataclass
+class Segment:
+    """One part of the head's input: a tuned part's tail over its maps (``split`` set),
+    or a frozen part's cached features. ``data`` holds every record's row."""
 
-    def __init__(self, split: BackboneSplit, head, x: np.ndarray, y: Sequence[int],
-                 settings: FineTuneSettings, head_settings: HeadSettings,
-                 augment: Optional[AugmentSettings], silence: np.ndarray) -> None:
+    data: np.ndarray  # maps (float16), images (uint8) or features (float32)
+    split: Optional[BackboneSplit] = None
+    silence: Optional[np.ndarray] = None
+
+    @property
+    def tuned(self) -> bool:
+        return self.split is not None
+
+
+def fine_tune_steps(settings: FineTuneSettings, train_count: int) -> int:
+    """``--fine_tune_steps``, or ``--fine_tune_epochs`` passes over the training set."""
+    if settings.steps > 0:
+        return int(settings.steps)
+    return max(1, math.ceil(settings.epochs * train_count / settings.batch_size))
+
+
+class FineTuner:
+    """Trains the tuned segments' tails and ``head`` together on in-memory ``segments``
+    (rows: every record) with labels ``class_ids``, sampling batches from ``train``; Adam
+    with decoupled weight decay on the tails."""
+
+    def __init__(self, segments: Sequence[Segment], head, class_ids: Sequence[int],
+                 train: Sequence[int], settings: FineTuneSettings, head_settings: HeadSettings,
+                 augment: Optional[AugmentSettings]) -> None:
         import tensorflow as tf
 
-        self.split, self.head, self.settings = split, head, settings
-        self.head_settings = head_settings
+        self.segments = list(segments)
+        self.head, self.settings, self.head_settings = head, settings, head_settings
         self.augment = augment
-        self.images = np.asarray(x).dtype == np.uint8
         # float16 is for the disk and the memory of all maps; TF computes in float32
-        # (oneDNN has no half-precision kernels on most CPUs).
-        x = x if self.images else np.asarray(x, np.float32)
-        y = np.asarray(y, np.int32)
-        counts = np.bincount(y, minlength=head.num_classes)
-        self._x = tf.constant(x)
+        # (oneDNN has no half-precision kernels on most CPUs), one batch at a time.
+        self._data = [tf.constant(seg.data) for seg in self.segments]
+        self._silence = [None if seg.silence is None else tf.constant(seg.silence.astype(np.float32))
+                         for seg in self.segments]
+        y = np.asarray(class_ids, np.int32)
+        train = np.asarray(train, np.int32)
+        counts = np.bincount(y[train], minlength=head.num_classes)
+        self.train_count = len(train)
+        self.total_steps = fine_tune_steps(settings, len(train))
         self._y = tf.constant(y)
-        self._order = tf.constant(np.argsort(y, kind="stable").astype(np.int32))
+        self._train = tf.constant(train)
+        self._order = tf.constant(train[np.argsort(y[train], kind="stable")].astype(np.int32))
         self._counts = tf.constant(counts.astype(np.int32))
         self._offsets = tf.constant(np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int32))
-        self._silence = tf.constant(silence.astype(np.float32))
-        self.variables = list(split.tail.trainable_variables) + list(head.trainable_variables)
-        self._tail_count = len(split.tail.trainable_variables)
+        tails = [v for seg in self.segments if seg.tuned for v in seg.split.tail.trainable_variables]
+        self.variables = tails + list(head.trainable_variables)
+        self._tail_count = len(tails)
         self._m = [tf.Variable(tf.zeros_like(v), trainable=False) for v in self.variables]
         self._v = [tf.Variable(tf.zeros_like(v), trainable=False) for v in self.variables]
         self.step = tf.Variable(0, dtype=tf.int64, trainable=False)
         self._train_step = tf.function(self._step)
-        # One trace for every batch size (the last batch of a set is smaller).
-        signature = [tf.TensorSpec((None,) + tuple(np.asarray(x).shape[1:]), self._x.dtype)]
-        self._predict = tf.function(self._probabilities, input_signature=signature)
-        self._features = tf.function(lambda m: split.tail(self._as_float(m)),
-                                     input_signature=signature)
+        # One trace for every batch of indices (the last batch of a set is smaller).
+        signature = [tf.TensorSpec([None], tf.int32)]
+        self._predict = tf.function(lambda idx: self.head(self._features_of(idx)),
+                                    input_signature=signature)
+        self._features = tf.function(self._features_of, input_signature=signature)
 
-    def _as_float(self, x):
+    def _rows(self, k: int, idx):
+        """Segment ``k``'s rows ``idx`` as float32 (images scaled to [0, 1])."""
         import tensorflow as tf
 
-        return tf.cast(x, tf.float32) / 255.0 if self.images else x
+        rows = tf.gather(self._data[k], idx)
+        if rows.dtype == tf.uint8:
+            return tf.cast(rows, tf.float32) / 255.0
+        return tf.cast(rows, tf.float32)
 
-    def _batches(self, x: np.ndarray):
+    def _combine(self, inputs):
         import tensorflow as tf
 
-        for s in range(0, len(x), PREDICT_BATCH):
-            batch = x[s:s + PREDICT_BATCH]
-            yield tf.constant(batch if self.images else batch.astype(np.float32))
+        outs = [seg.split.tail(x) if seg.tuned else x for seg, x in zip(self.segments, inputs)]
+        return outs[0] if len(outs) == 1 else tf.concat(outs, axis=1)
+
+    def _features_of(self, idx):
+        return self._combine([self._rows(k, idx) for k in range(len(self.segments))])
 
     def _step(self):
         import tensorflow as tf
@@ -217,33 +316,40 @@ class FineTuner:
         s, hs = self.settings, self.head_settings
         step = self.step.assign_add(1)
         seed = tf.stack([tf.cast(hs.seed, tf.int64), step])
-        n = tf.shape(self._x)[0]
-        idx = tf.random.stateless_uniform([s.batch_size], seed, 0, n, dtype=tf.int32)
+        picks = tf.random.stateless_uniform([s.batch_size], seed, 0, tf.shape(self._train)[0],
+                                            dtype=tf.int32)
+        idx = tf.gather(self._train, picks)
         yb = tf.gather(self._y, idx)
-        xb = self._as_float(tf.gather(self._x, idx))
+        inputs = [self._rows(k, idx) for k in range(len(self.segments))]
         if self.augment is not None:
             # A partner of the same class for every example (used when it is mixed).
             u = tf.random.stateless_uniform([s.batch_size], seed + 101)
             count = tf.gather(self._counts, yb)
             pos = tf.minimum(tf.cast(u * tf.cast(count, tf.float32), tf.int32), count - 1)
             partners = tf.gather(self._order, tf.gather(self._offsets, yb) + pos)
-            xb = augment_maps(xb, self._as_float(tf.gather(self._x, partners)), seed + 7,
-                              self.augment, self._silence)
+            inputs = [augment_maps(x, self._rows(k, partners), seed + 7 + 1000 * k, self.augment,
+                                   self._silence[k], seg.split.time_axis) if seg.tuned else x
+                      for k, (seg, x) in enumerate(zip(self.segments, inputs))]
         targets = tf.one_hot(yb, self.head.num_classes)
         if s.mixup > 0:
-            # mixup (Zhang et al. 2018) across classes, the labels mixed alike; the
-            # example keeps the larger share, so its label stays the argmax.
+            # mixup (Zhang et al. 2018) across classes, every input and the labels mixed
+            # alike; the example keeps the larger share, so its label stays the argmax.
             g1 = tf.random.stateless_gamma([s.batch_size], seed + 201, s.mixup)
             g2 = tf.random.stateless_gamma([s.batch_size], seed + 202, s.mixup)
             lam = g1 / tf.maximum(g1 + g2, 1e-12)
             lam = tf.maximum(lam, 1.0 - lam)
             perm = tf.argsort(tf.random.stateless_uniform([s.batch_size], seed + 203))
-            xb = lam[:, None, None, None] * xb + (1.0 - lam[:, None, None, None]) * tf.gather(xb, perm)
-            targets = lam[:, None] * targets + (1.0 - lam[:, None]) * tf.gather(targets, perm)
+
+            def mix(x):
+                w = tf.reshape(lam, [-1] + [1] * (len(x.shape) - 1))
+                return w * x + (1.0 - w) * tf.gather(x, perm)
+
+            inputs = [mix(x) for x in inputs]
+            targets = mix(targets)
         if hs.label_smoothing:
             targets = targets * (1 - hs.label_smoothing) + hs.label_smoothing / self.head.num_classes
         with tf.GradientTape() as tape:
-            features = self.split.tail(xb)
+            features = self._combine(inputs)
             logits = self.head.logits(features, training=True,
                                       dropout_seed=tf.stack([step, tf.cast(hs.seed, tf.int64) + 7]))
             xent = tf.reduce_mean(tf.nn.softmax_cross_entropy_with_logits(targets, logits))
@@ -260,8 +366,8 @@ class FineTuner:
 
         s = self.settings
         t = tf.cast(t, tf.float32)
-        warm = tf.minimum(1.0, t / float(max(1, s.warmup_steps)))
-        progress = tf.minimum(1.0, t / float(max(1, s.steps)))
+        warm = tf.minimum(1.0, t / float(max(1, min(s.warmup_steps, self.total_steps // 4))))
+        progress = tf.minimum(1.0, t / float(max(1, self.total_steps)))
         return s.learning_rate * warm * 0.5 * (1.0 + tf.cos(np.pi * progress))
 
     def _adam(self, grads, t) -> None:
@@ -291,72 +397,122 @@ class FineTuner:
             acc, xent = self._train_step()
         return float(acc), float(xent)
 
-    def _probabilities(self, x):
-        return self.head(self.split.tail(self._as_float(x)))
+    def _batches(self, indices: Sequence[int]):
+        import tensorflow as tf
 
-    def features(self, x: np.ndarray) -> np.ndarray:
-        """The tail's features for a numpy array of maps (or images)."""
-        out = [self._features(batch).numpy() for batch in self._batches(x)]
+        indices = np.asarray(indices, np.int32)
+        for s in range(0, len(indices), PREDICT_BATCH):
+            yield tf.constant(indices[s:s + PREDICT_BATCH])
+
+    def features(self, indices: Sequence[int]) -> np.ndarray:
+        """The head's input (tuned parts through their tails) for records ``indices``."""
+        out = [self._features(batch).numpy() for batch in self._batches(indices)]
         return np.concatenate(out) if out else np.zeros((0, self.head.feature_size), np.float32)
 
-    def predict(self, x: np.ndarray) -> np.ndarray:
-        if len(x) == 0:
-            return np.zeros((0, self.head.num_classes), np.float32)
-        return np.concatenate([self._predict(batch).numpy() for batch in self._batches(x)])
+    def predict(self, indices: Sequence[int]) -> np.ndarray:
+        out = [self._predict(batch).numpy() for batch in self._batches(indices)]
+        return np.concatenate(out) if out else np.zeros((0, self.head.num_classes), np.float32)
 
 
 @dataclasses.dataclass
 class FineTuneOutcome:
-    backbone: object  # FineTunedBackbone
-    features: np.ndarray  # every image's features through the tuned tail
+    backbone: Backbone  # the tuned backbone (or the untuned one, when keep_best kept that)
+    head: object  # the head trained with it
+    features: np.ndarray  # every record's features through ``backbone``
     validation_accuracy: Optional[float]
     seconds: float
     activations_computed: int
 
 
+def segments_for(prepared, cuts: Sequence[tuple[int, BackboneSplit]], settings, train: Sequence[int],
+                 log: Callable[[str], None]) -> tuple[list[Segment], int]:
+    """The head's input, part by part: tuned parts' maps (computed or read from the
+    cache) with their silence, frozen parts' cached features. Returns them and how many
+    maps were computed."""
+    parts = backbone_parts(prepared.backbone)
+    records = prepared.images.records
+    tuned = dict(cuts)
+    segments, computed, offset = [], 0, 0
+    for i, part in enumerate(parts):
+        width = int(part.feature_size)
+        if i not in tuned:
+            segments.append(Segment(prepared.features[:, offset:offset + width]))
+        else:
+            cut = tuned[i]
+            maps, n = compute_activations(cut, records, settings.bottleneck_dir,
+                                          settings.bottleneck_batch_size, settings.progress,
+                                          prepared.spectrogram_settings)
+            computed += n
+            log(f"Fine-tuning {cut.blocks} block(s) of {part.name} from "
+                f"{'cached activations' if cut.cached else 'the images'} {list(cut.activation_shape)} "
+                f"({n} computed, {maps.nbytes / 1e6:.0f} MB in memory)")
+            colour = None
+            if part.input_spec.kind == "image":
+                colour = silence_colour([records[j] for j in train],
+                                        spectrogram_settings=prepared.spectrogram_settings)
+            segments.append(Segment(maps, cut, silence_activation(cut, colour)))
+        offset += width
+    return segments, computed
+
+
+def tuned_backbone(backbone: Backbone, cuts: Sequence[tuple[int, BackboneSplit]]) -> Backbone:
+    """``backbone`` with its tuned parts swapped in: an ordinary backbone (a
+    :class:`FineTunedBackbone`, or a concatenation holding them)."""
+    tuned = {i: cut.fine_tuned() for i, cut in cuts}
+    if not isinstance(backbone, ConcatBackbone):
+        return tuned[0]
+    return ConcatBackbone([tuned.get(i, p) for i, p in enumerate(backbone.parts)])
+
+
 def fine_tune(settings, prepared, split, head, seed: int, log: Callable[[str], None] = print,
               summaries=None) -> FineTuneOutcome:
-    """Cut the backbone, cache the trunk's maps, and train the tail together with
-    ``head`` (trained already on the pretrained features, on ``split.train``; it goes on
-    training here). Returns the tuned backbone and every image's new features."""
-    from retrain.head import accuracy_and_xent
+    """Cut the backbone, cache the trunk's maps, and train the tail together with a
+    fresh head (``--fine_tune_head fresh``) or with ``head``, trained already on the
+    pretrained features of ``split.train``. Returns the tuned backbone, its head and
+    every image's new features."""
+    from retrain.head import ClassificationHead, accuracy_and_xent, feature_statistics
 
     ft = settings.fine_tune
     start = time.perf_counter()
-    try:
-        cut = prepared.backbone.split(ft.blocks)
-    except ModuleError as err:
-        raise RetrainError(str(err)) from None
-    records = prepared.images.records
-    maps, computed = compute_activations(cut, records, settings.bottleneck_dir,
-                                         settings.bottleneck_batch_size, settings.progress)
-    log(f"Fine-tuning {cut.blocks} block(s) of {prepared.backbone.name} from "
-        f"{'cached activations' if cut.cached else 'the images'} {list(cut.activation_shape)} "
-        f"({computed} computed, {maps.nbytes / 1e6:.0f} MB in memory)")
+    cuts = plan_cuts(prepared.backbone, ft.blocks, prepared.spectrogram_settings)
     train = list(split.train)
     validation = np.asarray(split.validation, int)
+    segments, computed = segments_for(prepared, cuts, settings, train, log)
+    head_settings = dataclasses.replace(settings.head, seed=seed)
+    trained_head = head
+    head = ClassificationHead(prepared.backbone.feature_size, head.num_classes,
+                              head_settings.hidden_units, head_settings.dropout, seed=seed)
+    if ft.head == "fresh":
+        if head_settings.standardize:
+            head.set_standardization(*feature_statistics(prepared.features[train]))
+    else:  # a copy, so the trained head itself stays as it was (--fine_tune_keep_best)
+        for mine, theirs in zip(head.variables, trained_head.variables):
+            mine.assign(theirs)
     augment = dataclasses.replace(settings.augment, copies=0, seed=seed) if ft.augment else None
-    silence = silence_activation(cut, silence_colour([records[i] for i in train],
-                                                     spectrogram_settings=prepared.spectrogram_settings))
-    tuner = FineTuner(cut, head, maps[train], prepared.class_ids[train], ft,
-                      dataclasses.replace(settings.head, seed=seed), augment, silence)
-    val_acc = None
-    done = 0
-    # --fine_tune_keep_best: as --early_stopping for the head, the tail and head of the best
-    # validation score are kept, the head alone before any fine-tuning included.
+    tuner = FineTuner(segments, head, prepared.class_ids, train, ft, head_settings, augment)
+    steps = tuner.total_steps
+    log(f"Fine-tuning with {'a fresh head' if ft.head == 'fresh' else 'the trained head'}: "
+        f"{steps} steps of {ft.batch_size} ({steps * ft.batch_size / max(1, len(train)):.1f} "
+        f"epochs of {len(train)} training examples), learning rate {ft.learning_rate:g}")
+    y_val = prepared.class_ids[validation]
+    # The model before fine-tuning, for --fine_tune_keep_best: the trained head on the
+    # pretrained features.
+    before = None
+    if ft.keep_best and len(validation):
+        before = accuracy_and_xent(trained_head.predict(prepared.features[validation]), y_val)
     stopper = None
     if ft.keep_best and len(validation):
         from retrain.head import EarlyStopping
 
         stopper = EarlyStopping(tuner.variables, patience=0)
-        stopper.update(0, *accuracy_and_xent(tuner.predict(maps[validation]),
-                                             prepared.class_ids[validation]))
+    val_acc = None
+    done = 0
     from tqdm import tqdm
 
-    with tqdm(total=ft.steps, desc="fine-tuning", unit="step", disable=not settings.progress,
+    with tqdm(total=steps, desc="fine-tuning", unit="step", disable=not settings.progress,
               leave=False) as bar:
-        while done < ft.steps:
-            n = min(ft.eval_interval, ft.steps - done)
+        while done < steps:
+            n = min(ft.eval_interval, steps - done)
             train_acc, xent = tuner.train(n)
             done += n
             bar.update(n)
@@ -365,12 +521,11 @@ def fine_tune(settings, prepared, split, head, seed: int, log: Callable[[str], N
                     f"fine-tuning diverged at step {done}: the cross entropy is {xent} and the "
                     f"weights are no longer finite (--fine_tune_learning_rate {ft.learning_rate:g} "
                     "is too high?); nothing was exported")
-            line = (f"Fine-tuning step {done}/{ft.steps}: train accuracy = {train_acc * 100:.1f}%, "
+            line = (f"Fine-tuning step {done}/{steps}: train accuracy = {train_acc * 100:.1f}%, "
                     f"cross entropy = {xent:.3f}")
             val_xent = None
             if len(validation):
-                val_acc, val_xent = accuracy_and_xent(tuner.predict(maps[validation]),
-                                                      prepared.class_ids[validation])
+                val_acc, val_xent = accuracy_and_xent(tuner.predict(validation), y_val)
                 line += f", validation accuracy = {val_acc * 100:.1f}% (N={len(validation)})"
                 if stopper is not None:
                     stopper.update(done, val_acc, val_xent)
@@ -378,15 +533,25 @@ def fine_tune(settings, prepared, split, head, seed: int, log: Callable[[str], N
             if summaries is not None:
                 _write_scalars(summaries, done, train_acc, xent, float(tuner.learning_rate(done)),
                                val_acc if len(validation) else None, val_xent)
-    if stopper is not None and stopper.restore():
-        val_acc = stopper.best_accuracy
-        log(f"{_stamp()}: Fine-tuning: kept the tail and head of step {stopper.best_step} "
-            f"(validation accuracy = {val_acc * 100:.1f}%, cross entropy = "
-            f"{stopper.best_cross_entropy:f}){'; fine-tuning did not help' if stopper.best_step == 0 else ''}")
-    features = tuner.features(maps)  # every image through the tuned tail
+    if stopper is not None:
+        if not stopper.is_better(*before):
+            stopper.restore()
+            val_acc = stopper.best_accuracy
+            log(f"{_stamp()}: Fine-tuning: kept the tail and head of step {stopper.best_step} "
+                f"(validation accuracy = {val_acc * 100:.1f}%, cross entropy = "
+                f"{stopper.best_cross_entropy:f})")
+        else:
+            seconds = time.perf_counter() - start
+            log(f"{_stamp()}: Fine-tuning: kept the tail and head of step 0, before fine-tuning "
+                f"(validation accuracy = {before[0] * 100:.1f}%, cross entropy = {before[1]:f}; "
+                f"no tuned step scored better); fine-tuning did not help")
+            return FineTuneOutcome(prepared.backbone, trained_head, prepared.features, before[0],
+                                   seconds, computed)
+    features = tuner.features(np.arange(len(prepared.class_ids)))  # every input, tuned
     seconds = time.perf_counter() - start
     log(f"Fine-tuned in {seconds:.0f} s")
-    return FineTuneOutcome(cut.fine_tuned(), features, val_acc, seconds, computed)
+    return FineTuneOutcome(tuned_backbone(prepared.backbone, cuts), head, features, val_acc,
+                           seconds, computed)
 
 
 def _write_scalars(summaries, step, train_acc, xent, learning_rate, val_acc, val_xent) -> None:

@@ -49,16 +49,23 @@ class HeadSettings:
         return p
 
 
+FINE_TUNE_HEADS = ("fresh", "trained")
+
+
 @dataclass(frozen=True)
 class FineTuneSettings:
     """``--fine_tune_blocks``: train the backbone's last blocks with the head (see
-    :mod:`retrain.fine_tune`). ``blocks`` 0 is off; ``"all"`` tunes the whole network."""
+    :mod:`retrain.fine_tune`). ``blocks`` 0 is off; ``"all"`` tunes the whole network;
+    ``{name: K}`` the named parts of a concatenation. The other defaults are the recipe
+    chosen by inner cross-validation (docs/retrain.md)."""
 
-    blocks: object = 0  # int or "all"
-    steps: int = 600
-    learning_rate: float = 1e-4
+    blocks: object = 0  # int, "all" or {module name: int or "all"}
+    head: str = "fresh"  # "fresh": a new head trained with the blocks; "trained": the head's
+    epochs: float = 8.0  # passes over the training set (unless steps is given)
+    steps: int = 0  # 0: from epochs
+    learning_rate: float = 2e-4
     batch_size: int = 32
-    warmup_steps: int = 50
+    warmup_steps: int = 50  # at most a quarter of the steps
     weight_decay: float = 1e-4
     augment: bool = True
     mixup: float = 0.0  # alpha of mixup across classes; 0: off
@@ -67,17 +74,24 @@ class FineTuneSettings:
 
     @property
     def enabled(self) -> bool:
-        return self.blocks != 0
+        return self.blocks not in (0, {})
 
     def problems(self) -> list[str]:
         p = []
-        if not (self.blocks == "all" or (isinstance(self.blocks, int) and self.blocks >= 0)):
+        counts = list(self.blocks.values()) if isinstance(self.blocks, dict) else [self.blocks]
+        if not all(c == "all" or (isinstance(c, int) and c >= 0) for c in counts):
             p.append(f"--fine_tune_blocks takes a number of blocks or 'all', not {self.blocks!r}")
         if not self.enabled:
             return p
-        for name in ("steps", "batch_size", "eval_interval"):
+        if self.head not in FINE_TUNE_HEADS:
+            p.append(f"--fine_tune_head must be one of {', '.join(FINE_TUNE_HEADS)}, not {self.head!r}")
+        for name in ("batch_size", "eval_interval"):
             if getattr(self, name) <= 0:
                 p.append(f"--fine_tune_{name} must be positive, not {getattr(self, name)}")
+        if self.steps < 0:
+            p.append(f"--fine_tune_steps must be >= 0 (0: from --fine_tune_epochs), not {self.steps}")
+        if not self.epochs > 0:
+            p.append(f"--fine_tune_epochs must be positive, not {self.epochs}")
         if self.learning_rate <= 0:
             p.append(f"--fine_tune_learning_rate must be positive, not {self.learning_rate}")
         if self.mixup < 0:
@@ -196,11 +210,12 @@ class RetrainSettings:
             p.append(name_problem)
         p += self.artifact_path_problems()
         # NaN slips through every "<= 0" check above; no knob means anything with NaN or inf.
-        for owner in (self, self.head, self.augment):
+        for owner in (self, self.head, self.augment, self.fine_tune):
+            prefix = "fine_tune_" if owner is self.fine_tune else ""
             for f in dataclasses.fields(owner):
                 value = getattr(owner, f.name)
                 if isinstance(value, float) and not math.isfinite(value):
-                    p.insert(0, f"--{f.name} must be a finite number, not {value}")
+                    p.insert(0, f"--{prefix}{f.name} must be a finite number, not {value}")
         return p
 
     def artifact_paths(self) -> dict[str, str]:

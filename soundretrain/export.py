@@ -18,7 +18,11 @@ containers, all built from the same frozen function so they agree:
 A backbone that cannot be traced into a TensorFlow graph (a waveform network run by
 a TFLite interpreter, such as BirdNET) is exported head-only (features in); the
 sidecar names the backbone and labelling runs backbone then head. A frozen ``.pb``
-cannot hold such a model and is refused.
+cannot hold such a model and is refused. A part of that backbone which cannot be loaded
+again by its name (``Backbone.reloadable`` False: a fine-tuned network, whose tuned
+weights exist nowhere else) travels inside the head-only SavedModel and TFLite as one
+more signature, ``part_<i>`` (its input -> its features), which the sidecar names and
+labelling runs (:data:`PART_SIGNATURE`).
 
 Every artifact gets a JSON sidecar (see :mod:`soundretrain.sidecar`); a file artifact's
 sidecar records the file's SHA-256, so a model and a sidecar of two different exports (one
@@ -47,6 +51,17 @@ TFLITE_QUANTIZATIONS = ("none", "float16", "dynamic")
 RETRAIN_PY_SIGNATURE, RETRAIN_PY_INPUT, RETRAIN_PY_OUTPUT = "retrain_py", "image", "prediction"
 #: A GraphDef node name (what --final_tensor_name may be).
 NODE_NAME = re.compile(r"^[A-Za-z0-9.][A-Za-z0-9_.\-/]*$")
+#: The signature of a head-only artifact that computes part ``i`` of its backbone's
+#: features, for parts that cannot be loaded again by name; input ``inputs``, output
+#: ``features``.
+PART_SIGNATURE, PART_INPUT, PART_OUTPUT = "part_{}", "inputs", "features"
+
+
+def carried_parts(backbone) -> list:
+    """``(index, part)`` of the backbone's parts that a head-only artifact must carry:
+    those that cannot be loaded again from their description (``reloadable`` False)."""
+    parts = list(getattr(backbone, "parts", None) or [backbone])
+    return [(i, p) for i, p in enumerate(parts) if not getattr(p, "reloadable", True)]
 
 
 def tensor_name_problem(final_tensor_name: str, input_tensor_name: str = "Placeholder") -> Optional[str]:
@@ -139,6 +154,11 @@ def export_model(
             f"cannot write a frozen graph (--output_graph) for module {backbone.name!r}: it runs outside "
             "TensorFlow; export --saved_model_dir or --output_tflite instead (labelling runs the module, then the head)"
         )
+    if head_only:
+        for i, part in carried_parts(backbone):
+            if part.tf_callable() is None:
+                raise ExportError(f"module {part.name} cannot be loaded again by name and does not "
+                                  "run in TensorFlow, so no head-only model can carry it")
     full_sidecar = complete_sidecar(
         sidecar, backbone, labels, head_only=head_only,
         input_tensor_name=input_tensor_name, final_tensor_name=final_tensor_name,
@@ -211,6 +231,8 @@ def _write_artifacts(backbone, head, labels, full_sidecar, head_only, *, output_
         else:
             input_shape = [None, int(spec.height), int(spec.width), 3]
         frozen, graph_def = _freeze(tf, backbone_fn, head, input_shape, input_tensor_name, final_tensor_name)
+        parts = {PART_SIGNATURE.format(i): _freeze_part(tf, part)
+                 for i, part in (carried_parts(backbone) if head_only else [])}
         num_outputs = frozen.outputs[0].shape[-1]
         if num_outputs is not None and int(num_outputs) != len(labels):
             raise ExportError(f"the head has {int(num_outputs)} outputs but there are {len(labels)} labels")
@@ -225,14 +247,14 @@ def _write_artifacts(backbone, head, labels, full_sidecar, head_only, *, output_
         if saved_model_dir:
             with atomic_files.replacing_folder(saved_model_dir) as tmp_dir:
                 _save_serving_model(tf, frozen, tmp_dir, input_shape, input_tensor_name, final_tensor_name,
-                                    retrain_py_signature=not head_only)
+                                    retrain_py_signature=not head_only, parts=parts)
                 write_sidecar(tmp_dir, dict(full_sidecar, artifact="saved_model"))
             written["saved_model_dir"] = saved_model_dir
             written["saved_model_dir_sidecar"] = os.path.join(saved_model_dir, SAVED_MODEL_SIDECAR)
 
         if output_tflite:
             if saved_model_dir:
-                flatbuffer = _convert_tflite(tf, saved_model_dir, quantization)
+                flatbuffer = _convert_tflite(tf, saved_model_dir, quantization, list(parts))
             else:
                 # The converter reads a SavedModel: a scratch one beside the TFLite file under a
                 # hidden temp name (not in /tmp), so one left by a killed run is where the next
@@ -242,8 +264,8 @@ def _write_artifacts(backbone, head, labels, full_sidecar, head_only, *, output_
                 try:
                     source_dir = os.path.join(scratch, "saved_model")
                     _save_serving_model(tf, frozen, source_dir, input_shape, input_tensor_name, final_tensor_name,
-                                        retrain_py_signature=False)
-                    flatbuffer = _convert_tflite(tf, source_dir, quantization)
+                                        retrain_py_signature=False, parts=parts)
+                    flatbuffer = _convert_tflite(tf, source_dir, quantization, list(parts))
                 finally:
                     shutil.rmtree(scratch, ignore_errors=True)
             atomic_files.write_bytes(output_tflite, flatbuffer)
@@ -274,6 +296,11 @@ def complete_sidecar(
     out["labels"] = list(labels)
     out["labels_sha256"] = labels_sha256(labels)
     out.setdefault("module", backbone.description())
+    if head_only:  # parts the artifact carries, by the signature that computes them
+        module = out["module"] = copy.deepcopy(out["module"])
+        described = module.get("parts") if getattr(backbone, "parts", None) else [module]
+        for i, _ in carried_parts(backbone):
+            described[i]["signature"] = PART_SIGNATURE.format(i)
     out.setdefault("test_accuracy", None)
     out["input_tensor_name"] = input_tensor_name
     out["final_tensor_name"] = final_tensor_name
@@ -349,11 +376,24 @@ def _freeze(tf, backbone_fn, head, input_shape, input_name: str, final_name: str
     return frozen, graph_def
 
 
+def _freeze_part(tf, part):
+    """``part``'s features as a frozen function of its input (images ``[N, H, W, 3]`` or
+    waveforms ``[N, samples]``), every weight a constant."""
+    from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
+
+    spec = part.input_spec
+    shape = [None, spec.height, spec.width, 3] if spec.kind == "image" else [None, spec.num_samples]
+    fn = part.tf_callable()
+    traced = tf.function(lambda x: fn(x), input_signature=[tf.TensorSpec(shape, tf.float32, name=PART_INPUT)])
+    return convert_variables_to_constants_v2(traced.get_concrete_function())
+
+
 def _save_serving_model(tf, frozen, folder: str, input_shape, input_name: str, final_name: str,
-                        retrain_py_signature: bool = True) -> None:
+                        retrain_py_signature: bool = True, parts: Optional[dict] = None) -> None:
     """A SavedModel whose ``serving_default`` maps ``{input_name: x}`` to ``{final_name: p}``
     and, with ``retrain_py_signature``, whose ``retrain_py`` signature maps retrain.py's
-    ``{"image": x}`` to ``{"prediction": p}`` (the same frozen function)."""
+    ``{"image": x}`` to ``{"prediction": p}`` (the same frozen function); ``parts``:
+    ``{signature: frozen part}`` carried as ``{PART_INPUT: x} -> {PART_OUTPUT: features}``."""
     module = tf.Module()
     module.frozen = frozen  # keep it reachable from the saved object
 
@@ -370,11 +410,26 @@ def _save_serving_model(tf, frozen, folder: str, input_shape, input_name: str, f
 
         module.retrain_py = retrain_py
         signatures[RETRAIN_PY_SIGNATURE] = retrain_py
+    for name, part in (parts or {}).items():
+        signatures[name] = _part_signature(tf, part)
+        setattr(module, name, signatures[name])
+        setattr(module, f"{name}_frozen", part)
     tf.saved_model.save(module, folder, signatures=signatures)
 
 
-def _convert_tflite(tf, saved_model_dir: str, quantization: str) -> bytes:
-    converter = tf.lite.TFLiteConverter.from_saved_model(saved_model_dir, signature_keys=["serving_default"])
+def _part_signature(tf, part):
+    """``{PART_INPUT: x} -> {PART_OUTPUT: features}`` over a frozen part."""
+
+    @tf.function(input_signature=[tf.TensorSpec(part.inputs[0].shape, tf.float32, name=PART_INPUT)])
+    def carried(x):
+        return {PART_OUTPUT: tf.nest.flatten(part(x))[0]}
+
+    return carried
+
+
+def _convert_tflite(tf, saved_model_dir: str, quantization: str, parts: Sequence[str] = ()) -> bytes:
+    converter = tf.lite.TFLiteConverter.from_saved_model(
+        saved_model_dir, signature_keys=["serving_default", *parts])
     if quantization in ("float16", "dynamic"):
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
     if quantization == "float16":

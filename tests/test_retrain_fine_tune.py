@@ -15,9 +15,10 @@ import pytest
 from retrain.augment import AugmentSettings
 from retrain.cli import main
 from soundretrain.backbones.registry import LOCAL_FACTORIES, ConcatBackbone, ModuleError, load_module
-from soundretrain.backbones.split import ALL_BLOCKS, FineTunedBackbone, parse_blocks
+from soundretrain.backbones.split import ALL_BLOCKS, FineTunedBackbone, format_blocks, parse_blocks
 from tiny_models import (make_colour_image_folders, make_tiny_efficientnet_lite,
-                         make_tiny_image_module, make_tiny_waveform_module)
+                         make_tiny_image_module, make_tiny_waveform_module,
+                         make_tone_spectrogram_dir)
 
 TINY = "tiny_efficientnet_lite"
 
@@ -89,20 +90,43 @@ def test_bad_block_counts_are_one_line(lite, blocks):
 
 def test_parse_blocks():
     assert parse_blocks("0") == 0 and parse_blocks("3") == 3 and parse_blocks(" ALL ") == ALL_BLOCKS
-    for bad in ("-2", "three", "1.5"):
+    assert parse_blocks("efficientnet_lite0:5, aisfx:1") == {"efficientnet_lite0": 5, "aisfx": 1}
+    assert parse_blocks("aisfx:all") == {"aisfx": ALL_BLOCKS} and parse_blocks("aisfx:0") == 0
+    assert format_blocks(parse_blocks("a:5,b:all")) == "a:5,b:all"
+    for bad in ("-2", "three", "1.5", "aisfx:two", ":3", "aisfx:1,aisfx:2", "aisfx:-1"):
         with pytest.raises(ValueError, match="--fine_tune_blocks"):
             parse_blocks(bad)
 
 
 def test_modules_that_cannot_be_cut_say_why(tmp_path, lite):
     hub_like = load_module(make_tiny_image_module(tmp_path / "tiny"))
-    with pytest.raises(ModuleError, match=r"cannot be fine-tuned \(it is one opaque function"):
+    with pytest.raises(ModuleError, match=r"cannot be fine-tuned \(its blocks cannot be reached"):
         hub_like.split(1)
     wave = load_module(make_tiny_waveform_module(tmp_path / "wave"))
-    with pytest.raises(ModuleError, match=r"cannot be fine-tuned \(it is a waveform module\)"):
+    with pytest.raises(ModuleError, match=r"cannot be fine-tuned \(its blocks cannot be reached"):
         wave.split(1)
-    with pytest.raises(ModuleError, match="cannot be fine-tuned together"):
+    with pytest.raises(ModuleError, match="cut part by part"):
         ConcatBackbone([lite, hub_like]).split(1)
+
+
+def test_plan_cuts_picks_parts(tmp_path, lite):
+    from retrain.errors import RetrainError
+    from retrain.fine_tune import plan_cuts
+
+    wave = load_module(make_tiny_waveform_module(tmp_path / "wave"))
+    both = ConcatBackbone([wave, lite])
+    (index, cut), = plan_cuts(both, 2)  # a bare count: the image network
+    assert index == 1 and cut.backbone is lite and cut.blocks == 2
+    (index, cut), = plan_cuts(both, {TINY: ALL_BLOCKS})
+    assert index == 1 and not cut.cached
+    with pytest.raises(RetrainError, match=r"names aisfx, which is not a module of .*its modules: "):
+        plan_cuts(both, {"aisfx": 1})
+    with pytest.raises(RetrainError, match=r"cannot be fine-tuned with a bare block count: none is an "
+                                           r"image network that can be cut; name the module and its "
+                                           r"blocks, e\.g\. --fine_tune_blocks"):
+        plan_cuts(ConcatBackbone([wave, wave]), 1)
+    with pytest.raises(RetrainError, match="cannot be fine-tuned"):
+        plan_cuts(both, {wave.name: 1})
 
 
 # ------------------------------------------------------------------ the activation cache
@@ -204,6 +228,28 @@ def test_map_augmentation_rolls_time_masks_with_silence_and_mixes():
     np.testing.assert_array_equal(run(time_shift=True, time_masks=2), run(time_shift=True, time_masks=2))
 
 
+def test_map_augmentation_along_rows_is_the_transposed_one():
+    """Maps whose time runs down the rows (aiSFX: frames x mels) are shifted and masked
+    along the rows: exactly the column recipe on the transposed maps."""
+    import tensorflow as tf
+
+    from retrain.fine_tune import augment_maps
+
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(8, 6, 4, 2)).astype(np.float32)
+    partners = rng.normal(size=x.shape).astype(np.float32)
+    silence = rng.normal(size=(6, 4, 2)).astype(np.float32)
+    settings = AugmentSettings(time_masks=1, freq_masks=1, max_mask_fraction=0.5)
+    seed = tf.constant([1, 2], tf.int64)
+    rows = augment_maps(tf.constant(x), tf.constant(partners), seed, settings, tf.constant(silence),
+                        time_axis=1).numpy()
+    t = (0, 2, 1, 3)
+    columns = augment_maps(tf.constant(x.transpose(t)), tf.constant(partners.transpose(t)), seed,
+                           settings, tf.constant(silence.transpose(1, 0, 2))).numpy()
+    np.testing.assert_array_equal(rows, columns.transpose(t))
+    assert not np.array_equal(rows, x)
+
+
 # ------------------------------------------------------------------ the command
 
 def ft_args(tmp_path, module, image_dir, *extra):
@@ -221,25 +267,32 @@ def ft_args(tmp_path, module, image_dir, *extra):
             "--fine_tune_warmup_steps=2", "--random_seed=3", "--noprogress", "--split=hash", *extra]
 
 
+def _keep_exported(monkeypatch) -> dict:
+    """Fills in the backbone and head the run exports (the in-memory model)."""
+    import retrain.core as core
+
+    captured = {}
+    original = core.export
+
+    def keep(settings, prepared, head, *args, **kwargs):
+        captured.update(backbone=prepared.backbone, head=head)
+        return original(settings, prepared, head, *args, **kwargs)
+
+    monkeypatch.setattr(core, "export", keep)
+    return captured
+
+
 def test_fine_tuned_export_agrees_with_the_in_memory_model(tmp_path, registered, image_dir,
                                                            capsys, monkeypatch):
     """The .pb, SavedModel and TFLite hold the tuned blocks: all three give the in-memory
     model's probabilities, which differ from the untuned backbone's."""
-    import retrain.core as core
     from label.models import load_labeler
 
-    captured = {}
-    original = core.train_and_evaluate
-
-    def keep(settings, prepared, *args, **kwargs):
-        outcome = original(settings, prepared, *args, **kwargs)
-        captured.update(backbone=outcome.backbone, head=outcome.head)
-        return outcome
-
-    monkeypatch.setattr(core, "train_and_evaluate", keep)
+    captured = _keep_exported(monkeypatch)
     assert main(ft_args(tmp_path, registered, image_dir, "--fine_tune_blocks=2")) == 0
     out = capsys.readouterr().out
     assert "Fine-tuning 2 block(s) of tiny_efficientnet_lite from cached activations [8, 8, 12]" in out
+    assert "Fine-tuning with a fresh head: 20 steps of 8" in out
     assert "Fine-tuning step 20/20: train accuracy" in out and "validation accuracy" in out
     assert "Final test accuracy = 100.0%" in out
     backbone, head = captured["backbone"], captured["head"]
@@ -286,6 +339,146 @@ def test_same_seed_repeats_a_fine_tuned_run(tmp_path, registered, image_dir, cap
     assert first and first == lines()
 
 
+@pytest.mark.parametrize("head,words", [("fresh", "a fresh head"), ("trained", "the trained head")])
+def test_epochs_set_the_steps_and_the_head_can_be_the_trained_one(tmp_path, registered, image_dir,
+                                                                  capsys, head, words):
+    assert main(ft_args(tmp_path, registered, image_dir, "--fine_tune_blocks=1", "--fine_tune_steps=0",
+                        "--fine_tune_epochs=3", f"--fine_tune_head={head}", "--output_graph=",
+                        "--saved_model_dir=", "--output_tflite=")) == 0
+    out = capsys.readouterr().out
+    # 14 training images (the hash split's): 3 epochs of batches of 8 are 6 steps (3.4 epochs).
+    assert f"Fine-tuning with {words}: 6 steps of 8 (3.4 epochs of 14 training examples)" in out
+    assert "Fine-tuning step 6/6" in out
+
+
+def _tone_args(tmp_path, module, *extra):
+    """retrain on tone recordings (the waveform modules tell them apart), fold 3 to test,
+    the head-only exports a waveform module needs."""
+    return ["retrain", f"--image_dir={tmp_path / 'spec'}", f"--tfhub_module={module}",
+            f"--bottleneck_dir={tmp_path / 'bn'}", f"--summaries_dir={tmp_path / 'ts'}",
+            "--split=folds", "--test_folds=3", "--validation_percentage=0",
+            f"--saved_model_dir={tmp_path / 'out' / 'saved_model'}",
+            f"--output_tflite={tmp_path / 'out' / 'model.tflite'}",
+            "--how_many_training_steps=50", "--eval_step_interval=25", "--fine_tune_steps=4",
+            "--fine_tune_batch_size=4", "--fine_tune_learning_rate=0.01", "--fine_tune_warmup_steps=1",
+            "--random_seed=2", "--noprogress", *extra]
+
+
+def test_a_concatenation_tunes_its_image_network_and_head_only_exports_carry_it(
+        tmp_path, registered, capsys, monkeypatch):
+    """The presets' case: waveform and image modules side by side. A bare K tunes the
+    image network; the head sees the waveform module's cached features beside the tuned
+    tail's. The export is head-only (no single input feeds both), and its SavedModel and
+    TFLite carry the tuned network as a signature, which label_image runs: the same
+    features and probabilities as the in-memory model."""
+    from label.models import CarriedPart, load_labeler
+    from soundretrain.backbones.registry import SavedModelBackbone
+
+    make_tone_spectrogram_dir(tmp_path)
+    wave = make_tiny_waveform_module(tmp_path / "wave")
+    captured = _keep_exported(monkeypatch)
+    assert main(_tone_args(tmp_path, f"{wave},{registered}", "--fine_tune_blocks=1")) == 0
+    out = capsys.readouterr().out
+    assert "Fine-tuning 1 block(s) of tiny_efficientnet_lite from cached activations" in out
+    backbone, head = captured["backbone"], captured["head"]
+    assert isinstance(backbone, ConcatBackbone) and isinstance(backbone.parts[0], SavedModelBackbone)
+    assert isinstance(backbone.parts[1], FineTunedBackbone)
+    assert backbone.feature_size == head.feature_size == 6 + 16
+
+    images = images01(5, seed=8)
+    untuned = make_tiny_efficientnet_lite().compute(images)
+    tuned = backbone.parts[1].compute(images)
+    assert np.abs(tuned - untuned).max() > 1e-4
+    features = np.concatenate([np.random.default_rng(2).normal(size=(5, 6)).astype(np.float32), tuned], 1)
+    for name, atol in (("saved_model", 1e-5), ("model.tflite", 1e-4)):
+        labeler = load_labeler(str(tmp_path / "out" / name))
+        assert labeler.head_only and labeler.input_kind == "audio"
+        carried = labeler.backbone.parts[1]
+        assert isinstance(carried, CarriedPart) and carried.signature == "part_1"
+        assert not isinstance(labeler.backbone.parts[0], CarriedPart)  # reloaded by its folder
+        np.testing.assert_allclose(carried.compute(images), tuned, atol=atol, err_msg=name)
+        np.testing.assert_allclose(labeler.predict_features(features), head.predict(features),
+                                   atol=atol, err_msg=name)
+    sidecar = json.loads((tmp_path / "out" / "model.tflite.json").read_text())
+    assert [p.get("signature") for p in sidecar["module"]["parts"]] == [None, "part_1"]
+    assert sidecar["module"]["parts"][1]["fine_tuned_blocks"] == 1
+
+
+def test_a_sidecar_naming_a_missing_signature_is_one_line(tmp_path, registered, monkeypatch):
+    from label.models import ModelLoadError, load_labeler
+    from soundretrain.sidecar import SAVED_MODEL_SIDECAR
+
+    make_tone_spectrogram_dir(tmp_path)
+    wave = make_tiny_waveform_module(tmp_path / "wave")
+    assert main(_tone_args(tmp_path, f"{wave},{registered}", "--fine_tune_blocks=1",
+                           "--output_tflite=")) == 0
+    path = tmp_path / "out" / "saved_model" / SAVED_MODEL_SIDECAR
+    path.write_text(path.read_text().replace('"part_1"', '"part_7"'))
+    with pytest.raises(ModelLoadError, match="lacks the signature 'part_7' its sidecar names"):
+        load_labeler(str(tmp_path / "out" / "saved_model"))
+
+
+@pytest.mark.parametrize("blocks,shape", [(1, (12, 12, 256)), (3, (50, 48, 64)),
+                                          (ALL_BLOCKS, (100, 96, 1))])
+def test_aisfx_trunk_then_tail_is_the_backbone(blocks, shape):
+    """aiSFX (random weights, the real port) cut before its last blocks: maps of frames x
+    mels (time down the rows; a short clip padded to 100 frames), the tail over the
+    trunk gives its features."""
+    from tiny_models import load_fake_aisfx
+
+    backbone = load_fake_aisfx()
+    y = np.random.default_rng(4).normal(0, 0.1, (2, 30000)).astype(np.float32)
+    cut = backbone.split(blocks, num_samples=30000)
+    maps = cut.compute_trunk(y)
+    assert cut.time_axis == 1 and cut.activation_shape == shape == maps.shape[1:]
+    np.testing.assert_allclose(cut.tail(maps).numpy(), backbone.compute(y), rtol=1e-5, atol=1e-5)
+    assert cut.fine_tuned().input_spec.num_samples == 30000
+    with pytest.raises(ModuleError, match=r"aisfx has 4 blocks to fine-tune: --fine_tune_blocks takes 1 to 4"):
+        backbone.split(5, num_samples=30000)
+    with pytest.raises(ModuleError, match="cut for windows of a fixed length"):
+        backbone.split(1)
+
+
+@pytest.mark.slow
+def test_aisfx_fine_tunes_its_last_block_and_exports_carry_it(tmp_path, capsys, monkeypatch):
+    """aiSFX's last block trained from cached maps; its head-only exports carry the tuned
+    network, and label_image's probabilities from sound match the in-memory model's."""
+    from label.models import CarriedPart, load_labeler
+    from tiny_models import load_fake_aisfx
+
+    backbone = load_fake_aisfx()
+    monkeypatch.setitem(LOCAL_FACTORIES, "fake_aisfx", "tiny_models:load_fake_aisfx")
+    make_tone_spectrogram_dir(tmp_path)
+    captured = _keep_exported(monkeypatch)
+    assert main(_tone_args(tmp_path, "fake_aisfx", "--fine_tune_blocks=aisfx:1")) == 0
+    out = capsys.readouterr().out
+    assert "Fine-tuning 1 block(s) of aisfx from cached activations [12, 12, 256]" in out
+    tuned, head = captured["backbone"], captured["head"]
+    assert isinstance(tuned, FineTunedBackbone) and tuned.input_spec.kind == "waveform"
+    window = np.random.default_rng(5).normal(0, 0.1, (2, 44100)).astype(np.float32)
+    assert np.abs(tuned.compute(window) - backbone.compute(window)).max() > 1e-5
+    expected = head.predict(tuned.compute(window))
+    for name, atol in (("saved_model", 1e-5), ("model.tflite", 1e-4)):
+        labeler = load_labeler(str(tmp_path / "out" / name))
+        assert isinstance(labeler.backbone, CarriedPart) and labeler.input_kind == "waveform"
+        np.testing.assert_allclose(labeler.predict(window), expected, atol=atol, err_msg=name)
+
+
+def test_a_carried_part_that_is_not_tensorflow_is_refused(tmp_path):
+    from soundretrain.backbones.registry import Backbone, InputSpec
+    from soundretrain.export import ExportError, export_model
+
+    class Opaque(Backbone):
+        name, input_spec, feature_size, reloadable = "opaque", InputSpec("waveform", sample_rate=8000), 4, False
+
+        def compute(self, inputs):
+            return np.zeros((len(inputs), 4), np.float32)
+
+    with pytest.raises(ExportError, match="cannot be loaded again by name and does not run in TensorFlow"):
+        export_model(Opaque(), None, ["a", "b"], {}, saved_model_dir=str(tmp_path / "m"))
+    assert not (tmp_path / "m").exists()
+
+
 def test_full_fine_tuning_from_images(tmp_path, registered, image_dir, capsys):
     assert main(ft_args(tmp_path, registered, image_dir, "--fine_tune_blocks=all",
                         "--saved_model_dir=", "--output_tflite=")) == 0
@@ -322,7 +515,7 @@ def test_cross_validation_fine_tunes_per_fold(tmp_path, registered, capsys):
 
 
 @pytest.mark.parametrize("module,words", [
-    ("hub", "cannot be fine-tuned (it is one opaque function"),
+    ("hub", "cannot be fine-tuned (its blocks cannot be reached"),
     ("tiny", "has 4 blocks to fine-tune: --fine_tune_blocks takes 1 to 4 or 'all', not 9"),
 ])
 def test_modules_that_cannot_fine_tune_fail_in_one_line(tmp_path, registered, image_dir, capsys,
@@ -346,7 +539,11 @@ def test_diverging_fine_tuning_stops_before_the_export(tmp_path, registered, ima
 @pytest.mark.parametrize("extra,words", [
     ("--fine_tune_blocks=two", "--fine_tune_blocks takes a number of blocks or 'all'"),
     ("--fine_tune_blocks=-1", "--fine_tune_blocks"),
-    ("--fine_tune_steps=0", "--fine_tune_steps must be positive"),
+    ("--fine_tune_steps=-1", "--fine_tune_steps must be >= 0"),
+    ("--fine_tune_epochs=0", "--fine_tune_epochs must be positive"),
+    ("--fine_tune_epochs=nan", "--fine_tune_epochs must be a finite number"),
+    ("--fine_tune_blocks=tiny:x", "--fine_tune_blocks takes a number of blocks or 'all'"),
+    ("--fine_tune_head=sometimes", "fine_tune_head"),
     ("--fine_tune_learning_rate=0", "--fine_tune_learning_rate must be positive"),
     ("--fine_tune_batch_size=-4", "--fine_tune_batch_size must be positive"),
     ("--fine_tune_mixup=-0.2", "--fine_tune_mixup must be >= 0"),

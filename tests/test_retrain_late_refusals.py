@@ -30,9 +30,11 @@ def test_fine_tuning_a_module_that_cannot_be_cut_is_refused_before_the_bottlenec
         assert not (tmp_path / "out").exists()
 
 
-def test_the_preset_with_fine_tune_blocks_is_refused_before_the_bottlenecks(tmp_path, capsys):
+def test_the_presets_part_that_cannot_be_cut_is_refused_before_the_bottlenecks(tmp_path, capsys):
     """The probe: `--preset urbansound8k --fine_tune_blocks 1` computed every bottleneck and
-    opened a TensorBoard run before refusing."""
+    opened a TensorBoard run before refusing. The preset's image network can be tuned now
+    (a bare K picks it); naming its SoundNet part, which cannot be cut, is refused first."""
+    from retrain.fine_tune import plan_cuts
     from soundretrain.backbones.registry import ModuleError, load_module
 
     cache = tmp_path / "module_cache"
@@ -40,19 +42,17 @@ def test_the_preset_with_fine_tune_blocks_is_refused_before_the_bottlenecks(tmp_
         preset_module = load_module("aisfx,soundnet,efficientnet_lite0", str(cache))
     except ModuleError as err:  # the weights packages are not installed here
         pytest.skip(str(err))
-    try:
-        preset_module.split(1)
-        pytest.skip("the preset's module can be fine-tuned now: nothing to refuse")
-    except ModuleError:
-        pass
+    (index, cut), = plan_cuts(preset_module, 1)
+    assert index == 2 and cut.backbone.name == "efficientnet_lite0"
     make_tone_spectrogram_dir(tmp_path, sr=16000, seconds=2.0, recordings=3)
     line = one_error(capsys, ["retrain", "--preset=urbansound8k", f"--image_dir={tmp_path / 'spec'}",
-                              "--test_folds=3", "--fine_tune_blocks=1", f"--module_cache_dir={cache}",
+                              "--test_folds=3", "--fine_tune_blocks=soundnet:1",
+                              f"--module_cache_dir={cache}",
                               f"--bottleneck_dir={tmp_path / 'bn'}", f"--summaries_dir={tmp_path / 'ts'}",
                               f"--output_tflite={tmp_path / 'out' / 'm.tflite'}",
                               f"--output_labels={tmp_path / 'out' / 'labels.txt'}",
                               f"--saved_model_dir={tmp_path / 'out' / 'sm'}", "--noprogress"])
-    assert "cannot be fine-tuned" in line
+    assert "module soundnet cannot be fine-tuned" in line
     assert not (tmp_path / "bn").exists() and not (tmp_path / "ts").exists()
 
 

@@ -236,3 +236,15 @@ def load_tiny_efficientnet_lite(cache_dir=None):
     """A registry factory (``LOCAL_FACTORIES``) for the tiny network, so the retrain
     command can name it with --tfhub_module."""
     return make_tiny_efficientnet_lite()
+
+
+# ------------------------------------------------------------------ aiSFX with random weights
+
+def load_fake_aisfx(cache_dir=None):
+    """A registry factory (``LOCAL_FACTORIES``): the real aiSFX port (front-end, network,
+    trunk/tail split) over random weights shaped like the packaged ones, built in memory
+    (no package, no cache)."""
+    from audio_weights import random_state
+    from soundretrain.backbones import aisfx
+
+    return aisfx.Aisfx(aisfx.convert_state_dict(random_state(seed=3)))

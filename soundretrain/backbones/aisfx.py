@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Callable, Dict, Mapping, Optional
+from typing import Callable, Dict, Mapping, Optional, Sequence
 
 import numpy as np
 
@@ -40,6 +40,7 @@ from soundretrain.backbones import cache_root
 from soundretrain.backbones.converted_cache import (
     Conversion, as_variables, load_or_convert, packaged_weights_file)
 from soundretrain.backbones.registry import Backbone, InputSpec, ModuleError
+from soundretrain.backbones.split import ALL_BLOCKS, BackboneSplit
 from soundretrain.backbones.torch_checkpoint import CheckpointError, read_checkpoint
 
 NAME = "aisfx"
@@ -191,18 +192,32 @@ def _array(value) -> np.ndarray:
         return np.asarray(value.numpy() if hasattr(value, "numpy") else value)
 
 
-def _embed(weights: Mapping, spec):
-    """Normalised log-mel ``[N, frames, 96]`` (at least 8 frames) -> ``[N, 512]``."""
+def _run_blocks(weights: Mapping, x, blocks: Sequence[int]):
+    """Conv blocks ``blocks`` (1-based, in order) on maps ``[N, frames, mels, c]``; each
+    but the last block of the network ends with 2x2 max pooling."""
     import tensorflow as tf
 
-    x = spec[..., tf.newaxis]
-    for b in range(1, len(CHANNELS) + 1):
+    for b in blocks:
         for c in (1, 2):
             x = tf.nn.conv2d(x, weights[f"block{b}_conv{c}_kernel"], strides=1, padding="SAME")
             x = tf.nn.relu(tf.nn.bias_add(x, weights[f"block{b}_conv{c}_bias"]))
         if b < len(CHANNELS):
             x = tf.nn.max_pool2d(x, ksize=2, strides=2, padding="VALID")
+    return x
+
+
+def _pool(x):
+    """The embedding: mean over frequency, then maximum over time."""
+    import tensorflow as tf
+
     return tf.reduce_max(tf.reduce_mean(x, axis=2), axis=1)
+
+
+def _embed(weights: Mapping, spec):
+    """Normalised log-mel ``[N, frames, 96]`` (at least 8 frames) -> ``[N, 512]``."""
+    import tensorflow as tf
+
+    return _pool(_run_blocks(weights, tf.expand_dims(spec, -1), range(1, len(CHANNELS) + 1)))
 
 
 def _pad_frames(spec, frames: int):
@@ -320,6 +335,45 @@ class Aisfx(Backbone):
         weights, windowing = self._weights, self.windowing
         return lambda y: _features(weights, y, windowing)
 
+    fine_tunable_blocks = len(CHANNELS)
+
+    def split(self, blocks: int | str, num_samples: Optional[int] = None) -> BackboneSplit:
+        """Frozen trunk (front-end and the first conv blocks) + trainable tail (the last
+        ``blocks`` conv blocks and the pooling; ``"all"``: the four blocks, from the
+        log-mel spectrogram) for windows of ``num_samples`` samples (fixed, so the maps
+        have one shape). Maps are ``[frames, mels, channels]``: time is axis 1. The
+        tail's weights are copies, so the backbone itself never changes."""
+        total = len(CHANNELS)
+        if self.windowing != "clip":
+            raise ModuleError(f"module {self.name} cannot be fine-tuned (its overlapping blocks "
+                              f"are averaged); use {NAME}")
+        count = total if blocks == ALL_BLOCKS else blocks
+        if not (isinstance(count, int) and not isinstance(count, bool) and 1 <= count <= total):
+            raise ModuleError(f"{self.name} has {total} blocks to fine-tune: --fine_tune_blocks "
+                              f"takes 1 to {total} or 'all', not {blocks!r}")
+        if not num_samples or num_samples < N_FFT // 2 + 1:
+            raise ModuleError(f"{self.name} is cut for windows of a fixed length: give "
+                              f"num_samples (at least {N_FFT // 2 + 1}), not {num_samples!r}")
+        import tensorflow as tf
+
+        first = total - count + 1
+        frozen = self._weights
+        trunk_blocks = list(range(1, first))
+
+        def trunk(y):
+            spec = _pad_frames(_log_mel(frozen, y), BLOCK_FRAMES)
+            return _run_blocks(frozen, tf.expand_dims(spec, -1), trunk_blocks)
+
+        tail = _Tail({k: np.asarray(v) for k, v in frozen.items()
+                      if k.startswith(tuple(f"block{b}_" for b in range(first, total + 1)))},
+                     list(range(first, total + 1)))
+        frames, mels = max(1 + int(num_samples) // HOP_LENGTH, BLOCK_FRAMES), N_MELS
+        for _ in trunk_blocks:  # each block of the trunk ends with 2x2 pooling
+            frames, mels = frames // 2, mels // 2
+        channels = CHANNELS[first - 2] if first > 1 else 1
+        return BackboneSplit(self, count, f"block{first}", (frames, mels, channels), trunk, tail,
+                             time_axis=1, input_shape=(int(num_samples),))
+
     def description(self) -> dict:
         desc = super().description()
         desc.update({
@@ -333,6 +387,23 @@ class Aisfx(Backbone):
             "windowing": self.windowing,
         })
         return desc
+
+
+def _Tail(arrays: Mapping[str, np.ndarray], blocks: Sequence[int]):
+    """The trainable end of the network: copies of its blocks' weights as variables;
+    calling it runs plain TF ops (freezable with the head into one graph)."""
+    import tensorflow as tf
+
+    class AisfxTail(tf.Module):
+        def __init__(self):
+            super().__init__(name="fine_tuned_tail")
+            self.weights = {k: tf.Variable(v, trainable=True, name=k) for k, v in arrays.items()}
+            self.blocks = list(blocks)
+
+        def __call__(self, x):
+            return _pool(_run_blocks(self.weights, x, self.blocks))
+
+    return AisfxTail()
 
 
 def load(cache_dir: Optional[str | os.PathLike] = None, windowing: str = "clip",

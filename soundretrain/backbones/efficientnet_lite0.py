@@ -327,7 +327,7 @@ class EfficientNetLite0(Backbone):
     def fine_tunable_blocks(self) -> int:
         return len(self.blocks)
 
-    def split(self, blocks: int | str) -> BackboneSplit:
+    def split(self, blocks: int | str, num_samples: Optional[int] = None) -> BackboneSplit:
         """Frozen trunk (stem and the first blocks) + trainable tail (the last ``blocks``
         MBConv blocks, the 1x1 head convolution and the pooling; ``"all"``: the stem
         too, and the tail takes the image). The tail's weights are copies, so the

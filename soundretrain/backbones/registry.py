@@ -73,19 +73,23 @@ class Backbone(abc.ABC):
     #: How many blocks at the end can be fine-tuned from cached activations (0: none).
     fine_tunable_blocks: int = 0
 
-    def split(self, blocks):
+    #: Whether :func:`load_module` gives this very network again from its description's
+    #: name or source. A fine-tuned network cannot (its weights exist nowhere else), so a
+    #: head-only export carries it (:func:`soundretrain.export.carried_parts`).
+    reloadable: bool = True
+
+    def split(self, blocks, num_samples: Optional[int] = None):
         """Cut the network before its last ``blocks`` blocks (``"all"``: the whole
         network is the tail) into a frozen trunk and a trainable tail, a
-        :class:`soundretrain.backbones.split.BackboneSplit`. Only networks built from
-        their own weights can; the rest raise :class:`ModuleError` with one line."""
-        if self.input_spec.kind == "waveform":
-            why = "it is a waveform module"
-        elif self.tf_callable() is None:
+        :class:`soundretrain.backbones.split.BackboneSplit`; a waveform network is cut
+        for windows of ``num_samples``. Only networks built from their own weights can;
+        the rest raise :class:`ModuleError` with one line."""
+        if self.tf_callable() is None:
             why = "it does not run in TensorFlow"
         else:
-            why = "it is one opaque function (a TF Hub or SavedModel module), its blocks cannot be reached"
+            why = "its blocks cannot be reached: only networks built here from their own weights can be cut"
         raise ModuleError(f"module {self.name} cannot be fine-tuned ({why}); use "
-                          "efficientnet_lite0 or drop --fine_tune_blocks")
+                          "efficientnet_lite0 or aisfx, or drop --fine_tune_blocks")
 
     def description(self) -> dict:
         """What a sidecar records about this module."""
@@ -484,10 +488,9 @@ class ConcatBackbone(Backbone):
             return tf.concat([f(self._fit(x, p)) for f, p in zip(fns, self.parts)], axis=1)
         return features
 
-    def split(self, blocks):
-        raise ModuleError(f"modules {self.name} cannot be fine-tuned together: fine-tuning takes "
-                          "one image module (efficientnet_lite0); drop --fine_tune_blocks or "
-                          "the other modules")
+    def split(self, blocks, num_samples: Optional[int] = None):
+        raise ModuleError(f"modules {self.name} are cut part by part: fine-tune the parts "
+                          "(retrain.fine_tune.plan_cuts), not the concatenation")
 
     def description(self) -> dict:
         d = super().description()
