@@ -265,7 +265,7 @@ class Project:
             new_name = os.path.basename(target)
             if new_name == os.path.basename(source):
                 return new_name
-            if os.path.lexists(target) and not _same_entry(source, target):
+            if os.path.lexists(target) and not atomic_files.same_entry(source, target):
                 raise ProjectError(409, f"class {new_name!r} exists already: move its clips or choose another name")
             self._check_label_free(new_name, ignore=os.path.basename(source))
             atomic_files.move_entry(source, target)  # one step (a case-only rename too)
@@ -395,14 +395,6 @@ class Project:
             return self.clips(name)
         except ProjectError:
             return []
-
-
-def _same_entry(a: str, b: str) -> bool:
-    """``a`` and ``b`` are one folder (a case-only rename on a case-insensitive disk)."""
-    try:
-        return os.path.samefile(a, b)
-    except OSError:
-        return False
 
 
 def _link_or_copy(source: str, target: str) -> None:

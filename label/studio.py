@@ -38,7 +38,7 @@ from typing import Callable, Optional
 from label.project import Project, ProjectError, Validated, check_class_name, class_label, extension_of, media_type
 from label.serve import (ClientGone, LabelService, ServeSettings, UploadError, decode_file, log_disconnect,
                          read_upload, upload_error)
-from label.training_worker import TrainingWorker
+from label.training_worker import TrainingWorker, read_json
 from label.mic import trigger_parameters
 
 log = logging.getLogger("label.serve")
@@ -57,21 +57,12 @@ def find_model(model_dir: str) -> Optional[str]:
     for name in MODEL_FILES:
         if os.path.isfile(os.path.join(model_dir, name)):
             return os.path.join(model_dir, name)
-    report = _read_json(os.path.join(model_dir, REPORT)) or {}
+    report = read_json(os.path.join(model_dir, REPORT)) or {}
     for key in ("output_audio_tflite", "output_tflite", "audio_saved_model_dir", "saved_model_dir"):
         name = (report.get("files") or {}).get(key)
         if name and os.path.exists(os.path.join(model_dir, name)):
             return os.path.join(model_dir, name)
     return None
-
-
-def _read_json(path: str) -> Optional[dict]:
-    try:
-        with open(path, encoding="utf-8") as f:
-            data = json.load(f)
-        return data if isinstance(data, dict) else None
-    except (OSError, ValueError):
-        return None
 
 
 class Studio:
@@ -123,7 +114,7 @@ class Studio:
                                                "max_seconds": self.settings.max_seconds},
                     "record_seconds": record,
                     "trigger": trigger_parameters(dataclasses.replace(self.settings.trigger, record_seconds=record))}
-        report = _read_json(os.path.join(self.project.model_dir, REPORT)) if service else None
+        report = read_json(os.path.join(self.project.model_dir, REPORT)) if service else None
         info["project"] = {"name": os.path.basename(self.project.root), "trained": service is not None,
                            "accuracy": (report or {}).get("accuracy"),
                            "evaluation": ((report or {}).get("evaluation") or {}).get("method")}
@@ -315,7 +306,7 @@ def add_routes(app, studio: Studio) -> None:
 
     @app.get("/v1/train/report")
     async def report():
-        data = _read_json(os.path.join(studio.project.model_dir, REPORT))
+        data = read_json(os.path.join(studio.project.model_dir, REPORT))
         if data is None:
             return error(404, "no report: no model has been trained in this project")
         return data

@@ -56,7 +56,8 @@ def _now() -> str:
     return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
 
 
-def _read_json(path: str) -> Optional[dict]:
+def read_json(path: str) -> Optional[dict]:
+    """A JSON object from ``path``; None when it is missing, unreadable or not an object."""
     try:
         with open(path, encoding="utf-8") as f:
             data = json.load(f)
@@ -101,7 +102,7 @@ class TrainingWorker:
         self._thread: Optional[threading.Thread] = None
         self._cancelled = False
         self._stopping = False
-        self.record = _read_json(self.record_path) or {"state": "idle"}
+        self.record = read_json(self.record_path) or {"state": "idle"}
 
     # --- state -----------------------------------------------------------------------
 
@@ -143,7 +144,7 @@ class TrainingWorker:
                 return None  # an earlier run's
         except OSError:
             return None
-        return _read_json(self.status_path)
+        return read_json(self.status_path)
 
     # --- starting --------------------------------------------------------------------
 

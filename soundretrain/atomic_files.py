@@ -309,7 +309,7 @@ def move_entry(source: str, target: str, *, durable: bool = True) -> None:
     ``RENAME_NOREPLACE``; elsewhere a check then ``rename`` (callers serialise their own
     moves). A case-only rename of one entry (``Dog`` -> ``dog`` on a case-insensitive disk)
     is allowed. Both folders are fsynced unless ``durable=False``."""
-    same = os.path.lexists(target) and _same_entry(source, target)
+    same = os.path.lexists(target) and same_entry(source, target)
     if os.path.lexists(target) and not same:
         raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), target)
     if same or not _rename_noreplace(source, target):
@@ -319,7 +319,8 @@ def move_entry(source: str, target: str, *, durable: bool = True) -> None:
             fsync_folder(folder)
 
 
-def _same_entry(a: str, b: str) -> bool:
+def same_entry(a: str, b: str) -> bool:
+    """``a`` and ``b`` name one file or folder (a case-only rename on a case-insensitive disk)."""
     try:
         return os.path.samefile(a, b)
     except OSError:
