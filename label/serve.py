@@ -501,7 +501,7 @@ def log_disconnect(request, gone: ClientGone) -> None:
              who, gone.received)
 
 
-async def _read_body(request, limit: int, too_big: str, timeout: float) -> bytes:
+async def read_body(request, limit: int, too_big: str, timeout: float) -> bytes:
     """The request body, refused (413) as soon as it passes ``limit`` bytes, and (408) when it
     has not arrived whole within ``timeout`` seconds: an overall deadline, so a client sending
     one byte now and then cannot hold the request open."""
@@ -543,7 +543,7 @@ async def read_upload(request, settings: ServeSettings) -> tuple[bytes, Optional
     too_big = too_big_message(limit)
     # Any body but a multipart form is the audio itself, whatever its Content-Type: `curl
     # --data-binary @clip.wav` labels it application/x-www-form-urlencoded.
-    body = await _read_body(request, limit + 64 * 1024 if _is_form(request) else limit, too_big,
+    body = await read_body(request, limit + 64 * 1024 if _is_form(request) else limit, too_big,
                             settings.upload_timeout)
     if not _is_form(request):
         return body, None

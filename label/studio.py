@@ -37,7 +37,7 @@ from typing import Callable, Optional
 
 from label.project import Project, ProjectError, Validated, check_class_name, class_label, extension_of, media_type
 from label.serve import (ClientGone, LabelService, ServeSettings, UploadError, decode_file, log_disconnect,
-                         read_upload, upload_error)
+                         read_body, read_upload, upload_error)
 from label.training_worker import TrainingWorker, read_json
 from label.mic import trigger_parameters
 
@@ -193,9 +193,10 @@ def add_routes(app, studio: Studio) -> None:
         return error(e.status, e.message)
 
     async def json_body(request: Request) -> dict:
-        raw = await request.body()
-        if len(raw) > 64 * 1024:
-            raise ProjectError(413, "the JSON body is too large")
+        try:  # within --upload_timeout, as every body
+            raw = await read_body(request, 64 * 1024, "the JSON body is too large", studio.settings.upload_timeout)
+        except (UploadError, ClientGone) as e:
+            raise ProjectError(getattr(e, "status", 400), getattr(e, "message", "the client disconnected")) from None
         try:
             data = json.loads(raw or b"{}")
         except ValueError:

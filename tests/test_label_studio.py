@@ -151,6 +151,7 @@ def test_class_names_are_checked(client):
     assert client.put("/v1/dataset/_background_").status_code == 201  # the train command's noise class
     assert_error(client.patch("/v1/dataset/dog_bark", json={"name": "_background_"}), 409, "exists already")
     assert_error(client.patch("/v1/dataset/dog_bark", content=b"not json"), 400, "JSON")
+    assert_error(client.patch("/v1/dataset/dog_bark", content=b" " * 70000), 413, "too large")
     assert_error(client.patch("/v1/dataset/dog_bark", json={"nom": "x"}), 400, "new name")
     assert_error(client.patch("/v1/dataset/nothing", json={"name": "x"}), 404, "no class 'nothing'")
     assert_error(client.delete("/v1/dataset/nothing"), 404, "no class")
