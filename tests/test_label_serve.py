@@ -316,7 +316,8 @@ def test_only_localhost_names_are_answered_on_loopback(server):
 def test_page_and_assets_are_local(client):
     page = client.get("/")
     assert page.status_code == 200 and "text/html" in page.headers["content-type"]
-    for name in ("app.js", "trigger.js", "wav.js", "capture-worklet.js", "style.css", "favicon.svg"):
+    for name in ("app.js", "trigger.js", "wav.js", "capture-worklet.js", "style.css", "favicon.svg", "backend.js",
+                 "audio.js", "view.js", "live.js", "studio.js", "project-api.js"):
         asset = client.get(f"/static/{name}")
         assert asset.status_code == 200, name
     assert client.get("/static/app.js").headers["content-type"].startswith("text/javascript")
