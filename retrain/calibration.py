@@ -15,7 +15,8 @@ from retrain.core import (HeldOut, Prepared, TrainOutcome, quiet_tensorflow_retr
 from retrain.settings import RetrainSettings
 from retrain.split_plan import MAX_AUTO_K, SplitPlan
 from retrain.splits import Split, recordings_per_class, stratified_group_kfold
-from soundretrain.open_set import BACKGROUND_LABEL, calibrate_threshold, known_scores
+from soundretrain.open_set import (BACKGROUND_LABEL, calibrate_threshold, known_scores,
+                                   min_calibration_count)
 
 INNER_SEED = 1  # the inner folds' assignment (the evaluation's uses 0)
 
@@ -72,9 +73,18 @@ def calibrate(settings: RetrainSettings, prepared: Prepared, plan: SplitPlan,
     threshold = calibrate_threshold(probs, true, background, rate)
     known = ~np.isin(true, background)
     scores = known_scores(probs, background)[known]
-    log(f"Open set: threshold {threshold:.3f} on the best class's probability, from {source} "
-        f"(N={int(known.sum())}): {np.mean(scores < threshold) * 100:.1f}% of those known sounds "
-        f"fall below it (--open_set_reject_rate {rate:g}); label calls a sound below it unknown")
+    if threshold <= 0:
+        log(f"Open set: no threshold: {int(known.sum())} held-out predictions ({source}) are too few "
+            f"to promise that at most {rate * 100:g}% of known sounds would be called unknown (it "
+            f"takes {min_calibration_count(rate)}); every sound is named after its nearest class"
+            + (", the background class excepted" if background else ""))
+        if not background:
+            return None
+    else:
+        log(f"Open set: threshold {threshold:.3f} on the best class's probability, from {source} "
+            f"(N={int(known.sum())}, {np.mean(scores < threshold) * 100:.1f}% of them below it; at most "
+            f"{rate * 100:g}% of new known sounds: --open_set_reject_rate); label calls a sound below "
+            "it unknown")
     return {"threshold": round(float(threshold), 6), "reject_rate": float(rate),
             "score": "best class probability" + (" (background excluded)" if background else ""),
             "calibrated_on": source, "count": int(known.sum()),

@@ -151,7 +151,8 @@ def cross_validation_splits(records: Sequence[ImageRecord], validation_percentag
     folds = sorted(set(folds)) if folds else available
     if len(available) < 2:
         raise RetrainError("--cross_validate needs at least two folds in the manifest, "
-                           f"these images have {available or 'none'}")
+                           f"these images have {available or 'none'}; without folds, retrain "
+                           "evaluates small sets by grouped k-fold by itself (--evaluation kfold)")
     unknown = sorted(set(folds) - set(available))
     if unknown:
         raise RetrainError(f"--cross_validation_folds {unknown} not among the manifest's folds "

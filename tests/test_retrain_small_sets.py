@@ -171,3 +171,22 @@ def test_validation_is_kept_only_when_something_reads_it(tmp_path, tiny, capsys)
     assert main(base + ["--validation_percentage=10"]) == 0  # asked for by name: kept
     out = capsys.readouterr().out
     assert "validation slice kept as asked" in out and "Validation accuracy" in out
+
+
+def test_kfold_runs_validate_on_their_own_training_part_when_something_reads_it():
+    from retrain.images import ImageRecord, ImageSet
+    from retrain.settings import HeadSettings, RetrainSettings
+    from retrain.split_plan import plan_split
+
+    records = tuple(ImageRecord(f"/x/{c}/{c}{k}_nohash_{w}.png", f"{c}/{c}{k}_nohash_{w}.png", c, f"{c}{k}")
+                    for c in ("a", "b") for k in range(12) for w in range(2))
+    images = ImageSet("/x", records, ("a", "b"), False)
+    plan = plan_split(RetrainSettings(image_dir="/x", head=HeadSettings(early_stopping=True)), images)
+    assert plan.method == "kfold" and plan.k == 5 and plan.validation_note is None
+    for fold in plan.folds:
+        groups = {name: {records[i].group for i in part}
+                  for name, part in (("train", fold.train), ("val", fold.validation), ("test", fold.test))}
+        assert groups["val"] and not groups["val"] & groups["test"] and not groups["val"] & groups["train"]
+    assert plan.final.validation and not plan.final.test  # the exported model's early stopping
+    plain = plan_split(RetrainSettings(image_dir="/x"), images)  # nothing reads validation
+    assert not any(f.validation for f in plain.folds) and not plain.final.validation

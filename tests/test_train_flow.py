@@ -50,8 +50,13 @@ def test_train_writes_a_model_folder_that_labels_unseen_recordings(tmp_path, tin
     (audio / "siren" / "notes.txt").write_text("recorded at the crossroads\n")
     (audio / "bird" / "broken.wav").write_bytes(b"RIFF0000WAVEnot really")
     (audio / "engine" / "engine_1_copy.wav").write_bytes((audio / "engine" / "engine_1.wav").read_bytes())
+    noise = tmp_path / "noise"  # --background_dir: trained as _background_, never reported
+    noise.mkdir()
+    for k in range(4):
+        sf.write(noise / f"hiss_{k}.wav", np.random.default_rng(k).normal(0, 0.05, SR * 3), SR)
     status = tmp_path / "status.json"
-    assert main(flow_args(tmp_path, tiny, audio, tmp_path / "my_model", f"--status_file={status}")) == 0
+    assert main(flow_args(tmp_path, tiny, audio, tmp_path / "my_model", f"--status_file={status}",
+                          f"--background_dir={noise}")) == 0
     captured = capsys.readouterr()
     out, err = captured.out, captured.err
     # The warnings: one line each.
@@ -59,20 +64,21 @@ def test_train_writes_a_model_folder_that_labels_unseen_recordings(tmp_path, tin
     assert "skipped bird/broken.wav:" in err
     assert "the same audio is in class 'engine' 2 times" in err and "count as one recording" in err
     # The table, the evaluation and the files.
-    assert "Evaluation: grouped 5-fold cross-validation" in out
+    assert "Evaluation: grouped 4-fold cross-validation" in out  # the background has 4 recordings
     assert "Cross-validation accuracy" in out and "Done in" in out
     model = tmp_path / "my_model"
     names = set(os.listdir(model))
     assert {"labels.txt", "report.json", "report.md", "confusion.png"} <= names
     assert "model_audio.tflite" in names and "model_audio.tflite.json" in names
-    assert (model / "labels.txt").read_text() == "bird\nengine\nsiren\n"
+    assert (model / "labels.txt").read_text() == "_background_\nbird\nengine\nsiren\n"
     report = json.loads((model / "report.json").read_text())
-    assert report["evaluation"]["method"] == "kfold" and report["evaluation"]["k"] == 5
-    assert [c["label"] for c in report["classes"]] == ["bird", "engine", "siren"]
-    engine = report["classes"][1]
+    assert report["evaluation"]["method"] == "kfold" and report["evaluation"]["k"] == 4
+    assert [c["label"] for c in report["classes"]] == ["_background_", "bird", "engine", "siren"]
+    assert report["open_set"]["background_labels"] == ["_background_"]
+    engine = report["classes"][2]
     assert engine["recordings"] == 5 and engine["clips"] > 5  # the copy: one recording more clips
     assert sum(c["evaluated_clips"] for c in report["classes"]) == report["clips"]
-    assert report["open_set"]["threshold"] > 0 and report["accuracy"] >= 0.8
+    assert report["open_set"]["threshold"] >= 0 and report["accuracy"] >= 0.8
     assert "| siren | 5 |" in (model / "report.md").read_text()
     sidecar = json.loads((model / "model_audio.tflite.json").read_text())
     assert sidecar["open_set"]["threshold"] == report["open_set"]["threshold"]

@@ -50,6 +50,10 @@ def make_flags() -> flags.FlagValues:
            enum_values=list(EVALUATIONS), group="training")
     define("integer", "how_many_training_steps", 4000, "Training steps of the head.",
            lower_bound=1, group="training")
+    define("float", "open_set_reject_rate", 0.05, "At most this share of new recordings of your "
+           "classes may be labelled unknown (the threshold is calibrated on the k-fold's held-out "
+           "predictions, and never above 0.5); 0: every sound gets its nearest class.",
+           group="training")
     define("integer", "random_seed", None, "Seed for everything random; the same seed repeats "
            "a run. Default: drawn and printed.", lower_bound=0, group="training")
     define("string", "work_dir", None, "Where spectrograms and TensorBoard runs are kept between "
@@ -73,6 +77,7 @@ def settings_from_flags(fv: flags.FlagValues) -> TrainSettings:
         audio_dir=fv.audio_dir, output_dir=fv.output_dir, background_dir=fv.background_dir or None,
         tfhub_module=fv.tfhub_module, evaluation=fv.evaluation,
         how_many_training_steps=fv.how_many_training_steps, random_seed=fv.random_seed,
+        open_set_reject_rate=fv.open_set_reject_rate,
         work_dir=fv.work_dir or None, bottleneck_dir=fv.bottleneck_dir or None,
         module_cache_dir=fv.module_cache_dir or None, status_file=fv.status_file or None,
         progress=fv.progress, jobs=fv.jobs)

@@ -52,6 +52,7 @@ class TrainSettings:
     tfhub_module: str = DEFAULT_MODULE
     evaluation: str = "auto"
     how_many_training_steps: int = 4000
+    open_set_reject_rate: float = 0.05  # retrain's: the "unknown" threshold; 0: none
     random_seed: Optional[int] = None
     work_dir: Optional[str] = None  # spectrograms and TensorBoard runs; default in the user cache
     bottleneck_dir: Optional[str] = None  # default: the user cache's shared bottleneck cache
@@ -70,6 +71,8 @@ class TrainSettings:
             p.append(f"--evaluation must be one of {', '.join(EVALUATIONS)}, not {self.evaluation!r}")
         if self.how_many_training_steps <= 0:
             p.append(f"--how_many_training_steps must be positive, not {self.how_many_training_steps}")
+        if not 0 <= self.open_set_reject_rate < 1:
+            p.append(f"--open_set_reject_rate must be in [0, 1), not {self.open_set_reject_rate}")
         if self.jobs < 0:
             p.append(f"--jobs must be >= 0, not {self.jobs}")
         if self.audio_dir and self.output_dir:
@@ -120,24 +123,46 @@ def spectrogram_settings():
 
 
 class StatusObserver(RunObserver):
-    """retrain's stages and steps, into the status file and the caller's log."""
+    """retrain's stages and steps, into the status file, and as progress bars on a terminal
+    (the k-fold evaluation's folds, the training steps; the bottlenecks have their own)."""
 
     MESSAGES = {"bottlenecks": "computing the module's features", "evaluating": "k-fold evaluation",
                 "training": "training the model", "export": "exporting the model"}
+    BARS = {"evaluating": ("k-fold evaluation", "fold"), "training": ("training", "step")}
 
-    def __init__(self, status: StatusFile) -> None:
+    def __init__(self, status: StatusFile, progress: bool = True) -> None:
         self.status = status
+        self.progress = progress
+        self.bar = None
 
     def stage(self, name: str, total: int = 0) -> None:
+        self.close()
         self.status.stage(name, self.MESSAGES.get(name, name), total)
+        if name in self.BARS and total:
+            from tqdm import tqdm
+
+            desc, unit = self.BARS[name]
+            self.bar = tqdm(total=total, desc=desc, unit=unit, leave=False,
+                            disable=None if self.progress else True)
+
+    def _bar_to(self, done: int) -> None:
+        if self.bar is not None:
+            self.bar.update(max(0, done - self.bar.n))
 
     def advance(self, done: int, total: int) -> None:
         self.status.advance(done, total)
+        self._bar_to(done)
 
     def evaluation(self, step: int, total: int, train_accuracy: float,
                    validation_accuracy: Optional[float]) -> None:
         self.status.point(step, train_accuracy, validation_accuracy)
         self.status.advance(step + 1, total)
+        self._bar_to(step + 1)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
 
 
 def stage_folder(folders: AudioFolders, work_dir: str) -> str:
@@ -234,6 +259,7 @@ def retrain_settings(settings: TrainSettings, spec_dir: str, work_dir: str, stag
         split="stratified", evaluation=evaluation,
         testing_percentage=0 if settings.evaluation == "none" else 10,
         how_many_training_steps=settings.how_many_training_steps,
+        open_set_reject_rate=settings.open_set_reject_rate,
         eval_step_interval=max(10, settings.how_many_training_steps // 100),
         summaries_dir=os.path.join(work_dir, "training_summaries"),
         output_graph=None, output_graph_explicit=False,
@@ -304,11 +330,14 @@ def _train(settings: TrainSettings, output_dir: str, status: StatusFile, log, wa
 
     with model_folder.staged_model_folder(output_dir) as staging:
         rs = retrain_settings(settings, spec_dir, work_dir, staging)
-        try:
-            result = retrain(rs, settings.random_seed, log, images=images, plan=plan,
-                             observer=StatusObserver(status))
+        observer = StatusObserver(status, settings.progress)
+        try:  # retrain's step lines go to TensorBoard; here a bar shows the steps
+            result = retrain(rs, settings.random_seed, lambda line: None if ": Step " in line else log(line),
+                             images=images, plan=plan, observer=observer)
         except RetrainError as err:
             raise FlowError(str(err)) from None
+        finally:
+            observer.close()
         files = sorted(os.listdir(staging))
         report = write_report(staging, result, settings, folders, spec_dir, time.perf_counter() - start)
         files = sorted(os.listdir(staging))

@@ -99,7 +99,12 @@ def markdown(report: dict, model_file: str) -> str:
         lines.append(f"| {c['label']} | {c['recordings']} | {c['clips']} | {a} | {p} |")
     lines += ["", "![confusion matrix](confusion.png)", ""]
     open_set = report.get("open_set")
-    if open_set:
+    if open_set and not open_set.get("threshold"):
+        lines.append(f"No \"unknown\" threshold: {open_set.get('count')} held-out predictions are too few to "
+                     "calibrate one; every sound is named after its nearest class"
+                     + (" (the background class excepted)." if open_set.get("background_labels") else "."))
+        lines.append("")
+    elif open_set:
         measured = open_set.get("measured") or {}
         lines.append(f"Unknown sounds: below a best-class probability of {open_set['threshold']:.3f} "
                      f"a sound is labelled `{report['unknown_label']}` (calibrated on "
