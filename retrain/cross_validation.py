@@ -20,7 +20,8 @@ import numpy as np
 from retrain.core import (RetrainSettings, _default_tag, check_fine_tune, draw_seed, prepare, split_partition,
                           train_and_evaluate)
 from retrain.errors import RetrainError
-from retrain.splits import cross_validation_splits, missing_classes
+from retrain.split_plan import needs_validation
+from retrain.splits import cross_validation_splits, missing_classes, without_validation
 from retrain.summaries import make_run_dir
 from soundretrain import atomic_files
 
@@ -56,6 +57,12 @@ def cross_validate(settings: RetrainSettings, seed: Optional[int] = None,
                        check_backbone=lambda backbone, spectrogram: check_fine_tune(settings, backbone,
                                                                                  spectrogram))
     runs = cross_validation_splits(prepared.images.records, settings.validation_percentage, folds)
+    if needs_validation(settings) is None and not settings.keep_validation:
+        # Nothing reads a validation slice: its recordings train each fold's head (the test
+        # folds are the official ones either way).
+        runs = [(fold, without_validation(split)) for fold, split in runs]
+        log("Validation: no validation slice: nothing reads it (--early_stopping and --autotune "
+            "are off), so its recordings train each fold's head; --validation_percentage N keeps one")
     partition = split_partition(settings, prepared)
     base_tag = settings.run_tag or _default_tag(dataclasses.replace(settings, split="hash"),
                                                 prepared).replace("-hash", "")

@@ -190,3 +190,17 @@ def test_kfold_runs_validate_on_their_own_training_part_when_something_reads_it(
     assert plan.final.validation and not plan.final.test  # the exported model's early stopping
     plain = plan_split(RetrainSettings(image_dir="/x"), images)  # nothing reads validation
     assert not any(f.validation for f in plain.folds) and not plain.final.validation
+
+
+def test_cross_validation_gives_the_validation_slice_back(tmp_path, tiny, capsys):
+    from test_retrain_cli import make_manifest_images
+
+    images = make_manifest_images(tmp_path / "spec")
+    args = [a for a in args_for(tmp_path, tiny, images, "--cross_validate") if not a.startswith("--output")]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "so its recordings train each fold's head" in out
+    assert "Validation accuracy" not in out and out.count("Final test accuracy") == 3
+    assert main(args + ["--validation_percentage=40"]) == 0  # asked for by name: kept
+    out = capsys.readouterr().out
+    assert "train each fold's head" not in out and "Validation accuracy" in out

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -66,6 +67,8 @@ def test_train_writes_a_model_folder_that_labels_unseen_recordings(tmp_path, tin
     # The table, the evaluation and the files.
     assert "Evaluation: grouped 4-fold cross-validation" in out  # the background has 4 recordings
     assert "Cross-validation accuracy" in out and "Done in" in out
+    assert "Per class (recall on the evaluated clips):" in out
+    assert re.search(r"\n  siren +\d+\.\d% \(\d+/\d+ clips, 5 recordings\)", out)
     model = tmp_path / "my_model"
     names = set(os.listdir(model))
     assert {"labels.txt", "report.json", "report.md", "confusion.png"} <= names

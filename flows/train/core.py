@@ -271,6 +271,23 @@ def retrain_settings(settings: TrainSettings, spec_dir: str, work_dir: str, stag
         flags_text=f"train --audio_dir={settings.audio_dir} --output_dir={settings.output_dir}")
 
 
+def per_class_lines(report_path: str) -> list[str]:
+    """The report's per-class accuracy, one line a class, for the console."""
+    import json
+
+    with open(report_path, encoding="utf-8") as f:
+        report = json.load(f)
+    if report.get("accuracy") is None:
+        return []
+    width = max(len(c["label"]) for c in report["classes"])
+    lines = ["Per class (recall on the evaluated clips):"]
+    for c in report["classes"]:
+        if c["accuracy"] is not None:
+            lines.append(f"  {c['label']:<{width}}  {c['accuracy'] * 100:5.1f}% "
+                         f"({c['correct']}/{c['evaluated_clips']} clips, {c['recordings']} recordings)")
+    return lines
+
+
 def train(settings: TrainSettings, log: Callable[[str], None] = print,
           warn: Optional[Callable[[str], None]] = None) -> TrainResult:
     """The whole flow; raises :class:`FlowError` (one line) on bad input and
@@ -338,9 +355,10 @@ def _train(settings: TrainSettings, output_dir: str, status: StatusFile, log, wa
             raise FlowError(str(err)) from None
         finally:
             observer.close()
-        files = sorted(os.listdir(staging))
         report = write_report(staging, result, settings, folders, spec_dir, time.perf_counter() - start)
         files = sorted(os.listdir(staging))
+    for line in per_class_lines(report):
+        log(line)
     accuracy = result.evaluation.get("accuracy") if result.evaluation else None
     log(f"Model folder: {output_dir} ({', '.join(files)})")
     return TrainResult(output_dir, os.path.join(output_dir, os.path.basename(report)), accuracy,
