@@ -16,6 +16,10 @@ training recordings, at each ``--reject_rates`` value. Reported:
   "unknown" counts as wrong, share called unknown) and the left-out classes' clips (share
   called unknown), plus the AUROC of the score (known vs unknown clips).
 
+``--background_classes B``: B more classes (the next ones in the rotation) are merged into one
+``_background_`` class, trained on and never reported: does training on other sounds teach
+the model to say "unknown" for sounds it never heard?
+
     python -m benchmarks.bench_open_set --spec_dir /tmp/us8k_spec --bottleneck_dir /tmp/us8k_bn
 
 Writes ``benchmarks/results/bench_open_set.json`` (``--results`` elsewhere).
@@ -53,26 +57,30 @@ def auroc(known: np.ndarray, unknown: np.ndarray) -> float:
     return float((r_known - len(known) * (len(known) + 1) / 2) / (len(known) * len(unknown)))
 
 
-def subset(prepared, indices: Sequence[int], labels: Sequence[str]):
-    """A Prepared of ``indices`` only, its classes ``labels`` (ids renumbered)."""
+def subset(prepared, indices: Sequence[int], labels: Sequence[str], rename: Optional[dict] = None):
+    """A Prepared of ``indices`` only, its classes ``labels`` (ids renumbered); ``rename``:
+    original label -> label (classes merged into the background)."""
     from retrain.core import Prepared
     from retrain.images import ImageSet
 
     indices = np.asarray(indices, int)
-    records = tuple(prepared.images.records[i] for i in indices)
+    rename = rename or {}
+    records = tuple(dataclasses.replace(r, label=rename.get(r.label, r.label))
+                    for r in (prepared.images.records[i] for i in indices))
     images = ImageSet(prepared.images.image_dir, records, tuple(labels), prepared.images.from_manifest)
     return Prepared(images, prepared.backbone, prepared.spectrogram_settings,
                     prepared.features[indices], np.asarray(images.class_ids(), np.int32))
 
 
-def fit_and_calibrate(settings, prepared, known_labels, train: Sequence[int], seed: int):
+def fit_and_calibrate(settings, prepared, known_labels, train: Sequence[int], seed: int,
+                      rename: Optional[dict] = None):
     """retrain's head on ``train`` (indices into ``prepared``) and the out-of-fold scores
     its threshold is calibrated on; None when a class has too few recordings."""
     from retrain.calibration import inner_held_out
     from retrain.core import train_and_evaluate
     from retrain.splits import Split
 
-    sub = subset(prepared, train, known_labels)
+    sub = subset(prepared, train, known_labels, rename)
     everything = list(range(len(train)))
     held = inner_held_out(settings, sub, everything, seed, lambda i: "all")
     if held is None:
@@ -82,30 +90,36 @@ def fit_and_calibrate(settings, prepared, known_labels, train: Sequence[int], se
     return outcome.head, held.probabilities, sub.class_ids[held.indices]
 
 
-def measure(head, known_x, known_y, unknown_x, oof_p, oof_y, rates) -> dict:
-    from soundretrain.open_set import calibrate_threshold, known_scores
+def measure(head, known_x, known_y, unknown_x, oof_p, oof_y, rates, background=()) -> dict:
+    """Known clips (their class ids) and unknown clips through label's decision at each
+    calibrated threshold; ``background``: the class ids never reported."""
+    from soundretrain.open_set import OpenSet, calibrate_threshold, known_scores
 
     p_known, p_unknown = head.predict(known_x), head.predict(unknown_x)
-    s_known, s_unknown = known_scores(p_known), known_scores(p_unknown)
+    s_known, s_unknown = known_scores(p_known, background), known_scores(p_unknown, background)
     closed = float(np.mean(p_known.argmax(1) == known_y))
     out = {"closed_set_accuracy": closed, "auroc": auroc(s_known, s_unknown),
            "known": int(len(known_y)), "unknown": int(len(unknown_x)), "rates": {}}
     for rate in rates:
-        t = calibrate_threshold(oof_p, oof_y, reject_rate=rate)
-        accepted = s_known >= t
+        t = calibrate_threshold(oof_p, oof_y, background, rate)
+        decide = OpenSet(t, tuple(background))
+        said_known = np.asarray([-1 if k is None else k for k, _ in map(decide.decide, p_known)])
+        said_unknown = np.asarray([-1 if k is None else k for k, _ in map(decide.decide, p_unknown)])
         out["rates"][f"{rate:g}"] = {
             "threshold": t,
-            "known_called_unknown": float(np.mean(~accepted)),
-            "known_accuracy_with_unknown": float(np.mean(accepted & (p_known.argmax(1) == known_y))),
-            "unknown_called_unknown": float(np.mean(s_unknown < t)),
+            "known_called_unknown": float(np.mean(said_known < 0)),
+            "known_accuracy_with_unknown": float(np.mean(said_known == known_y)),
+            "unknown_called_unknown": float(np.mean(said_unknown < 0)),
         }
     return out
 
 
-def draws(labels: Sequence[str], unknown_count: int, count: int) -> list[list[str]]:
-    """Left-out class sets rotating through the classes."""
+def draws(labels: Sequence[str], unknown_count: int, count: int, extra: int = 0) -> list[list[str]]:
+    """Left-out class sets rotating through the classes (``unknown_count`` a draw), each
+    followed by the ``extra`` next classes (the background's)."""
     order = list(labels)
-    return [[order[(d * unknown_count + j) % len(order)] for j in range(unknown_count)] for d in range(count)]
+    return [[order[(d * unknown_count + j) % len(order)] for j in range(unknown_count + extra)]
+            for d in range(count)]
 
 
 def pick_recordings(prepared, pool: Sequence[int], per_class: Optional[int], rng) -> list[int]:
@@ -124,37 +138,44 @@ def pick_recordings(prepared, pool: Sequence[int], per_class: Optional[int], rng
     return chosen
 
 
-def run_draw(settings, prepared, left_out: list[str], per_class: Optional[int], rates, seed: int) -> dict:
+def run_draw(settings, prepared, left_out: list[str], per_class: Optional[int], rates, seed: int,
+             background: Sequence[str] = ()) -> dict:
     from retrain.splits import stratified_group_kfold
+    from soundretrain.open_set import BACKGROUND_LABEL
 
     labels = prepared.images.labels
-    known_labels = [l for l in labels if l not in left_out]
+    rename = {l: BACKGROUND_LABEL for l in background}
+    known_labels = sorted({rename.get(l, l) for l in labels if l not in left_out})
+    bg = tuple(k for k, l in enumerate(known_labels) if l == BACKGROUND_LABEL)
     records, ids = prepared.images.records, prepared.class_ids
-    is_known = np.asarray([labels[c] in known_labels for c in ids])
-    remap = {labels.index(l): k for k, l in enumerate(known_labels)}
+    is_known = np.asarray([labels[c] not in left_out for c in ids])
+    remap = {labels.index(l): known_labels.index(rename.get(l, l)) for l in labels if l not in left_out}
+    out = {"left_out": left_out, "background": list(background)}
+    is_reported = np.asarray([labels[c] not in left_out and labels[c] not in background for c in ids])
     fold = np.asarray([r.fold for r in records])
     rng = np.random.default_rng(seed)
-    out = {"left_out": left_out}
+
+    def scored(train: Sequence[int], known: np.ndarray, unknown: np.ndarray) -> Optional[dict]:
+        fitted = fit_and_calibrate(settings, prepared, known_labels, train, seed, rename)
+        if fitted is None:
+            return None
+        head, oof_p, oof_y = fitted
+        return measure(head, prepared.features[known], np.asarray([remap[c] for c in ids[known]]),
+                       prepared.features[unknown], oof_p, oof_y, rates, bg)
+
     # inner: fold 1 only. Known recordings split in two by recording (one part trains).
     pool = np.flatnonzero(is_known & (fold == 1))
     part_train, part_held = stratified_group_kfold([records[i].group for i in pool], ids[pool], 2, seed)[0]
-    train = pick_recordings(prepared, pool[part_train], per_class, rng)
-    fitted = fit_and_calibrate(settings, prepared, known_labels, train, seed)
-    if fitted is not None:
-        head, oof_p, oof_y = fitted
-        held = pool[part_held]
-        unknown = np.flatnonzero(~is_known & (fold == 1))
-        out["inner"] = measure(head, prepared.features[held], np.asarray([remap[c] for c in ids[held]]),
-                               prepared.features[unknown], oof_p, oof_y, rates)
+    held = pool[part_held]
+    inner = scored(pick_recordings(prepared, pool[part_train], per_class, rng), held[is_reported[held]],
+                   np.flatnonzero(~is_known & (fold == 1)))
+    if inner is not None:
+        out["inner"] = inner
     # test: train on fold 1's known classes, fold 2 reports.
-    train = pick_recordings(prepared, np.flatnonzero(is_known & (fold == 1)), per_class, rng)
-    fitted = fit_and_calibrate(settings, prepared, known_labels, train, seed)
-    if fitted is not None:
-        head, oof_p, oof_y = fitted
-        known = np.flatnonzero(is_known & (fold == 2))
-        unknown = np.flatnonzero(~is_known & (fold == 2))
-        out["test"] = measure(head, prepared.features[known], np.asarray([remap[c] for c in ids[known]]),
-                              prepared.features[unknown], oof_p, oof_y, rates)
+    test = scored(pick_recordings(prepared, np.flatnonzero(is_known & (fold == 1)), per_class, rng),
+                  np.flatnonzero(is_reported & (fold == 2)), np.flatnonzero(~is_known & (fold == 2)))
+    if test is not None:
+        out["test"] = test
     return out
 
 
@@ -187,6 +208,8 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     parser.add_argument("--bottleneck_dir", default="/tmp/us8k_bn")
     parser.add_argument("--module", default=DEFAULT_MODULE)
     parser.add_argument("--unknown_classes", type=int, default=3)
+    parser.add_argument("--background_classes", type=int, default=0,
+                        help="more classes merged into one _background_ class (trained, never reported)")
     parser.add_argument("--draws", type=int, default=5)
     parser.add_argument("--per_class", default="all,6", help="recordings a class: 'all' and/or numbers")
     parser.add_argument("--reject_rates", default="0.01,0.02,0.05,0.1,0.2")
@@ -206,15 +229,18 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     prepared = prepare(settings, log=lambda line: print(line, flush=True))
     print(f"bottlenecks ready in {time.perf_counter() - start:.0f} s", flush=True)
     report = {"module": prepared.backbone.name, "unknown_classes": args.unknown_classes,
-              "reject_rates": rates, "regimes": {}}
+              "background_classes": args.background_classes, "reject_rates": rates, "regimes": {}}
+    labels = list(prepared.images.labels)
     for regime in args.per_class.split(","):
         per_class = None if regime == "all" else int(regime)
         results = []
-        for d, left_out in enumerate(draws(prepared.images.labels, args.unknown_classes, args.draws)):
+        for d, chosen in enumerate(draws(labels, args.unknown_classes, args.draws, args.background_classes)):
+            left_out, background = chosen[:args.unknown_classes], chosen[args.unknown_classes:]
             t0 = time.perf_counter()
-            results.append(run_draw(settings, prepared, left_out, per_class, rates, args.seed + d))
-            print(f"[{regime} a class] draw {d + 1}/{args.draws}: left out {', '.join(left_out)} "
-                  f"({time.perf_counter() - t0:.0f} s)", flush=True)
+            results.append(run_draw(settings, prepared, left_out, per_class, rates, args.seed + d, background))
+            print(f"[{regime} a class] draw {d + 1}/{args.draws}: left out {', '.join(left_out)}"
+                  + (f"; background: {', '.join(background)}" if background else "")
+                  + f" ({time.perf_counter() - t0:.0f} s)", flush=True)
         report["regimes"][regime] = {"draws": results, "inner": summary(results, "inner", rates),
                                      "test": summary(results, "test", rates)}
         for where in ("inner", "test"):
