@@ -354,7 +354,8 @@ def _train(settings: TrainSettings, output_dir: str, status: StatusFile, log, wa
             observer.close()
         report = write_report(staging, result, settings, folders, spec_dir, time.perf_counter() - start)
         files = sorted(os.listdir(staging))
-    for line in per_class_lines(report):
+        summary = per_class_lines(report)  # read before the folder is swapped in
+    for line in summary:
         log(line)
     accuracy = result.evaluation.get("accuracy") if result.evaluation else None
     log(f"Model folder: {output_dir} ({', '.join(files)})")
