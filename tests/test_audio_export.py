@@ -469,6 +469,53 @@ def test_label_image_feeds_a_head_only_model_as_its_audio_in_twin(several_rates,
         assert max(abs(ta["score"] - tb["score"]) for ta, tb in zip(a["top"], b["top"])) < 1e-4
 
 
+def test_mic_loop_with_a_model_at_several_rates(several_rates, tmp_path, capsys):
+    """--mic (here driven by a file) hears the same events with the audio-in model and its
+    head-only twin, and labels them alike."""
+    from label.cli import main
+
+    quiet = 0.005 * np.random.default_rng(3).standard_normal(2 * SR).astype(np.float32)
+    y = np.concatenate([quiet, make_clip("chirp", 1.0, seed=31), quiet, make_clip("tone", 1.0, seed=32), quiet])
+    wav = write_wav(tmp_path / "events.wav", y)
+    events = {}
+    for name in ("output_tflite", "output_audio_tflite"):
+        assert main(["label_image", "--graph", several_rates["image"][name], "--mic_file", wav, "--json",
+                     "--record_seconds", "1"]) == 0
+        lines = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
+        events[name] = [(round(e["start"], 2), e["top"][0]["label"], e["top"][0]["score"]) for e in lines if "top" in e]
+    assert len(events["output_tflite"]) == 2
+    for a, b in zip(events["output_tflite"], events["output_audio_tflite"]):
+        assert a[:2] == b[:2] and abs(a[2] - b[2]) < 1e-4
+    assert len(events["output_tflite"]) == len(events["output_audio_tflite"])
+
+
+def test_serve_answers_a_model_at_several_rates_as_its_head_only_twin(several_rates, tmp_path):
+    pytest.importorskip("fastapi", reason="the serve extra is not installed (pip install '.[serve]')")
+    httpx = pytest.importorskip("httpx")
+    import io
+
+    import soundfile as sf
+
+    from label.labeling import AudioInput, resolve_image_input, spectrogram_settings_for
+    from label.models import load_labeler
+    from label.serve import BackgroundServer, LabelService, ServeSettings
+
+    buf = io.BytesIO()
+    sf.write(buf, np.concatenate([make_clip("noise", 1.5, seed=33), make_clip("chirp", 1.5, seed=34)]), 44100,
+             format="WAV")  # another rate than the model's: the server resamples
+    answers = {}
+    for name in ("output_tflite", "output_audio_tflite"):
+        labeler = load_labeler(several_rates["image"][name])
+        audio_input = AudioInput(spectrogram_settings_for(labeler), None, resolve_image_input(labeler))
+        with BackgroundServer(LabelService([labeler], audio_input, ServeSettings())) as url:
+            info = httpx.get(url + "v1/model", timeout=30).json()
+            answers[name] = httpx.post(url + "v1/label", content=buf.getvalue(), timeout=60).json()
+        assert info["sample_rates"] == [SR]
+    head, audio_in = answers["output_tflite"], answers["output_audio_tflite"]
+    assert [w["top"][0]["label"] for w in head["windows"]] == [w["top"][0]["label"] for w in audio_in["windows"]]
+    np.testing.assert_allclose([t["score"] for t in head["top"]], [t["score"] for t in audio_in["top"]], atol=1e-4)
+
+
 def test_a_head_only_model_resampled_by_another_filter_is_refused(several_rates, tmp_path):
     from label.models import ModelLoadError, load_labeler
 
