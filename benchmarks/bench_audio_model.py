@@ -2,14 +2,16 @@
 
     .venv/bin/python -m benchmarks.bench_audio_model                   # everything (~10-20 min on 2 cores)
     .venv/bin/python -m benchmarks.bench_audio_model --clips 100 --no_hour   # a quicker look
-    .venv/bin/python -m benchmarks.bench_audio_model --preset urbansound8k --parts agreement,warm \
+    .venv/bin/python -m benchmarks.bench_audio_model --preset urbansound8k --parts agreement,litert,warm \
         --spec_dir /tmp/us8k_spec --bottleneck_dir /tmp/us8k_bn     # the presets' model (aisfx,soundnet,efficientnet_lite0)
 
 With ``--preset``, the head is trained on fold 1 exactly as ``retrain --preset NAME
 --test_folds=2`` trains it (the preset's flags, seed 0), and the reference is
 ``label_image``'s Python path for it: the head-only TFLite, each module run in Python on
 the window resampled to its rate (``label_files``, what ``label_image --audio_dir`` runs).
-Results go to ``bench_audio_model_<preset>.json``.
+``litert``: the issue's judge, a process that can import only ai-edge-litert, numpy and
+soundfile labels every clip with the float32 audio-in TFLite (the README's lines); its top-1
+against label_image's. Results go to ``bench_audio_model_<preset>.json``.
 
 On the shared UrbanSound8K folds 1-2 (skips without them): spectrograms of both folds
 (rendered by this checkout's ``render_clip``), ``efficientnet_lite0`` bottlenecks, a head
@@ -227,6 +229,92 @@ def agreement(prepared, head, models: dict, clips: list) -> dict:
     return out
 
 
+#: What an app does with nothing but ai-edge-litert, numpy and soundfile: the README's
+#: lines, reading any file soundfile reads. Prints one "path<TAB>class index<TAB>score" per file.
+LITERT_ONLY = """
+import sys
+import numpy as np
+import soundfile as sf
+from ai_edge_litert.interpreter import Interpreter
+
+model = Interpreter(model_path=sys.argv[1], num_threads=1)
+meta = model.get_signature_runner("sidecar")(unused=np.int32(0))
+sr, n, hop = int(meta["sample_rate"]), int(meta["num_samples"]), int(meta["hop_samples"])
+serve = model.get_signature_runner("serving_default")
+for path in sys.stdin.read().splitlines():
+    y, rate = sf.read(path, dtype="float32", always_2d=True)
+    assert rate == sr, f"{path}: {rate} Hz, the model takes {sr} Hz"
+    y = y.mean(1)
+    starts = list(range(0, max(len(y) - n, 0) + 1, hop))
+    starts += [len(y) - n] if starts[-1] + n < len(y) else []
+    windows = np.stack([np.resize(y[s:s + n], n) for s in starts]).astype(np.float32)
+    p = serve(waveform=windows)["probabilities"]
+    loud = np.abs(windows).max(1) >= 1e-4
+    p = p[loud].mean(0) if loud.any() else p.mean(0)
+    print(f"{path}\t{int(p.argmax())}\t{float(p.max()):.6f}", flush=True)
+"""
+
+
+def litert_only_path(folder: Path) -> Path:
+    """A folder exposing numpy, ai_edge_litert and soundfile (with its cffi back-end and
+    typing_extensions), and
+    nothing else of site-packages."""
+    import ai_edge_litert
+    import soundfile
+
+    site = Path(np.__file__).resolve().parents[1]
+    folder.mkdir(parents=True, exist_ok=True)
+    names = ["numpy", "numpy.libs", "soundfile.py", "_soundfile.py", "_soundfile_data", "cffi", "typing_extensions.py"]
+    names += [p.name for p in site.glob("_cffi_backend*.so")]
+    for name in names:
+        if (site / name).exists() and not (folder / name).exists():
+            (folder / name).symlink_to(site / name)
+    if not (folder / "ai_edge_litert").exists():
+        (folder / "ai_edge_litert").symlink_to(Path(ai_edge_litert.__file__).resolve().parent)
+    assert Path(soundfile.__file__).resolve().parent == site
+    return folder
+
+
+def litert_only_agreement(models: dict, clips: list, work: Path, labels: list) -> dict:
+    """The issue's judge: a process with only ai-edge-litert, numpy and soundfile labels the
+    clips from their waveforms with the float32 audio-in model; its top-1 against
+    label_image's (the audio-in model through label_image, and the Python path)."""
+    from label.labeling import AudioInput, label_files, spectrogram_settings_for
+    from label.models import load_labeler
+
+    path = litert_only_path(work / "only_litert_numpy_soundfile")
+    guard = ("import sys\n"
+             f"sys.path[:0] = [{str(path)!r}]\n"
+             "for banned in ('tensorflow', 'librosa', 'soxr', 'scipy', 'soundretrain', 'label'):\n"
+             "    try:\n"
+             "        __import__(banned)\n"
+             "    except ImportError:\n"
+             "        continue\n"
+             "    raise SystemExit(f'{banned} is importable: the process is not isolated')\n")
+    paths = [p for p, _ in clips]
+    t0 = time.perf_counter()
+    done = subprocess.run([sys.executable, "-I", "-S", "-c", guard + LITERT_ONLY, models["audio_none"]],
+                          input="\n".join(paths), capture_output=True, text=True, cwd=work,
+                          env={"PATH": os.environ.get("PATH", ""), "HOME": str(work)})
+    if done.returncode != 0:
+        raise RuntimeError(done.stderr[-800:])
+    seconds = time.perf_counter() - t0
+    rows = [line.split("\t") for line in done.stdout.splitlines()]
+    litert = np.asarray([int(r[1]) for r in rows])
+    out = {"clips": len(rows), "seconds": seconds}
+    for name in ("image_none", "audio_none"):  # the Python path (head only), the audio-in model
+        labeler = load_labeler(models[name])
+        audio_input = AudioInput(spectrogram_settings_for(labeler))
+        top = np.asarray([int(r.probabilities.argmax()) for _, r, _ in label_files(labeler, paths, "audio",
+                                                                                 audio_input=audio_input)])
+        key = "python_path" if name == "image_none" else "label_image_audio_tflite"
+        out[f"top1_agreement_with_{key}"] = float(np.mean(top == litert))
+        out[f"disagreements_with_{key}"] = int(np.sum(top != litert))
+    truth = np.asarray([labels.index(label) for _, label in clips])
+    out["accuracy"] = float(np.mean(litert == truth))
+    return out
+
+
 def warm_latency(models: dict, clip: str, settings, repeats: int) -> dict:
     """ms per 4 s window with the model loaded: image path (render_clip + image TFLite)
     against each audio-in TFLite; the variants take turns call by call."""
@@ -423,7 +511,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=30)
     parser.add_argument("--cold_repeats", type=int, default=3)
     parser.add_argument("--no_hour", action="store_true", help="skip the one-hour recording")
-    parser.add_argument("--parts", default="agreement,warm,cold,hour",
+    parser.add_argument("--parts", default="agreement,warm,cold,hour,litert",
                         help="which measurements (others are kept from the last results file)")
     parser.add_argument("--reuse_models", action="store_true", help="keep models exported by an earlier run")
     parser.add_argument("--preset", default="", help="train the head as retrain --preset NAME does (its modules)")
@@ -442,7 +530,7 @@ def main() -> None:
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
     results = RESULTS.with_name(f"bench_audio_model_{args.preset}.json") if args.preset else RESULTS
-    result = json.loads(results.read_text()) if results.is_file() and parts != {"agreement", "warm", "cold", "hour"} else {}
+    result = json.loads(results.read_text()) if results.is_file() and parts != {"agreement", "warm", "cold", "hour", "litert"} else {}
     result.update({"machine": f"{platform.machine()}, {os.cpu_count()} cores", "module": args.module,
                    "load_average_start": os.getloadavg()[0]})
     if args.preset:
@@ -483,6 +571,9 @@ def main() -> None:
     import soundfile as sf
 
     clip = next(p for p, _ in clips if sf.info(p).duration >= settings.duration)
+    if several and "litert" in parts:
+        log(f"a process with only ai-edge-litert, numpy and soundfile, {len(clips)} clips ...")
+        result["litert_only"] = litert_only_agreement(models, clips, work, list(prepared.images.labels))
     if several and "warm" in parts:
         log("warm latency, one core ...")
         from label.models import load_labeler
