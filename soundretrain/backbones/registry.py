@@ -439,7 +439,8 @@ class ConcatBackbone(Backbone):
     Parts of one input kind can run as one function (images are resized to each part's
     size). Mixing image and waveform parts, or waveform parts at different sample rates,
     is fine for bottlenecks (the bottleneck stage feeds each part its own input, see
-    :attr:`parts`) but such a model has no single graph (``tf_callable`` is None).
+    :attr:`parts`) but has no single function (``tf_callable`` is None): an audio-in
+    export builds one graph from the parts (:mod:`soundretrain.audio_export`).
     """
 
     def __init__(self, parts: Sequence[Backbone]) -> None:
