@@ -438,7 +438,8 @@ def test_default_module_efficientnet_lite0_end_to_end(tmp_path, capsys):
     assert main(args) == 0
     out = capsys.readouterr().out
     assert "Module efficientnet_lite0: image input, 1280 features" in out
-    assert "Final test accuracy = 100.0%" in out
+    # 8 recordings a class are too few for a held-out test: grouped k-fold evaluation instead.
+    assert "Cross-validation accuracy = 100.0% (N=16 of 8 recordings" in out
     assert "Input node: Placeholder (float32 [None, 224, 224, 3]" in out
 
 
