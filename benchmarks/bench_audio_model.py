@@ -46,6 +46,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 
@@ -67,7 +68,7 @@ def fold_clips(spec_dir: Path, fold: int) -> list[tuple[str, str]]:
     return sorted({(row.source, row.label) for row in read_manifest(spec_dir / "manifest.csv") if row.fold == fold})
 
 
-def train(work: Path, module: str, steps: int):
+def train(work: Path, module: str, steps: int, bottleneck_dir: Optional[Path] = None):
     """Spectrograms, bottlenecks and a head trained on fold 1 (retrain.py's defaults)."""
     from retrain.core import RetrainSettings, prepare
     from retrain.head import ClassificationHead, HeadSettings, HeadTrainer
@@ -78,7 +79,7 @@ def train(work: Path, module: str, steps: int):
         log(f"rendering spectrograms of {SHARED_US8K} into {spec_dir} ...")
         subprocess.run([sys.executable, "-m", "spectrograms", "--preset=urbansound8k", f"--data_dir={SHARED_US8K}",
                         f"--output_dir={spec_dir}"], check=True, cwd=ROOT)
-    settings = RetrainSettings(image_dir=str(spec_dir), tfhub_module=module, bottleneck_dir=str(work / "bn"),
+    settings = RetrainSettings(image_dir=str(spec_dir), tfhub_module=module, bottleneck_dir=str(bottleneck_dir or work / "bn"),
                                summaries_dir=None)
     prepared = prepare(settings, log=log)
     split = fold_split(prepared.images.records, [2], (), 10)
@@ -533,20 +534,20 @@ def main() -> None:
     result = json.loads(results.read_text()) if results.is_file() and parts != {"agreement", "warm", "cold", "hour", "litert"} else {}
     result.update({"machine": f"{platform.machine()}, {os.cpu_count()} cores", "module": args.module,
                    "load_average_start": os.getloadavg()[0]})
+    spec_dir = Path(args.spec_dir) if args.spec_dir else work / "spec"
+    if spec_dir != work / "spec" and not (work / "spec").exists():
+        (work / "spec").symlink_to(spec_dir.resolve())
     if args.preset:
-        spec_dir = Path(args.spec_dir) if args.spec_dir else work / "spec"
         if not (spec_dir / "manifest.csv").is_file():
             log(f"rendering spectrograms of {SHARED_US8K} into {spec_dir} ...")
             subprocess.run([sys.executable, "-m", "spectrograms", f"--preset={args.preset}",
                             f"--data_dir={SHARED_US8K}", f"--output_dir={spec_dir}"], check=True, cwd=ROOT)
-        if spec_dir != work / "spec" and not (work / "spec").exists():
-            (work / "spec").symlink_to(spec_dir.resolve())
         prepared, head, acc = train_preset(work, args.preset, spec_dir,
                                            Path(args.bottleneck_dir) if args.bottleneck_dir else work / "bn")
         result["module"] = prepared.backbone.name
         result["preset"] = args.preset
     else:
-        prepared, head, acc = train(work, args.module, args.steps)
+        prepared, head, acc = train(work, args.module, args.steps, Path(args.bottleneck_dir) if args.bottleneck_dir else None)
     result["head_fold2_accuracy_cached_bottlenecks"] = acc
     several = bool(getattr(prepared.backbone, "parts", None))
     names = [f"{kind}_{q}" for q in VARIANTS for kind in ("image", "audio") if not several or kind == "audio" or q == "none"]
