@@ -681,9 +681,10 @@ def retrain(settings: RetrainSettings, seed: Optional[int] = None,
                                                                or settings.audio_saved_model_dir):
                     raise
                 log(f"Note: no audio-in model ({err}); writing {settings.audio_export_fallback}, "
-                    "which label_image feeds with the module's features")
+                    "which label_image feeds with the module's features"
+                    + (" (and no TF.js model: it takes sound too)" if settings.output_tfjs else ""))
                 settings = dataclasses.replace(settings, output_audio_tflite=None,
-                                               audio_saved_model_dir=None,
+                                               audio_saved_model_dir=None, output_tfjs=None,
                                                output_tflite=settings.audio_export_fallback)
                 check_exports(settings, backbone, spectrogram)
 

@@ -85,6 +85,7 @@ def test_train_writes_a_model_folder_that_labels_unseen_recordings(tmp_path, tin
     assert "| siren | 5 |" in (model / "report.md").read_text()
     sidecar = json.loads((model / "model_audio.tflite.json").read_text())
     assert sidecar["open_set"]["threshold"] == report["open_set"]["threshold"]
+    assert_browser_model(model, sidecar)
     state = json.loads(status.read_text())
     assert state["state"] == "done" and state["progress"] == 1.0 and state["accuracy"] == report["accuracy"]
     assert state["report"] == str(model / "report.json") and state["curve"]
@@ -100,6 +101,82 @@ def test_train_writes_a_model_folder_that_labels_unseen_recordings(tmp_path, tin
     assert len(results) == 6
     right = [Path(r["source"]).parent.name == r["label"] for r in results]  # "unknown" is wrong here
     assert np.mean(right) >= 0.8
+
+
+def tfjs_installed() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("tensorflowjs") is not None
+
+
+def assert_browser_model(model: Path, sidecar: dict) -> None:
+    """tfjs/: the same audio-in model as a TF.js graph model, in the folder's manifest (one
+    atomic set with the rest). Skipped where the converter is not installed (make install
+    installs it, so CI runs it)."""
+    if not tfjs_installed():
+        return
+    from soundretrain.model_folder import read_manifest, verify
+
+    tfjs = model / "tfjs"
+    names = set(os.listdir(tfjs))
+    shards = {n for n in names if re.fullmatch(r"group\d+-shard\d+of\d+\.bin", n)}
+    assert "model.json" in names and shards and "soundretrain.json" in names
+    graph = json.loads((tfjs / "model.json").read_text())
+    described = graph["userDefinedMetadata"]["soundretrain"]
+    assert described["model_input"] == "waveform" and described["artifact"] == "tfjs_graph_model"
+    assert described["labels"] == sidecar["labels"] and described["export_id"] == sidecar["export_id"]
+    assert described["open_set"] == sidecar["open_set"]
+    listed = read_manifest(str(model))["files"]
+    assert {f"tfjs/{n}" for n in names} <= set(listed)
+    assert listed["tfjs/model.json"]["bytes"] == (tfjs / "model.json").stat().st_size
+    verify(str(model))  # every listed file, hashed
+
+
+def test_no_converter_is_one_warning_and_notfjs_none(tmp_path, tiny, capsys, monkeypatch):
+    """Without the TF.js converter the folder is written as before, with one warning saying
+    how to get it; --notfjs asks for no browser model (and no warning)."""
+    import importlib.util
+
+    audio = recordings(tmp_path / "my_sounds", per_class=2)
+    real_find_spec = importlib.util.find_spec
+    with monkeypatch.context() as m:
+        m.setattr(importlib.util, "find_spec",
+                  lambda name, *a: None if name.split(".")[0] == "tensorflowjs" else real_find_spec(name, *a))
+        assert main(flow_args(tmp_path, tiny, audio, tmp_path / "a", "--evaluation=none",
+                              "--how_many_training_steps=100")) == 0
+    err = capsys.readouterr().err
+    warnings = [line for line in err.splitlines() if "TF.js" in line]
+    assert len(warnings) == 1 and warnings[0].startswith("train: warning: no TF.js model")
+    assert "pip install --no-deps tensorflowjs" in warnings[0] and "--notfjs" in warnings[0]
+    names = set(os.listdir(tmp_path / "a"))
+    assert {"model_audio.tflite", "labels.txt", "report.json"} <= names and "tfjs" not in names
+    assert main(flow_args(tmp_path, tiny, audio, tmp_path / "b", "--evaluation=none",
+                          "--how_many_training_steps=100", "--notfjs")) == 0
+    assert "TF.js" not in capsys.readouterr().err
+    names = set(os.listdir(tmp_path / "b"))
+    assert "model_audio.tflite" in names and "tfjs" not in names
+
+
+def test_a_module_without_audio_in_gets_no_browser_model_either(tmp_path, tiny, capsys, monkeypatch):
+    """A module that cannot be traced into one graph (as a TF Hub handle that runs outside
+    TensorFlow): model.tflite, which label_image feeds with the module's features, no
+    tfjs/ (it takes sound too), and the run still succeeds."""
+    from soundretrain import audio_export, tfjs_export
+
+    def untraceable(*args, **kwargs):
+        raise audio_export.AudioExportError("cannot export module 'tiny' audio-in: it cannot be traced")
+
+    monkeypatch.setattr(audio_export, "check_audio_export", untraceable)
+    monkeypatch.setattr(tfjs_export, "check_audio_export", untraceable)
+    audio = recordings(tmp_path / "my_sounds", per_class=2)
+    assert main(flow_args(tmp_path, tiny, audio, tmp_path / "m", "--evaluation=none",
+                          "--how_many_training_steps=100")) == 0
+    out = capsys.readouterr().out
+    assert "Note: no audio-in model (" in out
+    if tfjs_installed():
+        assert "(and no TF.js model: it takes sound too)" in out
+    names = set(os.listdir(tmp_path / "m"))
+    assert "model.tflite" in names and "model_audio.tflite" not in names and "tfjs" not in names
 
 
 def _wait_for(status: Path, stages: tuple, proc: subprocess.Popen, timeout: float = 300) -> dict:

@@ -66,6 +66,10 @@ def make_flags() -> flags.FlagValues:
     define("string", "status_file", None, "Keep a JSON status here, replaced atomically at each "
            "change (state, stage, step, progress, accuracy, curve), for a supervising process.",
            group="run")
+    define("boolean", "tfjs", True, "Also write the browser model: OUTPUT_DIR/tfjs/, a TF.js graph "
+           "model (model.json + weights) of the audio-in model, for label_image --export_web or "
+           "tf.loadGraphModel. Needs the tensorflowjs converter (make install installs it); "
+           "without it, one warning and the rest of the folder as usual.", group="data")
     define("boolean", "progress", True, "Show progress bars.", group="run")
     define("integer", "jobs", 0, "Worker processes for the spectrograms (0: all cores).",
            lower_bound=0, group="run")
@@ -80,14 +84,15 @@ def settings_from_flags(fv: flags.FlagValues) -> TrainSettings:
         open_set_reject_rate=fv.open_set_reject_rate,
         work_dir=fv.work_dir or None, bottleneck_dir=fv.bottleneck_dir or None,
         module_cache_dir=fv.module_cache_dir or None, status_file=fv.status_file or None,
-        progress=fv.progress, jobs=fv.jobs)
+        progress=fv.progress, jobs=fv.jobs, tfjs=fv.tfjs)
 
 
 def _usage(fv: flags.FlagValues, full: bool = False) -> str:
     return (f"usage: {PROG} --audio_dir=MY_SOUNDS --output_dir=MY_MODEL [flags]\n\n"
             "Trains a sound classifier on class folders of recordings, in one command:\n"
             "spectrograms, then retrain with settings that suit the data, then a model folder\n"
-            "(model_audio.tflite, labels.txt, report.md with per-class accuracy, confusion.png).\n"
+            "(model_audio.tflite, tfjs/ for the browser, labels.txt, report.md with per-class\n"
+            "accuracy, confusion.png).\n"
             + HELP_GROUPS.help(fv, full=full))
 
 

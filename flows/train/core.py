@@ -39,6 +39,7 @@ EVALUATIONS = ("auto", "holdout", "kfold", "none")
 AUDIO_TFLITE = "model_audio.tflite"
 TFLITE = "model.tflite"
 LABELS = "labels.txt"
+TFJS = "tfjs"  # the audio-in model for the browser: a TF.js graph model folder (--tfjs)
 
 
 @dataclass(frozen=True)
@@ -57,6 +58,7 @@ class TrainSettings:
     status_file: Optional[str] = None
     progress: bool = True
     jobs: int = 0  # spectrograms' worker processes; 0: all cores
+    tfjs: bool = True  # also the browser model (TFJS/) when the model takes sound and the converter is installed
 
     def problems(self) -> list[str]:
         p = []
@@ -245,7 +247,32 @@ def images_of(listing, spec_dir: str, folders: AudioFolders, settings: TrainSett
     return ImageSet(images.image_dir, tuple(records), labels, images.from_manifest)
 
 
-def retrain_settings(settings: TrainSettings, spec_dir: str, work_dir: str, staging: str):
+def tfjs_converter_missing() -> Optional[str]:
+    """Why no TF.js model can be written (the converter is not installed), or None. Cheap:
+    looks the package up without importing it (that would import TensorFlow)."""
+    import importlib.util
+
+    from soundretrain.tfjs_export import INSTALL_HINT
+
+    if importlib.util.find_spec("tensorflowjs") is None:
+        return f"the TensorFlow.js converter is not installed ({INSTALL_HINT})"
+    return None
+
+
+def tfjs_converter_loads() -> Optional[str]:
+    """Why the installed converter cannot be loaded, or None (after TensorFlow is imported)."""
+    from soundretrain.audio_export import AudioExportError
+    from soundretrain.tfjs_export import tfjs_converter
+
+    try:
+        tfjs_converter()
+    except AudioExportError as err:
+        return str(err)
+    return None
+
+
+def retrain_settings(settings: TrainSettings, spec_dir: str, work_dir: str, staging: str,
+                     tfjs: bool = False):
     from retrain.settings import RetrainSettings
 
     evaluation = "auto" if settings.evaluation == "none" else settings.evaluation
@@ -262,7 +289,8 @@ def retrain_settings(settings: TrainSettings, spec_dir: str, work_dir: str, stag
         output_graph=None, output_graph_explicit=False,
         output_labels=os.path.join(staging, LABELS),
         output_audio_tflite=os.path.join(staging, AUDIO_TFLITE),
-        audio_export_fallback=os.path.join(staging, TFLITE),
+        audio_export_fallback=os.path.join(staging, TFLITE),  # no TF.js either then
+        output_tfjs=os.path.join(staging, TFJS) if tfjs else None,
         whole_folder_export=False,  # train stages the whole model folder itself
         progress=settings.progress,
         flags_text=f"train --audio_dir={settings.audio_dir} --output_dir={settings.output_dir}")
@@ -322,6 +350,11 @@ def _train(settings: TrainSettings, output_dir: str, status: StatusFile, log, wa
                                   allow_single_recordings=settings.evaluation == "none")
     for note in folders.notes:
         warn(note)
+    tfjs = settings.tfjs
+    why_not = tfjs_converter_missing() if tfjs else None
+    if why_not:  # the rest of the folder is written as before
+        warn(f"no TF.js model (tfjs/, for the browser): {why_not}; --notfjs skips it")
+        tfjs = False
     work_dir = work_dir_for(settings)
     os.makedirs(work_dir, exist_ok=True)
     listing, spec_dir = render(folders, work_dir, settings, status, log, warn)
@@ -339,11 +372,15 @@ def _train(settings: TrainSettings, output_dir: str, status: StatusFile, log, wa
     from soundretrain.command_line import import_tensorflow_quietly
 
     import_tensorflow_quietly()
+    why_not = tfjs_converter_loads() if tfjs else None
+    if why_not:
+        warn(f"no TF.js model (tfjs/, for the browser): {why_not}; --notfjs skips it")
+        tfjs = False
     from flows.train.report import write_report
     from retrain.core import retrain
 
     with model_folder.staged_model_folder(output_dir) as staging:
-        rs = retrain_settings(settings, spec_dir, work_dir, staging)
+        rs = retrain_settings(settings, spec_dir, work_dir, staging, tfjs)
         observer = StatusObserver(status, settings.progress)
         try:  # retrain's step lines go to TensorBoard; here a bar shows the steps
             result = retrain(rs, settings.random_seed, lambda line: None if ": Step " in line else log(line),
