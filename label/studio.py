@@ -23,6 +23,8 @@ labelling requests in flight finish with the old one). :func:`add_routes` adds t
 ``GET /v1/export/model/{file}``    one file of the model folder (``model_audio.tflite``, ...)
 ``GET /v1/export/model.zip``       the model folder
 ``GET /v1/export/project.zip``     the project: its clips in class folders, and the model
+``GET /v1/export/web.zip``         the in-browser page with the model's TF.js version (a static
+                                   site: ``label_image --export_web``), when the model has one
 =================================  ==========================================================
 """
 # No `from __future__ import annotations`: FastAPI reads the endpoints' annotations.
@@ -40,6 +42,7 @@ from label.serve import (ClientGone, LabelService, ServeSettings, UploadError, d
                          read_body, read_upload, upload_error)
 from label.training_worker import TrainingWorker, read_json
 from label.mic import trigger_parameters
+from soundretrain.tfjs_export import MODEL_JSON as TFJS_MODEL_JSON
 
 log = logging.getLogger("label.serve")
 
@@ -161,8 +164,60 @@ class Studio:
                     files.append({"name": name, "bytes": os.path.getsize(path), "url": f"/v1/export/model/{name}"})
                 elif os.path.isdir(path):
                     files.append({"name": name + ".zip", "folder": True, "url": f"/v1/export/model/{name}.zip"})
+                    if os.path.isfile(os.path.join(path, TFJS_MODEL_JSON)):
+                        files[-1]["kind"] = "tfjs"
+        tfjs = self.tfjs_folder()
         return {"model": files, "model_zip": "/v1/export/model.zip" if files else None,
-                "project_zip": "/v1/export/project.zip", "serving": os.path.basename(self.model_path or "") or None}
+                "project_zip": "/v1/export/project.zip", "serving": os.path.basename(self.model_path or "") or None,
+                "tfjs": f"/v1/export/model/{os.path.basename(tfjs)}.zip" if tfjs else None,
+                "web_zip": "/v1/export/web.zip" if tfjs and self.web_problem() is None else None}
+
+    def tfjs_folder(self) -> Optional[str]:
+        """The model folder's TF.js graph model (the train command's ``tfjs/``: a subfolder
+        holding model.json), or None."""
+        folder = self.project.model_dir
+        if not os.path.isdir(folder):
+            return None
+        for name in sorted(os.listdir(folder)):
+            if not name.startswith(".") and os.path.isfile(os.path.join(folder, name, TFJS_MODEL_JSON)):
+                return os.path.join(folder, name)
+        return None
+
+    @staticmethod
+    def web_problem() -> Optional[str]:
+        """Why no in-browser page can be built here (TF.js not vendored), or None."""
+        from label.web_vendor import VendorError, check_vendored
+
+        try:
+            check_vendored()
+        except VendorError as e:
+            return str(e)
+        return None
+
+    def web_zip(self, tfjs: str) -> str:
+        """``label_image --export_web`` of ``tfjs`` with this server's settings, zipped as
+        ``<project>-web/...`` into a temp file (the caller deletes it). Raises
+        :class:`label.web_export.WebExportError` with one line."""
+        import shutil
+
+        from label.web_export import WebExportError, WebExportSettings, export_web
+
+        top = f"{os.path.basename(self.project.root) or 'project'}-web"
+        work = tempfile.mkdtemp(prefix="soundretrain-web-")
+        try:
+            site = os.path.join(work, top)
+            try:
+                export_web(tfjs, site, WebExportSettings(
+                    top_k=self.settings.top_k, max_upload_bytes=self.settings.max_upload_bytes,
+                    max_seconds=self.settings.max_seconds, trigger=self.settings.trigger))
+            except OSError as e:  # the model folder swapped by a training meanwhile
+                raise WebExportError(f"the model changed while the page was built ({e.strerror}); "
+                                     "try again") from None
+            entries = [(os.path.join(folder, name), os.path.relpath(os.path.join(folder, name), work))
+                       for folder, dirs, names in os.walk(site) for name in sorted(names)]
+            return _zip_entries(entries)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
 
     def model_entries(self, subfolder: Optional[str] = None):
         """``(path, name in a zip)`` of the model folder's files (or one subfolder's)."""
@@ -348,6 +403,23 @@ def add_routes(app, studio: Studio) -> None:
 
         target = await run_in_threadpool(build)
         return attachment(target, f"{os.path.basename(studio.project.root)}.zip", "application/zip", target)
+
+    @app.get("/v1/export/web.zip")
+    async def web_zip():
+        from label.web_export import WebExportError
+
+        tfjs = studio.tfjs_folder()
+        if tfjs is None:
+            return error(404, "no TF.js model yet: the train command writes one (tfjs/) when the "
+                         "tensorflowjs converter is installed (make install installs it)")
+        problem = studio.web_problem()
+        if problem:
+            return error(503, problem)
+        try:
+            target = await run_in_threadpool(studio.web_zip, tfjs)
+        except WebExportError as e:
+            return error(409, str(e))
+        return attachment(target, f"{os.path.basename(studio.project.root)}-web.zip", "application/zip", target)
 
     @app.get("/v1/export/model/{name}")
     async def model_file(name: str):

@@ -199,8 +199,10 @@ def test_project_zip_holds_the_clips_in_class_folders(client, studio):
     with zipfile.ZipFile(io.BytesIO(got.content)) as z:
         assert sorted(z.namelist()) == ["project/rain/r.wav", "project/siren/s0.wav", "project/siren/s1.wav"]
         assert z.read("project/siren/s0.wav") == clip_bytes("siren", 0)
-    assert client.get("/v1/export").json()["model"] == []
+    exports = client.get("/v1/export").json()
+    assert exports["model"] == [] and exports["tfjs"] is None and exports["web_zip"] is None
     assert_error(client.get("/v1/export/model.zip"), 404, "no model")
+    assert_error(client.get("/v1/export/web.zip"), 404, "no TF.js model yet", "make install")
     assert_error(client.get("/v1/export/model/..%2Fstatus.json"), 404)
 
 
@@ -250,3 +252,4 @@ def test_what_a_kill_leaves_is_cleaned_at_the_next_start(tmp_path):
         assert not (studio_dir / ".snapshot.1a2b3c4d.tmp").exists()
         assert os.listdir(folder / "siren") == ["s.wav"]
         assert project.counts() == {"siren": 1}
+

@@ -324,4 +324,10 @@ def test_5_export_the_model_and_the_project(server, project, tmp_path):
         listed = z.namelist()
     assert sum(1 for n in listed if n.startswith(f"my sounds/{CLASSES[2]}/")) == CLIPS
     assert "my sounds/model/model_audio.tflite" in listed
+    if "tfjs.zip" in names:  # the train command wrote the TF.js model: the page offers a static site of it
+        site = httpx.get(href["in-browser page (.zip)"], timeout=120)
+        with zipfile.ZipFile(io.BytesIO(site.content)) as z:
+            assert {"my sounds-web/index.html", "my sounds-web/model/model.json"} <= set(z.namelist())
+    else:
+        assert __import__("importlib").util.find_spec("tensorflowjs") is None
     screenshot(page, tmp_path, "studio-export")

@@ -192,6 +192,45 @@ def test_training_runs_the_train_command_and_swaps_the_model_in(trained):
     assert "Done in" in log
     files = {f["name"] for f in client.get("/v1/export").json()["model"]}
     assert {"model_audio.tflite", "labels.txt", "report.json"} <= files
+    assert_browser_downloads(client, trained["folder"])
+
+
+def assert_browser_downloads(client, folder: Path) -> None:
+    """The model's TF.js version (the train command's tfjs/) as a zip, and the in-browser
+    page built around it (label_image --export_web) as a zip: listed by /v1/export, served."""
+    import importlib.util
+    import zipfile
+
+    exports = client.get("/v1/export").json()
+    if importlib.util.find_spec("tensorflowjs") is None:  # make install installs it (CI runs this)
+        assert exports["tfjs"] is None and exports["web_zip"] is None
+        return
+    entry = next(f for f in exports["model"] if f["name"] == "tfjs.zip")
+    assert entry["kind"] == "tfjs" and entry["folder"] is True and exports["tfjs"] == entry["url"]
+    got = client.get(exports["tfjs"])
+    assert got.status_code == 200 and got.headers["content-type"] == "application/zip"
+    model = folder / ".studio" / "model" / "tfjs"
+    with zipfile.ZipFile(io.BytesIO(got.content)) as z:
+        assert sorted(z.namelist()) == sorted(f"model/tfjs/{p.name}" for p in model.iterdir())
+        graph = json.loads(z.read("model/tfjs/model.json"))
+    described = graph["userDefinedMetadata"]["soundretrain"]
+    assert described["model_input"] == "waveform" and sorted(described["labels"]) == sorted(CLASSES)
+    from label.web_vendor import missing_files
+
+    if missing_files():  # TF.js is vendored from npm by make install
+        assert exports["web_zip"] is None
+        assert_error(client.get("/v1/export/web.zip"), 503, "needs TF.js")
+        return
+    got = client.get(exports["web_zip"])
+    assert got.status_code == 200 and 'filename="project-web.zip"' in got.headers["content-disposition"]
+    with zipfile.ZipFile(io.BytesIO(got.content)) as z:
+        names = set(z.namelist())
+        assert {"project-web/index.html", "project-web/backend.json", "project-web/model/model.json",
+                "project-web/vendor/tf.min.js"} <= names
+        assert '<meta name="soundretrain-backend" content="browser">' in z.read("project-web/index.html").decode()
+        assert json.loads(z.read("project-web/model/model.json")) == graph
+        config = json.loads(z.read("project-web/backend.json"))
+    assert config["model"] == "model/model.json" and config["top_k"] == 3  # this server's top_k, 3 labels
 
 
 def test_cancel_keeps_the_old_model(trained):

@@ -489,10 +489,14 @@ export function startStudio(ctx) {
                                               el("span", { className: "muted", textContent: note }));
     for (const f of d.model) {
       const what = f.name === d.serving ? " · the model in use (audio in, TFLite)"
-        : /tfjs/i.test(f.name) ? " · TF.js, for the browser" : "";
+        : f.kind === "tfjs" || /tfjs/i.test(f.name) ? " · TF.js graph model, for the browser (tf.loadGraphModel)" : "";
       items.push(link(f.url, f.name, `${f.bytes ? ` ${(f.bytes / 1024).toFixed(0)} kB` : ""}${what}`));
     }
     if (d.model_zip) items.push(link(d.model_zip, "model folder (.zip)", " · every file above"));
+    if (d.web_zip) {
+      items.push(link(d.web_zip, "in-browser page (.zip)",
+                      " · a static site running the TF.js model: unzip, serve with any static server; nothing leaves the device"));
+    }
     items.push(link(d.project_zip, "project (.zip)", " · the clips in class folders, and the model"));
     if (!d.model.length) items.unshift(el("li", { className: "muted", textContent: "No model yet: train one first." }));
     $("downloads").replaceChildren(...items);
