@@ -193,11 +193,11 @@ class Project:
     def _clip_seconds(self, path: str, st: os.stat_result) -> Optional[float]:
         key = (path, st.st_size, st.st_mtime_ns)
         if key not in self._seconds:
-            import soundfile as sf
+            from soundretrain.audio import audio_header  # an MP3's frames, not a header that lies
 
             try:
-                info = sf.info(path)
-                self._seconds[key] = round(info.frames / info.samplerate, 3) if info.samplerate > 0 else None
+                frames, samplerate, _ = audio_header(path)
+                self._seconds[key] = round(frames / samplerate, 3) if samplerate > 0 else None
             except Exception:  # a format libsndfile cannot measure (m4a): the decoder read it
                 self._seconds[key] = None
         return self._seconds[key]
@@ -410,9 +410,10 @@ def extension_of(path: str, name: str) -> Optional[str]:
     extension = os.path.splitext(name)[1].lower()
     if extension in AUDIO_EXTENSIONS:
         return extension
-    import soundfile as sf
+    from soundretrain.audio import open_audio  # the opener audio_header and the decoder use
 
     try:
-        return _SNDFILE_EXTENSIONS.get(sf.info(path).format)
+        with open_audio(path, warn=False) as f:
+            return _SNDFILE_EXTENSIONS.get(f.format)
     except Exception:
         return None

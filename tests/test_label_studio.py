@@ -253,3 +253,28 @@ def test_what_a_kill_leaves_is_cleaned_at_the_next_start(tmp_path):
         assert os.listdir(folder / "siren") == ["s.wav"]
         assert project.counts() == {"siren": 1}
 
+
+@pytest.mark.skipif("MP3" not in sf.available_formats(), reason="this libsndfile cannot write MP3")
+def test_clip_lengths_and_formats_are_read_as_the_decoder_reads_them(tmp_path):
+    """A clip's length is its frames', not what a damaged or lying MP3 header says (as
+    everywhere else: soundretrain.audio.audio_header); its format, for an upload named
+    without an extension, comes from the same opener."""
+    from test_audio_decoding import damaged_mp3s, sound
+
+    from label.project import extension_of
+
+    folder = tmp_path / "project"
+    (folder / "siren").mkdir(parents=True)
+    paths = damaged_mp3s(folder / "siren", sound(6.0, sr=22050), 22050)
+    assert sf.info(str(paths["lying"])).duration < 1  # the header says 3 frames
+    project = Project(str(folder)).open()
+    try:
+        seconds = {c["id"]: c["seconds"] for c in project.clips("siren")}
+    finally:
+        project.close()
+    assert set(seconds) == {"clean.mp3", "lying.mp3", "no_tag.mp3", "overstated.mp3"}
+    for name in ("lying.mp3", "no_tag.mp3", "overstated.mp3"):
+        assert abs(seconds[name] - seconds["clean.mp3"]) < 0.1, seconds
+    assert 5.9 < seconds["clean.mp3"] < 6.2
+    assert extension_of(str(paths["lying"]), "upload") == ".mp3"
+    assert extension_of(str(tmp_path / "missing"), "upload") is None
