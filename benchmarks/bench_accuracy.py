@@ -75,6 +75,15 @@ HEAD_LEVERS: dict[str, Callable] = {
     # --augmentation_copies 1: one cached augmented copy of every training example.
     "augmentation": lambda s, on: dataclasses.replace(
         s, augment=dataclasses.replace(s.augment, copies=1 if on else 0)),
+    # --head=sgd: retrain.py's softmax layer trained by SGD (off: the logistic head).
+    "sgd": lambda s, on: dataclasses.replace(
+        s, head=dataclasses.replace(s.head, kind="sgd" if on else "logistic")),
+    # --ensemble=parts: one logistic head per backbone part, logits averaged (off: one head).
+    "ensemble": lambda s, on: dataclasses.replace(
+        s, head=dataclasses.replace(s.head, ensemble="parts" if on else "none")),
+    # --class_weights=balanced: every class weighs the same in the logistic head's loss.
+    "class_weights": lambda s, on: dataclasses.replace(
+        s, head=dataclasses.replace(s.head, class_weights="balanced" if on else "none")),
 }
 FINE_TUNE_BLOCKS = 5  # the recipe's K, chosen by inner CV (benchmarks/bench_fine_tune.py)
 
@@ -168,6 +177,9 @@ def evaluate(settings, prepared, seed: int = 0, shifted: Optional[dict] = None,
                                       prepared.class_ids[va])}
         if cv:
             row["cv"] = inner_cv_accuracy(settings, prepared, train_fold, seed)
+            if shifted is not None:
+                row["cv_shifted"] = inner_cv_accuracy(settings, prepared, train_fold, seed,
+                                                      shifted=shifted)
         if shifted is not None:
             for name, idx in (("validation", va), ("test", te)):
                 row[f"{name}_shifted"] = accuracy(averaged(outcome.head, prepared, idx, shifted),
@@ -176,13 +188,15 @@ def evaluate(settings, prepared, seed: int = 0, shifted: Optional[dict] = None,
     return summarise(rows)
 
 
-def inner_cv_accuracy(settings, prepared, train_fold: int, seed: int = 0, k: int = 5) -> float:
+def inner_cv_accuracy(settings, prepared, train_fold: int, seed: int = 0, k: int = 5,
+                      shifted: Optional[dict] = None) -> float:
     """The honest validation score used to choose settings: grouped ``k``-fold CV inside the
     training fold. Each inner run trains on the other groups (minus retrain's 10 % group-aware
     validation slice, which early stopping and autotune may use) and is scored on held-out
     groups it never saw; the test fold is never read. With augmented copies, a copy's mixing
     partner may come from the held-out groups (copies are cached per fold), which can only
-    flatter the augmentation rows."""
+    flatter the augmentation rows. ``shifted``: score with test-time averaging over the
+    held-out examples' time-shifted copies instead."""
     from sklearn.model_selection import GroupKFold
 
     from retrain.core import split_partition, train_and_evaluate
@@ -200,7 +214,12 @@ def inner_cv_accuracy(settings, prepared, train_fold: int, seed: int = 0, k: int
                       tuple(int(i) for i in idx[held]))
         outcome = train_and_evaluate(s, prepared, split, seed, f"cv{train_fold}",
                                      split_partition(s, prepared), lambda line: None)
-        scores.append(outcome.test_accuracy)
+        if shifted is not None:
+            test = list(split.test)
+            scores.append(accuracy(averaged(outcome.head, prepared, test, shifted),
+                                   prepared.class_ids[test]))
+        else:
+            scores.append(outcome.test_accuracy)
     return float(np.mean(scores))
 
 
@@ -300,8 +319,10 @@ def bench_module(module: str, spec_dir: str, bottleneck_dir: str, steps: int, se
            "variants": {}}
     shifted = None
     if shifts > 1:
-        held_out = sorted({i for _, t in DIRECTIONS for i in
-                           list(split_of(prepared, t).validation) + list(split_of(prepared, t).test)})
+        # Every image: validation and test, and with --cv the training fold's (held out in turn).
+        held_out = range(len(prepared.images.records)) if cv else \
+            sorted({i for _, t in DIRECTIONS for i in
+                    list(split_of(prepared, t).validation) + list(split_of(prepared, t).test)})
         shifted = shifted_features(prepared, held_out, shifts, settings)
     table = head_variants(settings)
     if fine_tune_blocks:
@@ -336,8 +357,8 @@ def cells(result: dict, suffix: str = "") -> str:
     text = "".join(f"{t * 100:>8.1f}%" for t in test) + f"{np.mean(test) * 100:>8.1f}%"
     val = result.get(f"mean_validation{suffix}")
     text += f"{val * 100:>8.1f}%" if val is not None else f"{'-':>9}"
-    inner = result.get("mean_cv")
-    text += f"{inner * 100:>8.1f}%" if inner is not None and not suffix else f"{'-':>9}"
+    inner = result.get(f"mean_cv{suffix}")
+    text += f"{inner * 100:>8.1f}%" if inner is not None else f"{'-':>9}"
     return text + f"{result['mean_seconds']:>8.1f}"
 
 

@@ -28,8 +28,8 @@ from soundretrain.command_line import (CommandLineExit, FlagGroup, FlagGroups, a
 from retrain.errors import RetrainError
 from soundretrain.presets import define_preset_flag, set_by_preset
 from soundretrain.backbones.registry import ModuleError, registry_names
-from retrain.settings import (EVALUATIONS, FINE_TUNE_HEADS, OPTIMIZERS, SPLITS, FineTuneSettings,
-                              HeadSettings, RetrainSettings)
+from retrain.settings import (CLASS_WEIGHTS, ENSEMBLES, EVALUATIONS, FINE_TUNE_HEADS, HEAD_KINDS,
+                              OPTIMIZERS, SPLITS, FineTuneSettings, HeadSettings, RetrainSettings)
 from soundretrain.backbones.split import parse_blocks
 
 PROG = "retrain"
@@ -109,7 +109,9 @@ def make_flags() -> flags.FlagValues:
     define("integer", "random_brightness", 0, "Accepted for retrain.py compatibility and "
            "ignored: use --augmentation_copies.", group="compatibility")
     define("string", "tfhub_module", "efficientnet_lite0",
-           "The frozen pretrained module; efficientnet_lite0 works offline. One of "
+           "The frozen pretrained module; efficientnet_lite0 works offline; auto chooses among "
+           "the licence-clean networks and their concatenations by grouped inner CV on the "
+           "training images (the presets' default). One of "
            f"{', '.join(registry_names())}, a TF2 SavedModel / TF Hub module folder, a TF Hub "
            "handle or URL, or several of these joined by commas (features concatenated).",
            group="retrain.py")
@@ -149,6 +151,21 @@ def make_flags() -> flags.FlagValues:
     define("integer", "random_seed", None, lower_bound=0, help_text="Seed for the head's "
            "initialisation, batches and augmentation; the same seed repeats a run exactly. "
            "Default: drawn and printed.", group="head")
+    define("enum", "head", "auto", "logistic: a logistic regression whose L2 strength grouped "
+           "inner cross-validation on the training images chooses (fitted to convergence; no "
+           "steps or learning rate). sgd: retrain.py's softmax layer trained for "
+           "--how_many_training_steps. auto: logistic, unless a flag only the SGD head has is "
+           "set (--learning_rate, --hidden_units, --early_stopping, ...) or there are over "
+           "4000 training images.", enum_values=list(HEAD_KINDS), group="head")
+    define("float", "logistic_c", 0.0, "The logistic head's C (inverse L2 strength; larger: "
+           "weaker). 0: chosen by inner CV among 0.001-10.", group="head")
+    define("enum", "class_weights", "none", "The logistic head's loss: none weighs every image "
+           "alike; balanced weighs every class alike.", enum_values=list(CLASS_WEIGHTS),
+           group="head")
+    define("enum", "ensemble", "auto", "With a backbone of several parts (a,b): none trains one "
+           "logistic head on all features; parts averages one head per part (one layer all the "
+           "same); auto keeps parts only where inner CV scores it higher.",
+           enum_values=list(ENSEMBLES), group="head")
     define("integer", "hidden_units", 0, "Add a hidden ReLU layer of this size; 0: "
            "retrain.py's single softmax layer.", group="head")
     define("float", "dropout", 0.0, "Dropout rate before the final layer during training.",
@@ -171,10 +188,12 @@ def make_flags() -> flags.FlagValues:
     define("integer", "early_stopping_patience", 0, "Stop after this many steps without a "
            "better validation score. 0 runs all --how_many_training_steps (the best weights are "
            "still kept).", lower_bound=0, group="head")
-    define("boolean", "autotune", False, "Search head settings on the validation images "
-           "first. --autotune_trials settings of learning rate, L2, hidden units and dropout, "
-           "each with early stopping; the winner is printed, logged to TensorBoard (HPARAMS) "
-           "and trained. Reproducible with --random_seed.", group="head")
+    define("boolean", "autotune", False, "Search head settings first: the one the flags give, "
+           "retrain.py's SGD head and --autotune_trials SGD settings of learning rate, L2, hidden "
+           "units and dropout, scored on the validation images (with early stopping) when there "
+           "are 400 or more, else by grouped inner CV on the training and validation images; "
+           "the winner is printed, logged to TensorBoard (HPARAMS) and trained. Reproducible "
+           "with --random_seed.", group="head")
     define("integer", "autotune_trials", 20, "How many head settings --autotune tries. The "
            "first is the one the flags give.", lower_bound=1, group="head")
     define("string", "module_cache_dir", None, "Cache folder for converted and downloaded "
@@ -260,7 +279,9 @@ def settings_from_flags(fv: flags.FlagValues) -> RetrainSettings:
                         label_smoothing=fv.label_smoothing, optimizer=fv.optimizer, l2=fv.l2,
                         balanced_batches=fv.balanced_batches, standardize=fv.standardize,
                         early_stopping=fv.early_stopping,
-                        early_stopping_patience=fv.early_stopping_patience, seed=seed or 0)
+                        early_stopping_patience=fv.early_stopping_patience, seed=seed or 0,
+                        kind=fv.head, logistic_c=fv.logistic_c, class_weights=fv.class_weights,
+                        ensemble=fv.ensemble)
     augment = AugmentSettings(copies=fv.augmentation_copies, seed=seed or 0)
     try:
         blocks = parse_blocks(fv.fine_tune_blocks)

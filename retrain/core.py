@@ -26,6 +26,8 @@ from retrain.errors import RetrainError, RetrainInterrupted
 from retrain.fine_tune import fine_tune
 from retrain.head import (ClassificationHead, EarlyStopping, Evaluation, HeadTrainer,
                           accuracy_and_xent, eval_steps, fit)
+from retrain import module_choice
+from retrain.head_choice import LogisticTrainer, feature_blocks, resolve_kind
 from retrain.images import ImageSet, list_images
 from retrain.observer import RunObserver
 from retrain.split_plan import (SplitPlan, check_labels, found_line, plan_run,  # noqa: F401
@@ -54,6 +56,9 @@ class Prepared:
     spectrogram_settings: object  # SpectrogramSettings or None
     features: np.ndarray  # [num_images, feature_size]
     class_ids: np.ndarray  # [num_images]
+    # --tfhub_module auto: the candidates ``backbone`` (their parts' union) serves, chosen
+    # among by each training split (retrain.module_choice); empty once chosen.
+    module_candidates: tuple[str, ...] = ()
 
 
 def load_spectrogram_settings(images: ImageSet):
@@ -87,9 +92,16 @@ def prepare(settings: RetrainSettings, log: Callable[[str], None] = print,
         check(images)
     spectrogram_settings = load_spectrogram_settings(images)
     backbone = load_module(settings.tfhub_module, settings.module_cache_dir)
+    candidates: tuple[str, ...] = ()
+    if module_choice.is_auto(settings.tfhub_module):  # every candidate's parts, once
+        check = None if check_backbone is None else \
+            (lambda b: check_backbone(b, spectrogram_settings))
+        candidates = tuple(module_choice.feasible_candidates(backbone, check, log))
+        backbone = module_choice.backbone_of(backbone, module_choice.union_of(candidates))
+        log(f"Module auto: chosen on the training images among {', '.join(candidates)}")
     kinds = " + ".join(dict.fromkeys(p.input_spec.kind for p in getattr(backbone, "parts", [backbone])))
     log(f"Module {backbone.name}: {kinds} input, {backbone.feature_size} features")
-    if check_backbone is not None:
+    if check_backbone is not None and not candidates:
         check_backbone(backbone, spectrogram_settings)
     observer = observer or RunObserver()
     observer.stage("bottlenecks", len(images.records))
@@ -99,7 +111,7 @@ def prepare(settings: RetrainSettings, log: Callable[[str], None] = print,
     log(f"Bottlenecks: {computed} computed, {len(images.records) * _parts(backbone) - computed} "
         f"from the cache in {os.path.abspath(settings.bottleneck_dir)}")
     return Prepared(images, backbone, spectrogram_settings, features,
-                    np.asarray(images.class_ids(), np.int32))
+                    np.asarray(images.class_ids(), np.int32), candidates)
 
 
 def _parts(backbone: Backbone) -> int:
@@ -135,12 +147,13 @@ def split_partition(settings: RetrainSettings, prepared: Prepared) -> Callable[[
 
 def training_data(settings: RetrainSettings, prepared: Prepared, train: Sequence[int],
                   partition: Callable[[int], object],
-                  log: Callable[[str], None] = print) -> tuple[np.ndarray, np.ndarray]:
-    """The training bottlenecks plus, with --augmentation_copies, their augmented copies."""
+                  log: Callable[[str], None] = print, with_sources: bool = False) -> tuple:
+    """The training bottlenecks plus, with --augmentation_copies, their augmented copies:
+    ``(x, y)``, and with ``with_sources`` each row's image index (a copy's original)."""
     x = prepared.features[list(train)]
     y = prepared.class_ids[list(train)]
     if settings.augment.copies <= 0:
-        return x, y
+        return (x, y, np.asarray(train, int)) if with_sources else (x, y)
     records = prepared.images.records
     plan = plan_copies(records, list(train), settings.augment, prepared.class_ids, partition)
     feats, computed = compute_augmented_bottlenecks(
@@ -148,6 +161,9 @@ def training_data(settings: RetrainSettings, prepared: Prepared, train: Sequence
         prepared.spectrogram_settings, settings.bottleneck_batch_size, settings.progress)
     log(f"Augmented bottlenecks: {len(plan)} ({computed} computed)")
     y_aug = prepared.class_ids[[c.index for c in plan]]
+    if with_sources:
+        return (np.concatenate([x, feats]), np.concatenate([y, y_aug]),
+                np.concatenate([np.asarray(train, int), [c.index for c in plan]]).astype(int))
     return np.concatenate([x, feats]), np.concatenate([y, y_aug])
 
 
@@ -165,6 +181,8 @@ class TrainOutcome:
     backbone: Optional[Backbone] = None  # with --fine_tune_blocks: the tuned backbone
     features: Optional[np.ndarray] = None  # every image's features through ``backbone``
     test_probabilities: Optional[np.ndarray] = None  # [len(test_indices), classes]
+    head_report: Optional[dict] = None  # the logistic head: what inner CV chose (HeadReport)
+    module_report: Optional[dict] = None  # --tfhub_module auto: what inner CV chose (ModuleChoice)
 
 
 def _stamp() -> str:
@@ -208,7 +226,13 @@ def train_and_evaluate(settings: RetrainSettings, prepared: Prepared, split: Spl
         raise RetrainError("no training images after the split; lower --testing_percentage / "
                            "--validation_percentage or choose other folds")
     labels = prepared.images.labels
-    x, y = training_data(settings, prepared, split.train, partition, log=log)
+    module_report = None
+    if prepared.module_candidates:  # --tfhub_module auto: chosen on this split's training images
+        prepared, choice = module_choice.select(prepared, split.train, seed,
+                                                settings.head.class_weights, log)
+        module_report = choice.to_dict()
+    x, y, sources = training_data(settings, prepared, split.train, partition, log=log,
+                                  with_sources=True)
     missing = sorted(set(range(len(labels))) - set(np.unique(y).tolist()))
     if missing:
         log(f"Warning: no training images for class(es) {', '.join(labels[k] for k in missing)}")
@@ -225,15 +249,35 @@ def train_and_evaluate(settings: RetrainSettings, prepared: Prepared, split: Spl
         if settings.autotune:
             from retrain.autotune import autotune
 
-            if not len(val_idx):
-                raise RetrainError(no_validation_for_autotune(settings, prepared, split))
-            tuned = autotune(x, y, x_val, y_val, len(labels), head_settings, total,
-                             settings.eval_step_interval, settings.autotune_trials, log,
-                             os.path.join(summaries.run_dir, "autotune") if summaries else None)
+            records = prepared.images.records
+            try:
+                tuned = autotune(x, y, x_val, y_val, len(labels), head_settings, total,
+                                 settings.eval_step_interval, settings.autotune_trials, log,
+                                 os.path.join(summaries.run_dir, "autotune") if summaries else None,
+                                 groups=[records[i].group for i in sources],
+                                 validation_groups=[records[i].group for i in val_idx],
+                                 blocks=feature_blocks(prepared.backbone))
+            except ValueError as err:
+                raise RetrainError(no_validation_for_autotune(settings, prepared, split)
+                                   if not len(val_idx) else str(err)) from None
             head_settings = tuned.settings
         head = ClassificationHead(prepared.backbone.feature_size, len(labels),
                                   head_settings.hidden_units, head_settings.dropout, seed=seed)
-        trainer = HeadTrainer(head, x, y, head_settings)
+        kind, why = resolve_kind(head_settings, len(x))
+        if kind == "logistic":
+            # Fitted to convergence in one go (one "step"), its strength chosen by inner CV.
+            records = prepared.images.records
+            trainer = LogisticTrainer(head, x, y, [records[i].group for i in sources],
+                                      head_settings, feature_blocks(prepared.backbone), why, log)
+            total = 1
+            log(f"Head: logistic regression ({why}; --head=sgd for retrain.py's SGD softmax "
+                "layer), its L2 strength chosen by grouped inner cross-validation on the "
+                "training images")
+        else:
+            trainer = HeadTrainer(head, x, y, head_settings)
+            if head_settings.kind == "auto":
+                log(f"Head: retrain.py's softmax layer trained by {head_settings.optimizer.upper()} "
+                    f"({why})")
         if head_settings.standardize:
             log(f"Features standardised with the mean and std of the {len(x)} training examples")
         stopper = None
@@ -279,6 +323,14 @@ def train_and_evaluate(settings: RetrainSettings, prepared: Prepared, split: Spl
                      event_steps(total, settings.eval_step_interval,
                                  settings.intermediate_store_frequency), on_step)
         val_acc = last_val_acc[0]
+        head_report = None
+        if isinstance(trainer, LogisticTrainer) and trainer.report is not None:
+            head_report = trainer.report.to_dict()
+            log(f"{_stamp()}: Logistic head: {trainer.report.summary()}")
+            if summaries:
+                summaries.text("head/inner_cv", trainer.report.table())
+        if summaries and module_report:
+            summaries.text("module/inner_cv", choice.table())
         if fitted.best_step is not None:
             val_acc = fitted.best_validation_accuracy
             why = (f"stopped at step {fitted.steps_run - 1}, {head_settings.early_stopping_patience} "
@@ -327,7 +379,7 @@ def train_and_evaluate(settings: RetrainSettings, prepared: Prepared, split: Spl
             summaries.close()
     return TrainOutcome(head, test_acc, len(test_idx), test_idx, predictions,
                         summaries.run_dir if summaries else None, val_acc, prepared.backbone,
-                        prepared.features, probs)
+                        prepared.features, probs, head_report, module_report)
 
 
 def quiet_tensorflow_retracing() -> None:
@@ -401,7 +453,8 @@ def kfold_evaluation(settings: RetrainSettings, prepared: Prepared, plan: SplitP
 def sidecar_for(prepared: Prepared, test_accuracy: float, final_tensor_name: str,
                 extra: Optional[dict] = None) -> dict:
     """The exported model's sidecar; ``extra``: keys a run adds (``evaluation``: how
-    ``test_accuracy`` was measured)."""
+    ``test_accuracy`` was measured; ``head``: what the logistic head's inner CV chose;
+    ``module_choice``: what ``--tfhub_module auto`` chose)."""
     spec = prepared.backbone.input_spec
     sidecar = {
         "spectrogram": prepared.spectrogram_settings.to_dict()
@@ -591,7 +644,8 @@ def no_validation_for_autotune(settings: RetrainSettings, prepared: Prepared, sp
                  f"{recordings} training recording(s) (whole recordings go to one side, chosen by a "
                  "hash of their names")
         asked += f"; each is about {100 / recordings:.0f} %)" if recordings else ")"
-    return (f"--autotune scores head settings on validation images, but this split has none: "
+    return (f"--autotune scores head settings on validation images, or by grouped inner CV "
+            f"when every class has two training recordings, but this split has neither: "
             f"{asked}; add recordings, raise --validation_percentage, name --validation_folds, "
             "or drop --autotune")
 
@@ -718,12 +772,18 @@ def retrain(settings: RetrainSettings, seed: Optional[int] = None,
 
         # Still the frozen network: calibration's inner runs fine-tune as the final run did.
         open_set = calibrate(settings, prepared, plan, outcome, held_out, seed, partition, log)
-        prepared = dataclasses.replace(prepared, backbone=outcome.backbone)  # tuned: --fine_tune_blocks
+        # The module trained: tuned (--fine_tune_blocks) or chosen (--tfhub_module auto).
+        prepared = dataclasses.replace(prepared, backbone=outcome.backbone, features=outcome.features,
+                                       module_candidates=())
         phase = "export"
         observer.stage("export")
         extra = {"evaluation": evaluation}
         if open_set is not None:
             extra["open_set"] = open_set
+        if outcome.head_report:
+            extra["head"] = outcome.head_report
+        if outcome.module_report:
+            extra["module_choice"] = outcome.module_report
         written = export(settings, prepared, outcome.head, outcome.test_accuracy,
                          output_graph=settings.output_graph, extra_sidecar=extra)
         for key, path in written.items():

@@ -97,6 +97,21 @@ class ClassificationHead(tf.Module):
         self.feature_mean.assign(mean)
         self.feature_scale.assign(1.0 / std)
 
+    def set_linear(self, weights: np.ndarray, biases: np.ndarray) -> None:
+        """Set the final layer (a head without a hidden layer): ``logits = standardised
+        features @ weights + biases``, e.g. a logistic regression fitted outside
+        TensorFlow (:mod:`retrain.logistic`)."""
+        if self.hidden_units:
+            raise ValueError("set_linear needs a head without a hidden layer")
+        weights = np.asarray(weights, np.float32)
+        biases = np.asarray(biases, np.float32).reshape(-1)
+        if weights.shape != (self.feature_size, self.num_classes) or biases.shape != (self.num_classes,) \
+                or not (np.all(np.isfinite(weights)) and np.all(np.isfinite(biases))):
+            raise ValueError(f"a linear head needs finite weights [{self.feature_size}, "
+                             f"{self.num_classes}] and biases [{self.num_classes}]")
+        self.final_weights.assign(weights)
+        self.final_biases.assign(biases)
+
     @property
     def standardized(self) -> bool:
         return bool(np.any(self.feature_mean.numpy() != 0) or np.any(self.feature_scale.numpy() != 1))

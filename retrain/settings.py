@@ -11,6 +11,12 @@ from typing import Optional
 from retrain.augment import AugmentSettings
 
 OPTIMIZERS = ("sgd", "adam")
+#: ``--head``: ``logistic`` (L2-regularised logistic regression, C by grouped inner CV on the
+#: training images), ``sgd`` (retrain.py's softmax layer trained by SGD/Adam for
+#: --how_many_training_steps), ``auto`` (logistic unless a knob only the SGD head has is set).
+HEAD_KINDS = ("auto", "logistic", "sgd")
+CLASS_WEIGHTS = ("none", "balanced")
+ENSEMBLES = ("auto", "none", "parts")
 
 
 @dataclass(frozen=True)
@@ -27,6 +33,19 @@ class HeadSettings:
     early_stopping: bool = False  # keep the weights of the best validation score (opt-in)
     early_stopping_patience: int = 0  # stop after this many steps without one; 0: run all
     seed: int = 0
+    kind: str = "auto"  # HEAD_KINDS
+    logistic_c: float = 0.0  # the logistic head's C; 0: chosen by grouped inner CV
+    class_weights: str = "none"  # the logistic head's loss: every example, or every class, alike
+    ensemble: str = "auto"  # the logistic head: one on all features, or one per backbone part
+
+    def sgd_knobs(self) -> list[str]:
+        """The flags set away from their defaults that only the SGD head has."""
+        base = HeadSettings()
+        names = ("learning_rate", "train_batch_size", "hidden_units", "dropout",
+                 "label_smoothing", "optimizer", "l2", "balanced_batches", "early_stopping",
+                 "early_stopping_patience", "standardize")
+        return [f"--{'no' if n == 'standardize' else ''}{n}" for n in names
+                if getattr(self, n) != getattr(base, n)]
 
     def problems(self) -> list[str]:
         p = []
@@ -46,6 +65,21 @@ class HeadSettings:
             p.append(f"--l2 must be >= 0, not {self.l2}")
         if self.early_stopping_patience < 0:
             p.append(f"--early_stopping_patience must be >= 0, not {self.early_stopping_patience}")
+        if self.kind not in HEAD_KINDS:
+            p.append(f"--head must be one of {', '.join(HEAD_KINDS)}, not {self.kind!r}")
+        if self.logistic_c < 0:
+            p.append(f"--logistic_c must be > 0 (or 0: chosen by inner CV), not {self.logistic_c}")
+        if self.class_weights not in CLASS_WEIGHTS:
+            p.append(f"--class_weights must be one of {', '.join(CLASS_WEIGHTS)}, not {self.class_weights!r}")
+        if self.ensemble not in ENSEMBLES:
+            p.append(f"--ensemble must be one of {', '.join(ENSEMBLES)}, not {self.ensemble!r}")
+        if self.kind == "logistic" and self.sgd_knobs():
+            p.append(f"{', '.join(self.sgd_knobs())} set the SGD head's training; the logistic "
+                     "head has none of them: drop them or use --head=sgd")
+        if self.kind == "sgd" and (self.logistic_c or self.class_weights != "none"
+                                   or self.ensemble == "parts"):
+            p.append("--logistic_c, --class_weights and --ensemble=parts set the logistic head; "
+                     "drop them or use --head=logistic (or auto)")
         return p
 
 
@@ -174,9 +208,6 @@ class RetrainSettings:
             p.append(f"--eval_step_interval must be positive, not {self.eval_step_interval}")
         if self.autotune_trials < 1:
             p.append(f"--autotune_trials must be >= 1, not {self.autotune_trials}")
-        if self.autotune and not self.validation_folds and self.validation_percentage <= 0:
-            p.append("--autotune scores head settings on the validation images: give "
-                     "--validation_percentage > 0 or --validation_folds")
         if self.augment.copies < 0:
             p.append(f"--augmentation_copies must be >= 0, not {self.augment.copies}")
         if self.bottleneck_batch_size <= 0:

@@ -198,6 +198,14 @@ class RunSummaries:
                 if validation_cross_entropy is not None:
                     tf.summary.scalar("cross_entropy", validation_cross_entropy, step=step)
 
+    def text(self, name: str, markdown: str, step: int = 0) -> None:
+        """A Markdown table or note in the train run's Text tab."""
+        self._guard(self._text, name, markdown, step)
+
+    def _text(self, name: str, markdown: str, step: int) -> None:
+        with self.train.as_default():
+            tf.summary.text(name, markdown, step=step)
+
     def histograms(self, step: int, head, features: np.ndarray) -> None:
         self._guard(self._histograms, step, head, features)
 

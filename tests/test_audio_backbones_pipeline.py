@@ -58,3 +58,38 @@ def test_retrain_and_label_with_aisfx_and_soundnet(converted, capsys):
     result = json.loads(capsys.readouterr().out)["results"][0]
     assert {t["label"] for t in result["top"]} <= {"low", "high"}
     assert np.isclose(sum(t["score"] for t in result["top"]), 1.0, atol=1e-3)
+
+
+def test_tfhub_module_auto_chooses_on_the_training_recordings(converted, capsys):
+    """--tfhub_module auto: every part's bottlenecks once, the seven licence-clean candidates
+    scored by inner CV on the training folds, the chosen one trained and exported. The images
+    are grey placeholders, so only a candidate with an audio network can tell the tones apart."""
+    from label.cli import main as label_main
+    from retrain.cli import main as retrain_main
+    from tiny_models import make_tone_spectrogram_dir
+
+    tmp = converted
+    make_tone_spectrogram_dir(tmp, sr=16000, seconds=2.0, recordings=4)
+    saved = tmp / "model"
+    args = ["retrain", f"--image_dir={tmp / 'spec'}", "--tfhub_module=auto",
+            f"--bottleneck_dir={tmp / 'bn'}", "--summaries_dir=", "--checkpoint_path=",
+            "--output_graph=", f"--saved_model_dir={saved}", "--split=folds", "--test_folds=4",
+            "--validation_percentage=0",
+            "--random_seed=1", "--noprogress"]
+    assert retrain_main(args) == 0
+    out = capsys.readouterr().out
+    assert sorted(p.name for p in (tmp / "bn").iterdir()) == ["aisfx", "efficientnet_lite0", "soundnet"]
+    line = next(l for l in out.splitlines() if l.startswith("--tfhub_module auto: "))
+    chosen = line.split()[2]
+    assert "grouped 3-fold inner CV of the logistic head on the 12 training images" in line
+    table = [l for l in out.splitlines() if l.startswith("  | ") and "features" not in l and "---" not in l]
+    assert len(table) == 7 and sum("(chosen)" in l for l in table) == 1
+    assert chosen != "efficientnet_lite0"  # grey images: the image network alone is chance
+    sidecars = [json.loads(p.read_text()) for p in saved.rglob("*.json") if "module" in p.read_text()]
+    assert sidecars[0]["module"]["name"] == chosen
+    assert sidecars[0]["module_choice"]["chosen"] == chosen
+    assert len(sidecars[0]["module_choice"]["candidates"]) == 7
+    wav = next((tmp / "audio").glob("high*.wav"))
+    assert label_main(["label_image", "--graph", str(saved), "--audio", str(wav), "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)["results"][0]
+    assert {t["label"] for t in result["top"]} <= {"low", "high"}

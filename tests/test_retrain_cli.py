@@ -34,7 +34,8 @@ def base_args(tmp_path, tiny, image_dir, steps=60):
             f"--output_labels={tmp_path / 'out' / 'labels.txt'}",
             f"--checkpoint_path={tmp_path / 'ck' / 'head'}",
             f"--how_many_training_steps={steps}", "--eval_step_interval=20",
-            "--random_seed=7", "--noprogress", "--split=hash", "--validation_percentage=10"]
+            "--random_seed=7", "--noprogress", "--split=hash", "--validation_percentage=10",
+            "--head=sgd"]
 
 
 def test_trains_to_100_percent_and_writes_everything(tmp_path, tiny, image_dir, capsys):

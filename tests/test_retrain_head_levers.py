@@ -134,10 +134,18 @@ def test_autotune_is_reproducible_with_random_seed_and_logged(tmp_path, tiny, im
     assert main(autotune_args(tmp_path, tiny, image_dir, 5, run="b")) == 0
     second = autotune_lines(capsys.readouterr().out)
     assert first == second
-    assert sum(line.startswith("Autotune trial") for line in first) == 3
+    trials = [line for line in first if line.startswith("Autotune trial")]
+    assert len(trials) == 3
+    # The default (logistic) head first, retrain.py's SGD head second, then a grid point.
+    assert "trial 1/3: logistic regression" in trials[0]
+    assert "trial 2/3: learning_rate=0.01 l2=0 hidden_units=0 dropout=0:" in trials[1]
+    # A validation slice of a few images cannot tell settings apart: scored by inner CV on
+    # the training and validation images together.
+    assert any(re.match(r"Autotune: 3 head settings, scored by grouped \d-fold cross-validation "
+                        r"on the \d+ training and validation images \(the validation slice "
+                        r"\(\d+ images\) is too small", line) for line in first)
     winner = [line for line in first if line.startswith("Autotune winner")]
-    assert len(winner) == 1 and re.search(r"learning_rate=\S+ l2=\S+ hidden_units=\d+ "
-                                          r"dropout=\S+, \d+ steps: validation accuracy", winner[0])
+    assert len(winner) == 1 and "inner-CV accuracy" in winner[0]
     # TensorBoard: one hparams run per trial under the run's autotune/ folder.
     run_dir, = (tmp_path / "a").iterdir()
     trials = sorted(p.name for p in (run_dir / "autotune").iterdir() if p.is_dir())
@@ -146,32 +154,63 @@ def test_autotune_is_reproducible_with_random_seed_and_logged(tmp_path, tiny, im
     # Another seed draws other settings to try.
     assert main(autotune_args(tmp_path, tiny, image_dir, 6, run="c")) == 0
     other = autotune_lines(capsys.readouterr().out)
-    assert [l for l in other if "trial 2/" in l] != [l for l in first if "trial 2/" in l]
+    assert [l for l in other if "trial 3/" in l] != [l for l in first if "trial 3/" in l]
+
+
+def test_autotune_without_a_validation_slice_cross_validates(tmp_path, tiny, image_dir, capsys):
+    args = [a for a in autotune_args(tmp_path, tiny, image_dir, 5, trials=2)
+            if not a.startswith("--validation_percentage")] + ["--validation_percentage=0"]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "(there is no validation slice)" in out and "Autotune winner" in out
 
 
 def test_autotune_candidates_start_with_the_given_settings():
     from retrain.autotune import candidates
     from retrain.settings import HeadSettings
 
-    base = HeadSettings(learning_rate=0.02, seed=9)
+    base = HeadSettings(learning_rate=0.02, seed=9)  # an SGD knob: the SGD head
     a, b = candidates(base, 8, 9), candidates(base, 8, 9)
     assert a == b and a[0] == base and len(set(a)) == 8
+    assert all(s.kind == "sgd" for s in a[1:])
+    assert all(dataclasses.replace(s, kind="auto") != base for s in a[1:])  # no repeat of trial 1
     assert candidates(base, 8, 10)[1:] != a[1:]
     assert {s.learning_rate for s in candidates(base, 200, 1)} == {0.02 * 0.3, 0.02, 0.02 * 3.0}
+    # The default head: the logistic head first, retrain.py's SGD head second.
+    default = candidates(HeadSettings(seed=9), 5, 9)
+    assert [s.kind for s in default[:2]] == ["logistic", "sgd"] and len(set(default)) == 5
+    assert default[1] == HeadSettings(seed=9, kind="sgd")
 
 
-def test_autotune_winner_is_the_head_trained_after_it(prepared):
-    from retrain.autotune import autotune
+@pytest.mark.parametrize("min_validation", [0, 10 ** 6])  # scored on validation / by inner CV
+def test_autotune_winner_is_the_head_trained_after_it(prepared, monkeypatch, min_validation):
+    from retrain import autotune as tuning
+    from retrain.settings import HeadSettings
 
+    monkeypatch.setattr(tuning, "MIN_VALIDATION", min_validation)
     settings, p, split = prepared
     tuned = dataclasses.replace(settings, autotune=True, autotune_trials=3)
-    outcome = train(tuned, p, split)
+    lines: list[str] = []
+    outcome = train_and_log(tuned, p, split, lines)
     tr, va = list(split.train), list(split.validation)
-    from retrain.settings import HeadSettings
-    result = autotune(p.features[tr], p.class_ids[tr], p.features[va], p.class_ids[va],
-                      len(p.images.labels), HeadSettings(seed=3), 120, 10, 3, log=lambda l: None)
-    assert outcome.validation_accuracy == pytest.approx(result.winner.validation_accuracy)
+    groups = [r.group for r in p.images.records]
+    result = tuning.autotune(p.features[tr], p.class_ids[tr], p.features[va], p.class_ids[va],
+                             len(p.images.labels), HeadSettings(seed=3), 120, 10, 3,
+                             log=lambda l: None, groups=[groups[i] for i in tr],
+                             validation_groups=[groups[i] for i in va])
+    assert result.scoring == ("validation" if min_validation == 0 else "inner CV")
     assert result.winner.validation_accuracy >= result.trials[0].validation_accuracy
+    winner = [line for line in lines if line.startswith("Autotune winner")]
+    assert winner and result.winner.describe() in winner[0]
+    if min_validation == 0:  # the head trained after it is the winning trial's head again
+        assert outcome.validation_accuracy == pytest.approx(result.winner.validation_accuracy)
+
+
+def train_and_log(settings, prepared, split, lines, seed=3):
+    from retrain.core import split_partition, train_and_evaluate
+
+    return train_and_evaluate(settings, prepared, split, seed, "t",
+                              split_partition(settings, prepared), log=lines.append)
 
 
 def test_autotune_keeps_the_given_settings_unless_a_trial_clearly_beats_them():
@@ -197,7 +236,8 @@ def test_autotune_keeps_the_given_settings_unless_a_trial_clearly_beats_them():
 @pytest.mark.parametrize("extra,words", [
     (["--autotune_trials=0"], "autotune_trials"),
     (["--early_stopping_patience=-5"], "early_stopping_patience"),
-    (["--autotune", "--validation_percentage=0"], "validation"),
+    (["--head=logistic", "--hidden_units=8"], "--head=sgd"),
+    (["--head=sgd", "--logistic_c=1"], "--logistic_c"),
 ])
 def test_bad_head_lever_flags_exit_2(tmp_path, tiny, image_dir, capsys, extra, words):
     args = ["retrain", f"--image_dir={image_dir}", f"--tfhub_module={tiny}",

@@ -56,16 +56,29 @@ def test_the_presets_part_that_cannot_be_cut_is_refused_before_the_bottlenecks(t
     assert not (tmp_path / "bn").exists() and not (tmp_path / "ts").exists()
 
 
-def test_autotune_on_a_split_without_validation_images_says_what_happened(tmp_path, capsys):
+def test_autotune_without_validation_images_scores_by_inner_cv(tmp_path, capsys):
     """The probe: "give --validation_percentage > 0" when it was 10 and the split simply put
-    no recording into validation."""
+    no recording into validation. Two recordings a class are enough now: grouped inner CV."""
     tiny = make_tiny_image_module(tmp_path / "m")
     images = make_colour_image_folders(tmp_path / "images", per_class=2)
+    code = main(["retrain", f"--image_dir={images}", f"--tfhub_module={tiny}", "--autotune",
+                 "--split=hash", "--validation_percentage=1", "--testing_percentage=0",
+                 f"--bottleneck_dir={tmp_path / 'bn'}", "--summaries_dir=",
+                 "--how_many_training_steps=10", "--noprogress",
+                 f"--output_graph={tmp_path / 'out' / 'g.pb'}"])
+    out = capsys.readouterr().out
+    assert code == 0
+    assert "scored by grouped 2-fold cross-validation" in out and "(there is no validation slice)" in out
+
+
+def test_autotune_with_neither_validation_nor_inner_cv_says_what_happened(tmp_path, capsys):
+    tiny = make_tiny_image_module(tmp_path / "m")
+    images = make_colour_image_folders(tmp_path / "images", per_class=1)
     line = one_error(capsys, ["retrain", f"--image_dir={images}", f"--tfhub_module={tiny}", "--autotune",
                               "--split=hash", "--validation_percentage=1", "--testing_percentage=0",
                               f"--bottleneck_dir={tmp_path / 'bn'}", "--summaries_dir=",
                               "--how_many_training_steps=10", "--noprogress",
                               f"--output_graph={tmp_path / 'out' / 'g.pb'}"])
     assert "validation_percentage > 0" not in line
-    assert "--validation_percentage 1 picked none of the 4 training recording(s)" in line
-    assert "each is about 25 %" in line and "raise --validation_percentage" in line
+    assert "--validation_percentage 1 picked none of the 2 training recording(s)" in line
+    assert "each is about 50 %" in line and "raise --validation_percentage" in line

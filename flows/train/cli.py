@@ -48,7 +48,11 @@ def make_flags() -> flags.FlagValues:
            "small sets, a held-out test for large ones), holdout, kfold, or none (every "
            "recording trains, nothing is measured: allows one recording a class).",
            enum_values=list(EVALUATIONS), group="training")
-    define("integer", "how_many_training_steps", 4000, "Training steps of the head.",
+    define("enum", "head", "auto", "The head (retrain --head): logistic (its strength chosen by "
+           "inner cross-validation on your recordings), sgd (retrain.py's, trained for "
+           "--how_many_training_steps) or auto (logistic up to 4000 clips).",
+           enum_values=["auto", "logistic", "sgd"], group="training")
+    define("integer", "how_many_training_steps", 4000, "Training steps of the SGD head.",
            lower_bound=1, group="training")
     define("float", "open_set_reject_rate", 0.05, "At most this share of new recordings of your "
            "classes may be labelled unknown (the threshold is calibrated on the k-fold's held-out "
@@ -82,6 +86,7 @@ def settings_from_flags(fv: flags.FlagValues) -> TrainSettings:
         tfhub_module=fv.tfhub_module, evaluation=fv.evaluation,
         how_many_training_steps=fv.how_many_training_steps, random_seed=fv.random_seed,
         open_set_reject_rate=fv.open_set_reject_rate,
+        head=fv.head,
         work_dir=fv.work_dir or None, bottleneck_dir=fv.bottleneck_dir or None,
         module_cache_dir=fv.module_cache_dir or None, status_file=fv.status_file or None,
         progress=fv.progress, jobs=fv.jobs, tfjs=fv.tfjs)

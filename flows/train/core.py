@@ -51,6 +51,7 @@ class TrainSettings:
     evaluation: str = "auto"
     how_many_training_steps: int = 4000
     open_set_reject_rate: float = 0.05  # retrain's: the "unknown" threshold; 0: none
+    head: str = "auto"  # retrain --head
     random_seed: Optional[int] = None
     work_dir: Optional[str] = None  # spectrograms and TensorBoard runs; default in the user cache
     bottleneck_dir: Optional[str] = None  # default: the user cache's shared bottleneck cache
@@ -273,10 +274,11 @@ def tfjs_converter_loads() -> Optional[str]:
 
 def retrain_settings(settings: TrainSettings, spec_dir: str, work_dir: str, staging: str,
                      tfjs: bool = False):
-    from retrain.settings import RetrainSettings
+    from retrain.settings import HeadSettings, RetrainSettings
 
     evaluation = "auto" if settings.evaluation == "none" else settings.evaluation
     return RetrainSettings(
+        head=HeadSettings(kind=settings.head),
         image_dir=spec_dir, tfhub_module=settings.tfhub_module,
         module_cache_dir=settings.module_cache_dir,
         bottleneck_dir=settings.bottleneck_dir or os.path.join(cache_root(), "bottlenecks"),

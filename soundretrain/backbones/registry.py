@@ -149,9 +149,16 @@ _URL_PREFIXES = ("http://", "https://", "gs://")
 _FEATURE_KEYS = ("feature_vector", "default", "embeddings", "embedding", "output_0")
 
 
+#: ``--tfhub_module auto``: retrain chooses among the licence-clean built-in networks and
+#: their concatenations on the training data (retrain.module_choice); anything else that
+#: loads it gets every part (the bottlenecks of all of them).
+AUTO_MODULE = "auto"
+AUTO_PARTS = ("aisfx", "soundnet", "efficientnet_lite0")
+
+
 def registry_names() -> List[str]:
     """Every short name ``load_module`` accepts."""
-    return sorted(LOCAL_FACTORIES) + sorted(HUB_MODULES)
+    return [AUTO_MODULE] + sorted(LOCAL_FACTORIES) + sorted(HUB_MODULES)
 
 
 def load_module(handle: str, cache_dir: Optional[str] = None) -> Backbone:
@@ -166,6 +173,8 @@ def load_module(handle: str, cache_dir: Optional[str] = None) -> Backbone:
     if not handle:
         raise ModuleError("no module given; pass --tfhub_module with one of "
                           f"{', '.join(registry_names())}, a SavedModel folder or a TF Hub URL")
+    if handle == AUTO_MODULE:
+        handle = ",".join(AUTO_PARTS)
     if "," in handle:
         parts = [p.strip() for p in handle.split(",") if p.strip()]
         if len(parts) == 1:
