@@ -379,33 +379,48 @@ def markdown(rows: Sequence[dict], sizes: Sequence[int]) -> str:
     return "\n".join(lines)
 
 
+LABELS = {"default": "default head (logistic, C by inner CV)",
+          "default + sgd": "retrain.py's SGD head (--head sgd)",
+          "probe": "logistic-regression probe (scikit-learn)"}
+#: ``--tfhub_module auto`` is drawn in the presets' backbone's panel.
+OVERLAY = {"auto": "aisfx,soundnet,efficientnet_lite0"}
+
+
 def plot(rows: Sequence[dict], path: str) -> None:
-    """Accuracy against files per class, one panel per module, one line per method."""
+    """Accuracy against files per class, one panel per module, one line per method (``auto``
+    drawn beside the fixed combination it chooses against)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import NullFormatter, ScalarFormatter
 
-    modules = list(dict.fromkeys(r["module"] for r in rows))
-    fig, axes = plt.subplots(1, len(modules), figsize=(5.2 * len(modules), 4.0), sharey=True,
+    panels = list(dict.fromkeys(OVERLAY.get(r["module"], r["module"]) for r in rows))
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.4 * len(panels), 4.2), sharey=True,
                              squeeze=False)
-    for ax, module in zip(axes[0], modules):
-        for method in dict.fromkeys(r["method"] for r in rows if r["module"] == module):
+    for ax, panel in zip(axes[0], panels):
+        lines = dict.fromkeys((r["module"], r["method"]) for r in rows
+                              if OVERLAY.get(r["module"], r["module"]) == panel)
+        for module, method in lines:
             mine = sorted((r for r in rows if r["module"] == module and r["method"] == method),
                           key=lambda r: r["k"])
-            k = [r["k"] for r in mine]
-            ax.errorbar(k, [100 * r["test"] for r in mine], yerr=[100 * r["test_se"] for r in mine],
-                        marker="o", capsize=3, label=method)
+            label = LABELS.get(method, method)
+            if module in OVERLAY:
+                label = f"{label}, --tfhub_module {module}"
+            ax.errorbar([r["k"] for r in mine], [100 * r["test"] for r in mine],
+                        yerr=[100 * r["test_se"] for r in mine], marker="o", capsize=3,
+                        label=label, linestyle="--" if module in OVERLAY else "-")
         ax.set_xscale("log")
         ax.set_xticks(sorted({r["k"] for r in rows}))
-        ax.get_xaxis().set_major_formatter(matplotlib.ticker.ScalarFormatter())
-        ax.set_title(module, fontsize=10)
-        ax.set_xlabel("files per class (distinct recordings where the class has them)")
+        ax.xaxis.set_major_formatter(ScalarFormatter())
+        ax.xaxis.set_minor_formatter(NullFormatter())
+        ax.set_title(panel, fontsize=10)
+        ax.set_xlabel("files per class (distinct recordings where the class has them)", fontsize=9)
         ax.grid(alpha=0.3)
-    axes[0][0].set_ylabel("test accuracy, other fold (%)")
-    axes[0][-1].legend(fontsize=8, loc="lower right")
-    fig.suptitle("UrbanSound8K folds 1<->2: accuracy from k files a class (mean ± s.e. over "
-                 "draws and directions)", fontsize=10)
+        ax.legend(fontsize=7.5, loc="lower right")
+    axes[0][0].set_ylabel("test accuracy on the other fold (%)")
+    fig.suptitle("UrbanSound8K folds 1\u21942: accuracy from k files a class (mean \u00b1 s.e. over "
+                 "draws and both directions)", fontsize=10)
     fig.tight_layout()
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     fig.savefig(path, dpi=110)
@@ -430,16 +445,28 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--results", default=str(RESULTS))
     parser.add_argument("--plot", default="", help="write the accuracy plot (PNG) here")
     parser.add_argument("--quiet", action="store_true", help="no line per run")
+    parser.add_argument("--from_results", default="",
+                        help="JSON files of earlier runs (comma-separated): print their table "
+                             "and plot them together instead of running")
     args = parser.parse_args(argv)
     from benchmarks.bench_accuracy import render_if_missing
 
+    sizes = [int(k) for k in args.sizes.split(",") if k.strip()]
+    if args.from_results:
+        runs = [r for path in args.from_results.split(",") if path.strip()
+                for m in json.loads(Path(path).read_text())["modules"] for r in m["runs"]]
+        rows = summary(runs)
+        print(markdown(rows, sorted({r["k"] for r in rows})))
+        if args.plot:
+            plot(rows, args.plot)
+            print(f"wrote {args.plot}")
+        return 0
     if not os.path.isfile(os.path.join(args.spec_dir, "manifest.csv")) and \
             not os.path.isdir(os.path.join(args.data_dir, "audio")):
         print(f"skipped: neither rendered spectrograms in {args.spec_dir} nor the UrbanSound8K "
               f"folds in {args.data_dir}")
         return 0
     render_if_missing(args.spec_dir, args.data_dir)
-    sizes = [int(k) for k in args.sizes.split(",") if k.strip()]
     methods = [m.strip() for m in args.methods.split(";") if m.strip()]
     log = (lambda line: None) if args.quiet else (lambda line: print(line, flush=True))
     start = time.perf_counter()
