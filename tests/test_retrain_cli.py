@@ -397,7 +397,7 @@ def test_shipped_flag_files_parse(name, fold):
     settings = settings_from_flags(fv)
     assert settings.split == "folds" and settings.test_folds == (fold,)
     # Licence-clean backbones only (never birdnet, CC BY-NC-SA).
-    assert settings.tfhub_module == "aisfx,soundnet,efficientnet_lite0" and not settings.problems()
+    assert settings.tfhub_module == "auto" and not settings.problems()
 
 
 def test_exported_graph_labels_new_images_and_intermediates(tmp_path, tiny, image_dir, capsys):
