@@ -111,6 +111,12 @@ class Signals:
     def reason(self, default: str = "interrupted") -> str:
         return f"cancelled by {self.caught}" if self.caught else default
 
+    def check(self) -> None:
+        """Raise :class:`Cancelled` again if a signal came: the handler's exception is lost
+        when the signal lands inside a ``__del__`` (Python only prints "Exception ignored")."""
+        if self.caught:
+            raise Cancelled(self.reason())
+
 
 @contextlib.contextmanager
 def cancel_on_signals() -> Iterator[Signals]:

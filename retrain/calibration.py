@@ -1,8 +1,9 @@
 """The open-set threshold of an exported model (see :mod:`soundretrain.open_set`),
-calibrated on predictions of recordings the scoring head never heard: the k-fold
-evaluation's out-of-fold predictions when there was one, else the validation slice's,
-else those of a grouped k-fold inside the training recordings (k more heads, seconds on
-cached bottlenecks). Never on the test set, which only reports."""
+calibrated on predictions of recordings the scoring head never heard: for the logistic
+head, a grouped k-fold inside the training recordings by heads of the exported head's own C;
+otherwise the k-fold evaluation's out-of-fold predictions when there was one, else the
+validation slice's, else those of a grouped k-fold inside the training recordings (k more
+heads, seconds on cached bottlenecks). Never on the test set, which only reports."""
 from __future__ import annotations
 
 import dataclasses
@@ -45,6 +46,19 @@ def inner_held_out(settings: RetrainSettings, prepared: Prepared, train: list[in
                    len(set(groups)))
 
 
+def exported_head_settings(settings: RetrainSettings, outcome: TrainOutcome) -> Optional[RetrainSettings]:
+    """Settings that train the exported logistic head again with its chosen C (no inner
+    CV), on the module it was trained on; None for other heads, an ensemble of per-part
+    heads, or a fine-tuned network (their folds already train what is exported)."""
+    report = outcome.head_report
+    if not report or report.get("kind") != "logistic" or report.get("ensemble") != "none" \
+            or not report.get("c") or settings.fine_tune.enabled:
+        return None
+    head = dataclasses.replace(settings.head, kind="logistic", logistic_c=float(report["c"]),
+                               ensemble="none")
+    return dataclasses.replace(settings, head=head)
+
+
 def calibrate(settings: RetrainSettings, prepared: Prepared, plan: SplitPlan,
               outcome: TrainOutcome, held_out: Optional[HeldOut], seed: int,
               partition: Callable[[int], object], log: Callable[[str], None] = print) -> Optional[dict]:
@@ -54,7 +68,20 @@ def calibrate(settings: RetrainSettings, prepared: Prepared, plan: SplitPlan,
         return None
     labels = prepared.images.labels
     background = [k for k, label in enumerate(labels) if label == BACKGROUND_LABEL]
-    if held_out is not None:
+    fixed = exported_head_settings(settings, outcome)
+    inner = None
+    if fixed is not None:
+        # The exported head's C, not each fold's own: a fold that chose a weaker penalty is
+        # more confident, and its scores set a threshold the exported head rarely reaches
+        # (half of a test's unseen recordings were "unknown" while all were named right).
+        final = dataclasses.replace(prepared, backbone=outcome.backbone, features=outcome.features,
+                                    module_candidates=())
+        inner = inner_held_out(fixed, final, list(plan.final.train), seed, partition)
+    if inner is not None:
+        source, idx, probs = (f"out-of-fold predictions of a grouped {inner.k}-fold inside the "
+                              f"training recordings, by heads of the exported head's C="
+                              f"{outcome.head_report['c']:g}"), inner.indices, inner.probabilities
+    elif held_out is not None:
         source, idx, probs = f"out-of-fold predictions of the grouped {held_out.k}-fold evaluation", \
             held_out.indices, held_out.probabilities
     elif plan.final.validation:

@@ -41,14 +41,15 @@ def clip(cls: str, k: int, seconds: float = 1.5, seed: int = 5) -> bytes:
 
 @pytest.fixture(scope="module")
 def train_flags(tmp_path_factory) -> Path:
-    """The train command's flags for these tests: a tiny local module (a SavedModel path), few
-    steps, a bottleneck cache of their own."""
+    """The train command's flags for these tests: a tiny local module (a SavedModel path), the
+    SGD head's steps (the logistic head is one step: no curve to watch), a bottleneck cache of
+    their own."""
     from tiny_models import make_tiny_image_module
 
     folder = tmp_path_factory.mktemp("train")
     module = make_tiny_image_module(folder / "tiny_module", image_size=32, feature_size=16)
     path = folder / "train.cfg"
-    path.write_text(f"--tfhub_module={module}\n--how_many_training_steps=200\n--bottleneck_dir={folder / 'bn'}\n")
+    path.write_text(f"--tfhub_module={module}\n--head=sgd\n--how_many_training_steps=200\n--bottleneck_dir={folder / 'bn'}\n")
     return path
 
 

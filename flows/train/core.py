@@ -20,7 +20,7 @@ import time
 from dataclasses import dataclass
 from typing import Callable, Optional
 
-from flows.status import Cancelled, StatusFile, cancel_on_signals
+from flows.status import Cancelled, Signals, StatusFile, cancel_on_signals
 from flows.train.dataset import STAGING_FOLDER, AudioFolders, FlowError, check_audio_folders
 from retrain.observer import RunObserver
 from soundretrain.open_set import BACKGROUND_LABEL
@@ -130,12 +130,15 @@ class StatusObserver(RunObserver):
                 "training": "training the model", "export": "exporting the model"}
     BARS = {"evaluating": ("k-fold evaluation", "fold"), "training": ("training", "step")}
 
-    def __init__(self, status: StatusFile, progress: bool = True) -> None:
+    def __init__(self, status: StatusFile, progress: bool = True,
+                 signals: Optional[Signals] = None) -> None:
         self.status = status
         self.progress = progress
         self.bar = None
+        self.signals = signals or Signals()
 
     def stage(self, name: str, total: int = 0) -> None:
+        self.signals.check()
         self.close()
         self.status.stage(name, self.MESSAGES.get(name, name), total)
         if name in self.BARS and total:
@@ -150,11 +153,13 @@ class StatusObserver(RunObserver):
             self.bar.update(max(0, done - self.bar.n))
 
     def advance(self, done: int, total: int) -> None:
+        self.signals.check()
         self.status.advance(done, total)
         self._bar_to(done)
 
     def evaluation(self, step: int, total: int, train_accuracy: float,
                    validation_accuracy: Optional[float]) -> None:
+        self.signals.check()
         self.status.point(step, train_accuracy, validation_accuracy)
         self.status.advance(step + 1, total)
         self._bar_to(step + 1)
@@ -329,7 +334,7 @@ def train(settings: TrainSettings, log: Callable[[str], None] = print,
     signals = None
     try:
         with cancel_on_signals() as signals:
-            result = _train(settings, output_dir, status, log, warn, start)
+            result = _train(settings, output_dir, status, log, warn, start, signals)
     except KeyboardInterrupt:  # Cancelled, or a stage's own wrapping of it
         reason = signals.reason() if signals is not None else "interrupted"
         status.finish("cancelled", f"{reason}; {output_dir} was left as it was")
@@ -342,7 +347,7 @@ def train(settings: TrainSettings, log: Callable[[str], None] = print,
 
 
 def _train(settings: TrainSettings, output_dir: str, status: StatusFile, log, warn,
-           start: float) -> TrainResult:
+           start: float, signals: Signals) -> TrainResult:
     from soundretrain import model_folder
 
     if not model_folder.replaceable(output_dir):  # never replace a folder of recordings
@@ -383,7 +388,7 @@ def _train(settings: TrainSettings, output_dir: str, status: StatusFile, log, wa
 
     with model_folder.staged_model_folder(output_dir) as staging:
         rs = retrain_settings(settings, spec_dir, work_dir, staging, tfjs)
-        observer = StatusObserver(status, settings.progress)
+        observer = StatusObserver(status, settings.progress, signals)
         try:  # retrain's step lines go to TensorBoard; here a bar shows the steps
             result = retrain(rs, settings.random_seed, lambda line: None if ": Step " in line else log(line),
                              images=images, plan=plan, observer=observer)
@@ -394,6 +399,7 @@ def _train(settings: TrainSettings, output_dir: str, status: StatusFile, log, wa
         report = write_report(staging, result, settings, folders, spec_dir, time.perf_counter() - start)
         files = sorted(os.listdir(staging))
         summary = per_class_lines(report)  # read before the folder is swapped in
+        signals.check()  # a signal whose exception was swallowed never swaps the folder in
     for line in summary:
         log(line)
     accuracy = result.evaluation.get("accuracy") if result.evaluation else None
