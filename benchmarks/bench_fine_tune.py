@@ -11,10 +11,9 @@ Each row is a setting of retrain's own training path (``retrain.core.train_and_e
   ``FineTuneSettings`` (``blocks=8``, ``head=trained``, ``epochs=4``, ``augment=False``,
   ``mixup=0.2``, ``learning_rate=1e-4``, ``steps=600``, ``blocks=efficientnet_lite0:5,aisfx:1``)
   the head's ``label_smoothing`` or ``dropout``, or the map augmentation's
-  (``max_mask_fraction=0.3``, ``time_masks=3``, ``mix_probability=0``: see
-  :class:`retrain.augment.AugmentSettings`);
+  (``time_masks=3``, ``mix_probability=0``: see :class:`retrain.augment.AugmentSettings`);
 * ``before``: the previous release's defaults (``blocks=1 head=trained steps=600
-  learning_rate=1e-4``).
+  learning_rate=1e-4 mixup=0 mask_fraction=0.1``).
 
 Columns: inner CV (grouped ``--cv_folds``-fold CV inside each training fold, both
 directions; never reads the test fold), test accuracy 1->2, 2->1 and their mean, and CPU
@@ -46,11 +45,11 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "bench_fine_tune.json"
 RECIPE_BLOCKS = 5  # efficientnet_lite0's K, chosen by inner CV (docs/retrain.md)
-BEFORE = "blocks=1 head=trained steps=600 learning_rate=1e-4"  # the previous defaults
+# The previous release's defaults, in this release's fields.
+BEFORE = "blocks=1 head=trained steps=600 learning_rate=1e-4 mixup=0 mask_fraction=0.1"
 HEAD_FIELDS = ("label_smoothing", "dropout")
 #: The map augmentation's fields (``retrain.augment.AugmentSettings``), changed per row.
-AUGMENT_FIELDS = ("time_masks", "freq_masks", "max_mask_fraction", "mix_probability",
-                  "max_mix_weight", "time_shift")
+AUGMENT_FIELDS = ("time_masks", "freq_masks", "mix_probability", "max_mix_weight", "time_shift")
 
 
 def row_settings(settings, row: str, blocks=RECIPE_BLOCKS):

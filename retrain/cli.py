@@ -247,11 +247,14 @@ def make_flags() -> flags.FlagValues:
            "maps while fine-tuning. Time shift, time/frequency masks, mixing within a class.",
            group="fine_tuning")
     define("boolean", "fine_tune_keep_best", FineTuneSettings.keep_best, "Keep the tail and "
-           "head of the best validation evaluation, the untuned head included; default: the "
-           "last step.", group="fine_tuning")
+           "head of the best validation evaluation, or the model before fine-tuning when no "
+           "tuned step beats it; default: the last step.", group="fine_tuning")
     define("float", "fine_tune_mixup", FineTuneSettings.mixup, "mixup across classes while "
-           "fine-tuning: the alpha of its Beta distribution; 0: off. Typical: 0.2-0.4.",
-           group="fine_tuning")
+           "fine-tuning: the alpha of its Beta distribution (the maps and labels of two clips "
+           "blended, the example keeping the larger share); 0: off.", group="fine_tuning")
+    define("float", "fine_tune_mask_fraction", FineTuneSettings.mask_fraction, "The widest "
+           "time or frequency band masked in a map while fine-tuning, as a fraction of its "
+           "side (two of each per map).", group="fine_tuning")
     define("string", "run_tag", "", "Short tag in the TensorBoard run folder's name "
            "(default: module and split).", group="run")
     define("boolean", "progress", True, "Show progress bars.", group="run")
@@ -294,6 +297,7 @@ def settings_from_flags(fv: flags.FlagValues) -> RetrainSettings:
                                  warmup_steps=fv.fine_tune_warmup_steps,
                                  weight_decay=fv.fine_tune_weight_decay,
                                  augment=fv.fine_tune_augmentation, mixup=fv.fine_tune_mixup,
+                                 mask_fraction=fv.fine_tune_mask_fraction,
                                  keep_best=fv.fine_tune_keep_best)
     return RetrainSettings(
         image_dir=fv.image_dir, tfhub_module=fv.tfhub_module,

@@ -488,7 +488,8 @@ def fine_tune(settings, prepared, split, head, seed: int, log: Callable[[str], N
     else:  # a copy, so the trained head itself stays as it was (--fine_tune_keep_best)
         for mine, theirs in zip(head.variables, trained_head.variables):
             mine.assign(theirs)
-    augment = dataclasses.replace(settings.augment, copies=0, seed=seed) if ft.augment else None
+    augment = dataclasses.replace(settings.augment, copies=0, seed=seed,
+                                  max_mask_fraction=ft.mask_fraction) if ft.augment else None
     tuner = FineTuner(segments, head, prepared.class_ids, train, ft, head_settings, augment)
     steps = tuner.total_steps
     log(f"Fine-tuning with {'a fresh head' if ft.head == 'fresh' else 'the trained head'}: "

@@ -102,7 +102,8 @@ class FineTuneSettings:
     warmup_steps: int = 50  # at most a quarter of the steps
     weight_decay: float = 1e-4
     augment: bool = True
-    mixup: float = 0.0  # alpha of mixup across classes; 0: off
+    mask_fraction: float = 0.3  # the longest time or frequency band masked, of the map's side
+    mixup: float = 0.3  # alpha of mixup across classes; 0: off
     keep_best: bool = False  # keep the best validation step's tail and head, not the last
     eval_interval: int = 100
 
@@ -130,6 +131,8 @@ class FineTuneSettings:
             p.append(f"--fine_tune_learning_rate must be positive, not {self.learning_rate}")
         if self.mixup < 0:
             p.append(f"--fine_tune_mixup must be >= 0, not {self.mixup}")
+        if not 0 <= self.mask_fraction <= 1:
+            p.append(f"--fine_tune_mask_fraction must be in [0, 1], not {self.mask_fraction}")
         if self.warmup_steps < 0 or self.weight_decay < 0:
             p.append("--fine_tune_warmup_steps and --fine_tune_weight_decay must be >= 0")
         return p

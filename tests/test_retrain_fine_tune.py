@@ -541,6 +541,7 @@ def test_diverging_fine_tuning_stops_before_the_export(tmp_path, registered, ima
     ("--fine_tune_blocks=-1", "--fine_tune_blocks"),
     ("--fine_tune_steps=-1", "--fine_tune_steps must be >= 0"),
     ("--fine_tune_epochs=0", "--fine_tune_epochs must be positive"),
+    ("--fine_tune_mask_fraction=1.5", "--fine_tune_mask_fraction must be in [0, 1]"),
     ("--fine_tune_epochs=nan", "--fine_tune_epochs must be a finite number"),
     ("--fine_tune_blocks=tiny:x", "--fine_tune_blocks takes a number of blocks or 'all'"),
     ("--fine_tune_head=sometimes", "fine_tune_head"),
