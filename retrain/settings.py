@@ -102,7 +102,7 @@ class FineTuneSettings:
     warmup_steps: int = 50  # at most a quarter of the steps
     weight_decay: float = 1e-4
     augment: bool = True
-    mask_fraction: float = 0.3  # the longest time or frequency band masked, of the map's side
+    mask_fraction: float = 0.1  # the longest time or frequency band masked, of the map's side
     mixup: float = 0.3  # alpha of mixup across classes; 0: off
     keep_best: bool = False  # keep the best validation step's tail and head, not the last
     eval_interval: int = 100
