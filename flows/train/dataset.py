@@ -9,12 +9,12 @@ they never sit on both sides of a split).
 """
 from __future__ import annotations
 
-import hashlib
 import os
 from dataclasses import dataclass, field
 from typing import Optional
 
 from soundretrain.open_set import BACKGROUND_LABEL
+from soundretrain.sidecar import file_sha256
 from soundretrain.labels import folder_label
 from spectrograms.datasets import group_of, is_audio_file
 
@@ -141,14 +141,6 @@ def check_audio_folders(audio_dir: str, background_dir: Optional[str] = None,
     return AudioFolders(audio_dir, classes, notes, duplicates)
 
 
-def _sha256(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _duplicates(classes: list[ClassFolder], audio_dir: str) -> tuple[dict[str, str], list[str]]:
     """Files with the same bytes: one line per set; copies within a class are one recording
     (``{file: group}``), so they never straddle a split."""
@@ -156,7 +148,7 @@ def _duplicates(classes: list[ClassFolder], audio_dir: str) -> tuple[dict[str, s
     for c in classes:
         for f in c.files:
             try:
-                by_digest.setdefault(_sha256(f), []).append((c, f))
+                by_digest.setdefault(file_sha256(f), []).append((c, f))
             except OSError as err:
                 raise FlowError(f"cannot read {f}: {err.strerror or err}") from None
     groups: dict[str, str] = {}
