@@ -45,6 +45,7 @@ def test_every_preset_parses_and_equals_its_flag_file(stage):
 def test_preset_values_and_overrides_follow_the_order_of_the_command_line():
     fv = _parse("retrain", "--preset", "esc50")
     assert fv.head == "logistic" and fv.tfhub_module == "auto"
+    assert _parse("retrain", "--preset=urbansound8k").head == "sgd"
     assert _parse("retrain", "--preset=urbansound8k", "--how_many_training_steps=5").how_many_training_steps == 5
     # A flag before the preset is overridden by it, as with --flagfile.
     assert _parse("retrain", "--how_many_training_steps=5", "--preset=urbansound8k").how_many_training_steps == 4000
