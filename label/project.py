@@ -34,6 +34,7 @@ from typing import Callable, Iterator, Optional
 from soundretrain import atomic_files
 from soundretrain.folder_lock import folder_lock
 from soundretrain.labels import normalise_label
+from soundretrain.sidecar import file_sha256
 
 STUDIO_DIR = ".studio"
 MAX_CLASS_NAME = 64
@@ -58,6 +59,16 @@ class ProjectError(Exception):
         super().__init__(message)
         self.status = status
         self.message = message
+
+
+class DuplicateClip(ProjectError):
+    """409: these very bytes are a clip of the project already (``class_name``/``clip``)."""
+
+    def __init__(self, class_name: str, clip: str) -> None:
+        super().__init__(409, f"this clip is already in the project, as {class_name}/{clip}: "
+                              "the same recording twice adds nothing to train on")
+        self.class_name = class_name
+        self.clip = clip
 
 
 def class_label(name: str) -> str:
@@ -118,6 +129,7 @@ class Project:
         self.model_dir = os.path.join(self.studio, "model")
         self._lock = threading.RLock()
         self._seconds: dict = {}  # (path, size, mtime_ns) -> seconds
+        self._digests: dict = {}  # (path, size, mtime_ns) -> SHA-256
         self._owner = contextlib.ExitStack()
 
     # --- opening -----------------------------------------------------------------------
@@ -298,6 +310,7 @@ class Project:
         try:
             validated = check(tmp, shown)
             with self._lock:
+                self._refuse_copy(validated.path or tmp)
                 self.add_class(class_name)
                 folder = self._class_dir(class_name)
                 clip = self._link_unique(validated.path or tmp, folder, clip_stem(filename), validated.extension)
@@ -309,6 +322,28 @@ class Project:
                         os.unlink(path)
         st = os.stat(os.path.join(folder, clip))
         return {"class": os.path.basename(folder), "id": clip, "bytes": st.st_size, "seconds": validated.seconds}
+
+    def _refuse_copy(self, path: str) -> None:
+        """409 when a clip with these very bytes is in the project: training counts copies as
+        one recording, so a second one adds nothing, and a copy in another class contradicts
+        the first. (No microphone records the same bytes twice; a re-upload or a device
+        that replays the same start does.)"""
+        size = os.path.getsize(path)
+        digest = None
+        for name in self.class_names():
+            with os.scandir(os.path.join(self.root, name)) as entries:
+                for e in entries:
+                    if not _is_clip(e.name) or not e.is_file(follow_symlinks=False):
+                        continue
+                    st = e.stat(follow_symlinks=False)
+                    if st.st_size != size:
+                        continue
+                    key = (e.path, st.st_size, st.st_mtime_ns)
+                    if key not in self._digests:
+                        self._digests[key] = file_sha256(e.path)
+                    digest = digest or file_sha256(path)
+                    if self._digests[key] == digest:
+                        raise DuplicateClip(name, e.name)
 
     @staticmethod
     def _link_unique(source: str, folder: str, stem: str, extension: str) -> str:

@@ -37,7 +37,8 @@ import tempfile
 import threading
 from typing import Callable, Optional
 
-from label.project import Project, ProjectError, Validated, check_class_name, class_label, extension_of, media_type
+from label.project import (DuplicateClip, Project, ProjectError, Validated, check_class_name, class_label,
+                           extension_of, media_type)
 from label.serve import (ClientGone, LabelService, ServeSettings, UploadError, decode_file, log_disconnect,
                          read_body, read_upload, upload_error)
 from label.training_worker import TrainingWorker, read_json
@@ -245,6 +246,9 @@ def add_routes(app, studio: Studio) -> None:
         return JSONResponse({"error": message}, status_code=status)
 
     def refused(e):
+        if isinstance(e, DuplicateClip):  # the page skips it when adding many
+            return JSONResponse({"error": e.message, "duplicate_of": {"class": e.class_name, "id": e.clip}},
+                                status_code=e.status)
         return error(e.status, e.message)
 
     async def json_body(request: Request) -> dict:

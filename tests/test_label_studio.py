@@ -140,6 +140,24 @@ def test_collect_clips_into_class_folders(client, studio):
     assert os.listdir(root / ".studio" / "incoming") == [] and os.listdir(root / ".studio" / "trash") == []
 
 
+def test_a_copy_of_a_clip_in_the_project_is_refused(client, studio):
+    """Training counts byte-identical files as one recording, so a second copy adds nothing
+    (and one in another class contradicts the first): refused at once, nothing stored."""
+    root = Path(studio.project.root)
+    assert client.post("/v1/dataset/siren", content=clip_bytes("siren"), params={"filename": "a.wav"}).status_code == 201
+    for cls in ("siren", "rain"):
+        again = client.post("/v1/dataset/" + cls, content=clip_bytes("siren"), params={"filename": "b.wav"})
+        assert_error(again, 409, "already in the project, as siren/a.wav")
+        assert again.json()["duplicate_of"] == {"class": "siren", "id": "a.wav"}  # the page skips these
+    assert sorted(p.name for p in root.glob("*/*.wav")) == ["a.wav"]
+    assert os.listdir(root / ".studio" / "incoming") == []
+    # the same length with other samples is another recording
+    assert client.post("/v1/dataset/siren", content=clip_bytes("siren", 1), params={"filename": "b.wav"}).status_code == 201
+    moved = client.patch("/v1/dataset/siren/a.wav", json={"class": "rain"})  # a move is no copy
+    assert moved.status_code == 200
+    assert_error(client.post("/v1/dataset/siren", content=clip_bytes("siren")), 409, "as rain/a.wav")
+
+
 def test_class_names_are_checked(client):
     client.put("/v1/dataset/dog_bark")
     # two folders that would train as one label

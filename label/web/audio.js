@@ -34,36 +34,91 @@ export class Capture {
   }
 }
 
+// A microphone kept open between recordings: opening one takes a moment (permission, an
+// AudioContext, the worklet) and some devices start each stream with silence, or, like
+// Chromium's file-backed fake device, from the same place, so clip after clip would begin
+// alike. It closes `idleMs` after the last recording ends, or when close() is called;
+// onChange(open) hears each opening and closing.
+export class WarmMicrophone {
+  constructor(idleMs = 120000, onChange = () => {}) {
+    this.idleMs = idleMs;
+    this.onChange = onChange;
+    this.capture = null;
+    this.opening = null;
+    this.listener = null;
+    this.timer = null;
+  }
+  // Resolves to the sample rate once chunks from now on go to onChunk(chunk, sr).
+  async acquire(onChunk) {
+    clearTimeout(this.timer);
+    if (!this.capture) {
+      const capture = new Capture();
+      this.capture = capture;
+      this.opening = capture.start((chunk) => {
+        if (this.capture === capture && this.listener) this.listener(chunk, capture.rate);
+      }).then((sr) => {
+        // closed while it opened: let the device go at once
+        if (this.capture !== capture) { capture.stop(); throw new Error("the recording was stopped"); }
+        this.onChange(true);
+        return sr;
+      }, (e) => {
+        if (this.capture === capture) this.close();
+        throw e;
+      });
+    }
+    const rate = await this.opening;
+    this.listener = onChunk;
+    return rate;
+  }
+  release() {
+    this.listener = null;
+    clearTimeout(this.timer);
+    if (this.capture) this.timer = setTimeout(() => this.close(), this.idleMs);
+  }
+  close() {
+    clearTimeout(this.timer);
+    this.listener = null;
+    if (!this.capture) return;
+    this.capture.stop();
+    this.capture = this.opening = null;
+    this.onChange(false);
+  }
+  get open() { return this.capture !== null; }
+}
+
 // Record `seconds` from the microphone (or until stop() is called): resolves to {y, sr}.
-// onProgress(recordedSeconds) is called as chunks arrive.
-export function recordFor(seconds, onProgress = () => {}) {
-  const capture = new Capture();
+// onProgress(recordedSeconds) is called as chunks arrive. With a WarmMicrophone the device
+// stays open afterwards; without one it is opened for this recording and closed after it.
+export function recordFor(seconds, onProgress = () => {}, mic = null) {
+  const source = mic || new WarmMicrophone(0);
   const chunks = [];
   let total = 0;
+  let rate = 0;
   let finish;
   const done = new Promise((resolve, reject) => {
     finish = (error) => {
-      capture.stop();
+      if (mic) mic.release(); else source.close();
       if (error) { reject(error); return; }
-      const rate = capture.rate || 48000;
-      const y = new Float32Array(Math.min(total, Math.round(seconds * rate)));  // chunks overshoot
+      const sr = rate || 48000;
+      const y = new Float32Array(Math.min(total, Math.round(seconds * sr)));  // chunks overshoot
       let at = 0;
       for (const c of chunks) {
         if (at >= y.length) break;
         y.set(c.subarray(0, y.length - at), at);
         at += c.length;
       }
-      resolve({ y, sr: rate });
+      resolve({ y, sr });
     };
   });
   let finished = false;
   const stop = (error) => { if (!finished) { finished = true; finish(error); } };
-  capture.start((chunk) => {
+  source.acquire((chunk, sr) => {
     if (finished) return;
+    rate = sr;
     chunks.push(chunk);
     total += chunk.length;
-    onProgress(total / capture.rate);
-    if (total >= seconds * capture.rate) stop();
+    onProgress(total / sr);
+    if (total >= seconds * sr) stop();
   }).catch((e) => stop(new Error(`cannot use the microphone: ${e.message || e.name}`)));
   return { done, stop: () => stop() };
 }

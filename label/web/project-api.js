@@ -10,7 +10,10 @@ async function call(path, init = {}) {
   }
   let answer;
   try { answer = await response.json(); } catch { answer = { error: `HTTP ${response.status}` }; }
-  if (!response.ok) throw Object.assign(new Error(answer.error || `HTTP ${response.status}`), { status: response.status });
+  if (!response.ok) {
+    throw Object.assign(new Error(answer.error || `HTTP ${response.status}`),
+                        { status: response.status, duplicateOf: answer.duplicate_of || null });
+  }
   return answer;
 }
 

@@ -2,7 +2,7 @@
 // upload, drop, cut from a long recording), train in the background with live progress and a
 // report, and export. Everything goes through the project API (project-api.js).
 import * as api from "./project-api.js";
-import { decodeBlob, play, recordFor, spanWav, stopPlaying } from "./audio.js";
+import { WarmMicrophone, decodeBlob, play, recordFor, spanWav, stopPlaying } from "./audio.js";
 import { GUTTER, RIGHT, confusionTable, drawCurve, fitCanvas, percent, scoreCell, seconds, tickStep } from "./view.js";
 import { encodeWav } from "./wav.js";
 
@@ -17,6 +17,14 @@ const stamp = () => new Date().toISOString().slice(0, 23).replace(/[-:T.]/g, "")
 
 export function startStudio(ctx) {
   const studio = { training: null, polling: null, recording: null, imported: null, drag: null };
+  // Clip after clip from one open microphone; it closes 2 min after the last, or when the
+  // page leaves the Collect tab or is hidden.
+  const mic = new WarmMicrophone(120000, (open) => { document.body.dataset.mic = open ? "open" : "closed"; });
+  const closeMic = () => {
+    if (studio.recording) studio.recording.stop();
+    mic.close();
+  };
+  document.addEventListener("visibilitychange", () => { if (document.hidden) closeMic(); });
 
   // --- collect --------------------------------------------------------------------------
 
@@ -146,14 +154,14 @@ export function startStudio(ctx) {
     if (studio.recording) { studio.recording.stop(); return; }
     stopPlaying();
     const want = ctx.recordSeconds();
-    const recording = recordFor(want, (t) => { button.textContent = `■ ${seconds(Math.max(0, want - t))}`; });
+    const recording = recordFor(want, (t) => { button.textContent = `■ ${seconds(Math.max(0, want - t))}`; }, mic);
     studio.recording = recording;
     button.classList.add("recording");
     ctx.status(`recording ${seconds(want)} for ${name}…`);
     try {
       const { y, sr } = await recording.done;
       if (!y.length) throw new Error("nothing was recorded");
-      await act(api.addClip(name, encodeWav(y, sr), `rec-${stamp()}.wav`), (c) => `recorded ${c.id} into ${c.class}`);
+      await act(api.addClip(name, encodeWav(y, sr), `rec-${stamp()}.wav`), (c) => `recorded ${c.id} into ${c.class} · the microphone stays on 2 min for the next clip`);
     } catch (e) {
       ctx.status(e.message, true);
     } finally {
@@ -354,13 +362,20 @@ export function startStudio(ctx) {
     // marks of one recording share its name: train keeps them on one side of a split
     const stem = s.name.replace(/\.[^.]+$/, "").replace(/[^\w.-]+/g, "_") || "recording";
     let added = 0;
+    const copies = [];  // marks the project holds already: skipped, the others still go in
     try {
       for (const [k, r] of s.regions.entries()) {
         ctx.status(`adding mark ${k + 1} of ${s.regions.length} to ${target}…`);
-        await api.addClip(target, spanWav(s.y, s.sr, r.start, r.end), `${stem}_nohash_${k + 1}.wav`);
-        added += 1;
+        try {
+          await api.addClip(target, spanWav(s.y, s.sr, r.start, r.end), `${stem}_nohash_${k + 1}.wav`);
+          added += 1;
+        } catch (e) {
+          if (!e.duplicateOf) throw e;
+          copies.push(`mark ${k + 1} (${e.duplicateOf.class}/${e.duplicateOf.id})`);
+        }
       }
-      ctx.status(`added ${added} clip(s) from ${s.name} to ${target}`);
+      ctx.status(`added ${added} clip(s) from ${s.name} to ${target}`
+        + (copies.length ? `; skipped ${copies.length} already in the project: ${copies.join(", ")}` : ""));
       s.regions = [];
       showRegions();
       drawImport();
@@ -509,6 +524,7 @@ export function startStudio(ctx) {
   return {
     showDataset,
     shown(tab) {
+      if (tab !== "collect") closeMic();
       if (tab === "export") showExports();
       if (tab === "train") { poll(); }
       if (tab === "collect") requestAnimationFrame(() => drawImport());
