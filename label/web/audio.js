@@ -83,7 +83,6 @@ export class WarmMicrophone {
     this.capture = this.opening = null;
     this.onChange(false);
   }
-  get open() { return this.capture !== null; }
 }
 
 // Record `seconds` from the microphone (or until stop() is called): resolves to {y, sr}.
